@@ -1,0 +1,13 @@
+//! codex-proxy: an OpenAI-compatible HTTP API in front of a supervised Codex app-server,
+//! observable through a guarded `/metrics` and a background pusher.
+//!
+//! Read top-down: `config` → `worker` (the child process) → `proxy` (HTTP routes) →
+//! `metrics` (registry, labels, middleware, `/metrics`) → `push` (remote-write and
+//! Pushgateway delivery) → `app` (wires them together for `serve`).
+
+pub mod app;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod push;
+pub mod worker;

@@ -1,0 +1,1 @@
+//! HTTP middleware: records the request families when the response body ends.

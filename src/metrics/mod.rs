@@ -1,0 +1,259 @@
+//! The one metrics registry of the process, the label rules, the HTTP middleware and
+//! the guarded `/metrics` route. Names, types and labels are a contract (docs/metrics.md):
+//! dashboards and alerts built for the Node proxy query them.
+
+pub mod labels;
+pub mod middleware;
+pub mod route;
+pub mod summary;
+
+use std::sync::Arc;
+
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+use crate::config::MetricsConfig;
+pub use labels::LabelRules;
+use summary::SlidingSummaryVec;
+
+/// Labels of every HTTP family, in this order.
+pub const HTTP_LABELS: [&str; 4] = ["route", "method", "status_family", "model"];
+/// Latency buckets in milliseconds, built around the 1500 ms p95 budget.
+pub const LATENCY_BUCKETS_MS: [f64; 9] = [
+    50.0, 100.0, 200.0, 400.0, 800.0, 1200.0, 2000.0, 5000.0, 10000.0,
+];
+/// Quantiles of the latency summary.
+pub const SUMMARY_QUANTILES: [f64; 4] = [0.5, 0.9, 0.95, 0.99];
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot register metric: {0}")]
+    Register(#[from] prometheus::Error),
+}
+
+/// Raw model name a handler attaches to its response (as an extension); the middleware
+/// turns it into a bounded label value with [`LabelRules`].
+#[derive(Debug, Clone)]
+pub struct ModelLabel(pub String);
+
+/// Error category a handler attaches to a 5xx response (as an extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCategory {
+    WorkerNotReady,
+    WorkerBusy,
+    WorkerError,
+    Timeout,
+    Maintenance,
+    Internal,
+}
+
+impl ErrorCategory {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCategory::WorkerNotReady => "worker_not_ready",
+            ErrorCategory::WorkerBusy => "worker_busy",
+            ErrorCategory::WorkerError => "worker_error",
+            ErrorCategory::Timeout => "timeout",
+            ErrorCategory::Maintenance => "maintenance",
+            ErrorCategory::Internal => "internal",
+        }
+    }
+}
+
+/// What happened to a `<use_tool>` block in the tool buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolBufferEvent {
+    /// An opener was seen and text is being held back.
+    Started,
+    /// The block closed and was emitted once.
+    Flushed,
+    /// Held text was flushed verbatim without a closed block.
+    Aborted(AbortReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortReason {
+    NestedOpen,
+    Finalize,
+    Disconnect,
+}
+
+impl AbortReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AbortReason::NestedOpen => "nested_open",
+            AbortReason::Finalize => "finalize",
+            AbortReason::Disconnect => "disconnect",
+        }
+    }
+}
+
+/// Every family of the proxy path, registered in one application-owned registry.
+pub struct Metrics {
+    registry: Registry,
+    pub labels: LabelRules,
+    pub requests: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub latency: HistogramVec,
+    pub latency_summary: SlidingSummaryVec,
+    pub worker_restarts: IntCounter,
+    pub worker_backoff_ms: IntGauge,
+    pub worker_ready: IntGauge,
+    pub streams_active: IntGauge,
+    pub tool_buffer_started: IntCounterVec,
+    pub tool_buffer_flushed: IntCounterVec,
+    pub tool_buffer_aborted: IntCounterVec,
+    pub maintenance_mode: IntGauge,
+}
+
+impl Metrics {
+    pub fn new(config: &MetricsConfig) -> Result<Arc<Metrics>, MetricsError> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "codex_http_requests_total",
+                "HTTP requests served, by route template, method, status family and model.",
+            ),
+            &HTTP_LABELS,
+        )?;
+        let mut error_labels = HTTP_LABELS.to_vec();
+        error_labels.push("category");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "codex_http_errors_total",
+                "HTTP responses with status >= 500, by category.",
+            ),
+            &error_labels,
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "codex_http_latency_ms",
+                "Request latency in milliseconds, measured to the end of the response body.",
+            )
+            .buckets(LATENCY_BUCKETS_MS.to_vec()),
+            &HTTP_LABELS,
+        )?;
+        let latency_summary = SlidingSummaryVec::new(
+            "codex_http_latency_summary_ms",
+            "Request latency in milliseconds over a sliding window.",
+            &HTTP_LABELS,
+            &SUMMARY_QUANTILES,
+            config.summary_window.0,
+        );
+        let worker_restarts = IntCounter::new(
+            "codex_worker_restarts_total",
+            "Worker restarts since the proxy started.",
+        )?;
+        let worker_backoff_ms = IntGauge::new(
+            "codex_worker_backoff_ms",
+            "Delay before the pending worker restart in milliseconds, 0 when none is pending.",
+        )?;
+        let worker_ready = IntGauge::new(
+            "codex_worker_ready",
+            "1 when the worker has completed its handshake and accepts turns.",
+        )?;
+        let streams_active = IntGauge::new("codex_streams_active", "SSE streams being served.")?;
+        let tb = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["output_mode", "reason"])
+        };
+        let tool_buffer_started = tb(
+            "codex_tool_buffer_started_total",
+            "Tool blocks whose opener started buffering.",
+        )?;
+        let tool_buffer_flushed = tb(
+            "codex_tool_buffer_flushed_total",
+            "Tool blocks emitted whole after their closer.",
+        )?;
+        let tool_buffer_aborted = tb(
+            "codex_tool_buffer_aborted_total",
+            "Buffered tool text flushed verbatim without a closed block.",
+        )?;
+        let maintenance_mode = IntGauge::new(
+            "codex_maintenance_mode",
+            "1 while maintenance mode answers /v1/* with 503.",
+        )?;
+
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(latency_summary.clone()))?;
+        registry.register(Box::new(worker_restarts.clone()))?;
+        registry.register(Box::new(worker_backoff_ms.clone()))?;
+        registry.register(Box::new(worker_ready.clone()))?;
+        registry.register(Box::new(streams_active.clone()))?;
+        registry.register(Box::new(tool_buffer_started.clone()))?;
+        registry.register(Box::new(tool_buffer_flushed.clone()))?;
+        registry.register(Box::new(tool_buffer_aborted.clone()))?;
+        registry.register(Box::new(maintenance_mode.clone()))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+
+        Ok(Arc::new(Metrics {
+            registry,
+            labels: LabelRules::new(&config.models),
+            requests,
+            errors,
+            latency,
+            latency_summary,
+            worker_restarts,
+            worker_backoff_ms,
+            worker_ready,
+            streams_active,
+            tool_buffer_started,
+            tool_buffer_flushed,
+            tool_buffer_aborted,
+            maintenance_mode,
+        }))
+    }
+
+    /// The registry, for other parts (the pusher's self-metrics) to register into.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// A snapshot of every family: what `/metrics` renders and what the pusher sends.
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        self.registry.gather()
+    }
+
+    pub fn tool_buffer(&self, output_mode: &str, event: ToolBufferEvent) {
+        let mode = labels::output_mode(output_mode);
+        match event {
+            ToolBufferEvent::Started => self
+                .tool_buffer_started
+                .with_label_values(&[mode, "open"])
+                .inc(),
+            ToolBufferEvent::Flushed => self
+                .tool_buffer_flushed
+                .with_label_values(&[mode, "closed"])
+                .inc(),
+            ToolBufferEvent::Aborted(r) => self
+                .tool_buffer_aborted
+                .with_label_values(&[mode, r.as_str()])
+                .inc(),
+        }
+    }
+
+    pub fn set_maintenance(&self, on: bool) {
+        self.maintenance_mode.set(on as i64);
+    }
+
+    /// Counts one SSE stream until the guard drops (stream ended, failed or client gone).
+    pub fn stream_guard(self: &Arc<Self>) -> StreamGuard {
+        self.streams_active.inc();
+        StreamGuard(self.clone())
+    }
+}
+
+/// Decrements `codex_streams_active` when dropped.
+pub struct StreamGuard(Arc<Metrics>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.streams_active.dec();
+    }
+}

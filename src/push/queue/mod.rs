@@ -1,0 +1,41 @@
+//! Queues of encoded remote-write requests, one per destination. A request is encoded
+//! once, queued in order, and acknowledged only after delivery or a deliberate drop.
+
+use bytes::Bytes;
+
+/// One encoded remote-write request body (snappy-compressed protobuf), sent as-is and
+/// resent byte-identical on retry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub body: Bytes,
+    /// Samples it carries, for the sent/dropped counters.
+    pub samples: u64,
+    /// Timestamp of its oldest sample (ms since the epoch), for the pending-age gauge.
+    pub oldest_timestamp_ms: i64,
+}
+
+/// What a push had to drop to stay under the byte cap.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    pub requests: u64,
+    pub samples: u64,
+}
+
+/// Queue depth, for gauges and `/healthz`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    pub bytes: u64,
+    pub requests: u64,
+    pub oldest_timestamp_ms: Option<i64>,
+}
+
+/// A FIFO of batches with a byte cap; past the cap the oldest batches are dropped.
+pub trait Queue: Send {
+    /// Appends a batch, dropping the oldest ones when over the cap.
+    fn push(&mut self, batch: Batch) -> Dropped;
+    /// The oldest unacknowledged batch.
+    fn front(&mut self) -> Option<Batch>;
+    /// Removes the front batch: it was delivered, or deliberately dropped.
+    fn ack(&mut self);
+    fn stats(&self) -> QueueStats;
+}
