@@ -5,6 +5,7 @@
 //! and delivers snapshots to each configured destination.
 
 pub mod queue;
+pub mod self_metrics;
 
 use prometheus::proto::MetricFamily;
 

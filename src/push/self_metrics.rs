@@ -1,0 +1,100 @@
+//! The pusher's own `codex_push_*` families (docs/metrics.md). They live in the same
+//! registry as everything else, so they show in `/metrics` and are pushed too.
+//!
+//! `destination` is the configured name or `<kind>[<index>]`, never a URL (it could carry
+//! credentials). `kind` is `remote_write` or `pushgateway`.
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// `outcome` values of `codex_push_requests_total`.
+pub const OUTCOMES: [&str; 6] = [
+    "success", "http_4xx", "http_429", "http_5xx", "timeout", "network",
+];
+
+/// `reason` values of `codex_push_samples_dropped_total`.
+pub const DROP_REASONS: [&str; 5] = [
+    "rejected",     // a 4xx other than 429: the receiver will never take it
+    "rate_limited", // a 429 with retry_on_429 = false
+    "queue_full",   // the oldest requests, pushed out by max_queue_bytes
+    "corrupt",      // a torn or corrupt record found in the durable queue
+    "shutdown",     // still queued in memory when the shutdown grace ran out
+];
+
+#[derive(Clone)]
+pub struct PushMetrics {
+    /// HTTP requests to destinations, by outcome.
+    pub requests: IntCounterVec,
+    pub samples_sent: IntCounterVec,
+    pub samples_retried: IntCounterVec,
+    pub samples_dropped: IntCounterVec,
+    pub queue_bytes: IntGaugeVec,
+    pub queue_requests: IntGaugeVec,
+    /// Timestamp (seconds) of the oldest sample still queued; 0 when the queue is empty.
+    pub queue_oldest_sample_timestamp: IntGaugeVec,
+    /// 1 when a durable queue fell back to memory (unwritable or full disk).
+    pub queue_degraded: IntGaugeVec,
+    /// Requests found in the durable queue at start and sent again.
+    pub replayed_requests: IntCounterVec,
+    pub last_success_timestamp: IntGaugeVec,
+}
+
+impl PushMetrics {
+    pub fn register(registry: &Registry) -> Result<PushMetrics, prometheus::Error> {
+        let dest = &["destination", "kind"];
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let gauge = |name: &str, help: &str| -> Result<IntGaugeVec, prometheus::Error> {
+            let g = IntGaugeVec::new(Opts::new(name, help), dest)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        Ok(PushMetrics {
+            requests: counter(
+                "codex_push_requests_total",
+                "Push HTTP requests by outcome.",
+                &["destination", "kind", "outcome"],
+            )?,
+            samples_sent: counter(
+                "codex_push_samples_sent_total",
+                "Samples accepted by the destination.",
+                dest,
+            )?,
+            samples_retried: counter(
+                "codex_push_samples_retried_total",
+                "Samples sent again after a retryable failure.",
+                dest,
+            )?,
+            samples_dropped: counter(
+                "codex_push_samples_dropped_total",
+                "Samples given up on, by reason.",
+                &["destination", "kind", "reason"],
+            )?,
+            queue_bytes: gauge(
+                "codex_push_queue_bytes",
+                "Bytes of encoded requests waiting.",
+            )?,
+            queue_requests: gauge("codex_push_queue_requests", "Encoded requests waiting.")?,
+            queue_oldest_sample_timestamp: gauge(
+                "codex_push_queue_oldest_sample_timestamp_seconds",
+                "Unix time of the oldest queued sample; 0 when the queue is empty.",
+            )?,
+            queue_degraded: gauge(
+                "codex_push_queue_degraded",
+                "1 when the durable queue fell back to memory.",
+            )?,
+            replayed_requests: counter(
+                "codex_push_replayed_requests_total",
+                "Requests found in the durable queue at start-up and sent again.",
+                dest,
+            )?,
+            last_success_timestamp: gauge(
+                "codex_push_last_success_timestamp_seconds",
+                "Unix time of the last accepted push.",
+            )?,
+        })
+    }
+}
