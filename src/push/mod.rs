@@ -1,13 +1,38 @@
-//! The pusher: schedule → snapshot → encode → durable queue → transport.
+//! The pusher: schedule → snapshot → encode → queue → transport, per destination.
 //!
 //! It knows nothing of the proxy or the worker: it is handed a way to take a registry
 //! snapshot (`Vec<MetricFamily>`) and a registry for its own `codex_push_*` families,
 //! and delivers snapshots to each configured destination.
+//!
+//! [`Pushers::start`] spawns one independent loop per destination; [`Pushers::mark_ready`]
+//! allows the first push; [`Pushers::shutdown`] makes every loop push a final snapshot
+//! (remote-write: with stale markers) and waits for delivery up to a grace deadline.
+//! Everything runs in its own tokio tasks, snapshots on blocking threads: a slow or dead
+//! receiver never delays the caller.
 
+pub mod encode;
+pub mod proto;
 pub mod queue;
+pub mod remote_write;
+pub mod retry;
+pub mod schedule;
 pub mod self_metrics;
+pub mod series;
+mod signal;
+pub mod transport;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus::proto::MetricFamily;
+use prometheus::Registry;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{PushgatewayConfig, RemoteWriteConfig};
+use self_metrics::PushMetrics;
+use signal::{Ready, Shutdown};
 
 /// What the pusher delivers: one gather() of the registry.
 pub type Snapshot = Vec<MetricFamily>;
@@ -23,5 +48,136 @@ where
 {
     fn snapshot(&self) -> Snapshot {
         self()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("cannot register the codex_push_* metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// A destination cannot start; `key` names the configuration key.
+    #[error("invalid config key `{key}`: {message}")]
+    Config { key: String, message: String },
+}
+
+/// One destination's state, for `/healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DestinationStatus {
+    /// The configured name, or `<kind>[<index>]`.
+    pub destination: String,
+    /// `remote_write` or `pushgateway`.
+    pub kind: &'static str,
+    pub queued_requests: u64,
+    pub queued_bytes: u64,
+    /// Unix time of the last accepted push, if any.
+    pub last_success_unix_seconds: Option<i64>,
+}
+
+impl DestinationStatus {
+    pub(crate) fn new(destination: &str, kind: &'static str) -> DestinationStatus {
+        DestinationStatus {
+            destination: destination.to_string(),
+            kind,
+            queued_requests: 0,
+            queued_bytes: 0,
+            last_success_unix_seconds: None,
+        }
+    }
+}
+
+/// What every destination loop is started with.
+pub(crate) struct Context {
+    pub source: Arc<dyn SnapshotSource>,
+    pub metrics: PushMetrics,
+    /// The proxy's listen address: the default `instance` label.
+    pub instance: String,
+    pub ready: Ready,
+    pub shutdown: Shutdown,
+}
+
+/// A running destination loop.
+pub(crate) struct Started {
+    pub status: watch::Receiver<DestinationStatus>,
+    pub task: JoinHandle<()>,
+}
+
+/// The running destination loops.
+pub struct Pushers {
+    destinations: Vec<Started>,
+    ready: watch::Sender<bool>,
+    shutdown: watch::Sender<Option<Instant>>,
+}
+
+impl Pushers {
+    /// Registers the `codex_push_*` families in `registry` and starts one loop per
+    /// destination; none pushes before [`mark_ready`](Self::mark_ready). `instance` is the
+    /// default `instance` label (the listen address). Must be called inside a tokio runtime.
+    pub fn start(
+        remote_write: &[RemoteWriteConfig],
+        pushgateway: &[PushgatewayConfig],
+        source: Arc<dyn SnapshotSource>,
+        registry: &Registry,
+        instance: &str,
+    ) -> Result<Pushers, PushError> {
+        let (ready, ready_rx) = watch::channel(false);
+        let (shutdown, shutdown_rx) = watch::channel(None);
+        let ctx = Context {
+            source,
+            metrics: PushMetrics::register(registry)?,
+            instance: instance.to_string(),
+            ready: Ready(ready_rx),
+            shutdown: Shutdown(shutdown_rx),
+        };
+        // Dropping `pushers` on an error aborts the loops already started.
+        let mut pushers = Pushers {
+            destinations: Vec::new(),
+            ready,
+            shutdown,
+        };
+        for (i, config) in remote_write.iter().enumerate() {
+            pushers
+                .destinations
+                .push(remote_write::start(i, config, &ctx)?);
+        }
+        // Pushgateway destinations start here in the same way (pushgateway.rs).
+        let _ = pushgateway;
+        Ok(pushers)
+    }
+
+    /// Allows the first push (at once) and the schedule after it. Idempotent.
+    pub fn mark_ready(&self) {
+        self.ready.send_replace(true);
+    }
+
+    /// Queue depth and last success of every destination; cheap, for `/healthz`.
+    pub fn status(&self) -> Vec<DestinationStatus> {
+        self.destinations
+            .iter()
+            .map(|d| d.status.borrow().clone())
+            .collect()
+    }
+
+    /// Final push of every destination, delivered within `grace`; loops still running
+    /// after it are stopped.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        self.shutdown.send_replace(Some(deadline));
+        // The loops stop themselves at the deadline; a little slack lets them count
+        // and log what they had to give up.
+        let hard_stop = deadline + Duration::from_millis(200);
+        for d in std::mem::take(&mut self.destinations) {
+            let abort = d.task.abort_handle();
+            if tokio::time::timeout_at(hard_stop, d.task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Pushers {
+    fn drop(&mut self) {
+        for d in &self.destinations {
+            d.task.abort();
+        }
     }
 }

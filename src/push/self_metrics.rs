@@ -4,7 +4,7 @@
 //! `destination` is the configured name or `<kind>[<index>]`, never a URL (it could carry
 //! credentials). `kind` is `remote_write` or `pushgateway`.
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// `outcome` values of `codex_push_requests_total`.
 pub const OUTCOMES: [&str; 6] = [
@@ -97,4 +97,114 @@ impl PushMetrics {
             )?,
         })
     }
+}
+
+/// How one push request ended; the `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Http4xx,
+    Http429,
+    Http5xx,
+    Timeout,
+    Network,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        OUTCOMES[self as usize]
+    }
+}
+
+/// Why samples were given up on; the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    Rejected,
+    RateLimited,
+    QueueFull,
+    Corrupt,
+    Shutdown,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        DROP_REASONS[self as usize]
+    }
+}
+
+/// The children of one destination, bound once: every outcome and reason shows from the
+/// start (as 0), and recording costs no label lookup.
+pub struct DestinationMetrics {
+    requests: Vec<IntCounter>,
+    samples_sent: IntCounter,
+    samples_retried: IntCounter,
+    samples_dropped: Vec<IntCounter>,
+    queue_bytes: IntGauge,
+    queue_requests: IntGauge,
+    queue_oldest_sample_timestamp: IntGauge,
+    pub queue_degraded: IntGauge,
+    pub replayed_requests: IntCounter,
+    last_success_timestamp: IntGauge,
+}
+
+impl PushMetrics {
+    /// `destination` is the configured name or `<kind>[<index>]`.
+    pub fn destination(&self, destination: &str, kind: &str) -> DestinationMetrics {
+        let d = [destination, kind];
+        DestinationMetrics {
+            requests: OUTCOMES
+                .iter()
+                .map(|o| self.requests.with_label_values(&[destination, kind, o]))
+                .collect(),
+            samples_sent: self.samples_sent.with_label_values(&d),
+            samples_retried: self.samples_retried.with_label_values(&d),
+            samples_dropped: DROP_REASONS
+                .iter()
+                .map(|r| {
+                    self.samples_dropped
+                        .with_label_values(&[destination, kind, r])
+                })
+                .collect(),
+            queue_bytes: self.queue_bytes.with_label_values(&d),
+            queue_requests: self.queue_requests.with_label_values(&d),
+            queue_oldest_sample_timestamp: self.queue_oldest_sample_timestamp.with_label_values(&d),
+            queue_degraded: self.queue_degraded.with_label_values(&d),
+            replayed_requests: self.replayed_requests.with_label_values(&d),
+            last_success_timestamp: self.last_success_timestamp.with_label_values(&d),
+        }
+    }
+}
+
+impl DestinationMetrics {
+    pub fn request(&self, outcome: Outcome) {
+        self.requests[outcome as usize].inc();
+    }
+
+    /// Samples the destination accepted, now.
+    pub fn sent(&self, samples: u64) {
+        self.samples_sent.inc_by(samples);
+        self.last_success_timestamp
+            .set(chrono::Utc::now().timestamp());
+    }
+
+    pub fn retried(&self, samples: u64) {
+        self.samples_retried.inc_by(samples);
+    }
+
+    pub fn dropped(&self, reason: DropReason, samples: u64) {
+        self.samples_dropped[reason as usize].inc_by(samples);
+    }
+
+    pub fn queue(&self, stats: &super::queue::QueueStats) {
+        self.queue_bytes.set(clamp_i64(stats.bytes));
+        self.queue_requests.set(clamp_i64(stats.requests));
+        let oldest_secs = stats
+            .oldest_timestamp_ms
+            .map_or(0, |ms| ms.div_euclid(1000));
+        self.queue_oldest_sample_timestamp.set(oldest_secs);
+    }
+}
+
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }

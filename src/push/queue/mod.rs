@@ -1,6 +1,8 @@
 //! Queues of encoded remote-write requests, one per destination. A request is encoded
 //! once, queued in order, and acknowledged only after delivery or a deliberate drop.
 
+pub mod memory;
+
 use bytes::Bytes;
 
 /// One encoded remote-write request body (snappy-compressed protobuf), sent as-is and

@@ -1,0 +1,456 @@
+//! One `[[remote_write]]` destination: two tasks around its queue.
+//!
+//! - The **producer** waits for ready, then on every tick of the schedule takes a snapshot,
+//!   turns it into encoded batches (`series.rs`, `encode.rs`) and appends them to the queue,
+//!   all on a blocking thread so that a large registry never stalls the proxy's runtime.
+//!   On shutdown it adds the final snapshot and the stale markers of every series.
+//! - The **sender** sends the front batch, and removes it only once delivered or
+//!   deliberately dropped. Failures are retried with backoff while newer batches wait
+//!   behind, in order; once the receiver is back, the backlog drains back to back.
+//!
+//! Only the queue is shared: a slow or dead receiver delays nothing but this sender, and
+//! the queue's byte cap bounds what it costs.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+use tokio::sync::{watch, Notify};
+
+use super::queue::memory::MemoryQueue;
+use super::queue::{Batch, Queue, QueueStats};
+use super::retry::{parse_retry_after, Backoff};
+use super::schedule::Schedule;
+use super::self_metrics::{DestinationMetrics, DropReason, Outcome};
+use super::series::SeriesState;
+use super::signal::{Ready, Shutdown};
+use super::transport::{Transport, TransportSettings, USER_AGENT};
+use super::{Context, DestinationStatus, PushError, Started};
+use crate::config::RemoteWriteConfig;
+
+/// The destination kind, in the `kind` label and `/healthz`.
+pub const KIND: &str = "remote_write";
+
+/// How much of a receiver's error message is logged.
+const MAX_LOGGED_BODY: usize = 512;
+
+/// Starts the destination's tasks; the first snapshot waits for `ctx.ready`.
+pub(crate) fn start(
+    index: usize,
+    config: &RemoteWriteConfig,
+    ctx: &Context,
+) -> Result<Started, PushError> {
+    let name = config
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{KIND}[{index}]"));
+    let key = |field: &str| format!("remote_write[{index}].{field}");
+    let url = Url::parse(&config.url).map_err(|e| PushError::Config {
+        key: key("url"),
+        // Never the URL itself: it may carry credentials.
+        message: format!("not a URL: {e}"),
+    })?;
+    let transport = Transport::new(
+        &TransportSettings {
+            timeout: config.timeout.0,
+            headers: &config.headers,
+            bearer_token_file: config.bearer_token_file.as_deref(),
+            basic_auth: config.basic_auth.as_ref(),
+            tls_ca_file: config.tls_ca_file.as_deref(),
+        },
+        protocol_headers(),
+    )
+    .map_err(|e| PushError::Config {
+        key: format!("remote_write[{index}]"),
+        message: e.to_string(),
+    })?;
+    let schedule = Schedule::new(config.interval.0, config.cron.as_deref(), config.jitter.0)
+        .map_err(|e| PushError::Config {
+            key: key(if config.cron.is_some() {
+                "cron"
+            } else {
+                "interval"
+            }),
+            message: e.to_string(),
+        })?;
+    let series = SeriesState::new(
+        &config.external_labels,
+        &ctx.instance,
+        config.max_series_per_request,
+    );
+    let (queue, durable) = open_queue(config, &name);
+    let metrics = ctx.metrics.destination(&name, KIND);
+    let initial = queue.stats();
+    metrics.queue(&initial);
+    let (status, status_rx) = watch::channel(DestinationStatus::new(&name, KIND));
+    let dest = Arc::new(Destination {
+        name,
+        url,
+        transport,
+        retry_on_429: config.retry_on_429,
+        min_backoff: config.min_backoff.0,
+        max_backoff: config.max_backoff.0,
+        queue: Arc::new(Mutex::new(queue)),
+        durable,
+        metrics,
+        status,
+        wake: Notify::new(),
+        producer_done: AtomicBool::new(false),
+    });
+    dest.publish(&initial);
+    let producer = tokio::spawn(produce(
+        dest.clone(),
+        series,
+        schedule,
+        ctx.source.clone(),
+        ctx.ready.clone(),
+        ctx.shutdown.clone(),
+    ));
+    let sender = tokio::spawn(send(dest, ctx.shutdown.clone()));
+    let task = tokio::spawn(async move {
+        // A panic in either is a bug; it must not take the proxy down, only this pusher.
+        let _ = producer.await;
+        let _ = sender.await;
+    });
+    Ok(Started {
+        status: status_rx,
+        task,
+    })
+}
+
+/// The headers remote-write 1.0 requires on every request; configured ones never override them.
+fn protocol_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("snappy"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-protobuf"),
+    );
+    h.insert(
+        HeaderName::from_static("x-prometheus-remote-write-version"),
+        HeaderValue::from_static("0.1.0"),
+    );
+    h.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+    h
+}
+
+/// The queue of this destination, and whether it outlives the process.
+fn open_queue(config: &RemoteWriteConfig, name: &str) -> (Box<dyn Queue>, bool) {
+    if config.queue_dir.is_some() {
+        tracing::warn!(
+            destination = name,
+            "queue_dir is set but this build has no durable queue; queueing in memory"
+        );
+    }
+    (Box::new(MemoryQueue::new(config.max_queue_bytes.0)), false)
+}
+
+type SharedQueue = Arc<Mutex<Box<dyn Queue>>>;
+
+struct Destination {
+    name: String,
+    url: Url,
+    transport: Transport,
+    retry_on_429: bool,
+    min_backoff: Duration,
+    max_backoff: Duration,
+    queue: SharedQueue,
+    /// Whether what is still queued at the deadline survives (else it is counted as dropped).
+    durable: bool,
+    metrics: DestinationMetrics,
+    status: watch::Sender<DestinationStatus>,
+    /// Wakes the sender when the producer queued something or finished.
+    wake: Notify,
+    producer_done: AtomicBool,
+}
+
+impl Destination {
+    /// Runs `op` on the queue on a blocking thread (a durable queue does file I/O).
+    async fn with_queue<R: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut dyn Queue) -> R + Send + 'static,
+    ) -> Option<R> {
+        let queue = self.queue.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut q = queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let out = op(q.as_mut());
+            (out, q.stats())
+        })
+        .await;
+        match joined {
+            Ok((out, stats)) => {
+                self.publish(&stats);
+                Some(out)
+            }
+            Err(e) => {
+                tracing::error!(destination = %self.name, error = %e, "queue operation failed");
+                None
+            }
+        }
+    }
+
+    /// Queue depth to the gauges and `/healthz`.
+    fn publish(&self, stats: &QueueStats) {
+        self.metrics.queue(stats);
+        self.status.send_modify(|s| {
+            s.queued_requests = stats.requests;
+            s.queued_bytes = stats.bytes;
+        });
+    }
+}
+
+/// The producer task.
+async fn produce(
+    dest: Arc<Destination>,
+    series: SeriesState,
+    mut schedule: Schedule,
+    source: Arc<dyn super::SnapshotSource>,
+    mut ready: Ready,
+    mut shutdown: Shutdown,
+) {
+    let series = Arc::new(Mutex::new(series));
+    tokio::select! {
+        _ = ready.wait() => {}
+        _ = shutdown.requested() => {}
+    }
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.requested() => break,
+            _ = schedule.tick() => snapshot(&dest, &series, &source, false).await,
+        }
+    }
+    snapshot(&dest, &series, &source, true).await;
+    dest.producer_done.store(true, Ordering::Release);
+    dest.wake.notify_one();
+}
+
+/// Takes one snapshot and queues its batches (the final one with every stale marker).
+async fn snapshot(
+    dest: &Arc<Destination>,
+    series: &Arc<Mutex<SeriesState>>,
+    source: &Arc<dyn super::SnapshotSource>,
+    final_push: bool,
+) {
+    let (source, series, queue) = (source.clone(), series.clone(), dest.queue.clone());
+    let work = tokio::task::spawn_blocking(move || {
+        let families = source.snapshot();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut state = series.lock().unwrap_or_else(PoisonError::into_inner);
+        let converted = if final_push {
+            state.convert_final(&families, now_ms)
+        } else {
+            state.convert(&families, now_ms)
+        };
+        drop(families);
+        let converted = converted?;
+        let mut q = queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut dropped = super::queue::Dropped::default();
+        for batch in converted.batches {
+            let d = q.push(batch);
+            dropped.requests += d.requests;
+            dropped.samples += d.samples;
+        }
+        Ok::<_, super::encode::EncodeError>((converted.invalid_samples, dropped, q.stats()))
+    })
+    .await;
+    match work {
+        Ok(Ok((invalid, dropped, stats))) => {
+            if invalid > 0 {
+                tracing::warn!(destination = %dest.name, samples = invalid, "samples left out: metric or label name not valid for remote-write");
+                dest.metrics.dropped(DropReason::Rejected, invalid);
+            }
+            if dropped.requests > 0 {
+                tracing::warn!(destination = %dest.name, requests = dropped.requests, samples = dropped.samples, "queue full: oldest requests dropped");
+                dest.metrics.dropped(DropReason::QueueFull, dropped.samples);
+            }
+            dest.publish(&stats);
+            dest.wake.notify_one();
+        }
+        Ok(Err(e)) => tracing::error!(destination = %dest.name, error = %e, "snapshot not queued"),
+        Err(e) => tracing::error!(destination = %dest.name, error = %e, "snapshot failed"),
+    }
+}
+
+/// What to do with the front batch after one attempt.
+enum Verdict {
+    Delivered,
+    Drop(DropReason),
+    /// Send it again, after the receiver's `Retry-After` if it gave one.
+    Retry(Option<Duration>),
+}
+
+/// The sender task.
+async fn send(dest: Arc<Destination>, mut shutdown: Shutdown) {
+    let mut backoff = Backoff::new(dest.min_backoff, dest.max_backoff);
+    // Failed attempts of the front batch so far.
+    let mut failures = 0u32;
+    loop {
+        let Some(front) = dest.with_queue(|q| q.front()).await else {
+            break;
+        };
+        let Some(batch) = front else {
+            if dest.producer_done.load(Ordering::Acquire) {
+                return;
+            }
+            if shutdown
+                .before_deadline(dest.wake.notified())
+                .await
+                .is_none()
+            {
+                break;
+            }
+            continue;
+        };
+        if failures > 0 {
+            dest.metrics.retried(batch.samples);
+        }
+        let Some(verdict) = shutdown.before_deadline(attempt(&dest, &batch)).await else {
+            break;
+        };
+        let wait = match verdict {
+            Verdict::Delivered => {
+                if failures > 0 {
+                    tracing::info!(destination = %dest.name, failures, "delivered after retrying");
+                }
+                dest.metrics.sent(batch.samples);
+                dest.status.send_modify(|s| {
+                    s.last_success_unix_seconds = Some(chrono::Utc::now().timestamp())
+                });
+                None
+            }
+            Verdict::Drop(reason) => {
+                dest.metrics.dropped(reason, batch.samples);
+                None
+            }
+            Verdict::Retry(retry_after) => {
+                failures += 1;
+                Some(retry_after.unwrap_or_else(|| backoff.next_delay()))
+            }
+        };
+        match wait {
+            None => {
+                remove_front(&dest, batch).await;
+                failures = 0;
+                backoff.reset();
+            }
+            Some(delay) => {
+                if shutdown
+                    .before_deadline(tokio::time::sleep(delay))
+                    .await
+                    .is_none()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    // The deadline passed: what a memory queue still holds is lost.
+    if !dest.durable {
+        if let Some(samples) = dest.with_queue(drain).await {
+            if samples > 0 {
+                tracing::warn!(destination = %dest.name, samples, "shutdown grace over: queued samples dropped");
+                dest.metrics.dropped(DropReason::Shutdown, samples);
+            }
+        }
+    }
+}
+
+/// Acknowledges `sent` if it is still the front: the byte cap may have pushed it out while
+/// it was in flight, and then the front is a batch not sent yet.
+async fn remove_front(dest: &Destination, sent: Batch) {
+    dest.with_queue(move |q| {
+        if q.front().as_ref() == Some(&sent) {
+            q.ack();
+        }
+    })
+    .await;
+}
+
+/// Empties the queue; returns the samples it held.
+fn drain(q: &mut dyn Queue) -> u64 {
+    let mut samples = 0;
+    while let Some(b) = q.front() {
+        samples += b.samples;
+        q.ack();
+    }
+    samples
+}
+
+/// Sends `batch` once and judges the answer.
+async fn attempt(dest: &Destination, batch: &Batch) -> Verdict {
+    let request = match dest.transport.request(Method::POST, dest.url.clone()) {
+        Ok(r) => r.body(batch.body.clone()),
+        Err(e) => {
+            tracing::warn!(destination = %dest.name, error = %e, "request not sent");
+            return Verdict::Retry(None);
+        }
+    };
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            let outcome = if e.is_timeout() {
+                Outcome::Timeout
+            } else {
+                Outcome::Network
+            };
+            dest.metrics.request(outcome);
+            // without_url: the URL may carry credentials.
+            tracing::warn!(destination = %dest.name, outcome = outcome.as_str(), error = %e.without_url(), "push failed; will retry");
+            return Verdict::Retry(None);
+        }
+    };
+    let status = response.status();
+    if status.is_success() {
+        dest.metrics.request(Outcome::Success);
+        return Verdict::Delivered;
+    }
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let message = body_excerpt(response).await;
+    let (outcome, verdict) = if status == StatusCode::TOO_MANY_REQUESTS {
+        if dest.retry_on_429 {
+            (Outcome::Http429, Verdict::Retry(retry_after))
+        } else {
+            (Outcome::Http429, Verdict::Drop(DropReason::RateLimited))
+        }
+    } else if status.is_server_error() {
+        (Outcome::Http5xx, Verdict::Retry(retry_after))
+    } else {
+        // Any other answer will not change on a retry: the spec says drop it.
+        (Outcome::Http4xx, Verdict::Drop(DropReason::Rejected))
+    };
+    dest.metrics.request(outcome);
+    match verdict {
+        Verdict::Drop(_) => {
+            tracing::warn!(destination = %dest.name, status = status.as_u16(), samples = batch.samples, receiver_says = %message, "push rejected; request dropped");
+        }
+        _ => {
+            tracing::warn!(destination = %dest.name, status = status.as_u16(), receiver_says = %message, "push failed; will retry");
+        }
+    }
+    verdict
+}
+
+/// The start of a response body, as the receiver wrote it, cut at `MAX_LOGGED_BODY` bytes.
+async fn body_excerpt(mut response: reqwest::Response) -> String {
+    let mut bytes = Vec::new();
+    while bytes.len() < MAX_LOGGED_BODY {
+        match response.chunk().await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    let cut = bytes.len() > MAX_LOGGED_BODY;
+    bytes.truncate(MAX_LOGGED_BODY);
+    let mut text = String::from_utf8_lossy(&bytes).trim_end().to_string();
+    if cut {
+        text.push('…');
+    }
+    text
+}

@@ -1,0 +1,677 @@
+//! Snapshot → remote-write series, for one destination.
+//!
+//! Each metric of a gathered family becomes one or more series, the way the text format
+//! would show it: counters, gauges and untyped metrics one series; histograms
+//! `_bucket{le}` (with `le="+Inf"` always present), `_sum` and `_count`; summaries
+//! `{quantile}`, `_sum` and `_count`. Every series gets the destination's external labels
+//! (a label of the metric wins over an external one of the same name), labels with empty
+//! values are left out, and the rest are sorted by name, unique, with `__name__` first.
+//! Timestamps carried by a metric are ignored: every sample of a snapshot gets the same
+//! timestamp, strictly greater than the previous snapshot's, even if the clock stalls or
+//! steps back, so that per series the timestamps always increase.
+//!
+//! A series present in the previous snapshot and missing from this one gets a stale
+//! marker; the final snapshot at shutdown is followed by one for every series.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hasher;
+
+use prometheus::proto::{Bucket, Metric, MetricFamily, MetricType};
+
+use super::encode::{encode_label, EncodeError, RequestEncoder, STALE_NAN_BITS};
+use super::queue::Batch;
+use crate::config::is_valid_label_name;
+
+/// `job` when the configuration gives none.
+pub const DEFAULT_JOB: &str = "codex-proxy";
+
+/// The requests one snapshot became, in the order they must be sent.
+#[derive(Debug, Default)]
+pub struct Converted {
+    pub batches: Vec<Batch>,
+    /// Samples left out because a metric or label name is not valid for remote-write.
+    pub invalid_samples: u64,
+}
+
+/// What one destination remembers between snapshots.
+pub struct SeriesState {
+    /// Sorted by name, non-empty values.
+    external: Vec<(String, String)>,
+    max_series_per_request: usize,
+    last_timestamp_ms: Option<i64>,
+    previous: SeriesSet,
+}
+
+impl SeriesState {
+    /// `external_labels` as configured; `job` and `instance` default to `codex-proxy` and
+    /// `instance` (the listen address) when not given.
+    pub fn new(
+        external_labels: &BTreeMap<String, String>,
+        instance: &str,
+        max_series_per_request: usize,
+    ) -> SeriesState {
+        let mut labels = external_labels.clone();
+        labels
+            .entry("job".to_string())
+            .or_insert_with(|| DEFAULT_JOB.to_string());
+        labels
+            .entry("instance".to_string())
+            .or_insert_with(|| instance.to_string());
+        SeriesState {
+            external: labels.into_iter().filter(|(_, v)| !v.is_empty()).collect(),
+            max_series_per_request: max_series_per_request.max(1),
+            last_timestamp_ms: None,
+            previous: SeriesSet::default(),
+        }
+    }
+
+    /// A regular push: the snapshot's series at one timestamp, then stale markers for the
+    /// series that disappeared since the previous call.
+    pub fn convert(
+        &mut self,
+        snapshot: &[MetricFamily],
+        now_ms: i64,
+    ) -> Result<Converted, EncodeError> {
+        self.convert_inner(snapshot, now_ms, false)
+    }
+
+    /// The push at shutdown: like [`convert`](Self::convert), then a stale marker for every
+    /// series, one millisecond later, in requests of their own.
+    pub fn convert_final(
+        &mut self,
+        snapshot: &[MetricFamily],
+        now_ms: i64,
+    ) -> Result<Converted, EncodeError> {
+        self.convert_inner(snapshot, now_ms, true)
+    }
+
+    fn next_timestamp(&mut self, now_ms: i64) -> i64 {
+        let ts = match self.last_timestamp_ms {
+            Some(last) if now_ms <= last => last + 1,
+            _ => now_ms,
+        };
+        self.last_timestamp_ms = Some(ts);
+        ts
+    }
+
+    fn convert_inner(
+        &mut self,
+        snapshot: &[MetricFamily],
+        now_ms: i64,
+        final_push: bool,
+    ) -> Result<Converted, EncodeError> {
+        let ts = self.next_timestamp(now_ms);
+        let mut out = Output::new(self.max_series_per_request);
+        let mut current = SeriesSet::with_capacity(self.previous.len());
+        let mut invalid_samples = 0;
+        let mut labels = Vec::new();
+        for family in snapshot {
+            invalid_samples += family_series(family, &self.external, &mut labels, &mut |l, v| {
+                // The same label set twice in one request at one timestamp makes a strict
+                // receiver reject the whole request; keep the first.
+                if current.insert(l) {
+                    out.push(l, v, ts)?;
+                }
+                Ok::<(), EncodeError>(())
+            })?;
+        }
+        let stale = f64::from_bits(STALE_NAN_BITS);
+        for series in self.previous.iter() {
+            if !current.contains(series) {
+                out.push(series, stale, ts)?;
+            }
+        }
+        if final_push {
+            out.flush()?;
+            let stale_ts = self.next_timestamp(ts + 1);
+            for series in current.iter() {
+                out.push(series, stale, stale_ts)?;
+            }
+            current = SeriesSet::default();
+        }
+        self.previous = current;
+        Ok(Converted {
+            batches: out.finish()?,
+            invalid_samples,
+        })
+    }
+}
+
+/// Series → batches of at most `max` series each.
+struct Output {
+    encoder: RequestEncoder,
+    batches: Vec<Batch>,
+    max: usize,
+}
+
+impl Output {
+    fn new(max: usize) -> Output {
+        Output {
+            encoder: RequestEncoder::default(),
+            batches: Vec::new(),
+            max,
+        }
+    }
+
+    fn push(&mut self, labels: &[u8], value: f64, ts: i64) -> Result<(), EncodeError> {
+        self.encoder.push(labels, value, ts);
+        if self.encoder.len() >= self.max {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), EncodeError> {
+        if let Some(batch) = self.encoder.finish()? {
+            self.batches.push(batch);
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<Batch>, EncodeError> {
+        self.flush()?;
+        Ok(self.batches)
+    }
+}
+
+/// The label sets of one snapshot, as encoded label bytes in one buffer, findable by hash.
+///
+/// One buffer instead of a `String` per label keeps a 190,000-series snapshot to a few
+/// tens of MB. Two different label sets with the same 64-bit hash (vanishingly rare) are
+/// both sent; only the second would miss its stale marker, and receivers end such a
+/// series by their own lookback (5 minutes) anyway.
+#[derive(Default)]
+struct SeriesSet {
+    bytes: Vec<u8>,
+    /// End offset in `bytes` of each series; it starts where the previous one ends.
+    ends: Vec<usize>,
+    by_hash: HashMap<u64, u32>,
+}
+
+impl SeriesSet {
+    fn with_capacity(series: usize) -> SeriesSet {
+        SeriesSet {
+            bytes: Vec::new(),
+            ends: Vec::with_capacity(series),
+            by_hash: HashMap::with_capacity(series),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Records a series; false when this exact label set is already there.
+    fn insert(&mut self, labels: &[u8]) -> bool {
+        let hash = hash(labels);
+        if let Some(&i) = self.by_hash.get(&hash) {
+            // Equal bytes: a duplicate. Different bytes: a hash collision, sent untracked.
+            return self.get(i as usize) != labels;
+        }
+        self.bytes.extend_from_slice(labels);
+        self.ends.push(self.bytes.len());
+        self.by_hash.insert(hash, (self.ends.len() - 1) as u32);
+        true
+    }
+
+    fn contains(&self, labels: &[u8]) -> bool {
+        self.by_hash
+            .get(&hash(labels))
+            .is_some_and(|&i| self.get(i as usize) == labels)
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.ends.len()).map(|i| self.get(i))
+    }
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
+}
+
+/// Calls `emit(label_bytes, value)` for every series of `family`; returns the number of
+/// samples left out because a name is not valid.
+fn family_series<E>(
+    family: &MetricFamily,
+    external: &[(String, String)],
+    label_bytes: &mut Vec<u8>,
+    emit: &mut impl FnMut(&[u8], f64) -> Result<(), E>,
+) -> Result<u64, E> {
+    let name = family.name();
+    if !is_valid_metric_name(name) {
+        return Ok(family
+            .get_metric()
+            .iter()
+            .map(|m| sample_count(family, m))
+            .sum());
+    }
+    let suffixed = |suffix: &str| format!("{name}{suffix}");
+    let (bucket_name, sum_name, count_name) = match family.get_field_type() {
+        MetricType::HISTOGRAM => (suffixed("_bucket"), suffixed("_sum"), suffixed("_count")),
+        MetricType::SUMMARY => (String::new(), suffixed("_sum"), suffixed("_count")),
+        _ => Default::default(),
+    };
+    let mut texts_cache = FloatTexts::default();
+    let mut invalid = 0;
+    for metric in family.get_metric() {
+        let own: Vec<(&str, &str)> = metric
+            .get_label()
+            .iter()
+            .map(|l| (l.name(), l.value()))
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        if !own.iter().all(|(n, _)| is_valid_label_name(n)) {
+            invalid += sample_count(family, metric);
+            continue;
+        }
+        let h = metric.get_histogram();
+        let s = metric.get_summary();
+        // The `le` or `quantile` values as text, aligned with the buckets or quantiles.
+        let texts = match family.get_field_type() {
+            MetricType::HISTOGRAM => texts_cache.of(h.get_bucket().iter().map(|b| b.upper_bound())),
+            MetricType::SUMMARY => texts_cache.of(s.get_quantile().iter().map(|q| q.quantile())),
+            _ => &[],
+        };
+        let mut series = SeriesLabels {
+            own: &own,
+            external,
+            pairs: Vec::with_capacity(own.len() + external.len() + 2),
+            out: label_bytes,
+        };
+        match family.get_field_type() {
+            MetricType::COUNTER => {
+                emit(series.encode(name, None), metric.get_counter().get_value())?
+            }
+            MetricType::GAUGE => emit(series.encode(name, None), metric.get_gauge().get_value())?,
+            #[allow(deprecated)] // the only accessor of an untyped value in prometheus 0.14
+            MetricType::UNTYPED => {
+                emit(series.encode(name, None), metric.get_untyped().get_value())?
+            }
+            MetricType::HISTOGRAM => {
+                let buckets = h.get_bucket();
+                for (b, le) in buckets.iter().zip(texts) {
+                    let v = b.cumulative_count() as f64;
+                    emit(series.encode(&bucket_name, Some(("le", le))), v)?;
+                }
+                if !ends_with_inf(buckets) {
+                    let v = h.get_sample_count() as f64;
+                    emit(series.encode(&bucket_name, Some(("le", "+Inf"))), v)?;
+                }
+                emit(series.encode(&sum_name, None), h.get_sample_sum())?;
+                emit(
+                    series.encode(&count_name, None),
+                    h.get_sample_count() as f64,
+                )?;
+            }
+            MetricType::SUMMARY => {
+                for (q, text) in s.get_quantile().iter().zip(texts) {
+                    emit(series.encode(name, Some(("quantile", text))), q.value())?;
+                }
+                emit(series.encode(&sum_name, None), s.sample_sum())?;
+                emit(series.encode(&count_name, None), s.sample_count() as f64)?;
+            }
+        }
+    }
+    Ok(invalid)
+}
+
+/// Builds the label bytes of one metric's series.
+struct SeriesLabels<'a> {
+    own: &'a [(&'a str, &'a str)],
+    external: &'a [(String, String)],
+    pairs: Vec<(&'a str, &'a str)>,
+    out: &'a mut Vec<u8>,
+}
+
+impl<'a> SeriesLabels<'a> {
+    /// The labels of the series `name{extra, own labels, external labels}`, encoded.
+    fn encode(&mut self, name: &'a str, extra: Option<(&'a str, &'a str)>) -> &[u8] {
+        // Listed by precedence; the stable sort keeps that order among equal names, and
+        // dedup keeps the first: __name__ and le/quantile, then the metric's, then external.
+        self.pairs.clear();
+        self.pairs.push(("__name__", name));
+        self.pairs.extend(extra);
+        self.pairs.extend_from_slice(self.own);
+        self.pairs
+            .extend(self.external.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        self.pairs.sort_by(|a, b| a.0.cmp(b.0));
+        self.pairs.dedup_by(|later, first| later.0 == first.0);
+        self.out.clear();
+        for (n, v) in &self.pairs {
+            encode_label(n, v, self.out);
+        }
+        self.out
+    }
+}
+
+/// Bucket bounds or quantiles as label text, formatted again only when they change (the
+/// children of one family share them).
+#[derive(Default)]
+struct FloatTexts {
+    bits: Vec<u64>,
+    texts: Vec<String>,
+}
+
+impl FloatTexts {
+    fn of(&mut self, values: impl Iterator<Item = f64> + Clone) -> &[String] {
+        if !self
+            .bits
+            .iter()
+            .copied()
+            .eq(values.clone().map(f64::to_bits))
+        {
+            self.bits = values.clone().map(f64::to_bits).collect();
+            self.texts = values.map(format_float).collect();
+        }
+        &self.texts
+    }
+}
+
+fn ends_with_inf(buckets: &[Bucket]) -> bool {
+    buckets
+        .last()
+        .is_some_and(|b| b.upper_bound() == f64::INFINITY)
+}
+
+/// How the text format writes a bound or quantile, so that pushed and scraped series match.
+fn format_float(v: f64) -> String {
+    if v == f64::INFINITY {
+        "+Inf".to_string()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".to_string()
+    } else if v.is_nan() {
+        "NaN".to_string()
+    } else {
+        v.to_string()
+    }
+}
+
+/// Samples a metric turns into, for counting what was left out.
+fn sample_count(family: &MetricFamily, metric: &Metric) -> u64 {
+    match family.get_field_type() {
+        MetricType::HISTOGRAM => {
+            let buckets = metric.get_histogram().get_bucket();
+            buckets.len() as u64 + u64::from(!ends_with_inf(buckets)) + 2
+        }
+        MetricType::SUMMARY => metric.get_summary().get_quantile().len() as u64 + 2,
+        _ => 1,
+    }
+}
+
+/// Metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+pub fn is_valid_metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    match chars.next() {
+        Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':' => {}
+        _ => return false,
+    }
+    chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::encode::decode;
+    use crate::push::proto::TimeSeries;
+    use prometheus::proto::{LabelPair, Quantile, Summary};
+    use prometheus::{CounterVec, Gauge, HistogramOpts, HistogramVec, Opts, Registry};
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    /// Decodes every batch into (labels as "name=value" strings, value, timestamp).
+    fn decoded(c: &Converted) -> Vec<(Vec<String>, f64, i64)> {
+        c.batches
+            .iter()
+            .flat_map(|b| decode(&b.body).unwrap().timeseries)
+            .map(|TimeSeries { labels, samples }| {
+                assert_eq!(samples.len(), 1);
+                let l = labels
+                    .into_iter()
+                    .map(|l| format!("{}={}", l.name, l.value))
+                    .collect();
+                (l, samples[0].value, samples[0].timestamp)
+            })
+            .collect()
+    }
+
+    fn find<'a>(
+        series: &'a [(Vec<String>, f64, i64)],
+        want: &[&str],
+    ) -> &'a (Vec<String>, f64, i64) {
+        series
+            .iter()
+            .find(|(l, _, _)| want.iter().all(|w| l.contains(&w.to_string())))
+            .unwrap_or_else(|| panic!("no series with {want:?} in {series:#?}"))
+    }
+
+    fn state() -> SeriesState {
+        SeriesState::new(&BTreeMap::new(), "127.0.0.1:11435", 1000)
+    }
+
+    fn registry() -> (Registry, CounterVec, HistogramVec) {
+        let r = Registry::new();
+        let c = CounterVec::new(Opts::new("requests_total", "h"), &["route", "model"]).unwrap();
+        let h = HistogramVec::new(
+            HistogramOpts::new("latency_ms", "h").buckets(vec![0.5, 50.0]),
+            &["route"],
+        )
+        .unwrap();
+        let g = Gauge::new("ready", "h").unwrap();
+        r.register(Box::new(c.clone())).unwrap();
+        r.register(Box::new(h.clone())).unwrap();
+        r.register(Box::new(g)).unwrap();
+        (r, c, h)
+    }
+
+    #[test]
+    fn counters_gauges_and_histograms_become_text_format_series_with_external_labels() {
+        let (r, c, h) = registry();
+        c.with_label_values(&["/v1/chat", "gpt"]).inc_by(3.0);
+        h.with_label_values(&["/v1/chat"]).observe(7.0);
+        let out = state().convert(&r.gather(), NOW).unwrap();
+        assert_eq!(out.invalid_samples, 0);
+        let s = decoded(&out);
+        let ext = ["instance=127.0.0.1:11435", "job=codex-proxy"];
+        let counter = find(&s, &["__name__=requests_total"]);
+        assert_eq!(
+            counter.0,
+            [
+                "__name__=requests_total",
+                ext[0],
+                ext[1],
+                "model=gpt",
+                "route=/v1/chat"
+            ]
+        );
+        assert_eq!((counter.1, counter.2), (3.0, NOW));
+        assert_eq!(find(&s, &["__name__=ready"]).1, 0.0);
+        assert_eq!(find(&s, &["__name__=latency_ms_bucket", "le=0.5"]).1, 0.0);
+        assert_eq!(find(&s, &["__name__=latency_ms_bucket", "le=50"]).1, 1.0);
+        assert_eq!(find(&s, &["__name__=latency_ms_bucket", "le=+Inf"]).1, 1.0);
+        assert_eq!(find(&s, &["__name__=latency_ms_sum"]).1, 7.0);
+        assert_eq!(find(&s, &["__name__=latency_ms_count"]).1, 1.0);
+        // counter, gauge, 2 buckets + Inf, sum, count
+        assert_eq!(s.len(), 7);
+    }
+
+    fn summary_family() -> MetricFamily {
+        let label = |n: &str, v: &str| {
+            let mut l = LabelPair::default();
+            l.set_name(n.into());
+            l.set_value(v.into());
+            l
+        };
+        let q = |q: f64, v: f64| {
+            let mut x = Quantile::default();
+            x.set_quantile(q);
+            x.set_value(v);
+            x
+        };
+        let mut s = Summary::default();
+        s.set_quantile(vec![q(0.5, 10.0), q(0.99, 90.0)]);
+        s.set_sample_sum(300.0);
+        s.set_sample_count(12);
+        // `job` here wins over the external one; the empty `model` is left out.
+        let mut m = Metric::from_label(vec![label("job", "mine"), label("model", "")]);
+        m.set_summary(s);
+        let mut f = MetricFamily::default();
+        f.set_name("latency_summary_ms".into());
+        f.set_field_type(MetricType::SUMMARY);
+        f.set_metric(vec![m]);
+        f
+    }
+
+    #[test]
+    fn summaries_become_quantile_sum_and_count_and_metric_labels_beat_external_ones() {
+        let s = decoded(&state().convert(&[summary_family()], NOW).unwrap());
+        assert_eq!(s.len(), 4);
+        let p99 = find(&s, &["quantile=0.99"]);
+        assert_eq!(
+            p99.0,
+            [
+                "__name__=latency_summary_ms",
+                "instance=127.0.0.1:11435",
+                "job=mine",
+                "quantile=0.99"
+            ]
+        );
+        assert_eq!(p99.1, 90.0);
+        assert_eq!(find(&s, &["__name__=latency_summary_ms_sum"]).1, 300.0);
+        assert_eq!(find(&s, &["__name__=latency_summary_ms_count"]).1, 12.0);
+    }
+
+    #[test]
+    fn every_label_set_is_sorted_unique_and_non_empty() {
+        let (r, c, h) = registry();
+        c.with_label_values(&["/a", ""]).inc();
+        h.with_label_values(&["/a"]).observe(1.0);
+        let mut families = r.gather();
+        families.push(summary_family());
+        let ext: BTreeMap<String, String> = [
+            ("zone".to_string(), "b".to_string()),
+            ("aaa".into(), "1".into()),
+        ]
+        .into();
+        let out = SeriesState::new(&ext, "i:1", 10)
+            .convert(&families, NOW)
+            .unwrap();
+        for batch in &out.batches {
+            for ts in decode(&batch.body).unwrap().timeseries {
+                let names: Vec<&str> = ts.labels.iter().map(|l| l.name.as_str()).collect();
+                assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
+                assert!(names.contains(&"__name__"));
+                assert!(ts
+                    .labels
+                    .iter()
+                    .all(|l| !l.name.is_empty() && !l.value.is_empty()));
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_names_are_left_out_and_counted() {
+        let mut bad_name = summary_family();
+        bad_name.set_name("latency-ms".into());
+        let mut bad_label = MetricFamily::default();
+        bad_label.set_name("ok".into());
+        bad_label.set_field_type(MetricType::GAUGE);
+        let mut l = LabelPair::default();
+        l.set_name("__reserved".into());
+        l.set_value("x".into());
+        bad_label.set_metric(vec![Metric::from_label(vec![l])]);
+        let out = state().convert(&[bad_name, bad_label], NOW).unwrap();
+        assert!(out.batches.is_empty());
+        assert_eq!(out.invalid_samples, 4 + 1);
+        assert!(is_valid_metric_name("a:b_c9") && !is_valid_metric_name("9a"));
+    }
+
+    #[test]
+    fn timestamps_strictly_increase_even_when_the_clock_stalls_or_steps_back() {
+        let (r, c, _) = registry();
+        c.with_label_values(&["/a", "m"]).inc();
+        let mut st = state();
+        let mut last = i64::MIN;
+        for now in [NOW, NOW, NOW - 5000, NOW + 10] {
+            let ts = decoded(&st.convert(&r.gather(), now).unwrap())[0].2;
+            assert!(ts > last, "{ts} after {last}");
+            last = ts;
+        }
+        assert_eq!(last, NOW + 10);
+    }
+
+    #[test]
+    fn a_series_that_disappears_gets_one_stale_marker() {
+        let (r, c, _) = registry();
+        c.with_label_values(&["/a", "m"]).inc();
+        c.with_label_values(&["/b", "m"]).inc();
+        let mut st = state();
+        st.convert(&r.gather(), NOW).unwrap();
+        c.remove_label_values(&["/b", "m"]).unwrap();
+        let s = decoded(&st.convert(&r.gather(), NOW + 1000).unwrap());
+        let gone = find(&s, &["route=/b"]);
+        assert_eq!(gone.1.to_bits(), STALE_NAN_BITS);
+        assert_eq!(gone.2, NOW + 1000);
+        assert_eq!(find(&s, &["route=/a"]).1, 1.0);
+        // Once marked stale, it is forgotten.
+        let s = decoded(&st.convert(&r.gather(), NOW + 2000).unwrap());
+        assert!(s
+            .iter()
+            .all(|(l, _, _)| !l.contains(&"route=/b".to_string())));
+    }
+
+    #[test]
+    fn final_push_marks_every_series_stale_after_its_last_sample() {
+        let (r, c, _) = registry();
+        c.with_label_values(&["/a", "m"]).inc();
+        let mut st = state();
+        let out = st.convert_final(&r.gather(), NOW).unwrap();
+        let s = decoded(&out);
+        let (values, stale): (Vec<_>, Vec<_>) = s
+            .iter()
+            .partition(|(_, v, _)| v.to_bits() != STALE_NAN_BITS);
+        assert_eq!(values.len(), stale.len());
+        for (labels, _, ts) in &values {
+            let marker = stale.iter().find(|(l, _, _)| l == labels).unwrap();
+            assert_eq!((*ts, marker.2), (NOW, NOW + 1));
+        }
+        // The markers travel in requests of their own, after the values.
+        let last = decode(&out.batches.last().unwrap().body).unwrap();
+        assert!(last.timeseries.iter().all(|t| t.samples[0].value.is_nan()));
+    }
+
+    #[test]
+    fn large_snapshots_split_into_ordered_requests_of_at_most_max_series() {
+        let (r, c, _) = registry();
+        for i in 0..25 {
+            c.with_label_values(&[&format!("/r{i:02}"), "m"]).inc();
+        }
+        let out = SeriesState::new(&BTreeMap::new(), "i", 10)
+            .convert(&r.gather(), NOW)
+            .unwrap();
+        let sizes: Vec<u64> = out.batches.iter().map(|b| b.samples).collect();
+        // 25 counters + 1 gauge (the histogram has no children yet).
+        assert_eq!(sizes, [10, 10, 6]);
+        let routes: Vec<String> = decoded(&out)
+            .into_iter()
+            .filter_map(|(l, _, _)| l.into_iter().find(|x| x.starts_with("route=")))
+            .collect();
+        let mut sorted = routes.clone();
+        sorted.sort();
+        assert_eq!(routes, sorted, "gather order is kept across requests");
+    }
+
+    #[test]
+    fn a_duplicate_label_set_is_sent_once() {
+        let f = summary_family();
+        let out = state().convert(&[f.clone(), f], NOW).unwrap();
+        assert_eq!(decoded(&out).len(), 4);
+    }
+}
