@@ -65,8 +65,27 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::DemoWorker => ExitCode::SUCCESS,
+        Command::DemoWorker => run_demo_worker(),
     }
+}
+
+/// Serves the demo app-server on stdin/stdout with the `DEMO_*` knobs of the environment.
+fn run_demo_worker() -> ExitCode {
+    use codex_proxy::worker::demo;
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("demo-worker: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let knobs = demo::DemoKnobs::from_env(|k| std::env::var(k).ok());
+    let code = runtime.block_on(demo::run(tokio::io::stdin(), tokio::io::stdout(), knobs));
+    // Exit at once: a runtime shutdown would wait for the blocking stdin read.
+    std::process::exit(code)
 }
 
 /// Loads the configuration; a bad one exits 2 with the key named.

@@ -1,2 +1,218 @@
 //! The supervised app-server worker: JSON-RPC transport over stdio, the supervisor that
-//! spawns, handshakes and restarts it, and the built-in demo worker.
+//! spawns, handshakes and restarts it, one turn's event stream, and the built-in demo
+//! worker.
+//!
+//! The proxy sees only [`WorkerHandle`]: its status (also as a watch channel, so gauges
+//! stay live without polling), and `start_turn`, which runs one request on a fresh
+//! ephemeral thread under the per-worker concurrency cap.
+
+pub mod demo;
+pub mod supervisor;
+pub mod transport;
+pub mod turn;
+
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::{watch, Semaphore};
+
+pub use supervisor::WorkerCommand;
+use transport::{Transport, TransportError};
+pub use turn::{Turn, TurnEvent, TurnStatus};
+
+/// Where the worker is in its life; serialized in `/healthz` as snake_case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    NotStarted,
+    Launching,
+    HandshakePending,
+    /// Handshake complete: turns are accepted.
+    Ready,
+    HandshakeFailed,
+    Exited,
+    /// Waiting `backoff_ms` before the next launch.
+    Restarting,
+    /// Gave up after `worker.restart_max` failed starts in a row.
+    RestartLimitExceeded,
+    ShuttingDown,
+}
+
+/// A snapshot of the worker, published on every change.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerStatus {
+    pub state: WorkerState,
+    pub ready: bool,
+    /// Launches after the first one, since the proxy started (cumulative).
+    pub restarts: u64,
+    /// Delay before the pending restart; 0 when none is pending.
+    pub backoff_ms: u64,
+    /// Failed starts or exits since the worker was last ready.
+    pub consecutive_failures: u32,
+    /// Why the worker last stopped or failed to start.
+    pub last_error: Option<String>,
+    /// Models the worker advertised (`model/list`), empty until known.
+    pub models: Vec<String>,
+}
+
+impl Default for WorkerStatus {
+    fn default() -> Self {
+        WorkerStatus {
+            state: WorkerState::NotStarted,
+            ready: false,
+            restarts: 0,
+            backoff_ms: 0,
+            consecutive_failures: 0,
+            last_error: None,
+            models: Vec::new(),
+        }
+    }
+}
+
+/// Why a turn could not start.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum WorkerError {
+    #[error("the worker is not ready")]
+    NotReady,
+    #[error("the worker is running its maximum of {0} turns")]
+    Busy(usize),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("the worker answered `{method}` without {missing}")]
+    Protocol {
+        method: &'static str,
+        missing: &'static str,
+    },
+}
+
+/// One request for the worker: the prompt and, optionally, the model to use.
+#[derive(Debug, Clone)]
+pub struct TurnRequest {
+    pub prompt: String,
+    pub model: Option<String>,
+}
+
+/// State shared by the handle and the supervisor task.
+pub(crate) struct Shared {
+    pub(crate) status: watch::Sender<WorkerStatus>,
+    /// The live connection, present only while the worker is ready.
+    pub(crate) connection: Mutex<Option<Transport>>,
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) max_concurrency: usize,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Shared {
+    /// Applies `change` unless shutdown already began: a late restart must not make a
+    /// stopping worker look alive again.
+    pub(crate) fn update(&self, change: impl FnOnce(&mut WorkerStatus)) {
+        self.status.send_if_modified(|s| {
+            if s.state == WorkerState::ShuttingDown {
+                return false;
+            }
+            let before = s.clone();
+            change(s);
+            s.ready = s.state == WorkerState::Ready;
+            *s != before
+        });
+    }
+
+    pub(crate) fn set_connection(&self, transport: Option<Transport>) {
+        *lock(&self.connection) = transport;
+    }
+}
+
+/// The proxy's view of the worker. Cheap to clone.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    shared: Arc<Shared>,
+}
+
+impl WorkerHandle {
+    pub fn status(&self) -> WorkerStatus {
+        self.shared.status.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<WorkerStatus> {
+        self.shared.status.subscribe()
+    }
+
+    /// Turns running right now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.max_concurrency - self.shared.slots.available_permits()
+    }
+
+    /// Starts one turn: `thread/start` (ephemeral, never asks for approval, read-only
+    /// sandbox) then `turn/start` with the prompt as one text input. Callers bound the
+    /// wait with their own timeout.
+    pub async fn start_turn(&self, request: TurnRequest) -> Result<Turn, WorkerError> {
+        let transport = lock(&self.shared.connection)
+            .clone()
+            .ok_or(WorkerError::NotReady)?;
+        let slot = self
+            .shared
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| WorkerError::Busy(self.shared.max_concurrency))?;
+
+        let mut params = json!({
+            "approvalPolicy": "never",
+            "sandbox": "read-only",
+            "ephemeral": true,
+        });
+        if let Some(model) = &request.model {
+            params["model"] = Value::String(model.clone());
+        }
+        let started = transport.request("thread/start", params).await?;
+        let thread_id = started
+            .pointer("/thread/id")
+            .and_then(Value::as_str)
+            .ok_or(WorkerError::Protocol {
+                method: "thread/start",
+                missing: "thread.id",
+            })?;
+        let model = started
+            .get("model")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        // Subscribe before `turn/start` so no delta of the turn can slip past.
+        let subscription = transport.subscribe_thread(thread_id);
+        let input = json!([{"type": "text", "text": request.prompt, "text_elements": []}]);
+        let turn = transport
+            .request(
+                "turn/start",
+                json!({"threadId": thread_id, "input": input}),
+            )
+            .await?;
+        let turn_id = turn
+            .pointer("/turn/id")
+            .and_then(Value::as_str)
+            .ok_or(WorkerError::Protocol {
+                method: "turn/start",
+                missing: "turn.id",
+            })?;
+        Ok(Turn::new(subscription, turn_id.to_string(), model, slot))
+    }
+
+    /// Stops the worker: no new turns, stdin closed, `shutdown_grace_ms` to exit, then
+    /// killed. Returns once the child is gone.
+    pub async fn shutdown(&self) {
+        self.shared.update(|s| {
+            s.state = WorkerState::ShuttingDown;
+            s.backoff_ms = 0;
+        });
+        self.shared.set_connection(None);
+        self.shared.shutdown.send_replace(true);
+        let task = lock(&self.shared.supervisor).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,485 @@
+//! `codex-proxy demo-worker`: a deterministic stand-in for `codex app-server` that speaks
+//! the subset the proxy uses (design.md §6), so the proxy runs and is tested with no Codex
+//! installed. It echoes the prompt back in small deltas (small enough that tags split
+//! across deltas), and its test knobs come from the environment:
+//!
+//! | variable | effect |
+//! |---|---|
+//! | `DEMO_DELTA_DELAY_MS` | sleep this long before each delta |
+//! | `DEMO_CRASH_AFTER_TURNS` | exit with status 1 after this many completed turns |
+//! | `DEMO_FAIL_HANDSHAKE` | `1`: exit before answering `initialize` |
+//! | `DEMO_TOOL_BLOCKS` | `1`: a complete `<use_tool>` block; `nested`: an opener inside an open block; `unterminated`: an opener never closed |
+//! | `DEMO_TURN_FAIL` | `1`: every turn ends with an `error` and status `failed` |
+//!
+//! It logs one line to stderr per interrupted turn (`demo-worker: turn <id> interrupted`),
+//! which is how tests see that an interrupt reached the worker.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch};
+
+/// The only model the demo worker advertises.
+pub const DEMO_MODEL: &str = "codex-demo";
+/// Characters per delta: small, so that `<use_tool ...>` spans several deltas.
+const DELTA_CHARS: usize = 6;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolBlocks {
+    None,
+    Complete,
+    Nested,
+    Unterminated,
+}
+
+/// The `DEMO_*` knobs.
+#[derive(Debug, Clone)]
+pub struct DemoKnobs {
+    pub delta_delay: Duration,
+    pub crash_after_turns: Option<u64>,
+    pub fail_handshake: bool,
+    pub tool_blocks: ToolBlocks,
+    pub turn_fail: bool,
+}
+
+impl DemoKnobs {
+    /// Reads the knobs; a value that does not parse leaves the knob off.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> DemoKnobs {
+        let num = |k: &str| get(k).and_then(|v| v.trim().parse::<u64>().ok());
+        let on = |k: &str| get(k).is_some_and(|v| v.trim() == "1");
+        DemoKnobs {
+            delta_delay: Duration::from_millis(num("DEMO_DELTA_DELAY_MS").unwrap_or(0)),
+            crash_after_turns: num("DEMO_CRASH_AFTER_TURNS"),
+            fail_handshake: on("DEMO_FAIL_HANDSHAKE"),
+            tool_blocks: match get("DEMO_TOOL_BLOCKS").as_deref().map(str::trim) {
+                Some("1") => ToolBlocks::Complete,
+                Some("nested") => ToolBlocks::Nested,
+                Some("unterminated") => ToolBlocks::Unterminated,
+                _ => ToolBlocks::None,
+            },
+            turn_fail: on("DEMO_TURN_FAIL"),
+        }
+    }
+}
+
+/// The full reply to `prompt`; what the deltas add up to.
+pub fn reply_text(prompt: &str, tool_blocks: ToolBlocks) -> String {
+    let echo = format!("Echo: {prompt}");
+    match tool_blocks {
+        ToolBlocks::None => echo,
+        ToolBlocks::Complete => {
+            format!("{echo}\n<use_tool name=\"note\"><text>demo</text></use_tool>\nDone.")
+        }
+        ToolBlocks::Nested => format!(
+            "{echo}\n<use_tool name=\"outer\">first <use_tool name=\"inner\">second</use_tool>\nDone."
+        ),
+        ToolBlocks::Unterminated => format!("{echo}\n<use_tool name=\"open\">never closed"),
+    }
+}
+
+/// Splits `text` into deltas of at most `DELTA_CHARS` characters.
+pub fn deltas(text: &str) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars
+        .chunks(DELTA_CHARS)
+        .map(|c| c.iter().collect())
+        .collect()
+}
+
+enum Out {
+    Line(Value),
+    /// Flush everything before it, then end with this exit code.
+    Exit(i32),
+}
+
+struct State {
+    knobs: DemoKnobs,
+    out: mpsc::UnboundedSender<Out>,
+    next_id: AtomicU64,
+    completed_turns: AtomicU64,
+    /// Interrupt switches of the running turns, by turn id.
+    running: Mutex<HashMap<String, watch::Sender<bool>>>,
+}
+
+/// Serves one app-server session on `input`/`output`; returns the process exit code.
+pub async fn run<R, W>(input: R, output: W, knobs: DemoKnobs) -> i32
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (out, out_rx) = mpsc::unbounded_channel();
+    let mut writer = tokio::spawn(write_loop(output, out_rx));
+    let state = Arc::new(State {
+        knobs,
+        out,
+        next_id: AtomicU64::new(1),
+        completed_turns: AtomicU64::new(0),
+        running: Mutex::new(HashMap::new()),
+    });
+    let mut lines = BufReader::new(input).lines();
+    loop {
+        tokio::select! {
+            code = &mut writer => return code.unwrap_or(1),
+            line = lines.next_line() => match line {
+                Ok(Some(line)) => {
+                    if let Some(code) = handle_line(&state, &line) {
+                        let _ = state.out.send(Out::Exit(code));
+                        return writer.await.unwrap_or(1);
+                    }
+                }
+                // EOF on stdin: the proxy is shutting us down.
+                _ => {
+                    let _ = state.out.send(Out::Exit(0));
+                    return writer.await.unwrap_or(1);
+                }
+            },
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut output: W,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+) -> i32 {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Out::Line(v) => {
+                let line = format!("{v}\n");
+                if output.write_all(line.as_bytes()).await.is_err()
+                    || output.flush().await.is_err()
+                {
+                    return 1;
+                }
+            }
+            Out::Exit(code) => {
+                let _ = output.flush().await;
+                return code;
+            }
+        }
+    }
+    0
+}
+
+/// Handles one line; `Some(code)` ends the session.
+fn handle_line(state: &Arc<State>, line: &str) -> Option<i32> {
+    let Ok(msg) = serde_json::from_str::<Value>(line) else {
+        return None;
+    };
+    let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
+    let Some(id) = msg.get("id").cloned() else {
+        return None; // notifications (`initialized`) and responses need no answer
+    };
+    let params = msg.get("params").cloned().unwrap_or(Value::Null);
+    let result = match method {
+        "initialize" if state.knobs.fail_handshake => return Some(1),
+        "initialize" => json!({
+            "userAgent": format!("codex-proxy-demo/{}", env!("CARGO_PKG_VERSION")),
+            "codexHome": "",
+            "platformFamily": std::env::consts::FAMILY,
+            "platformOs": std::env::consts::OS,
+        }),
+        "model/list" => json!({
+            "data": [{"id": DEMO_MODEL, "model": DEMO_MODEL, "displayName": "Demo echo",
+                      "hidden": false, "isDefault": true}],
+            "nextCursor": null,
+        }),
+        "thread/start" => {
+            let n = state.next_id.fetch_add(1, Ordering::Relaxed);
+            let model = params
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or(DEMO_MODEL);
+            json!({"thread": {"id": format!("thr_{n}")}, "model": model})
+        }
+        "turn/start" => {
+            let n = state.next_id.fetch_add(1, Ordering::Relaxed);
+            let turn_id = format!("turn_{n}");
+            let thread_id = params
+                .get("threadId")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let prompt = params
+                .pointer("/input/0/text")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let (interrupt, interrupted) = watch::channel(false);
+            lock(&state.running).insert(turn_id.clone(), interrupt);
+            // The answer goes out before the first notification of the turn.
+            respond(state, id, json!({"turn": {"id": turn_id, "status": "inProgress"}}));
+            tokio::spawn(run_turn(
+                state.clone(),
+                thread_id,
+                turn_id,
+                prompt,
+                interrupted,
+            ));
+            return None;
+        }
+        "turn/interrupt" => {
+            let turn_id = params.get("turnId").and_then(Value::as_str).unwrap_or("");
+            if let Some(switch) = lock(&state.running).get(turn_id) {
+                switch.send_replace(true);
+            }
+            json!({})
+        }
+        _ => {
+            let error = json!({"code": -32601, "message": format!("demo-worker: no method `{method}`")});
+            let _ = state
+                .out
+                .send(Out::Line(json!({"jsonrpc": "2.0", "id": id, "error": error})));
+            return None;
+        }
+    };
+    respond(state, id, result);
+    None
+}
+
+fn respond(state: &State, id: Value, result: Value) {
+    let _ = state
+        .out
+        .send(Out::Line(json!({"jsonrpc": "2.0", "id": id, "result": result})));
+}
+
+fn notify(state: &State, method: &str, params: Value) {
+    let _ = state.out.send(Out::Line(
+        json!({"jsonrpc": "2.0", "method": method, "params": params}),
+    ));
+}
+
+async fn run_turn(
+    state: Arc<State>,
+    thread_id: String,
+    turn_id: String,
+    prompt: String,
+    mut interrupted: watch::Receiver<bool>,
+) {
+    let ids = json!({"threadId": thread_id, "turnId": turn_id});
+    let with_ids = |mut v: Value| {
+        v["threadId"] = ids["threadId"].clone();
+        v["turnId"] = ids["turnId"].clone();
+        v
+    };
+    let complete = |status: &str, error: Value| {
+        notify(
+            &state,
+            "turn/completed",
+            json!({"threadId": thread_id, "turn": {"id": turn_id, "status": status, "items": [], "error": error}}),
+        );
+    };
+
+    if state.knobs.turn_fail {
+        let error = json!({"message": "demo-worker: turn failed (DEMO_TURN_FAIL)", "codexErrorInfo": "other"});
+        notify(
+            &state,
+            "error",
+            with_ids(json!({"error": error, "willRetry": false})),
+        );
+        complete("failed", error);
+    } else {
+        let pieces = deltas(&reply_text(&prompt, state.knobs.tool_blocks));
+        let mut sent = 0u64;
+        let mut stopped = false;
+        for piece in &pieces {
+            if !state.knobs.delta_delay.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(state.knobs.delta_delay) => {}
+                    _ = interrupted.wait_for(|i| *i) => {}
+                }
+            }
+            if *interrupted.borrow() {
+                stopped = true;
+                break;
+            }
+            notify(
+                &state,
+                "item/agentMessage/delta",
+                with_ids(json!({"itemId": "msg_1", "delta": piece})),
+            );
+            sent += 1;
+        }
+        let input = prompt.split_whitespace().count() as u64;
+        let usage = json!({"inputTokens": input, "outputTokens": sent, "totalTokens": input + sent,
+                           "cachedInputTokens": 0, "reasoningOutputTokens": 0});
+        notify(
+            &state,
+            "thread/tokenUsage/updated",
+            with_ids(json!({"tokenUsage": {"last": usage, "total": usage}})),
+        );
+        if stopped {
+            eprintln!("demo-worker: turn {turn_id} interrupted after {sent} deltas");
+            complete("interrupted", Value::Null);
+        } else {
+            complete("completed", Value::Null);
+        }
+    }
+    lock(&state.running).remove(&turn_id);
+
+    let done = state.completed_turns.fetch_add(1, Ordering::SeqCst) + 1;
+    if state.knobs.crash_after_turns == Some(done) {
+        eprintln!("demo-worker: crashing after {done} turns (DEMO_CRASH_AFTER_TURNS)");
+        let _ = state.out.send(Out::Exit(1));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::transport::Transport;
+    use crate::worker::turn::{TurnEvent, TurnStatus};
+    use tokio::io::duplex;
+
+    fn knobs(env: &[(&str, &str)]) -> DemoKnobs {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        DemoKnobs::from_env(|k| env.get(k).cloned())
+    }
+
+    /// A transport talking to an in-process demo worker; the join handle yields its exit code.
+    fn session(k: DemoKnobs) -> (Transport, tokio::task::JoinHandle<i32>) {
+        let (proxy_out, demo_in) = duplex(1 << 16);
+        let (demo_out, proxy_in) = duplex(1 << 16);
+        let demo = tokio::spawn(run(demo_in, demo_out, k));
+        (Transport::start(proxy_in, proxy_out), demo)
+    }
+
+    /// Handshake, thread and turn by hand; returns the turn and its thread id.
+    async fn start_turn(t: &Transport, prompt: &str) -> (crate::worker::turn::Turn, String) {
+        t.request("initialize", json!({})).await.unwrap();
+        let thread = t.request("thread/start", json!({})).await.unwrap();
+        let thread_id = thread["thread"]["id"].as_str().unwrap().to_string();
+        let sub = t.subscribe_thread(&thread_id);
+        let turn = t
+            .request(
+                "turn/start",
+                json!({"threadId": thread_id, "input": [{"type": "text", "text": prompt}]}),
+            )
+            .await
+            .unwrap();
+        let slot = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        let turn_id = turn["turn"]["id"].as_str().unwrap().to_string();
+        (
+            crate::worker::turn::Turn::new(sub, turn_id, None, slot),
+            thread_id,
+        )
+    }
+
+    async fn collect(turn: &mut crate::worker::turn::Turn) -> (String, Vec<TurnEvent>) {
+        let mut text = String::new();
+        let mut events = Vec::new();
+        while let Some(e) = turn.next_event().await {
+            if let TurnEvent::Delta(d) = &e {
+                text.push_str(d);
+            }
+            events.push(e);
+        }
+        (text, events)
+    }
+
+    #[tokio::test]
+    async fn a_turn_echoes_the_prompt_in_several_deltas_then_usage_and_completion() {
+        let (t, _demo) = session(knobs(&[]));
+        let (mut turn, _) = start_turn(&t, "hello there").await;
+        let (text, events) = collect(&mut turn).await;
+        assert_eq!(text, "Echo: hello there");
+        let deltas = events
+            .iter()
+            .filter(|e| matches!(e, TurnEvent::Delta(_)))
+            .count();
+        assert!(deltas > 1);
+        assert!(events.contains(&TurnEvent::Usage {
+            input: 2,
+            output: deltas as u64,
+            total: 2 + deltas as u64
+        }));
+        assert_eq!(
+            events.last(),
+            Some(&TurnEvent::Completed {
+                status: TurnStatus::Completed,
+                error: None
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_a_turn_interrupts_it_in_the_worker() {
+        let (t, _demo) = session(knobs(&[("DEMO_DELTA_DELAY_MS", "20")]));
+        let (mut turn, thread) = start_turn(&t, &"word ".repeat(200)).await;
+        assert!(matches!(turn.next_event().await, Some(TurnEvent::Delta(_))));
+        drop(turn);
+        // Watch the thread from outside (no await since the drop: nothing is missed).
+        let mut watcher = t.subscribe_thread(&thread);
+        loop {
+            let n = watcher.recv().await.expect("the worker should end the turn");
+            if n.method == "turn/completed" {
+                assert_eq!(n.params["turn"]["status"], "interrupted");
+                break;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn turn_fail_sends_an_error_and_a_failed_completion() {
+        let (t, _demo) = session(knobs(&[("DEMO_TURN_FAIL", "1")]));
+        let (mut turn, _) = start_turn(&t, "x").await;
+        let (_, events) = collect(&mut turn).await;
+        assert!(matches!(events[0], TurnEvent::Error(_)));
+        assert!(matches!(
+            events.last(),
+            Some(TurnEvent::Completed {
+                status: TurnStatus::Failed,
+                error: Some(_)
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn crash_after_turns_exits_1_after_reporting_the_turn() {
+        let (t, demo) = session(knobs(&[("DEMO_CRASH_AFTER_TURNS", "1")]));
+        let (mut turn, _) = start_turn(&t, "bye").await;
+        let (text, events) = collect(&mut turn).await;
+        assert_eq!(text, "Echo: bye");
+        assert!(matches!(
+            events.last(),
+            Some(TurnEvent::Completed {
+                status: TurnStatus::Completed,
+                ..
+            })
+        ));
+        assert_eq!(demo.await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn fail_handshake_exits_before_answering_initialize() {
+        let (t, demo) = session(knobs(&[("DEMO_FAIL_HANDSHAKE", "1")]));
+        assert!(t.request("initialize", json!({})).await.is_err());
+        assert_eq!(demo.await.unwrap(), 1);
+    }
+
+    #[test]
+    fn tool_block_replies_hold_their_tags_and_split_them_across_deltas() {
+        let complete = reply_text("p", ToolBlocks::Complete);
+        assert_eq!(complete.matches("<use_tool").count(), 1);
+        assert_eq!(complete.matches("</use_tool>").count(), 1);
+        assert!(deltas(&complete).iter().all(|d| !d.contains("<use_tool")));
+        let nested = reply_text("p", ToolBlocks::Nested);
+        assert_eq!(nested.matches("<use_tool").count(), 2);
+        assert_eq!(nested.matches("</use_tool>").count(), 1);
+        let open = reply_text("p", ToolBlocks::Unterminated);
+        assert_eq!(open.matches("</use_tool>").count(), 0);
+        assert_eq!(deltas("héllo wörld").concat(), "héllo wörld");
+    }
+}

@@ -1,0 +1,155 @@
+//! One running turn: the worker's notifications for its thread, translated into the few
+//! events the proxy needs. Dropping an unfinished turn sends `turn/interrupt`, which is
+//! how a client that goes away stops the work and frees its slot.
+
+use serde_json::{json, Value};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::transport::{Notification, ThreadSubscription};
+
+/// How a turn ended, as the worker reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnStatus {
+    Completed,
+    Failed,
+    Interrupted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TurnEvent {
+    /// A piece of the assistant's reply.
+    Delta(String),
+    /// Token counts of the turn so far.
+    Usage { input: u64, output: u64, total: u64 },
+    /// The worker reported an error it will not retry.
+    Error(String),
+    /// The last event of every turn.
+    Completed {
+        status: TurnStatus,
+        error: Option<String>,
+    },
+}
+
+pub struct Turn {
+    subscription: ThreadSubscription,
+    turn_id: String,
+    model: Option<String>,
+    finished: bool,
+    /// Held for the turn's life: the per-worker concurrency cap.
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Turn {
+    pub(crate) fn new(
+        subscription: ThreadSubscription,
+        turn_id: String,
+        model: Option<String>,
+        slot: OwnedSemaphorePermit,
+    ) -> Turn {
+        Turn {
+            subscription,
+            turn_id,
+            model,
+            finished: false,
+            _slot: slot,
+        }
+    }
+
+    /// The model the worker chose for the thread, when it said.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// The next event; `None` after `Completed`. A worker that dies mid-turn yields a
+    /// `Completed { status: Failed }` so every turn has an end.
+    pub async fn next_event(&mut self) -> Option<TurnEvent> {
+        while !self.finished {
+            let Some(n) = self.subscription.recv().await else {
+                self.finished = true;
+                return Some(TurnEvent::Completed {
+                    status: TurnStatus::Failed,
+                    error: Some("the worker exited during the turn".to_string()),
+                });
+            };
+            if let Some(event) = self.translate(&n) {
+                if matches!(event, TurnEvent::Completed { .. }) {
+                    self.finished = true;
+                }
+                return Some(event);
+            }
+        }
+        None
+    }
+
+    fn translate(&self, n: &Notification) -> Option<TurnEvent> {
+        let p = &n.params;
+        // One turn per thread, but be strict anyway: a stray turn id is not ours.
+        let turn_id = p
+            .get("turnId")
+            .or_else(|| p.pointer("/turn/id"))
+            .and_then(Value::as_str);
+        if turn_id.is_some_and(|id| id != self.turn_id) {
+            return None;
+        }
+        match n.method.as_str() {
+            "item/agentMessage/delta" => {
+                let delta = p.get("delta").and_then(Value::as_str)?;
+                Some(TurnEvent::Delta(delta.to_string()))
+            }
+            "thread/tokenUsage/updated" => {
+                // `total` covers every model call of the thread, and the thread holds only
+                // this turn; `last` is only the latest call.
+                let usage = p
+                    .pointer("/tokenUsage/total")
+                    .or_else(|| p.pointer("/tokenUsage/last"))?;
+                let n = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
+                Some(TurnEvent::Usage {
+                    input: n("inputTokens"),
+                    output: n("outputTokens"),
+                    total: n("totalTokens"),
+                })
+            }
+            "error" if p.get("willRetry").and_then(Value::as_bool) != Some(true) => {
+                Some(TurnEvent::Error(error_message(p.get("error"))))
+            }
+            "turn/completed" => {
+                let status = match p.pointer("/turn/status").and_then(Value::as_str) {
+                    Some("completed") => TurnStatus::Completed,
+                    Some("interrupted") => TurnStatus::Interrupted,
+                    _ => TurnStatus::Failed,
+                };
+                let error = p
+                    .pointer("/turn/error")
+                    .filter(|e| !e.is_null())
+                    .map(|e| error_message(Some(e)));
+                Some(TurnEvent::Completed { status, error })
+            }
+            _ => None,
+        }
+    }
+}
+
+fn error_message(error: Option<&Value>) -> String {
+    error
+        .and_then(|e| e.get("message"))
+        .and_then(Value::as_str)
+        .unwrap_or("the worker reported an error")
+        .to_string()
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let params = json!({"threadId": self.subscription.thread_id(), "turnId": self.turn_id});
+        if self
+            .subscription
+            .transport()
+            .request_detached("turn/interrupt", params)
+            .is_ok()
+        {
+            tracing::debug!("turn abandoned by its client: sent turn/interrupt");
+        }
+    }
+}
