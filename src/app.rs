@@ -1,7 +1,17 @@
 //! `serve`: builds the registry, the worker supervisor, the HTTP server and the pushers,
 //! and shuts them down in order on SIGTERM/SIGINT.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
 use crate::config::Config;
+use crate::metrics::{Metrics, MetricsError};
+use crate::proxy::{self, AppState};
+use crate::worker::{supervisor, WorkerCommand, WorkerStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -10,11 +20,112 @@ pub enum ServeError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Other(String),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("cannot locate the demo worker (this executable): {0}")]
+    WorkerCommand(std::io::Error),
+    #[error("the HTTP server failed: {0}")]
+    Http(std::io::Error),
 }
 
 /// Runs the proxy until a shutdown signal.
-pub async fn serve(_config: Config) -> Result<(), ServeError> {
-    Err(ServeError::Other("not built yet".into()))
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    let metrics = Metrics::new(&config.metrics)?;
+    let addr = config.server.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    tracing::info!("listening on {addr}");
+
+    let command = WorkerCommand::from_config(&config.worker).map_err(ServeError::WorkerCommand)?;
+    let worker = supervisor::start(config.worker.clone(), command);
+    tokio::spawn(bridge_worker_metrics(worker.subscribe(), metrics.clone()));
+
+    let state = AppState::new(config.clone(), worker.clone(), metrics);
+    let app = proxy::router(state);
+    // metrics middleware layer goes here: `let app = app.layer(...)`, and the `/metrics` route.
+
+    let (stop_accepting, stopped) = oneshot::channel::<()>();
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = stopped.await;
+    });
+    let mut server = tokio::spawn(async move { server.await });
+
+    tokio::select! {
+        result = &mut server => {
+            // The server only ends by itself on an error.
+            worker.shutdown().await;
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ServeError::Http(e)),
+                Err(e) => Err(ServeError::Http(std::io::Error::other(e))),
+            };
+        }
+        _ = shutdown_signal() => {}
+    }
+    tracing::info!("shutting down: no new connections; stopping the worker");
+    let _ = stop_accepting.send(());
+    // Closing the worker ends every running turn, so open streams finish promptly.
+    worker.shutdown().await;
+    let grace = Duration::from_millis(config.worker.shutdown_grace_ms);
+    if tokio::time::timeout(grace, &mut server).await.is_err() {
+        tracing::warn!(
+            "connections still open after {} ms; closing them",
+            grace.as_millis()
+        );
+        server.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Keeps `codex_worker_ready`, `codex_worker_backoff_ms` and `codex_worker_restarts_total`
+/// in step with the supervisor as it changes, not when scraped. The restart counter
+/// grows by the increase of the supervisor's cumulative count.
+async fn bridge_worker_metrics(mut status: watch::Receiver<WorkerStatus>, metrics: Arc<Metrics>) {
+    let mut restarts_seen = 0;
+    loop {
+        {
+            let s = status.borrow_and_update();
+            metrics.worker_ready.set(i64::from(s.ready));
+            metrics
+                .worker_backoff_ms
+                .set(i64::try_from(s.backoff_ms).unwrap_or(i64::MAX));
+            if s.restarts > restarts_seen {
+                metrics.worker_restarts.inc_by(s.restarts - restarts_seen);
+                restarts_seen = s.restarts;
+            }
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
 }

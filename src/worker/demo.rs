@@ -149,8 +149,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         match msg {
             Out::Line(v) => {
                 let line = format!("{v}\n");
-                if output.write_all(line.as_bytes()).await.is_err()
-                    || output.flush().await.is_err()
+                if output.write_all(line.as_bytes()).await.is_err() || output.flush().await.is_err()
                 {
                     return 1;
                 }
@@ -211,7 +210,11 @@ fn handle_line(state: &Arc<State>, line: &str) -> Option<i32> {
             let (interrupt, interrupted) = watch::channel(false);
             lock(&state.running).insert(turn_id.clone(), interrupt);
             // The answer goes out before the first notification of the turn.
-            respond(state, id, json!({"turn": {"id": turn_id, "status": "inProgress"}}));
+            respond(
+                state,
+                id,
+                json!({"turn": {"id": turn_id, "status": "inProgress"}}),
+            );
             tokio::spawn(run_turn(
                 state.clone(),
                 thread_id,
@@ -229,10 +232,11 @@ fn handle_line(state: &Arc<State>, line: &str) -> Option<i32> {
             json!({})
         }
         _ => {
-            let error = json!({"code": -32601, "message": format!("demo-worker: no method `{method}`")});
-            let _ = state
-                .out
-                .send(Out::Line(json!({"jsonrpc": "2.0", "id": id, "error": error})));
+            let error =
+                json!({"code": -32601, "message": format!("demo-worker: no method `{method}`")});
+            let _ = state.out.send(Out::Line(
+                json!({"jsonrpc": "2.0", "id": id, "error": error}),
+            ));
             return None;
         }
     };
@@ -241,9 +245,9 @@ fn handle_line(state: &Arc<State>, line: &str) -> Option<i32> {
 }
 
 fn respond(state: &State, id: Value, result: Value) {
-    let _ = state
-        .out
-        .send(Out::Line(json!({"jsonrpc": "2.0", "id": id, "result": result})));
+    let _ = state.out.send(Out::Line(
+        json!({"jsonrpc": "2.0", "id": id, "result": result}),
+    ));
 }
 
 fn notify(state: &State, method: &str, params: Value) {
@@ -423,7 +427,10 @@ mod tests {
         // Watch the thread from outside (no await since the drop: nothing is missed).
         let mut watcher = t.subscribe_thread(&thread);
         loop {
-            let n = watcher.recv().await.expect("the worker should end the turn");
+            let n = watcher
+                .recv()
+                .await
+                .expect("the worker should end the turn");
             if n.method == "turn/completed" {
                 assert_eq!(n.params["turn"]["status"], "interrupted");
                 break;

@@ -182,18 +182,15 @@ impl WorkerHandle {
         let subscription = transport.subscribe_thread(thread_id);
         let input = json!([{"type": "text", "text": request.prompt, "text_elements": []}]);
         let turn = transport
-            .request(
-                "turn/start",
-                json!({"threadId": thread_id, "input": input}),
-            )
+            .request("turn/start", json!({"threadId": thread_id, "input": input}))
             .await?;
-        let turn_id = turn
-            .pointer("/turn/id")
-            .and_then(Value::as_str)
-            .ok_or(WorkerError::Protocol {
-                method: "turn/start",
-                missing: "turn.id",
-            })?;
+        let turn_id =
+            turn.pointer("/turn/id")
+                .and_then(Value::as_str)
+                .ok_or(WorkerError::Protocol {
+                    method: "turn/start",
+                    missing: "turn.id",
+                })?;
         Ok(Turn::new(subscription, turn_id.to_string(), model, slot))
     }
 

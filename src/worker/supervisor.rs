@@ -326,7 +326,8 @@ mod tests {
     }
 
     /// Answers `initialize` (the transport's first id is 1), then waits for EOF on stdin.
-    const POLITE_WORKER: &str = r#"read line; echo '{"jsonrpc":"2.0","id":1,"result":{}}'; cat >/dev/null"#;
+    const POLITE_WORKER: &str =
+        r#"read line; echo '{"jsonrpc":"2.0","id":1,"result":{}}'; cat >/dev/null"#;
 
     async fn wait_state(handle: &WorkerHandle, state: WorkerState) -> WorkerStatus {
         let mut rx = handle.subscribe();

@@ -369,7 +369,9 @@ mod tests {
         assert_eq!(second["method"], "b");
         for (req, answer) in [(&second, "B"), (&first, "A")] {
             let line = json!({"jsonrpc":"2.0","id":req["id"],"result":{"v":answer}});
-            peer.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+            peer.write_all(format!("{line}\n").as_bytes())
+                .await
+                .unwrap();
         }
         assert_eq!(a.await.unwrap().unwrap()["v"], "A");
         assert_eq!(b.await.unwrap().unwrap()["v"], "B");
@@ -384,7 +386,9 @@ mod tests {
         });
         let req = next_json(&mut lines).await;
         let line = json!({"jsonrpc":"2.0","id":req["id"],"error":{"code":-32600,"message":"bad"}});
-        peer.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        peer.write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
         let err = call.await.unwrap().unwrap_err();
         assert_eq!(
             err,
@@ -409,7 +413,9 @@ mod tests {
             json!({"jsonrpc":"2.0","method":"item/agentMessage/delta","params":{"threadId":"t1","delta":"for one"}}).to_string(),
         ];
         for line in script {
-            peer.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+            peer.write_all(format!("{line}\n").as_bytes())
+                .await
+                .unwrap();
         }
         assert_eq!(one.recv().await.unwrap().params["delta"], "for one");
         assert_eq!(two.recv().await.unwrap().params["delta"], "for two");
@@ -419,7 +425,9 @@ mod tests {
     async fn worker_requests_are_refused() {
         let (_t, mut lines, mut peer) = pair();
         let line = json!({"jsonrpc":"2.0","id":"srv-1","method":"item/commandExecution/requestApproval","params":{}});
-        peer.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        peer.write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
         let reply = next_json(&mut lines).await;
         assert_eq!(reply["id"], "srv-1");
         assert_eq!(reply["error"]["code"], -32601);
@@ -438,10 +446,7 @@ mod tests {
         assert_eq!(call.await.unwrap(), Err(TransportError::Closed));
         assert!(sub.recv().await.is_none());
         t.closed().await;
-        assert_eq!(
-            t.request("x", json!({})).await,
-            Err(TransportError::Closed)
-        );
+        assert_eq!(t.request("x", json!({})).await, Err(TransportError::Closed));
     }
 
     #[tokio::test]

@@ -1,0 +1,264 @@
+//! OpenAI-shaped error responses: `{"error":{"message","type","code","retryable"?}}`.
+//! A 5xx carries its [`ErrorCategory`] as a response extension for the metrics
+//! middleware; a maintenance 503 carries `Retry-After`.
+
+use axum::extract::rejection::BytesRejection;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::metrics::ErrorCategory;
+use crate::worker::transport::TransportError;
+use crate::worker::WorkerError;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// OpenAI's `type`, e.g. `invalid_request_error`.
+    pub kind: &'static str,
+    pub code: &'static str,
+    pub retryable: Option<bool>,
+    pub category: Option<ErrorCategory>,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> Self {
+        ApiError {
+            status,
+            message,
+            kind,
+            code,
+            retryable: None,
+            category: None,
+            retry_after_secs: None,
+        }
+    }
+
+    fn retryable(mut self) -> Self {
+        self.retryable = Some(true);
+        self
+    }
+
+    fn category(mut self, category: ErrorCategory) -> Self {
+        self.category = Some(category);
+        self
+    }
+
+    pub fn invalid_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            code,
+            message.into(),
+        )
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+            "missing or invalid bearer token".to_string(),
+        )
+    }
+
+    pub fn forbidden(message: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "forbidden",
+            message.to_string(),
+        )
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "unknown_url",
+            "no such route".to_string(),
+        )
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            "method not allowed on this route".to_string(),
+        )
+    }
+
+    pub fn too_large(limit: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            format!("the request body exceeds {limit} bytes (server.max_body_bytes)"),
+        )
+    }
+
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "unsupported_media_type",
+            "expected `Content-Type: application/json`".to_string(),
+        )
+    }
+
+    pub fn maintenance(retry_after_secs: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "maintenance",
+            "the proxy is in maintenance mode".to_string(),
+        )
+        .retryable()
+        .category(ErrorCategory::Maintenance);
+        e.retry_after_secs = Some(retry_after_secs);
+        e
+    }
+
+    pub fn worker_not_ready(why: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backend_unavailable",
+            "worker_not_ready",
+            format!("the worker is not ready ({why})"),
+        )
+        .retryable()
+        .category(ErrorCategory::WorkerNotReady)
+    }
+
+    pub fn worker_busy(message: String) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "worker_busy",
+            message,
+        )
+        .retryable()
+    }
+
+    pub fn too_many_streams(max: usize) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "too_many_streams",
+            format!("{max} streams are already open (streams.max_concurrency)"),
+        )
+        .retryable()
+    }
+
+    /// The worker ran the turn and it failed.
+    pub fn worker_failed(message: String) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "backend_error",
+            "worker_error",
+            message,
+        )
+        .category(ErrorCategory::WorkerError)
+    }
+
+    pub fn timeout(after: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout_error",
+            "timeout",
+            format!(
+                "the worker did not finish within {} ms (server.request_timeout)",
+                after.as_millis()
+            ),
+        )
+        .retryable()
+        .category(ErrorCategory::Timeout)
+    }
+
+    /// The body of this error as it goes into JSON or an SSE event.
+    pub fn body(&self) -> serde_json::Value {
+        let mut error = json!({
+            "message": self.message,
+            "type": self.kind,
+            "code": self.code,
+        });
+        if let Some(r) = self.retryable {
+            error["retryable"] = json!(r);
+        }
+        json!({ "error": error })
+    }
+
+    /// A body that could not be read: too large, or cut off.
+    pub fn from_body_rejection(rejection: BytesRejection, limit: u64) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::too_large(limit)
+        } else {
+            Self::invalid_request("unreadable_body", rejection.body_text())
+        }
+    }
+}
+
+impl From<WorkerError> for ApiError {
+    fn from(e: WorkerError) -> Self {
+        match e {
+            WorkerError::NotReady | WorkerError::Transport(TransportError::Closed) => {
+                ApiError::worker_not_ready("not accepting turns")
+            }
+            WorkerError::Busy(_) => ApiError::worker_busy(e.to_string()),
+            WorkerError::Transport(TransportError::Rpc { .. }) | WorkerError::Protocol { .. } => {
+                ApiError::worker_failed(e.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(category) = self.category.filter(|_| self.status.is_server_error()) {
+            response.extensions_mut().insert(category);
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_not_ready_has_the_documented_shape() {
+        let e = ApiError::worker_not_ready("restarting");
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        let body = e.body();
+        assert_eq!(body["error"]["type"], "backend_unavailable");
+        assert_eq!(body["error"]["code"], "worker_not_ready");
+        assert_eq!(body["error"]["retryable"], true);
+    }
+
+    #[test]
+    fn a_5xx_carries_its_category_and_a_4xx_none() {
+        let r = ApiError::worker_failed("boom".into()).into_response();
+        assert_eq!(
+            r.extensions().get::<ErrorCategory>(),
+            Some(&ErrorCategory::WorkerError)
+        );
+        let r = ApiError::worker_busy("busy".into()).into_response();
+        assert!(r.extensions().get::<ErrorCategory>().is_none());
+    }
+
+    #[test]
+    fn maintenance_sets_retry_after() {
+        let r = ApiError::maintenance(120).into_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "120");
+    }
+}

@@ -1,0 +1,79 @@
+//! `/healthz` (a JSON report), `/readyz` (200 once the worker is ready) and `/livez`
+//! (200 while the process serves). Maintenance mode does not affect them.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::json;
+
+use super::AppState;
+use crate::worker::WorkerStatus;
+
+/// The `/healthz` body. A new section is one field here and one line in [`report`].
+#[derive(Debug, Serialize)]
+pub struct HealthReport {
+    /// `ok` when the worker is ready, else `degraded`.
+    pub status: &'static str,
+    pub worker: WorkerHealth,
+    pub maintenance: bool,
+    pub streams: StreamsHealth,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WorkerHealth {
+    #[serde(flatten)]
+    pub status: WorkerStatus,
+    /// Turns running now, and the cap (`worker.max_concurrency`).
+    pub in_flight: usize,
+    pub max_concurrency: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StreamsHealth {
+    pub active: usize,
+    pub max: usize,
+}
+
+pub fn report(state: &AppState) -> HealthReport {
+    let status = state.worker.status();
+    let max_streams = state.config.streams.max_concurrency;
+    HealthReport {
+        status: if status.ready { "ok" } else { "degraded" },
+        worker: WorkerHealth {
+            status,
+            in_flight: state.worker.in_flight(),
+            max_concurrency: state.config.worker.max_concurrency,
+        },
+        maintenance: state.maintenance.load(Ordering::Relaxed),
+        streams: StreamsHealth {
+            active: max_streams - state.streams.available_permits(),
+            max: max_streams,
+        },
+    }
+}
+
+pub async fn healthz(State(state): State<AppState>) -> Json<HealthReport> {
+    Json(report(&state))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let status = state.worker.status();
+    let code = if status.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(json!({"ready": status.ready, "state": status.state})),
+    )
+        .into_response()
+}
+
+pub async fn livez() -> Json<serde_json::Value> {
+    Json(json!({"live": true}))
+}

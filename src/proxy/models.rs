@@ -1,0 +1,18 @@
+//! `GET|HEAD /v1/models`: the models the worker advertised, OpenAI-shaped.
+
+use axum::extract::State;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::AppState;
+
+pub async fn list(State(state): State<AppState>) -> Json<Value> {
+    let data: Vec<Value> = state
+        .worker
+        .status()
+        .models
+        .iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "codex"}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}

@@ -1,0 +1,172 @@
+//! The SSE answer of `POST /v1/chat/completions` with `"stream": true`: a first chunk with
+//! the assistant role, one chunk per piece of text, `: keepalive` comments while the
+//! worker is quiet, a final chunk with `finish_reason` (and a usage chunk when
+//! `stream_options.include_usage`), then `data: [DONE]`. A failed turn becomes an
+//! `{"error":...}` event, then `data: [DONE]`.
+//!
+//! Everything a stream holds (its turn, tool buffer, stream slot, active-stream gauge)
+//! lives in the body's state, so a client that goes away drops it all at once: the turn
+//! is interrupted, held tool text is counted as a disconnect, and the slot frees.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::chat::{self, ChatRequest};
+use super::error::ApiError;
+use super::tool_buffer::ToolBuffer;
+use super::AppState;
+use crate::metrics::StreamGuard;
+use crate::worker::{Turn, TurnEvent, TurnRequest, TurnStatus};
+
+pub async fn respond(state: &AppState, headers: &HeaderMap, request: ChatRequest) -> Response {
+    match open(state, headers, request).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn open(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: ChatRequest,
+) -> Result<Response, ApiError> {
+    let prompt = request.prompt()?;
+    let slot = state
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::too_many_streams(state.config.streams.max_concurrency))?;
+    let limit = state.config.server.request_timeout.0;
+    let start = state.worker.start_turn(TurnRequest {
+        prompt,
+        model: request.model().map(str::to_string),
+    });
+    let turn = tokio::time::timeout(limit, start)
+        .await
+        .map_err(|_| ApiError::timeout(limit))??;
+
+    let model = chat::response_model(request.model(), turn.model());
+    let mut body = StreamBody {
+        turn: Some(turn),
+        buffer: chat::tool_buffer(state, headers),
+        queue: VecDeque::new(),
+        id: chat::completion_id(),
+        created: chat::unix_now(),
+        model,
+        include_usage: request
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage),
+        usage: None,
+        last_error: None,
+        _slot: slot,
+        _active: state.metrics.stream_guard(),
+    };
+    body.queue_chunk(json!({"role": "assistant", "content": ""}), None);
+    let events = futures_util::stream::unfold(body, |mut body| async move {
+        let event = body.next().await?;
+        Some((Ok::<_, Infallible>(event), body))
+    });
+    let keepalive = KeepAlive::new()
+        .interval(Duration::from_millis(state.config.streams.keepalive_ms))
+        .text("keepalive");
+    Ok(Sse::new(events).keep_alive(keepalive).into_response())
+}
+
+struct StreamBody {
+    /// `None` once the turn has ended (its worker slot is then free already).
+    turn: Option<Turn>,
+    buffer: Option<ToolBuffer>,
+    /// Events ready to go out, in order.
+    queue: VecDeque<Event>,
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    usage: Option<(u64, u64, u64)>,
+    last_error: Option<String>,
+    _slot: OwnedSemaphorePermit,
+    _active: StreamGuard,
+}
+
+impl StreamBody {
+    /// The next event to send; `None` when the stream is over.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some(event);
+            }
+            let turn = self.turn.as_mut()?;
+            match turn.next_event().await {
+                Some(TurnEvent::Delta(d)) => {
+                    let text = match self.buffer.as_mut() {
+                        Some(b) => b.push(&d),
+                        None => d,
+                    };
+                    self.queue_text(text);
+                }
+                Some(TurnEvent::Usage {
+                    input,
+                    output,
+                    total,
+                }) => self.usage = Some((input, output, total)),
+                Some(TurnEvent::Error(e)) => self.last_error = Some(e),
+                Some(TurnEvent::Completed { status, error }) => self.end(status, error),
+                None => self.end(TurnStatus::Failed, None),
+            }
+        }
+    }
+
+    fn end(&mut self, status: TurnStatus, error: Option<String>) {
+        self.turn = None;
+        if let Some(text) = self.buffer.as_mut().map(ToolBuffer::finish) {
+            self.queue_text(text);
+        }
+        if status == TurnStatus::Completed {
+            self.queue_chunk(json!({}), Some("stop"));
+            if let (true, Some((input, output, total))) = (self.include_usage, self.usage) {
+                let mut chunk = self.chunk(Vec::new());
+                chunk["usage"] = json!({
+                    "prompt_tokens": input, "completion_tokens": output, "total_tokens": total,
+                });
+                self.queue
+                    .push_back(Event::default().data(chunk.to_string()));
+            }
+        } else {
+            let error = chat::turn_failed(status, error.or(self.last_error.take()));
+            self.queue
+                .push_back(Event::default().data(error.body().to_string()));
+        }
+        self.queue.push_back(Event::default().data("[DONE]"));
+    }
+
+    fn queue_text(&mut self, text: String) {
+        if !text.is_empty() {
+            self.queue_chunk(json!({"content": text}), None);
+        }
+    }
+
+    fn queue_chunk(&mut self, delta: Value, finish_reason: Option<&str>) {
+        let choice = json!({"index": 0, "delta": delta, "finish_reason": finish_reason});
+        let chunk = self.chunk(vec![choice]);
+        self.queue
+            .push_back(Event::default().data(chunk.to_string()));
+    }
+
+    fn chunk(&self, choices: Vec<Value>) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        })
+    }
+}
