@@ -59,8 +59,7 @@ pub fn backoff_delay(config: &WorkerConfig, failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(63);
     let ms = config
         .backoff_initial_ms
-        .checked_mul(1u64 << doublings)
-        .unwrap_or(u64::MAX)
+        .saturating_mul(1u64 << doublings)
         .min(config.backoff_max_ms);
     Duration::from_millis(ms)
 }
