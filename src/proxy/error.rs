@@ -179,6 +179,16 @@ impl ApiError {
         .category(ErrorCategory::Timeout)
     }
 
+    pub fn internal(message: String) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal",
+            message,
+        )
+        .category(ErrorCategory::Internal)
+    }
+
     /// The body of this error as it goes into JSON or an SSE event.
     pub fn body(&self) -> serde_json::Value {
         let mut error = json!({
@@ -212,6 +222,7 @@ impl From<WorkerError> for ApiError {
             WorkerError::Transport(TransportError::Rpc { .. }) | WorkerError::Protocol { .. } => {
                 ApiError::worker_failed(e.to_string())
             }
+            WorkerError::Aborted(_) => ApiError::internal(e.to_string()),
         }
     }
 }

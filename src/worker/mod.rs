@@ -79,6 +79,8 @@ pub enum WorkerError {
     Busy(usize),
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error("starting the turn failed: {0}")]
+    Aborted(String),
     #[error("the worker answered `{method}` without {missing}")]
     Protocol {
         method: &'static str,
@@ -144,9 +146,8 @@ impl WorkerHandle {
         self.shared.max_concurrency - self.shared.slots.available_permits()
     }
 
-    /// Starts one turn: `thread/start` (ephemeral, never asks for approval, read-only
-    /// sandbox) then `turn/start` with the prompt as one text input. Callers bound the
-    /// wait with their own timeout.
+    /// Starts one turn on a fresh thread, within the per-worker concurrency cap. Callers
+    /// bound the wait with their own timeout.
     pub async fn start_turn(&self, request: TurnRequest) -> Result<Turn, WorkerError> {
         let transport = lock(&self.shared.connection)
             .clone()
@@ -158,40 +159,12 @@ impl WorkerHandle {
             .try_acquire_owned()
             .map_err(|_| WorkerError::Busy(self.shared.max_concurrency))?;
 
-        let mut params = json!({
-            "approvalPolicy": "never",
-            "sandbox": "read-only",
-            "ephemeral": true,
-        });
-        if let Some(model) = &request.model {
-            params["model"] = Value::String(model.clone());
-        }
-        let started = transport.request("thread/start", params).await?;
-        let thread_id = started
-            .pointer("/thread/id")
-            .and_then(Value::as_str)
-            .ok_or(WorkerError::Protocol {
-                method: "thread/start",
-                missing: "thread.id",
-            })?;
-        let model = started
-            .get("model")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        // Subscribe before `turn/start` so no delta of the turn can slip past.
-        let subscription = transport.subscribe_thread(thread_id);
-        let input = json!([{"type": "text", "text": request.prompt, "text_elements": []}]);
-        let turn = transport
-            .request("turn/start", json!({"threadId": thread_id, "input": input}))
-            .await?;
-        let turn_id =
-            turn.pointer("/turn/id")
-                .and_then(Value::as_str)
-                .ok_or(WorkerError::Protocol {
-                    method: "turn/start",
-                    missing: "turn.id",
-                })?;
-        Ok(Turn::new(subscription, turn_id.to_string(), model, slot))
+        // The two requests run in a task of their own: when the caller gives up midway
+        // (client gone, timeout), the task still finishes, and dropping the `Turn` it
+        // made interrupts the turn in the worker instead of leaving it running unseen.
+        tokio::spawn(open_turn(transport, request, slot))
+            .await
+            .unwrap_or_else(|e| Err(WorkerError::Aborted(e.to_string())))
     }
 
     /// Stops the worker: no new turns, stdin closed, `shutdown_grace_ms` to exit, then
@@ -208,6 +181,49 @@ impl WorkerHandle {
             let _ = task.await;
         }
     }
+}
+
+/// `thread/start` (ephemeral, never asks for approval, read-only sandbox), then
+/// `turn/start` with the prompt as one text input.
+async fn open_turn(
+    transport: Transport,
+    request: TurnRequest,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> Result<Turn, WorkerError> {
+    let mut params = json!({
+        "approvalPolicy": "never",
+        "sandbox": "read-only",
+        "ephemeral": true,
+    });
+    if let Some(model) = &request.model {
+        params["model"] = Value::String(model.clone());
+    }
+    let started = transport.request("thread/start", params).await?;
+    let thread_id = started
+        .pointer("/thread/id")
+        .and_then(Value::as_str)
+        .ok_or(WorkerError::Protocol {
+            method: "thread/start",
+            missing: "thread.id",
+        })?;
+    let model = started
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    // Subscribe before `turn/start` so no delta of the turn can slip past.
+    let subscription = transport.subscribe_thread(thread_id);
+    let input = json!([{"type": "text", "text": request.prompt, "text_elements": []}]);
+    let turn = transport
+        .request("turn/start", json!({"threadId": thread_id, "input": input}))
+        .await?;
+    let turn_id =
+        turn.pointer("/turn/id")
+            .and_then(Value::as_str)
+            .ok_or(WorkerError::Protocol {
+                method: "turn/start",
+                missing: "turn.id",
+            })?;
+    Ok(Turn::new(subscription, turn_id.to_string(), model, slot))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
