@@ -207,30 +207,32 @@ async fn turns_past_the_worker_cap_get_retryable_429() {
 
 #[tokio::test]
 async fn worker_down_answers_503_then_recovers_after_the_backoff() {
-    let config = "[worker]\nbackoff_initial_ms = 1500\nbackoff_max_ms = 3000\n";
+    let config = "[worker]\nbackoff_initial_ms = 2000\nbackoff_max_ms = 4000\n";
     let proxy = Proxy::start(config, &[("DEMO_CRASH_AFTER_TURNS", "1")]).await;
     proxy.wait_ready().await;
     let (status, _) = json_of(post(&proxy, &chat("last words", false), &[]).await).await;
     assert_eq!(status, 200);
 
-    // The worker exits after that turn; the proxy says so while it waits to restart.
-    let body = wait_until("503 worker_not_ready", DEADLINE, || async {
-        let (status, body) = json_of(post(&proxy, &chat("anyone?", false), &[]).await).await;
-        (status == 503).then_some(body)
+    // The worker exits after that turn; while the supervisor waits out the backoff
+    // (2 s, ample to look), the proxy says the worker is not ready.
+    let h = wait_health(&proxy, "the worker to be restarting", |h| {
+        h["worker"]["state"] == "restarting"
     })
     .await;
-    assert_eq!(body["error"]["type"], "backend_unavailable");
-    assert_eq!(body["error"]["code"], "worker_not_ready");
-    assert_eq!(body["error"]["retryable"], true);
-    let (status, _) = get_json(&proxy, "/readyz").await;
-    assert_eq!(status, 503);
-    let h = health(&proxy).await;
+    assert_eq!(h["worker"]["backoff_ms"], 2000);
     assert!(
         h["worker"]["last_error"]
             .as_str()
             .is_some_and(|e| e.contains("exited")),
         "{h}"
     );
+    let (status, body) = json_of(post(&proxy, &chat("anyone?", false), &[]).await).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["type"], "backend_unavailable");
+    assert_eq!(body["error"]["code"], "worker_not_ready");
+    assert_eq!(body["error"]["retryable"], true);
+    let (status, _) = get_json(&proxy, "/readyz").await;
+    assert_eq!(status, 503);
 
     wait_until("recovery after the backoff", DEADLINE, || async {
         let (status, _) = json_of(post(&proxy, &chat("back?", false), &[]).await).await;
@@ -242,7 +244,7 @@ async fn worker_down_answers_503_then_recovers_after_the_backoff() {
 
 #[tokio::test]
 async fn handshake_failures_back_off_doubling_to_the_cap_then_hit_the_restart_limit() {
-    let config = "[worker]\nbackoff_initial_ms = 250\nbackoff_max_ms = 500\nrestart_max = 3\n";
+    let config = "[worker]\nbackoff_initial_ms = 400\nbackoff_max_ms = 800\nrestart_max = 3\n";
     let proxy = Proxy::start(config, &[("DEMO_FAIL_HANDSHAKE", "1")]).await;
 
     // Pending delay seen in /healthz, by the number of restarts done at that moment.
@@ -263,7 +265,7 @@ async fn handshake_failures_back_off_doubling_to_the_cap_then_hit_the_restart_li
     })
     .await;
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen, BTreeMap::from([(0, 250), (1, 500), (2, 500)]));
+    assert_eq!(seen, BTreeMap::from([(0, 400), (1, 800), (2, 800)]));
 
     let w = &last["worker"];
     assert_eq!(w["restarts"], 3);
