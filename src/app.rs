@@ -129,3 +129,58 @@ async fn shutdown_signal() {
         _ = term => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::WorkerState;
+
+    #[tokio::test]
+    async fn worker_gauges_follow_the_status_and_restarts_count_up_by_the_delta() {
+        let metrics = Metrics::new(&Default::default()).unwrap();
+        let (tx, rx) = watch::channel(WorkerStatus::default());
+        tokio::spawn(bridge_worker_metrics(rx, metrics.clone()));
+
+        let wait = |what: &'static str, check: Box<dyn Fn(&Metrics) -> bool>| {
+            let metrics = metrics.clone();
+            async move {
+                for _ in 0..400 {
+                    if check(&metrics) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                panic!("metrics never showed {what}");
+            }
+        };
+        tx.send_modify(|s| {
+            s.state = WorkerState::Ready;
+            s.ready = true;
+        });
+        wait("ready", Box::new(|m| m.worker_ready.get() == 1)).await;
+        tx.send_modify(|s| {
+            s.state = WorkerState::Restarting;
+            s.ready = false;
+            s.backoff_ms = 800;
+            s.restarts = 2;
+        });
+        wait(
+            "backoff and restarts",
+            Box::new(|m| {
+                m.worker_ready.get() == 0
+                    && m.worker_backoff_ms.get() == 800
+                    && m.worker_restarts.get() == 2
+            }),
+        )
+        .await;
+        tx.send_modify(|s| {
+            s.backoff_ms = 0;
+            s.restarts = 3;
+        });
+        wait(
+            "the next restart",
+            Box::new(|m| m.worker_backoff_ms.get() == 0 && m.worker_restarts.get() == 3),
+        )
+        .await;
+    }
+}
