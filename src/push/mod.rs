@@ -19,6 +19,7 @@ pub mod schedule;
 pub mod self_metrics;
 pub mod series;
 mod signal;
+pub mod text;
 pub mod transport;
 
 use std::sync::Arc;
