@@ -335,7 +335,7 @@ impl Family {
                     if bound == last {
                         return Err(duplicate());
                     }
-                    if bound.is_nan() || !(bound > last) {
+                    if bound.is_nan() || bound <= last {
                         return Err(format!(
                             "`{point_label}` values must increase within a series: {} after {}",
                             fmt_value(bound),
