@@ -301,7 +301,11 @@ impl Family {
                 .position(|(n, _)| n == point_label)
                 .ok_or_else(|| format!("`{name}` needs a `{point_label}` label"))?;
             let (_, raw) = labels.remove(i);
-            Some(parse_value(&raw).map_err(|e| format!("`{point_label}` label: {e}"))?)
+            let bound = parse_value(&raw).map_err(|e| format!("`{point_label}` label: {e}"))?;
+            if bound.is_nan() {
+                return Err(format!("`{point_label}` label must not be NaN"));
+            }
+            Some(bound)
         } else {
             None
         };
@@ -335,7 +339,7 @@ impl Family {
                     if bound == last {
                         return Err(duplicate());
                     }
-                    if bound.is_nan() || bound <= last {
+                    if bound <= last {
                         return Err(format!(
                             "`{point_label}` values must increase within a series: {} after {}",
                             fmt_value(bound),
@@ -850,6 +854,7 @@ mod tests {
             ),
             ("h_bucket{x=\"1\"} 1\n", "needs a `le` label"),
             ("h_bucket{le=\"x\"} 1\n", "`le` label: `x` is not a number"),
+            ("h_bucket{le=\"NaN\"} 1\n", "must not be NaN"),
             ("h 1\n", "does not fit histogram `h`"),
         ];
         for (body, expected) in cases {
