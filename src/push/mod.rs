@@ -12,6 +12,7 @@
 
 pub mod encode;
 pub mod proto;
+pub mod pushgateway;
 pub mod queue;
 pub mod remote_write;
 pub mod retry;
