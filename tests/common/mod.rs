@@ -98,7 +98,10 @@ impl Proc {
                 return status;
             }
             if Instant::now() > deadline {
-                panic!("process did not exit within {timeout:?}; log:\n{}", self.logs());
+                panic!(
+                    "process did not exit within {timeout:?}; log:\n{}",
+                    self.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -221,7 +224,11 @@ impl Server {
     pub async fn start(&mut self) {
         let mut cmd = Command::new(&self.bin);
         cmd.args(&self.args).current_dir(self.dir.path());
-        let name = self.bin.file_name().and_then(|n| n.to_str()).unwrap_or("server");
+        let name = self
+            .bin
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("server");
         let log = self.dir.path().join(format!("{name}.log"));
         self.proc = Some(Proc::spawn(cmd, log));
         let client = http();
@@ -276,7 +283,11 @@ pub async fn start_prometheus(scrape_configs: &str) -> Option<Server> {
                 let cfg = dir.join("prometheus.yml");
                 let body = format!(
                     "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{}",
-                    if scrape.is_empty() { String::new() } else { format!("scrape_configs:\n{scrape}\n") }
+                    if scrape.is_empty() {
+                        String::new()
+                    } else {
+                        format!("scrape_configs:\n{scrape}\n")
+                    }
                 );
                 std::fs::write(&cfg, body).expect("prometheus.yml");
                 vec![

@@ -1,0 +1,485 @@
+//! Pushgateway delivery against the real `prometheus-pushgateway`, read back through its
+//! `/api/v1/metrics` JSON API: grouping keys, PUT/POST semantics, the periodic loop, the
+//! final push or DELETE at shutdown, the gateway's 400 message, and the `push` command.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use codex_proxy::config::{PushMethod, PushgatewayConfig};
+use codex_proxy::push::pushgateway::{
+    seam, GroupingKey, Pushgateway, PushgatewayError, PushgatewayTask,
+};
+use codex_proxy::push::self_metrics::PushMetrics;
+use codex_proxy::push::text;
+use common::{http, start_pushgateway, wait_until, Server};
+use prometheus::proto::MetricFamily;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn families(exposition: &str) -> Vec<MetricFamily> {
+    text::parse(exposition).unwrap_or_else(|e| panic!("test exposition: {e}"))
+}
+
+fn gateway(server: &Server, job: &str, grouping: &[(&str, &str)], gzip: bool) -> Pushgateway {
+    let key = GroupingKey::new(job, labels(grouping)).expect("grouping key");
+    Pushgateway::new(
+        reqwest::Client::new(),
+        &server.base,
+        key,
+        Duration::from_secs(5),
+        gzip,
+    )
+    .expect("gateway")
+}
+
+/// All groups the gateway holds (`data` of `/api/v1/metrics`).
+async fn groups(server: &Server) -> Vec<Value> {
+    let body: Value = http()
+        .get(format!("{}/api/v1/metrics", server.base))
+        .send()
+        .await
+        .expect("GET /api/v1/metrics")
+        .json()
+        .await
+        .expect("metrics JSON");
+    body["data"].as_array().cloned().unwrap_or_default()
+}
+
+/// The group whose grouping labels are exactly `key` (job included), if any.
+async fn group(server: &Server, key: &[(&str, &str)]) -> Option<Value> {
+    let want: Value = key
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::from(*v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    groups(server)
+        .await
+        .into_iter()
+        .find(|g| g["labels"] == want)
+}
+
+/// The value of family `name`'s only metric in a group, as the gateway renders it.
+fn value(group: &Value, name: &str) -> Option<f64> {
+    group[name]["metrics"][0]["value"].as_str()?.parse().ok()
+}
+
+/// Waits for the group and returns it.
+async fn wait_group(server: &Server, key: &[(&str, &str)]) -> Value {
+    wait_until("the group on the Pushgateway", DEADLINE, || async {
+        group(server, key).await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn pushed_values_appear_under_their_grouping_labels() {
+    let Some(server) = start_pushgateway().await else {
+        return;
+    };
+    let body = "# HELP jobs_total Jobs.\n# TYPE jobs_total counter\njobs_total{queue=\"a\"} 7\n# TYPE temp gauge\ntemp 21.5\n";
+    for (instance, gzip) in [("plain", false), ("gzipped", true)] {
+        let pg = gateway(
+            &server,
+            "codex-proxy",
+            &[("zone", "eu"), ("instance", instance)],
+            gzip,
+        );
+        pg.push(PushMethod::Put, families(body))
+            .await
+            .expect("push accepted");
+    }
+    for instance in ["plain", "gzipped"] {
+        let g = group(
+            &server,
+            &[
+                ("job", "codex-proxy"),
+                ("instance", instance),
+                ("zone", "eu"),
+            ],
+        )
+        .await
+        .unwrap_or_else(|| panic!("group {instance} missing"));
+        let jobs = &g["jobs_total"];
+        assert_eq!(jobs["type"], "COUNTER");
+        assert_eq!(jobs["help"], "Jobs.");
+        let m = &jobs["metrics"][0];
+        assert_eq!(m["value"], "7");
+        assert_eq!(m["labels"]["queue"], "a");
+        assert_eq!(m["labels"]["job"], "codex-proxy");
+        assert_eq!(m["labels"]["instance"], instance);
+        assert_eq!(m["labels"]["zone"], "eu");
+        assert_eq!(value(&g, "temp"), Some(21.5));
+    }
+}
+
+#[tokio::test]
+async fn slash_and_empty_grouping_values_arrive_intact() {
+    let Some(server) = start_pushgateway().await else {
+        return;
+    };
+    let pg = gateway(
+        &server,
+        "cleaner",
+        &[("path", "/var/tmp"), ("empty", ""), ("name", "a b:c%")],
+        false,
+    );
+    pg.push(PushMethod::Put, families("files_removed 3\n"))
+        .await
+        .expect("push accepted");
+    let g = group(
+        &server,
+        &[
+            ("job", "cleaner"),
+            ("path", "/var/tmp"),
+            ("empty", ""),
+            ("name", "a b:c%"),
+        ],
+    )
+    .await
+    .expect("group with /var/tmp and an empty value");
+    assert_eq!(value(&g, "files_removed"), Some(3.0));
+}
+
+#[tokio::test]
+async fn put_replaces_the_group_while_post_keeps_other_families() {
+    let Some(server) = start_pushgateway().await else {
+        return;
+    };
+    let key = [("job", "batch")];
+    let pg = gateway(&server, "batch", &[], false);
+
+    pg.push(PushMethod::Put, families("a 1\nb 2\n"))
+        .await
+        .unwrap();
+    pg.push(PushMethod::Post, families("a 10\n")).await.unwrap();
+    let g = group(&server, &key).await.expect("group");
+    assert_eq!(
+        value(&g, "a"),
+        Some(10.0),
+        "POST replaces the family it carries"
+    );
+    assert_eq!(
+        value(&g, "b"),
+        Some(2.0),
+        "POST keeps a family it does not carry"
+    );
+
+    pg.push(PushMethod::Put, families("a 11\n")).await.unwrap();
+    let g = group(&server, &key).await.expect("group");
+    assert_eq!(value(&g, "a"), Some(11.0));
+    assert!(
+        g.get("b").is_none(),
+        "PUT removes a family no longer pushed: {g}"
+    );
+}
+
+#[tokio::test]
+async fn a_type_conflict_surfaces_the_gateways_400_message() {
+    let Some(server) = start_pushgateway().await else {
+        return;
+    };
+    gateway(&server, "first", &[], false)
+        .push(
+            PushMethod::Put,
+            families("# TYPE shared counter\nshared 1\n"),
+        )
+        .await
+        .unwrap();
+    let err = gateway(&server, "second", &[], false)
+        .push(PushMethod::Put, families("# TYPE shared gauge\nshared 1\n"))
+        .await
+        .unwrap_err();
+    match &err {
+        PushgatewayError::Rejected { status, message } => {
+            assert_eq!(*status, 400);
+            assert!(
+                message.contains("inconsistent with existing metrics"),
+                "{message}"
+            );
+            // The gateway names either side of the conflict, in map order.
+            assert!(
+                message.contains("\"shared"")
+                    && (message.contains("is not a COUNTER") || message.contains("is not a GAUGE")),
+                "{message}"
+            );
+        }
+        other => panic!("expected a 400, got {other}"),
+    }
+    assert!(
+        err.to_string()
+            .starts_with("the Pushgateway answered 400: pushed metrics are invalid"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn delete_removes_the_group() {
+    let Some(server) = start_pushgateway().await else {
+        return;
+    };
+    let pg = gateway(&server, "gone", &[("instance", "x")], false);
+    pg.push(PushMethod::Put, families("a 1\n")).await.unwrap();
+    assert!(group(&server, &[("job", "gone"), ("instance", "x")])
+        .await
+        .is_some());
+    pg.delete().await.expect("DELETE accepted");
+    wait_until("the group to disappear", DEADLINE, || async {
+        group(&server, &[("job", "gone"), ("instance", "x")])
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+/// A periodic task over a registry holding one gauge, with its lifecycle senders.
+struct Running {
+    gauge: prometheus::Gauge,
+    registry: prometheus::Registry,
+    ready: watch::Sender<bool>,
+    shutdown: watch::Sender<Option<Instant>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn start(server: &Server, extra_config: &str) -> Running {
+        let toml = format!(
+            "url = \"{}\"\njob = \"loop\"\ngrouping = {{ instance = \"t\" }}\n{extra_config}",
+            server.base
+        );
+        let config: PushgatewayConfig = toml::from_str(&toml).expect("pushgateway config");
+        let registry = prometheus::Registry::new();
+        let gauge = prometheus::Gauge::new("work_in_progress", "Work.").unwrap();
+        registry.register(Box::new(gauge.clone())).unwrap();
+        let metrics = PushMetrics::register(&registry).unwrap();
+        let task = PushgatewayTask::from_config(0, &config, metrics).expect("task");
+        let (ready, ready_rx) = watch::channel(false);
+        let (shutdown, shutdown_rx) = watch::channel(None);
+        let source = {
+            let registry = registry.clone();
+            Arc::new(move || registry.gather())
+        };
+        let lifecycle = seam::Lifecycle {
+            ready: ready_rx,
+            shutdown: shutdown_rx,
+        };
+        let task = tokio::spawn(task.run(source, lifecycle));
+        Running {
+            gauge,
+            registry,
+            ready,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Begins shutdown with `grace` and waits for the task to finish.
+    async fn shut_down(self, grace: Duration) -> prometheus::Registry {
+        self.shutdown.send_replace(Some(Instant::now() + grace));
+        tokio::time::timeout(grace + Duration::from_secs(5), self.task)
+            .await
+            .expect("task ends within the grace")
+            .expect("task did not panic");
+        self.registry
+    }
+
+    /// A `codex_push_*` counter or gauge of this destination, summed over other labels.
+    fn self_metric(&self, name: &str, extra: &[(&str, &str)]) -> f64 {
+        self_metric(&self.registry, name, extra)
+    }
+}
+
+fn self_metric(registry: &prometheus::Registry, name: &str, extra: &[(&str, &str)]) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| {
+            let has = |n: &str, v: &str| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == n && l.value() == v)
+            };
+            has("destination", "pushgateway[0]")
+                && has("kind", "pushgateway")
+                && extra.iter().all(|(n, v)| has(n, v))
+        })
+        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+        .sum()
+}
+
+const LOOP_KEY: [(&str, &str); 2] = [("job", "loop"), ("instance", "t")];
+
+#[tokio::test]
+async fn the_first_push_comes_at_ready_not_after_an_interval() {
+    let Some(server) = start_pushgateway().await else {
+        return;
+    };
+    let running = Running::start(&server, "interval = \"1h\"\n");
+    running.gauge.set(4.0);
+    running.ready.send_replace(true);
+    let g = wait_group(&server, &LOOP_KEY).await;
+    assert_eq!(value(&g, "work_in_progress"), Some(4.0));
+    assert_eq!(
+        running.self_metric("codex_push_requests_total", &[("outcome", "success")]),
+        1.0
+    );
+    assert!(running.self_metric("codex_push_last_success_timestamp_seconds", &[]) > 0.0);
+}
+
+#[tokio::test]
+async fn push_time_seconds_advances_on_each_push() {
+    let Some(server) = start_pushgateway().await else {
+        return;
+    };
+    let running = Running::start(&server, "interval = \"200ms\"\n");
+    running.ready.send_replace(true);
+    let mut last = value(&wait_group(&server, &LOOP_KEY).await, "push_time_seconds")
+        .expect("push_time_seconds");
+    for _ in 0..2 {
+        last = wait_until("push_time_seconds to advance", DEADLINE, || async {
+            let t = value(&group(&server, &LOOP_KEY).await?, "push_time_seconds")?;
+            (t > last).then_some(t)
+        })
+        .await;
+    }
+    assert!(running.self_metric("codex_push_requests_total", &[("outcome", "success")]) >= 3.0);
+}
+
+#[tokio::test]
+async fn the_cron_schedule_pushes_repeatedly() {
+    let Some(server) = start_pushgateway().await else {
+        return;
+    };
+    let running = Running::start(&server, "cron = \"* * * * * *\"\n");
+    running.ready.send_replace(true);
+    let first = value(&wait_group(&server, &LOOP_KEY).await, "push_time_seconds")
+        .expect("push_time_seconds");
+    wait_until(
+        "a second push on the next cron second",
+        DEADLINE,
+        || async {
+            let t = value(&group(&server, &LOOP_KEY).await?, "push_time_seconds")?;
+            (t > first).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_leaves_the_final_values_on_the_gateway() {
+    let Some(server) = start_pushgateway().await else {
+        return;
+    };
+    let running = Running::start(&server, "interval = \"1h\"\n");
+    running.gauge.set(1.0);
+    running.ready.send_replace(true);
+    wait_group(&server, &LOOP_KEY).await;
+    running.gauge.set(42.0);
+    running.shut_down(Duration::from_secs(10)).await;
+    let g = group(&server, &LOOP_KEY)
+        .await
+        .expect("group stays after shutdown");
+    assert_eq!(
+        value(&g, "work_in_progress"),
+        Some(42.0),
+        "the final push carries the last values"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_with_delete_on_shutdown_removes_the_group() {
+    let Some(server) = start_pushgateway().await else {
+        return;
+    };
+    let running = Running::start(&server, "interval = \"1h\"\ndelete_on_shutdown = true\n");
+    running.ready.send_replace(true);
+    wait_group(&server, &LOOP_KEY).await;
+    running.shut_down(Duration::from_secs(10)).await;
+    wait_until("the group to be deleted", DEADLINE, || async {
+        group(&server, &LOOP_KEY).await.is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_final_push_is_retried_until_the_gateway_is_back() {
+    let Some(mut server) = start_pushgateway().await else {
+        return;
+    };
+    let running = Running::start(&server, "interval = \"1h\"\n");
+    running.ready.send_replace(true);
+    wait_group(&server, &LOOP_KEY).await;
+    running.gauge.set(7.0);
+    server.stop().await;
+    running
+        .shutdown
+        .send_replace(Some(Instant::now() + Duration::from_secs(30)));
+    wait_until("a failed final attempt", DEADLINE, || async {
+        (running.self_metric("codex_push_requests_total", &[("outcome", "network")]) >= 1.0)
+            .then_some(())
+    })
+    .await;
+    server.start().await;
+    let registry = running.shut_down(Duration::from_secs(30)).await;
+    let g = group(&server, &LOOP_KEY)
+        .await
+        .expect("group after the gateway came back");
+    assert_eq!(value(&g, "work_in_progress"), Some(7.0));
+    assert!(self_metric(&registry, "codex_push_samples_retried_total", &[]) > 0.0);
+    assert_eq!(
+        self_metric(&registry, "codex_push_samples_dropped_total", &[]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_push_is_counted_and_later_pushes_continue() {
+    let Some(server) = start_pushgateway().await else {
+        return;
+    };
+    // Another group already holds `work_in_progress` as a counter: our gauge conflicts.
+    let other = gateway(&server, "other", &[], false);
+    other
+        .push(
+            PushMethod::Put,
+            families("# TYPE work_in_progress counter\nwork_in_progress 1\n"),
+        )
+        .await
+        .unwrap();
+    let running = Running::start(&server, "interval = \"200ms\"\n");
+    running.gauge.set(5.0);
+    running.ready.send_replace(true);
+    wait_until("a rejected push", DEADLINE, || async {
+        (running.self_metric("codex_push_requests_total", &[("outcome", "http_4xx")]) >= 1.0)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        running.self_metric(
+            "codex_push_samples_dropped_total",
+            &[("reason", "rejected")]
+        ) > 0.0
+    );
+    other.delete().await.unwrap();
+    let g = wait_until("a later push to succeed", DEADLINE, || async {
+        let g = group(&server, &LOOP_KEY).await?;
+        value(&g, "work_in_progress").is_some().then_some(g)
+    })
+    .await;
+    assert_eq!(value(&g, "work_in_progress"), Some(5.0));
+}
