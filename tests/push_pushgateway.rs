@@ -211,7 +211,7 @@ async fn a_type_conflict_surfaces_the_gateways_400_message() {
             );
             // The gateway names either side of the conflict, in map order.
             assert!(
-                message.contains("\"shared"")
+                message.contains("\"shared\"")
                     && (message.contains("is not a COUNTER") || message.contains("is not a GAUGE")),
                 "{message}"
             );
