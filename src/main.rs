@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use codex_proxy::config::Config;
+use codex_proxy::config::{Config, HumanDuration, PushMethod};
+use codex_proxy::push::oneshot;
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +33,34 @@ enum Command {
     },
     /// Run the built-in demo app-server worker on stdin/stdout.
     DemoWorker,
+    /// Validate a text-format exposition (FILE, or stdin) and push it once to a Pushgateway.
+    /// Exit 0 when delivered, 1 when refused or unreachable, 2 on bad input.
+    Push(PushArgs),
+}
+
+#[derive(clap::Args)]
+struct PushArgs {
+    /// Pushgateway base URL, e.g. http://127.0.0.1:9091
+    #[arg(long, value_name = "URL")]
+    gateway: String,
+    /// The `job` of the grouping key.
+    #[arg(long)]
+    job: String,
+    /// A further grouping label; repeatable.
+    #[arg(long = "label", value_name = "NAME=VALUE")]
+    labels: Vec<String>,
+    /// put replaces the whole group, post only the families in the file.
+    #[arg(long, default_value = "put", value_parser = ["put", "post"])]
+    method: String,
+    /// Delete the group instead of pushing (no input is read).
+    #[arg(long, conflicts_with_all = ["method", "file"])]
+    delete: bool,
+    /// Timeout of the request, e.g. 10s.
+    #[arg(long, default_value = "10s")]
+    timeout: HumanDuration,
+    /// Exposition file in text format 0.0.4; `-` or nothing reads stdin.
+    #[arg(value_name = "FILE|-")]
+    file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +95,46 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::DemoWorker => ExitCode::SUCCESS,
+        Command::Push(args) => push(args),
+    }
+}
+
+/// `codex-proxy push`: one delivery, a one-line summary or the destination's message.
+fn push(args: PushArgs) -> ExitCode {
+    let request = oneshot::labels_from_args(&args.labels).map(|labels| oneshot::Request {
+        gateway: args.gateway,
+        job: args.job,
+        labels,
+        action: if args.delete {
+            oneshot::Action::Delete
+        } else {
+            oneshot::Action::Push {
+                input: oneshot::Input::from_arg(args.file),
+                method: if args.method == "post" {
+                    PushMethod::Post
+                } else {
+                    PushMethod::Put
+                },
+            }
+        },
+        timeout: args.timeout.0,
+    });
+    match request.and_then(oneshot::run) {
+        Ok(_) if args.delete => {
+            eprintln!("codex-proxy: group deleted");
+            ExitCode::SUCCESS
+        }
+        Ok(d) => {
+            eprintln!(
+                "codex-proxy: pushed {} samples in {} families",
+                d.samples, d.families
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("codex-proxy: {e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 

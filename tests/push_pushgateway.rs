@@ -483,3 +483,160 @@ async fn a_rejected_push_is_counted_and_later_pushes_continue() {
     .await;
     assert_eq!(value(&g, "work_in_progress"), Some(5.0));
 }
+
+/// Runs `codex-proxy push` with `args`, `stdin` piped in; (exit code, stderr).
+fn push_command(args: &[&str], stdin: &str) -> (i32, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_codex-proxy"))
+        .arg("push")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn codex-proxy push");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("codex-proxy push exits");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const ROUND_TRIP: &str = r#"# HELP batch_records_total Records handled.
+# TYPE batch_records_total counter
+batch_records_total{source="C:\\data\\in",note="say \"hi\"\nbye"} 1027
+# TYPE batch_last_size_bytes gauge
+batch_last_size_bytes 5.5e+06
+# HELP batch_duration_seconds How long a batch took.
+# TYPE batch_duration_seconds histogram
+batch_duration_seconds_bucket{le="0.5"} 2
+batch_duration_seconds_bucket{le="1"} 5
+batch_duration_seconds_bucket{le="+Inf"} 6
+batch_duration_seconds_sum 4.25
+batch_duration_seconds_count 6
+"#;
+
+#[tokio::test]
+async fn the_push_command_round_trips_a_file() {
+    let Some(server) = start_pushgateway().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("batch.prom");
+    std::fs::write(&file, ROUND_TRIP).unwrap();
+    let (code, stderr) = push_command(
+        &[
+            "--gateway",
+            &server.base,
+            "--job",
+            "nightly",
+            "--label",
+            "host=db-1",
+            "--label",
+            "dir=/srv/in",
+            file.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("pushed 7 samples in 3 families"),
+        "{stderr}"
+    );
+
+    let g = group(
+        &server,
+        &[("job", "nightly"), ("host", "db-1"), ("dir", "/srv/in")],
+    )
+    .await
+    .expect("group");
+    let counter = &g["batch_records_total"];
+    assert_eq!(counter["type"], "COUNTER");
+    assert_eq!(counter["help"], "Records handled.");
+    let labels = &counter["metrics"][0]["labels"];
+    assert_eq!(labels["source"], "C:\\data\\in");
+    assert_eq!(labels["note"], "say \"hi\"\nbye");
+    assert_eq!(counter["metrics"][0]["value"], "1027");
+    assert_eq!(g["batch_last_size_bytes"]["type"], "GAUGE");
+    assert_eq!(value(&g, "batch_last_size_bytes"), Some(5.5e6));
+    let h = &g["batch_duration_seconds"];
+    assert_eq!(h["type"], "HISTOGRAM");
+    let m = &h["metrics"][0];
+    assert_eq!(m["buckets"]["0.5"], "2");
+    assert_eq!(m["buckets"]["1"], "5");
+    assert_eq!(m["buckets"]["+Inf"], "6");
+    assert_eq!(m["sum"], "4.25");
+    assert_eq!(m["count"], "6");
+}
+
+#[tokio::test]
+async fn the_push_command_reads_stdin_posts_and_deletes() {
+    let Some(server) = start_pushgateway().await else {
+        return;
+    };
+    let key = [("job", "cron")];
+    let base = ["--gateway", server.base.as_str(), "--job", "cron"];
+    let run = |extra: &[&str], stdin: &str| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        push_command(&args, stdin)
+    };
+    assert_eq!(run(&["-"], "a 1\nb 2\n").0, 0);
+    assert_eq!(run(&["--method", "post"], "a 3\n").0, 0);
+    let g = group(&server, &key).await.expect("group");
+    assert_eq!((value(&g, "a"), value(&g, "b")), (Some(3.0), Some(2.0)));
+    let (code, stderr) = run(&["--delete"], "");
+    assert_eq!(code, 0, "{stderr}");
+    wait_until("the group to be deleted", DEADLINE, || async {
+        group(&server, &key).await.is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_push_command_fails_with_the_gateways_message_or_the_bad_line() {
+    let Some(server) = start_pushgateway().await else {
+        return;
+    };
+    let base = ["--gateway", server.base.as_str()];
+    let with = |extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let run = |extra: &[&str], stdin: &str| {
+        let args = with(extra);
+        push_command(&args.iter().map(String::as_str).collect::<Vec<_>>(), stdin)
+    };
+    assert_eq!(
+        run(&["--job", "one"], "# TYPE shared counter\nshared 1\n").0,
+        0
+    );
+    let (code, stderr) = run(&["--job", "two"], "# TYPE shared gauge\nshared 1\n");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("the Pushgateway answered 400: pushed metrics are invalid or inconsistent with existing metrics"), "{stderr}");
+
+    let (code, stderr) = run(&["--job", "three"], "ok 1\nbroken{a=\"1\" 2\n");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("stdin: line 2:"), "{stderr}");
+    let (code, stderr) = run(
+        &["--job", "three", "--label", "instance=a"],
+        "m{instance=\"b\"} 1\n",
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("carries the label `instance`"), "{stderr}");
+    assert!(
+        group(&server, &[("job", "three")]).await.is_none(),
+        "nothing was sent"
+    );
+    assert!(
+        group(&server, &[("job", "three"), ("instance", "a")])
+            .await
+            .is_none(),
+        "nothing was sent"
+    );
+}

@@ -11,6 +11,7 @@
 //! receiver never delays the caller.
 
 pub mod encode;
+pub mod oneshot;
 pub mod proto;
 pub mod pushgateway;
 pub mod queue;

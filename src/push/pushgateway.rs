@@ -67,6 +67,16 @@ impl PushgatewayError {
         }
     }
 
+    /// Whether the request was sent and failed (as opposed to refused before sending).
+    pub fn is_delivery(&self) -> bool {
+        matches!(
+            self,
+            PushgatewayError::Rejected { .. }
+                | PushgatewayError::Timeout
+                | PushgatewayError::Network(_)
+        )
+    }
+
     /// Whether sending the same request again may succeed: 5xx, timeouts, connection errors.
     pub fn is_retryable(&self) -> bool {
         match self {
