@@ -192,9 +192,15 @@ pub fn render(families: Vec<MetricFamily>, key: &GroupingKey) -> Result<String, 
                 .map_err(|e| PushgatewayError::Render(e.to_string()))
         };
         if family.get_field_type() == MetricType::UNTYPED {
-            // The crate's encoder has no untyped case: render the value as a gauge (our
-            // untyped values live in the gauge field) and put the type line right.
+            // The crate's encoder has no untyped case (it panics): render the values as a
+            // gauge, then put the type line right.
             family.set_field_type(MetricType::GAUGE);
+            for metric in family.mut_metric() {
+                let mut gauge = prometheus::proto::Gauge::default();
+                #[allow(deprecated)] // the only accessor of an untyped value in prometheus 0.14
+                gauge.set_value(metric.get_untyped().get_value());
+                metric.set_gauge(gauge);
+            }
             let mut text = String::new();
             render(&[family], &mut text)?;
             let name = text_type_name(&text);

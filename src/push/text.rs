@@ -14,9 +14,8 @@
 //!
 //! Model conventions, the same as the prometheus crate's own collectors: the `+Inf`
 //! bucket is implicit (its count is the histogram's sample count, not a bucket), labels
-//! are sorted by name, and an untyped sample's value is carried in the gauge field
-//! (the crate's `Untyped` struct is deprecated). Families declared but without samples
-//! are left out: there is nothing to push for them.
+//! are sorted by name, and an untyped sample's value is in the `untyped` field. Families
+//! declared but without samples are left out: there is nothing to push for them.
 //!
 //! Why not the `prometheus-parse` crate: it splits label sets on `,` and `=` without
 //! unescaping (a value holding `,`, `}` or `\"` comes out wrong), silently skips lines
@@ -26,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType, Quantile,
-    Summary,
+    Summary, Untyped,
 };
 
 use crate::config::is_valid_label_name;
@@ -376,10 +375,16 @@ impl Family {
                     c.set_value(partial.value.unwrap_or_default());
                     m.set_counter(c);
                 }
-                MetricType::GAUGE | MetricType::UNTYPED => {
+                MetricType::GAUGE => {
                     let mut g = Gauge::default();
                     g.set_value(partial.value.unwrap_or_default());
                     m.set_gauge(g);
+                }
+                #[allow(deprecated)] // the only place for an untyped value in prometheus 0.14
+                MetricType::UNTYPED => {
+                    let mut u = Untyped::default();
+                    u.set_value(partial.value.unwrap_or_default());
+                    m.set_untyped(u);
                 }
                 MetricType::HISTOGRAM => m.set_histogram(build_histogram(partial, &series)?),
                 MetricType::SUMMARY => m.set_summary(build_summary(partial, &series)?),
@@ -709,6 +714,11 @@ mod tests {
         }
     }
 
+    #[allow(deprecated)] // the only accessor of an untyped value in prometheus 0.14
+    fn untyped(m: &Metric) -> f64 {
+        m.get_untyped().get_value()
+    }
+
     fn labels(m: &Metric) -> Vec<(&str, &str)> {
         m.get_label()
             .iter()
@@ -736,11 +746,11 @@ mod tests {
     }
 
     #[test]
-    fn samples_without_type_are_untyped_families_carried_in_the_gauge_field() {
+    fn samples_without_type_are_untyped_families() {
         let families = parse("a 1\nb{x=\"y\"} 2\n").unwrap();
         assert_eq!(families.len(), 2);
         assert_eq!(families[0].get_field_type(), MetricType::UNTYPED);
-        assert_eq!(families[1].get_metric()[0].get_gauge().get_value(), 2.0);
+        assert_eq!(untyped(&families[1].get_metric()[0]), 2.0);
         assert_eq!(
             one("# TYPE u untyped\nu 7\n").get_field_type(),
             MetricType::UNTYPED
@@ -773,7 +783,7 @@ mod tests {
     fn blanks_trailing_comma_and_empty_braces_are_accepted() {
         let mf = one("  m { a = \"1\" , b=\"2\", }\t 3  \n");
         assert_eq!(labels(&mf.get_metric()[0]), [("a", "1"), ("b", "2")]);
-        assert_eq!(mf.get_metric()[0].get_gauge().get_value(), 3.0);
+        assert_eq!(untyped(&mf.get_metric()[0]), 3.0);
         assert!(one("m{} 1\n").get_metric()[0].get_label().is_empty());
     }
 
@@ -782,7 +792,7 @@ mod tests {
         let families = parse("a NaN\nb +Inf\nc -Inf\nd inf\ne 1e-3\nf +2\n").unwrap();
         let v: Vec<f64> = families
             .iter()
-            .map(|f| f.get_metric()[0].get_gauge().get_value())
+            .map(|f| untyped(&f.get_metric()[0]))
             .collect();
         assert!(v[0].is_nan());
         assert_eq!(
