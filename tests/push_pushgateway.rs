@@ -10,15 +10,15 @@ use std::time::Duration;
 
 use codex_proxy::config::{PushMethod, PushgatewayConfig};
 use codex_proxy::push::pushgateway::{
-    seam, GroupingKey, Pushgateway, PushgatewayError, PushgatewayTask,
+    protocol_headers, GroupingKey, Pushgateway, PushgatewayError,
 };
-use codex_proxy::push::self_metrics::PushMetrics;
 use codex_proxy::push::text;
+use codex_proxy::push::transport::{Transport, TransportSettings};
+use codex_proxy::push::Pushers;
 use common::{http, start_pushgateway, wait_until, Server};
 use prometheus::proto::MetricFamily;
 use serde_json::Value;
-use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::task::JoinHandle;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -35,14 +35,16 @@ fn families(exposition: &str) -> Vec<MetricFamily> {
 
 fn gateway(server: &Server, job: &str, grouping: &[(&str, &str)], gzip: bool) -> Pushgateway {
     let key = GroupingKey::new(job, labels(grouping)).expect("grouping key");
-    Pushgateway::new(
-        reqwest::Client::new(),
-        &server.base,
-        key,
-        Duration::from_secs(5),
-        gzip,
-    )
-    .expect("gateway")
+    let headers = BTreeMap::new();
+    let settings = TransportSettings {
+        timeout: Duration::from_secs(5),
+        headers: &headers,
+        bearer_token_file: None,
+        basic_auth: None,
+        tls_ca_file: None,
+    };
+    let transport = Transport::new(&settings, protocol_headers(gzip)).expect("transport");
+    Pushgateway::new(transport, &server.base, key, gzip).expect("gateway")
 }
 
 /// All groups the gateway holds (`data` of `/api/v1/metrics`).
@@ -249,12 +251,12 @@ async fn delete_removes_the_group() {
 struct Running {
     gauge: prometheus::Gauge,
     registry: prometheus::Registry,
-    ready: watch::Sender<bool>,
-    shutdown: watch::Sender<Option<Instant>>,
-    task: tokio::task::JoinHandle<()>,
+    pushers: Pushers,
 }
 
 impl Running {
+    /// Starts the pushers' entry point with one `[[pushgateway]]` (job "loop", instance "t")
+    /// over a registry holding one gauge.
     fn start(server: &Server, extra_config: &str) -> Running {
         let toml = format!(
             "url = \"{}\"\njob = \"loop\"\ngrouping = {{ instance = \"t\" }}\n{extra_config}",
@@ -264,36 +266,32 @@ impl Running {
         let registry = prometheus::Registry::new();
         let gauge = prometheus::Gauge::new("work_in_progress", "Work.").unwrap();
         registry.register(Box::new(gauge.clone())).unwrap();
-        let metrics = PushMetrics::register(&registry).unwrap();
-        let task = PushgatewayTask::from_config(0, &config, metrics).expect("task");
-        let (ready, ready_rx) = watch::channel(false);
-        let (shutdown, shutdown_rx) = watch::channel(None);
         let source = {
             let registry = registry.clone();
             Arc::new(move || registry.gather())
         };
-        let lifecycle = seam::Lifecycle {
-            ready: ready_rx,
-            shutdown: shutdown_rx,
-        };
-        let task = tokio::spawn(task.run(source, lifecycle));
+        let pushers = Pushers::start(&[], &[config], source, &registry, "127.0.0.1:1")
+            .expect("pushers start");
         Running {
             gauge,
             registry,
-            ready,
-            shutdown,
-            task,
+            pushers,
         }
     }
 
-    /// Begins shutdown with `grace` and waits for the task to finish.
+    /// Begins shutdown with `grace`; the handle ends when the pushers are done.
+    fn begin_shutdown(self, grace: Duration) -> (prometheus::Registry, JoinHandle<()>) {
+        (self.registry, tokio::spawn(self.pushers.shutdown(grace)))
+    }
+
+    /// Shuts down with `grace` and waits for the pushers to finish.
     async fn shut_down(self, grace: Duration) -> prometheus::Registry {
-        self.shutdown.send_replace(Some(Instant::now() + grace));
-        tokio::time::timeout(grace + Duration::from_secs(5), self.task)
+        let (registry, done) = self.begin_shutdown(grace);
+        tokio::time::timeout(grace + Duration::from_secs(5), done)
             .await
-            .expect("task ends within the grace")
-            .expect("task did not panic");
-        self.registry
+            .expect("pushers end within the grace")
+            .expect("shutdown did not panic");
+        registry
     }
 
     /// A `codex_push_*` counter or gauge of this destination, summed over other labels.
@@ -331,7 +329,7 @@ async fn the_first_push_comes_at_ready_not_after_an_interval() {
     };
     let running = Running::start(&server, "interval = \"1h\"\n");
     running.gauge.set(4.0);
-    running.ready.send_replace(true);
+    running.pushers.mark_ready();
     let g = wait_group(&server, &LOOP_KEY).await;
     assert_eq!(value(&g, "work_in_progress"), Some(4.0));
     assert_eq!(
@@ -347,7 +345,7 @@ async fn push_time_seconds_advances_on_each_push() {
         return;
     };
     let running = Running::start(&server, "interval = \"200ms\"\n");
-    running.ready.send_replace(true);
+    running.pushers.mark_ready();
     let mut last = value(&wait_group(&server, &LOOP_KEY).await, "push_time_seconds")
         .expect("push_time_seconds");
     for _ in 0..2 {
@@ -366,7 +364,7 @@ async fn the_cron_schedule_pushes_repeatedly() {
         return;
     };
     let running = Running::start(&server, "cron = \"* * * * * *\"\n");
-    running.ready.send_replace(true);
+    running.pushers.mark_ready();
     let first = value(&wait_group(&server, &LOOP_KEY).await, "push_time_seconds")
         .expect("push_time_seconds");
     wait_until(
@@ -387,7 +385,7 @@ async fn shutdown_leaves_the_final_values_on_the_gateway() {
     };
     let running = Running::start(&server, "interval = \"1h\"\n");
     running.gauge.set(1.0);
-    running.ready.send_replace(true);
+    running.pushers.mark_ready();
     wait_group(&server, &LOOP_KEY).await;
     running.gauge.set(42.0);
     running.shut_down(Duration::from_secs(10)).await;
@@ -407,7 +405,7 @@ async fn shutdown_with_delete_on_shutdown_removes_the_group() {
         return;
     };
     let running = Running::start(&server, "interval = \"1h\"\ndelete_on_shutdown = true\n");
-    running.ready.send_replace(true);
+    running.pushers.mark_ready();
     wait_group(&server, &LOOP_KEY).await;
     running.shut_down(Duration::from_secs(10)).await;
     wait_until("the group to be deleted", DEADLINE, || async {
@@ -422,20 +420,25 @@ async fn the_final_push_is_retried_until_the_gateway_is_back() {
         return;
     };
     let running = Running::start(&server, "interval = \"1h\"\n");
-    running.ready.send_replace(true);
+    running.pushers.mark_ready();
     wait_group(&server, &LOOP_KEY).await;
     running.gauge.set(7.0);
     server.stop().await;
-    running
-        .shutdown
-        .send_replace(Some(Instant::now() + Duration::from_secs(30)));
+    let (registry, done) = running.begin_shutdown(Duration::from_secs(30));
     wait_until("a failed final attempt", DEADLINE, || async {
-        (running.self_metric("codex_push_requests_total", &[("outcome", "network")]) >= 1.0)
+        (self_metric(
+            &registry,
+            "codex_push_requests_total",
+            &[("outcome", "network")],
+        ) >= 1.0)
             .then_some(())
     })
     .await;
     server.start().await;
-    let registry = running.shut_down(Duration::from_secs(30)).await;
+    tokio::time::timeout(Duration::from_secs(35), done)
+        .await
+        .expect("pushers end within the grace")
+        .expect("shutdown did not panic");
     let g = group(&server, &LOOP_KEY)
         .await
         .expect("group after the gateway came back");
@@ -463,7 +466,7 @@ async fn a_rejected_push_is_counted_and_later_pushes_continue() {
         .unwrap();
     let running = Running::start(&server, "interval = \"200ms\"\n");
     running.gauge.set(5.0);
-    running.ready.send_replace(true);
+    running.pushers.mark_ready();
     wait_until("a rejected push", DEADLINE, || async {
         (running.self_metric("codex_push_requests_total", &[("outcome", "http_4xx")]) >= 1.0)
             .then_some(())

@@ -142,8 +142,11 @@ impl Pushers {
                 .destinations
                 .push(remote_write::start(i, config, &ctx)?);
         }
-        // Pushgateway destinations start here in the same way (pushgateway.rs).
-        let _ = pushgateway;
+        for (i, config) in pushgateway.iter().enumerate() {
+            pushers
+                .destinations
+                .push(pushgateway::start(i, config, &ctx)?);
+        }
         Ok(pushers)
     }
 

@@ -11,8 +11,11 @@ use prometheus::proto::MetricFamily;
 
 use crate::config::PushMethod;
 
-use super::pushgateway::{count_samples, GroupingKey, Pushgateway, PushgatewayError};
+use super::pushgateway::{
+    count_samples, protocol_headers, GroupingKey, Pushgateway, PushgatewayError,
+};
 use super::text::{self, ParseError};
+use super::transport::{Transport, TransportSettings};
 
 /// Where the exposition comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +85,8 @@ impl OneShotError {
     /// 2 when the input or the arguments are at fault (nothing was sent), else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
-            OneShotError::Pushgateway(e) if e.is_delivery() => 1,
+            // Sent, and refused or lost on the way.
+            OneShotError::Pushgateway(e) if e.outcome().is_some() => 1,
             OneShotError::Runtime(_) => 1,
             _ => 2,
         }
@@ -117,11 +121,17 @@ pub fn run(request: Request) -> Result<Delivered, OneShotError> {
         Action::Push { input, .. } => Some(load(input)?),
         Action::Delete => None,
     };
-    let client = reqwest::Client::builder()
-        .user_agent(concat!("codex-proxy/", env!("CARGO_PKG_VERSION")))
-        .build()
+    let no_headers = BTreeMap::new();
+    let settings = TransportSettings {
+        timeout: request.timeout,
+        headers: &no_headers,
+        bearer_token_file: None,
+        basic_auth: None,
+        tls_ca_file: None,
+    };
+    let transport = Transport::new(&settings, protocol_headers(false))
         .map_err(|e| PushgatewayError::Network(e.to_string()))?;
-    let gateway = Pushgateway::new(client, &request.gateway, key, request.timeout, false)?;
+    let gateway = Pushgateway::new(transport, &request.gateway, key, false)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
