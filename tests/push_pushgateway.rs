@@ -643,3 +643,69 @@ async fn the_push_command_fails_with_the_gateways_message_or_the_bad_line() {
         "nothing was sent"
     );
 }
+
+#[tokio::test]
+async fn the_push_command_sends_the_same_file_by_remote_write() {
+    let Some(prometheus) = common::start_prometheus("").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("batch.prom");
+    std::fs::write(&file, ROUND_TRIP).unwrap();
+    let url = format!("{}/api/v1/write", prometheus.base);
+    let before = chrono::Utc::now().timestamp() as f64;
+    let (code, stderr) = push_command(
+        &[
+            "--remote-write",
+            &url,
+            "--job",
+            "nightly",
+            "--label",
+            "host=db-1",
+            file.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{stderr}");
+
+    let counter = wait_until("the counter in Prometheus", DEADLINE, || async {
+        let r = prometheus.query("batch_records_total").await;
+        r.as_array().filter(|a| !a.is_empty()).map(|a| a[0].clone())
+    })
+    .await;
+    let series = &counter["metric"];
+    assert_eq!(series["job"], "nightly");
+    assert_eq!(series["host"], "db-1");
+    assert_eq!(series["source"], "C:\\data\\in");
+    assert_eq!(series["note"], "say \"hi\"\nbye");
+    assert_eq!(counter["value"][1], "1027");
+    let stamped = counter["value"][0].as_f64().expect("sample time");
+    assert!(
+        stamped >= before - 1.0,
+        "stamped with the push time, got {stamped}"
+    );
+
+    let gauge = prometheus.query("batch_last_size_bytes").await;
+    assert_eq!(gauge[0]["value"][1], "5500000");
+    let buckets = prometheus.query("batch_duration_seconds_bucket").await;
+    let by_le: BTreeMap<String, String> = buckets
+        .as_array()
+        .expect("bucket series")
+        .iter()
+        .map(|s| {
+            (
+                s["metric"]["le"].as_str().unwrap_or_default().to_string(),
+                s["value"][1].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(by_le, labels(&[("0.5", "2"), ("1", "5"), ("+Inf", "6")]));
+    assert_eq!(
+        prometheus.query("batch_duration_seconds_sum").await[0]["value"][1],
+        "4.25"
+    );
+    assert_eq!(
+        prometheus.query("batch_duration_seconds_count").await[0]["value"][1],
+        "6"
+    );
+}

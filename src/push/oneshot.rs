@@ -1,6 +1,8 @@
 //! `codex-proxy push`: validate a text-format exposition (a file or stdin) and deliver it
-//! once, for scripts and cron jobs. Exit status: 0 delivered, 1 the destination refused it
-//! or could not be reached, 2 bad input or arguments (nothing was sent).
+//! once, for scripts and cron jobs: to a Pushgateway group (or DELETE the group), or by
+//! remote-write with the current time as timestamp. Exit status: 0 delivered, 1 the
+//! destination refused it or could not be reached, 2 bad input or arguments (nothing
+//! was sent).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -8,14 +10,20 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use prometheus::proto::MetricFamily;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, Url};
 
 use crate::config::PushMethod;
 
-use super::pushgateway::{
-    count_samples, protocol_headers, GroupingKey, Pushgateway, PushgatewayError,
-};
+use super::encode::EncodeError;
+use super::pushgateway::{self, count_samples, GroupingKey, Pushgateway, PushgatewayError};
+use super::remote_write;
+use super::series::SeriesState;
 use super::text::{self, ParseError};
 use super::transport::{Transport, TransportSettings};
+
+/// Series per remote-write request (the `max_series_per_request` default).
+const REMOTE_WRITE_SERIES_PER_REQUEST: usize = 2000;
 
 /// Where the exposition comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,22 +49,26 @@ impl Input {
     }
 }
 
-/// What to do with it.
+/// Where it goes, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// PUT or POST the exposition to the group.
-    Push { input: Input, method: PushMethod },
-    /// DELETE the whole group; there is no input.
-    Delete,
+pub enum Target {
+    /// PUT or POST the exposition to the group at this Pushgateway.
+    Pushgateway { url: String, method: PushMethod },
+    /// DELETE the group at this Pushgateway; there is no input.
+    DeleteGroup { url: String },
+    /// POST it by remote-write 1.0, every sample stamped with the current time.
+    RemoteWrite { url: String },
 }
 
 /// One `push` invocation, as parsed from the command line.
 #[derive(Debug, Clone)]
 pub struct Request {
-    pub gateway: String,
+    pub target: Target,
+    pub input: Input,
+    /// The Pushgateway's `job`, or the `job` label of every remote-write series.
     pub job: String,
+    /// Further grouping labels, or further labels of every remote-write series.
     pub labels: BTreeMap<String, String>,
-    pub action: Action,
     pub timeout: Duration,
 }
 
@@ -75,10 +87,16 @@ pub enum OneShotError {
     DuplicateLabel(String),
     #[error("--label `{0}` is not NAME=VALUE")]
     BadLabel(String),
-    #[error("cannot start the runtime: {0}")]
-    Runtime(std::io::Error),
+    #[error("cannot start: {0}")]
+    Setup(String),
     #[error("{0}")]
     Pushgateway(#[from] PushgatewayError),
+    #[error("cannot encode the remote-write request: {0}")]
+    Encode(#[from] EncodeError),
+    #[error("the remote-write receiver answered {status}: {message}")]
+    RemoteWriteRejected { status: u16, message: String },
+    #[error("cannot reach the remote-write receiver: {0}")]
+    RemoteWriteUnreachable(String),
 }
 
 impl OneShotError {
@@ -87,7 +105,9 @@ impl OneShotError {
         match self {
             // Sent, and refused or lost on the way.
             OneShotError::Pushgateway(e) if e.outcome().is_some() => 1,
-            OneShotError::Runtime(_) => 1,
+            OneShotError::RemoteWriteRejected { .. }
+            | OneShotError::RemoteWriteUnreachable(_)
+            | OneShotError::Setup(_) => 1,
             _ => 2,
         }
     }
@@ -116,45 +136,98 @@ pub fn labels_from_args(args: &[String]) -> Result<BTreeMap<String, String>, One
 
 /// Reads and validates the input, then delivers it; nothing is sent when the input is bad.
 pub fn run(request: Request) -> Result<Delivered, OneShotError> {
+    // The same rules for both targets: `job` must be set, label names valid, and no
+    // metric may carry a label that the command line sets.
     let key = GroupingKey::new(&request.job, request.labels.clone())?;
-    let families = match &request.action {
-        Action::Push { input, .. } => Some(load(input)?),
-        Action::Delete => None,
+    let families = match request.target {
+        Target::DeleteGroup { .. } => Vec::new(),
+        _ => load(&request.input)?,
     };
+    for family in &families {
+        key.check_labels(family)?;
+    }
+    let delivered = Delivered {
+        families: families.len(),
+        samples: count_samples(&families),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| OneShotError::Setup(format!("runtime: {e}")))?;
+    runtime.block_on(async {
+        match &request.target {
+            Target::Pushgateway { url, method } => {
+                let gateway = pushgateway(url, key, request.timeout)?;
+                gateway.push(*method, families).await?;
+            }
+            Target::DeleteGroup { url } => {
+                pushgateway(url, key, request.timeout)?.delete().await?;
+            }
+            Target::RemoteWrite { url } => {
+                remote_write(url, &key, &families, request.timeout).await?;
+            }
+        }
+        Ok(delivered)
+    })
+}
+
+fn transport(timeout: Duration, protocol: HeaderMap) -> Result<Transport, OneShotError> {
     let no_headers = BTreeMap::new();
     let settings = TransportSettings {
-        timeout: request.timeout,
+        timeout,
         headers: &no_headers,
         bearer_token_file: None,
         basic_auth: None,
         tls_ca_file: None,
     };
-    let transport = Transport::new(&settings, protocol_headers(false))
-        .map_err(|e| PushgatewayError::Network(e.to_string()))?;
-    let gateway = Pushgateway::new(transport, &request.gateway, key, false)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(OneShotError::Runtime)?;
-    runtime.block_on(async {
-        match (&request.action, families) {
-            (Action::Push { method, .. }, Some(families)) => {
-                let delivered = Delivered {
-                    families: families.len(),
-                    samples: count_samples(&families),
-                };
-                gateway.push(*method, families).await?;
-                Ok(delivered)
-            }
-            _ => {
-                gateway.delete().await?;
-                Ok(Delivered {
-                    families: 0,
-                    samples: 0,
-                })
-            }
+    Transport::new(&settings, protocol).map_err(|e| OneShotError::Setup(e.to_string()))
+}
+
+fn pushgateway(
+    url: &str,
+    key: GroupingKey,
+    timeout: Duration,
+) -> Result<Pushgateway, OneShotError> {
+    let transport = transport(timeout, pushgateway::protocol_headers(false))?;
+    Ok(Pushgateway::new(transport, url, key, false)?)
+}
+
+/// Sends the families by remote-write, `job` and the labels added to every series, in
+/// as many requests as it takes, in order; no stale markers (the series stay visible).
+async fn remote_write(
+    url: &str,
+    key: &GroupingKey,
+    families: &[MetricFamily],
+    timeout: Duration,
+) -> Result<(), OneShotError> {
+    let url = Url::parse(url).map_err(|e| OneShotError::Setup(format!("--remote-write: {e}")))?;
+    let labels: BTreeMap<String, String> = key
+        .labels()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    // No default `instance`: only what the command line gives.
+    let mut series = SeriesState::new(&labels, "", REMOTE_WRITE_SERIES_PER_REQUEST);
+    let converted = series.convert(families, chrono::Utc::now().timestamp_millis())?;
+    let transport = transport(timeout, remote_write::protocol_headers())?;
+    for batch in converted.batches {
+        let request = transport
+            .request(Method::POST, url.clone())
+            .map_err(|e| OneShotError::Setup(e.to_string()))?
+            .body(batch.body);
+        let response = request.send().await.map_err(|e| {
+            // Without the URL: it may carry credentials.
+            OneShotError::RemoteWriteUnreachable(pushgateway::error_chain(&e.without_url()))
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(OneShotError::RemoteWriteRejected {
+                status: status.as_u16(),
+                message: body.trim().chars().take(512).collect(),
+            });
         }
-    })
+    }
+    Ok(())
 }
 
 /// The input, parsed strictly; an input without samples is refused.
@@ -239,26 +312,32 @@ mod tests {
     }
 
     #[test]
-    fn a_metric_carrying_a_grouping_label_is_refused_before_sending() {
+    fn a_metric_carrying_a_command_line_label_is_refused_before_sending() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.prom");
         std::fs::write(&path, "m{instance=\"x\"} 1\n").unwrap();
-        let request = Request {
-            // Nothing listens here: the refusal must come before any connection.
-            gateway: "http://127.0.0.1:9".into(),
-            job: "j".into(),
-            labels: BTreeMap::from([("instance".to_string(), "a".to_string())]),
-            action: Action::Push {
-                input: Input::File(path),
+        // Nothing listens on port 9: the refusal must come before any connection.
+        let url = "http://127.0.0.1:9".to_string();
+        for target in [
+            Target::Pushgateway {
+                url: url.clone(),
                 method: PushMethod::Put,
             },
-            timeout: Duration::from_secs(1),
-        };
-        let e = run(request).unwrap_err();
-        assert!(
-            e.to_string().contains("carries the label `instance`"),
-            "{e}"
-        );
-        assert_eq!(e.exit_code(), 2);
+            Target::RemoteWrite { url: url.clone() },
+        ] {
+            let request = Request {
+                target,
+                input: Input::File(path.clone()),
+                job: "j".into(),
+                labels: BTreeMap::from([("instance".to_string(), "a".to_string())]),
+                timeout: Duration::from_secs(1),
+            };
+            let e = run(request).unwrap_err();
+            assert!(
+                e.to_string().contains("carries the label `instance`"),
+                "{e}"
+            );
+            assert_eq!(e.exit_code(), 2);
+        }
     }
 }

@@ -26,6 +26,7 @@ use super::transport::{Transport, TransportSettings};
 use super::{Context, DestinationStatus, PushError, SnapshotSource, Started};
 use crate::config::{PushMethod, PushgatewayConfig};
 
+pub(crate) use client::error_chain;
 pub use client::{protocol_headers, Pushgateway, CONTENT_TYPE_TEXT};
 pub use group::{count_samples, render, GroupingKey, RESERVED_FAMILIES};
 

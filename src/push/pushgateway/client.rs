@@ -137,7 +137,7 @@ fn transport_error(e: reqwest::Error) -> PushgatewayError {
 }
 
 /// An error and its sources, `: `-separated (reqwest's own message is terse).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -53,9 +53,28 @@ impl GroupingKey {
         path
     }
 
-    /// Label names a pushed metric must not carry: the gateway sets them from the path.
-    fn names(&self) -> impl Iterator<Item = &str> {
-        std::iter::once("job").chain(self.labels.keys().map(String::as_str))
+    /// `job` and the grouping labels, in that order.
+    pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        std::iter::once(("job", self.job.as_str()))
+            .chain(self.labels.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+    }
+
+    /// Refuses a metric that carries `job` or a grouping label: the gateway would
+    /// silently overwrite it with the key's value.
+    pub fn check_labels(&self, family: &MetricFamily) -> Result<(), PushgatewayError> {
+        for metric in family.get_metric() {
+            if let Some(label) = metric
+                .get_label()
+                .iter()
+                .find(|l| self.labels().any(|(n, _)| n == l.name()))
+            {
+                return Err(PushgatewayError::LabelCollision {
+                    family: family.name().to_string(),
+                    label: label.name().to_string(),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -96,18 +115,8 @@ pub fn render(families: Vec<MetricFamily>, key: &GroupingKey) -> Result<String, 
         if RESERVED_FAMILIES.contains(&family.name()) {
             return Err(PushgatewayError::ReservedFamily(family.name().to_string()));
         }
-        let name = family.name().to_string();
+        key.check_labels(&family)?;
         for metric in family.mut_metric() {
-            if let Some(label) = metric
-                .get_label()
-                .iter()
-                .find(|l| key.names().any(|n| n == l.name()))
-            {
-                return Err(PushgatewayError::LabelCollision {
-                    family: name,
-                    label: label.name().to_string(),
-                });
-            }
             // The gateway rejects pushes with timestamps.
             metric.set_timestamp_ms(0);
         }
