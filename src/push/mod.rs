@@ -11,7 +11,9 @@
 //! receiver never delays the caller.
 
 pub mod encode;
+pub mod oneshot;
 pub mod proto;
+pub mod pushgateway;
 pub mod queue;
 pub mod remote_write;
 pub mod retry;
@@ -19,6 +21,7 @@ pub mod schedule;
 pub mod self_metrics;
 pub mod series;
 mod signal;
+pub mod text;
 pub mod transport;
 
 use std::sync::Arc;
@@ -139,8 +142,11 @@ impl Pushers {
                 .destinations
                 .push(remote_write::start(i, config, &ctx)?);
         }
-        // Pushgateway destinations start here in the same way (pushgateway.rs).
-        let _ = pushgateway;
+        for (i, config) in pushgateway.iter().enumerate() {
+            pushers
+                .destinations
+                .push(pushgateway::start(i, config, &ctx)?);
+        }
         Ok(pushers)
     }
 

@@ -121,7 +121,7 @@ pub(crate) fn start(
 }
 
 /// The headers remote-write 1.0 requires on every request; configured ones never override them.
-fn protocol_headers() -> HeaderMap {
+pub fn protocol_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("snappy"));
     h.insert(

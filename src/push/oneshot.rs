@@ -1,0 +1,343 @@
+//! `codex-proxy push`: validate a text-format exposition (a file or stdin) and deliver it
+//! once, for scripts and cron jobs: to a Pushgateway group (or DELETE the group), or by
+//! remote-write with the current time as timestamp. Exit status: 0 delivered, 1 the
+//! destination refused it or could not be reached, 2 bad input or arguments (nothing
+//! was sent).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use prometheus::proto::MetricFamily;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, Url};
+
+use crate::config::PushMethod;
+
+use super::encode::EncodeError;
+use super::pushgateway::{self, count_samples, GroupingKey, Pushgateway, PushgatewayError};
+use super::remote_write;
+use super::series::SeriesState;
+use super::text::{self, ParseError};
+use super::transport::{Transport, TransportSettings};
+
+/// Series per remote-write request (the `max_series_per_request` default).
+const REMOTE_WRITE_SERIES_PER_REQUEST: usize = 2000;
+
+/// Where the exposition comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Stdin,
+    File(PathBuf),
+}
+
+impl Input {
+    /// `-` is stdin, anything else a path.
+    pub fn from_arg(arg: Option<PathBuf>) -> Input {
+        match arg {
+            Some(p) if p.as_os_str() != "-" => Input::File(p),
+            _ => Input::Stdin,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Input::Stdin => "stdin".to_string(),
+            Input::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// Where it goes, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// PUT or POST the exposition to the group at this Pushgateway.
+    Pushgateway { url: String, method: PushMethod },
+    /// DELETE the group at this Pushgateway; there is no input.
+    DeleteGroup { url: String },
+    /// POST it by remote-write 1.0, every sample stamped with the current time.
+    RemoteWrite { url: String },
+}
+
+/// One `push` invocation, as parsed from the command line.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub target: Target,
+    pub input: Input,
+    /// The Pushgateway's `job`, or the `job` label of every remote-write series.
+    pub job: String,
+    /// Further grouping labels, or further labels of every remote-write series.
+    pub labels: BTreeMap<String, String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OneShotError {
+    #[error("cannot read {what}: {source}")]
+    Read {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Parse { what: String, source: ParseError },
+    #[error("{what} holds no samples (to remove a group, use --delete)")]
+    Empty { what: String },
+    #[error("--label `{0}` is given twice")]
+    DuplicateLabel(String),
+    #[error("--label `{0}` is not NAME=VALUE")]
+    BadLabel(String),
+    #[error("cannot start: {0}")]
+    Setup(String),
+    #[error("{0}")]
+    Pushgateway(#[from] PushgatewayError),
+    #[error("cannot encode the remote-write request: {0}")]
+    Encode(#[from] EncodeError),
+    #[error("the remote-write receiver answered {status}: {message}")]
+    RemoteWriteRejected { status: u16, message: String },
+    #[error("cannot reach the remote-write receiver: {0}")]
+    RemoteWriteUnreachable(String),
+}
+
+impl OneShotError {
+    /// 2 when the input or the arguments are at fault (nothing was sent), else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            // Sent, and refused or lost on the way.
+            OneShotError::Pushgateway(e) if e.outcome().is_some() => 1,
+            OneShotError::RemoteWriteRejected { .. }
+            | OneShotError::RemoteWriteUnreachable(_)
+            | OneShotError::Setup(_) => 1,
+            _ => 2,
+        }
+    }
+}
+
+/// What was delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub families: usize,
+    pub samples: u64,
+}
+
+/// `--label NAME=VALUE` arguments into a map; a name given twice is an error.
+pub fn labels_from_args(args: &[String]) -> Result<BTreeMap<String, String>, OneShotError> {
+    let mut labels = BTreeMap::new();
+    for arg in args {
+        let (name, value) = arg
+            .split_once('=')
+            .ok_or_else(|| OneShotError::BadLabel(arg.clone()))?;
+        if labels.insert(name.to_string(), value.to_string()).is_some() {
+            return Err(OneShotError::DuplicateLabel(name.to_string()));
+        }
+    }
+    Ok(labels)
+}
+
+/// Reads and validates the input, then delivers it; nothing is sent when the input is bad.
+pub fn run(request: Request) -> Result<Delivered, OneShotError> {
+    // The same rules for both targets: `job` must be set, label names valid, and no
+    // metric may carry a label that the command line sets.
+    let key = GroupingKey::new(&request.job, request.labels.clone())?;
+    let families = match request.target {
+        Target::DeleteGroup { .. } => Vec::new(),
+        _ => load(&request.input)?,
+    };
+    for family in &families {
+        key.check_labels(family)?;
+    }
+    let delivered = Delivered {
+        families: families.len(),
+        samples: count_samples(&families),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| OneShotError::Setup(format!("runtime: {e}")))?;
+    runtime.block_on(async {
+        match &request.target {
+            Target::Pushgateway { url, method } => {
+                let gateway = pushgateway(url, key, request.timeout)?;
+                gateway.push(*method, families).await?;
+            }
+            Target::DeleteGroup { url } => {
+                pushgateway(url, key, request.timeout)?.delete().await?;
+            }
+            Target::RemoteWrite { url } => {
+                remote_write(url, &key, &families, request.timeout).await?;
+            }
+        }
+        Ok(delivered)
+    })
+}
+
+fn transport(timeout: Duration, protocol: HeaderMap) -> Result<Transport, OneShotError> {
+    let no_headers = BTreeMap::new();
+    let settings = TransportSettings {
+        timeout,
+        headers: &no_headers,
+        bearer_token_file: None,
+        basic_auth: None,
+        tls_ca_file: None,
+    };
+    Transport::new(&settings, protocol).map_err(|e| OneShotError::Setup(e.to_string()))
+}
+
+fn pushgateway(
+    url: &str,
+    key: GroupingKey,
+    timeout: Duration,
+) -> Result<Pushgateway, OneShotError> {
+    let transport = transport(timeout, pushgateway::protocol_headers(false))?;
+    Ok(Pushgateway::new(transport, url, key, false)?)
+}
+
+/// Sends the families by remote-write, `job` and the labels added to every series, in
+/// as many requests as it takes, in order; no stale markers (the series stay visible).
+async fn remote_write(
+    url: &str,
+    key: &GroupingKey,
+    families: &[MetricFamily],
+    timeout: Duration,
+) -> Result<(), OneShotError> {
+    let url = Url::parse(url).map_err(|e| OneShotError::Setup(format!("--remote-write: {e}")))?;
+    let labels: BTreeMap<String, String> = key
+        .labels()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    // No default `instance`: only what the command line gives.
+    let mut series = SeriesState::new(&labels, "", REMOTE_WRITE_SERIES_PER_REQUEST);
+    let converted = series.convert(families, chrono::Utc::now().timestamp_millis())?;
+    let transport = transport(timeout, remote_write::protocol_headers())?;
+    for batch in converted.batches {
+        let request = transport
+            .request(Method::POST, url.clone())
+            .map_err(|e| OneShotError::Setup(e.to_string()))?
+            .body(batch.body);
+        let response = request.send().await.map_err(|e| {
+            // Without the URL: it may carry credentials.
+            OneShotError::RemoteWriteUnreachable(pushgateway::error_chain(&e.without_url()))
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(OneShotError::RemoteWriteRejected {
+                status: status.as_u16(),
+                message: body.trim().chars().take(512).collect(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The input, parsed strictly; an input without samples is refused.
+pub fn load(input: &Input) -> Result<Vec<MetricFamily>, OneShotError> {
+    let what = input.describe();
+    let read_error = |source| OneShotError::Read {
+        what: what.clone(),
+        source,
+    };
+    let bytes = match input {
+        Input::Stdin => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).map_err(read_error)?;
+            buf
+        }
+        Input::File(path) => std::fs::read(path).map_err(read_error)?,
+    };
+    let text = String::from_utf8(bytes).map_err(|e| {
+        read_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
+        ))
+    })?;
+    let families = text::parse(&text).map_err(|source| OneShotError::Parse {
+        what: what.clone(),
+        source,
+    })?;
+    if families.is_empty() {
+        return Err(OneShotError::Empty { what });
+    }
+    Ok(families)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse_and_duplicates_or_missing_equals_are_refused() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let labels = labels_from_args(&args(&["instance=a", "path=/x=y", "empty="])).unwrap();
+        assert_eq!(labels["path"], "/x=y");
+        assert_eq!(labels["empty"], "");
+        assert!(matches!(
+            labels_from_args(&args(&["a=1", "a=2"])),
+            Err(OneShotError::DuplicateLabel(_))
+        ));
+        assert!(matches!(
+            labels_from_args(&args(&["novalue"])),
+            Err(OneShotError::BadLabel(_))
+        ));
+    }
+
+    #[test]
+    fn bad_input_is_refused_naming_the_file_and_line_with_exit_code_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.prom");
+        std::fs::write(&path, "ok 1\nbad{ 2\n").unwrap();
+        let e = load(&Input::File(path.clone())).unwrap_err();
+        assert!(e.to_string().contains("m.prom: line 2:"), "{e}");
+        assert_eq!(e.exit_code(), 2);
+
+        std::fs::write(&path, "# only a comment\n").unwrap();
+        assert!(matches!(
+            load(&Input::File(path.clone())),
+            Err(OneShotError::Empty { .. })
+        ));
+        std::fs::write(&path, [b'a', b' ', 0xff, b'\n']).unwrap();
+        assert!(load(&Input::File(path))
+            .unwrap_err()
+            .to_string()
+            .contains("not UTF-8"));
+        let missing = load(&Input::File(dir.path().join("missing"))).unwrap_err();
+        assert_eq!(missing.exit_code(), 2);
+    }
+
+    #[test]
+    fn a_dash_means_stdin() {
+        assert_eq!(Input::from_arg(Some("-".into())), Input::Stdin);
+        assert_eq!(Input::from_arg(None), Input::Stdin);
+        assert_eq!(Input::from_arg(Some("f".into())), Input::File("f".into()));
+    }
+
+    #[test]
+    fn a_metric_carrying_a_command_line_label_is_refused_before_sending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.prom");
+        std::fs::write(&path, "m{instance=\"x\"} 1\n").unwrap();
+        // Nothing listens on port 9: the refusal must come before any connection.
+        let url = "http://127.0.0.1:9".to_string();
+        for target in [
+            Target::Pushgateway {
+                url: url.clone(),
+                method: PushMethod::Put,
+            },
+            Target::RemoteWrite { url: url.clone() },
+        ] {
+            let request = Request {
+                target,
+                input: Input::File(path.clone()),
+                job: "j".into(),
+                labels: BTreeMap::from([("instance".to_string(), "a".to_string())]),
+                timeout: Duration::from_secs(1),
+            };
+            let e = run(request).unwrap_err();
+            assert!(
+                e.to_string().contains("carries the label `instance`"),
+                "{e}"
+            );
+            assert_eq!(e.exit_code(), 2);
+        }
+    }
+}

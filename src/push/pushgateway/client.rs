@@ -1,0 +1,212 @@
+//! One request to one group of a Pushgateway: PUT/POST a body, or DELETE the group.
+
+use std::io::Write;
+
+use prometheus::proto::MetricFamily;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+
+use crate::config::PushMethod;
+use crate::push::transport::{Transport, USER_AGENT};
+
+use super::group::{render, GroupingKey};
+use super::PushgatewayError;
+
+/// The exact Content-Type of a text-format 0.0.4 push.
+pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// How much of a gateway's error body is kept in the error and the log.
+const MAX_MESSAGE_CHARS: usize = 512;
+
+/// The headers of every request; configured headers never override them.
+pub fn protocol_headers(gzip: bool) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(CONTENT_TYPE_TEXT),
+    );
+    h.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+    if gzip {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    h
+}
+
+/// One Pushgateway and one group on it.
+pub struct Pushgateway {
+    /// Built with [`protocol_headers`] of the same `gzip`.
+    transport: Transport,
+    url: Url,
+    key: GroupingKey,
+    gzip: bool,
+}
+
+impl Pushgateway {
+    /// `base` is the gateway's address (`http://host:9091`, or with a route prefix);
+    /// `transport` must carry [`protocol_headers(gzip)`](protocol_headers).
+    pub fn new(
+        transport: Transport,
+        base: &str,
+        key: GroupingKey,
+        gzip: bool,
+    ) -> Result<Pushgateway, PushgatewayError> {
+        let joined = format!("{}{}", base.trim_end_matches('/'), key.path());
+        // Never echo the URL: it may carry credentials.
+        let url = Url::parse(&joined).map_err(|e| PushgatewayError::Url(e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(PushgatewayError::Url(format!(
+                "scheme `{}` is not http or https",
+                url.scheme()
+            )));
+        }
+        Ok(Pushgateway {
+            transport,
+            url,
+            key,
+            gzip,
+        })
+    }
+
+    pub fn key(&self) -> &GroupingKey {
+        &self.key
+    }
+
+    /// Renders and sends `families`: PUT replaces the group, POST only the families sent.
+    pub async fn push(
+        &self,
+        method: PushMethod,
+        families: Vec<MetricFamily>,
+    ) -> Result<(), PushgatewayError> {
+        let body = render(families, &self.key)?;
+        self.send_body(method, &body).await
+    }
+
+    /// Sends an already rendered body (the final push retries the same one).
+    pub async fn send_body(&self, method: PushMethod, body: &str) -> Result<(), PushgatewayError> {
+        let method = match method {
+            PushMethod::Put => Method::PUT,
+            PushMethod::Post => Method::POST,
+        };
+        let body = if self.gzip {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(body.as_bytes())
+                .and_then(|()| gz.finish())
+                .map_err(|e| PushgatewayError::Render(format!("gzip: {e}")))?
+        } else {
+            body.as_bytes().to_vec()
+        };
+        let request = self.request(method)?.body(body);
+        answer(request.send().await).await
+    }
+
+    /// Deletes the whole group (the gateway answers 202).
+    pub async fn delete(&self) -> Result<(), PushgatewayError> {
+        answer(self.request(Method::DELETE)?.send().await).await
+    }
+
+    fn request(&self, method: Method) -> Result<reqwest::RequestBuilder, PushgatewayError> {
+        self.transport
+            .request(method, self.url.clone())
+            .map_err(|e| PushgatewayError::Credentials(e.to_string()))
+    }
+}
+
+/// 200 and 202 are success; anything else is an error carrying the gateway's message.
+async fn answer(
+    response: Result<reqwest::Response, reqwest::Error>,
+) -> Result<(), PushgatewayError> {
+    let response = response.map_err(transport_error)?;
+    let status = response.status();
+    if status == StatusCode::OK || status == StatusCode::ACCEPTED {
+        return Ok(());
+    }
+    let body = response.text().await.unwrap_or_default();
+    Err(PushgatewayError::Rejected {
+        status: status.as_u16(),
+        message: truncate(body.trim(), MAX_MESSAGE_CHARS),
+    })
+}
+
+fn transport_error(e: reqwest::Error) -> PushgatewayError {
+    if e.is_timeout() {
+        PushgatewayError::Timeout
+    } else {
+        // Without the URL: it may carry credentials.
+        PushgatewayError::Network(error_chain(&e.without_url()))
+    }
+}
+
+/// An error and its sources, `: `-separated (reqwest's own message is terse).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    match s.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::push::transport::TransportSettings;
+
+    fn transport(gzip: bool) -> Transport {
+        let headers = BTreeMap::from([
+            ("Content-Type".to_string(), "application/json".to_string()),
+            ("X-Team".to_string(), "a".to_string()),
+        ]);
+        let settings = TransportSettings {
+            timeout: Duration::from_secs(1),
+            headers: &headers,
+            bearer_token_file: None,
+            basic_auth: None,
+            tls_ca_file: None,
+        };
+        Transport::new(&settings, protocol_headers(gzip)).unwrap()
+    }
+
+    fn key() -> GroupingKey {
+        GroupingKey::new("j", BTreeMap::new()).unwrap()
+    }
+
+    #[test]
+    fn url_keeps_a_route_prefix_and_refuses_other_schemes() {
+        let pg = Pushgateway::new(transport(false), "http://h:9091/pgw/", key(), false).unwrap();
+        assert_eq!(pg.url.as_str(), "http://h:9091/pgw/metrics/job/j");
+        assert!(Pushgateway::new(transport(false), "ftp://h", key(), false).is_err());
+    }
+
+    #[test]
+    fn requests_carry_the_exact_content_type_whatever_is_configured() {
+        let pg = Pushgateway::new(transport(true), "http://h:9091", key(), true).unwrap();
+        let request = pg.request(Method::PUT).unwrap().build().unwrap();
+        let h = request.headers();
+        assert_eq!(h.get_all(header::CONTENT_TYPE).iter().count(), 1);
+        assert_eq!(h[header::CONTENT_TYPE], CONTENT_TYPE_TEXT);
+        assert_eq!(h[header::CONTENT_ENCODING], "gzip");
+        assert_eq!(h["x-team"], "a");
+        assert!(h[header::USER_AGENT]
+            .to_str()
+            .unwrap()
+            .starts_with("codex-proxy/"));
+    }
+
+    #[test]
+    fn long_messages_are_truncated_on_a_char_boundary() {
+        assert_eq!(truncate("ééé", 2), "éé…");
+        assert_eq!(truncate("ab", 2), "ab");
+    }
+}

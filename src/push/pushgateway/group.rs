@@ -1,0 +1,321 @@
+//! What a push carries: the grouping key and its URL path, and the text-format body.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use prometheus::proto::{MetricFamily, MetricType};
+
+use crate::config::is_valid_label_name;
+
+use super::PushgatewayError;
+
+/// Families the gateway adds to every group itself; a pushed one would be overwritten.
+pub const RESERVED_FAMILIES: [&str; 2] = ["push_time_seconds", "push_failure_time_seconds"];
+
+/// `job` plus further grouping labels: which group of the gateway a push replaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupingKey {
+    job: String,
+    labels: BTreeMap<String, String>,
+}
+
+impl GroupingKey {
+    /// Refuses what the gateway would reject or misread: an empty job, an invalid label
+    /// name, `job` among the grouping labels.
+    pub fn new(
+        job: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<GroupingKey, PushgatewayError> {
+        if job.is_empty() {
+            return Err(PushgatewayError::EmptyJob);
+        }
+        for name in labels.keys() {
+            if name == "job" {
+                return Err(PushgatewayError::JobInGrouping);
+            }
+            if !is_valid_label_name(name) {
+                return Err(PushgatewayError::InvalidLabelName(name.clone()));
+            }
+        }
+        Ok(GroupingKey {
+            job: job.to_string(),
+            labels,
+        })
+    }
+
+    /// `/metrics/job/<job>{/<label>/<value>}`: job first, then labels in name order.
+    pub fn path(&self) -> String {
+        let mut path = String::from("/metrics");
+        push_segment(&mut path, "job", &self.job);
+        for (name, value) in &self.labels {
+            push_segment(&mut path, name, value);
+        }
+        path
+    }
+
+    /// `job` and the grouping labels, in that order.
+    pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        std::iter::once(("job", self.job.as_str()))
+            .chain(self.labels.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+    }
+
+    /// Refuses a metric that carries `job` or a grouping label: the gateway would
+    /// silently overwrite it with the key's value.
+    pub fn check_labels(&self, family: &MetricFamily) -> Result<(), PushgatewayError> {
+        for metric in family.get_metric() {
+            if let Some(label) = metric
+                .get_label()
+                .iter()
+                .find(|l| self.labels().any(|(n, _)| n == l.name()))
+            {
+                return Err(PushgatewayError::LabelCollision {
+                    family: family.name().to_string(),
+                    label: label.name().to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Appends `/<name>/<value>`. A value with `/`, or an empty one, cannot travel as a path
+/// segment (the router would split or drop it): it goes as `<name>@base64/<url-safe>`,
+/// `=` for empty. Others are percent-encoded.
+fn push_segment(path: &mut String, name: &str, value: &str) {
+    path.push('/');
+    path.push_str(name);
+    if value.is_empty() {
+        path.push_str("@base64/=");
+    } else if value.contains('/') {
+        path.push_str("@base64/");
+        path.push_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value));
+    } else {
+        path.push('/');
+        for byte in value.bytes() {
+            if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+                path.push(byte as char);
+            } else {
+                path.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+}
+
+/// The text-format body of a push: no timestamps, LF endings, a final newline.
+///
+/// Refuses a metric that carries `job` or a grouping label, and the gateway's own
+/// `push_time_seconds`/`push_failure_time_seconds`. Families without metrics are skipped.
+pub fn render(families: Vec<MetricFamily>, key: &GroupingKey) -> Result<String, PushgatewayError> {
+    let encoder = prometheus::TextEncoder::new();
+    let mut body = String::new();
+    for mut family in families {
+        if family.get_metric().is_empty() {
+            continue;
+        }
+        if RESERVED_FAMILIES.contains(&family.name()) {
+            return Err(PushgatewayError::ReservedFamily(family.name().to_string()));
+        }
+        key.check_labels(&family)?;
+        for metric in family.mut_metric() {
+            // The gateway rejects pushes with timestamps.
+            metric.set_timestamp_ms(0);
+        }
+        let render = |families: &[MetricFamily], body: &mut String| {
+            encoder
+                .encode_utf8(families, body)
+                .map_err(|e| PushgatewayError::Render(e.to_string()))
+        };
+        if family.get_field_type() == MetricType::UNTYPED {
+            // The crate's encoder has no untyped case (it panics): render the values as a
+            // gauge, then put the type line right.
+            family.set_field_type(MetricType::GAUGE);
+            for metric in family.mut_metric() {
+                let mut gauge = prometheus::proto::Gauge::default();
+                #[allow(deprecated)] // the only accessor of an untyped value in prometheus 0.14
+                gauge.set_value(metric.get_untyped().get_value());
+                metric.set_gauge(gauge);
+            }
+            let mut text = String::new();
+            render(&[family], &mut text)?;
+            let name = text_type_name(&text);
+            body.push_str(&text.replacen(
+                &format!("# TYPE {name} gauge\n"),
+                &format!("# TYPE {name} untyped\n"),
+                1,
+            ));
+        } else {
+            render(&[family], &mut body)?;
+        }
+    }
+    Ok(body)
+}
+
+/// The metric name of the first `# TYPE` line of a rendered family.
+fn text_type_name(text: &str) -> &str {
+    text.lines()
+        .find_map(|l| l.strip_prefix("# TYPE "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap_or_default()
+}
+
+/// Samples a body carries (lines other than comments), for the sent/dropped counters.
+pub fn count_samples(families: &[MetricFamily]) -> u64 {
+    families
+        .iter()
+        .map(|f| {
+            let per_metric = |m: &prometheus::proto::Metric| -> u64 {
+                match f.get_field_type() {
+                    MetricType::HISTOGRAM => {
+                        let h = m.get_histogram();
+                        let has_inf = h
+                            .get_bucket()
+                            .iter()
+                            .any(|b| b.upper_bound() == f64::INFINITY);
+                        h.get_bucket().len() as u64 + u64::from(!has_inf) + 2
+                    }
+                    MetricType::SUMMARY => m.get_summary().get_quantile().len() as u64 + 2,
+                    _ => 1,
+                }
+            };
+            f.get_metric().iter().map(per_metric).sum::<u64>()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::proto::{Gauge, LabelPair, Metric};
+
+    fn key(job: &str, labels: &[(&str, &str)]) -> Result<GroupingKey, PushgatewayError> {
+        GroupingKey::new(
+            job,
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn gauge_family(name: &str, labels: &[(&str, &str)], value: f64) -> MetricFamily {
+        let mut g = Gauge::default();
+        g.set_value(value);
+        let mut m = Metric::from_gauge(g);
+        m.set_label(
+            labels
+                .iter()
+                .map(|(n, v)| {
+                    let mut l = LabelPair::default();
+                    l.set_name(n.to_string());
+                    l.set_value(v.to_string());
+                    l
+                })
+                .collect(),
+        );
+        let mut mf = MetricFamily::default();
+        mf.set_name(name.to_string());
+        mf.set_help("help".to_string());
+        mf.set_field_type(MetricType::GAUGE);
+        mf.set_metric(vec![m]);
+        mf
+    }
+
+    #[test]
+    fn path_has_job_first_then_labels_in_name_order() {
+        let k = key("batch", &[("zone", "eu"), ("instance", "host-a:9100")]).unwrap();
+        assert_eq!(
+            k.path(),
+            "/metrics/job/batch/instance/host-a%3A9100/zone/eu"
+        );
+    }
+
+    #[test]
+    fn slash_and_empty_values_go_as_base64_others_percent_encoded() {
+        let k = key(
+            "job/with/slash",
+            &[("path", "/var/tmp"), ("empty", ""), ("name", "Προ μ?#%")],
+        )
+        .unwrap();
+        assert_eq!(
+            k.path(),
+            "/metrics/job@base64/am9iL3dpdGgvc2xhc2g/empty@base64/=/name/%CE%A0%CF%81%CE%BF%20%CE%BC%3F%23%25/path@base64/L3Zhci90bXA"
+        );
+        // The URL-safe alphabet: standard base64 of "/??>" is "Lz8/Pg==".
+        let k = key("j", &[("v", "/??>")]).unwrap();
+        assert_eq!(k.path(), "/metrics/job/j/v@base64/Lz8_Pg");
+    }
+
+    #[test]
+    fn empty_job_bad_label_names_and_job_label_are_refused() {
+        assert!(matches!(key("", &[]), Err(PushgatewayError::EmptyJob)));
+        assert!(matches!(
+            key("j", &[("job", "x")]),
+            Err(PushgatewayError::JobInGrouping)
+        ));
+        for bad in ["1x", "a-b", "__reserved", ""] {
+            let e = key("j", &[(bad, "x")]).unwrap_err();
+            assert!(
+                matches!(e, PushgatewayError::InvalidLabelName(_)),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn body_is_text_format_with_lf_final_newline_and_no_timestamps() {
+        let mut family = gauge_family("temp", &[("room", "a")], 21.5);
+        family.mut_metric()[0].set_timestamp_ms(1_700_000_000_000);
+        let body = render(vec![family], &key("j", &[]).unwrap()).unwrap();
+        assert_eq!(
+            body,
+            "# HELP temp help\n# TYPE temp gauge\ntemp{room=\"a\"} 21.5\n"
+        );
+        assert!(!body.contains('\r'));
+    }
+
+    #[test]
+    fn untyped_families_render_with_the_untyped_type_line() {
+        let families = crate::push::text::parse("# HELP u x\nu{a=\"1\"} 3\ng 2\n").unwrap();
+        let body = render(families, &key("j", &[]).unwrap()).unwrap();
+        assert_eq!(
+            body,
+            "# HELP u x\n# TYPE u untyped\nu{a=\"1\"} 3\n# TYPE g untyped\ng 2\n"
+        );
+    }
+
+    #[test]
+    fn metrics_carrying_job_or_a_grouping_label_are_refused() {
+        let k = key("j", &[("instance", "a")]).unwrap();
+        for label in ["job", "instance"] {
+            let e = render(vec![gauge_family("m", &[(label, "x")], 1.0)], &k).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("metric `m` carries the label `{label}`")),
+                "{e}"
+            );
+        }
+        assert!(render(vec![gauge_family("m", &[("other", "x")], 1.0)], &k).is_ok());
+        let e = render(vec![gauge_family("push_time_seconds", &[], 1.0)], &k).unwrap_err();
+        assert!(matches!(e, PushgatewayError::ReservedFamily(_)), "{e}");
+    }
+
+    #[test]
+    fn empty_families_are_skipped() {
+        let mut empty = gauge_family("e", &[], 0.0);
+        empty.set_metric(vec![]);
+        assert_eq!(render(vec![empty], &key("j", &[]).unwrap()).unwrap(), "");
+    }
+
+    #[test]
+    fn samples_are_counted_per_text_line() {
+        let families = crate::push::text::parse(
+            "a 1\nb 2\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n\
+             # TYPE s summary\ns{quantile=\"0.5\"} 1\ns_sum 1\ns_count 1\n",
+        )
+        .unwrap();
+        let body = render(families.clone(), &key("j", &[]).unwrap()).unwrap();
+        let lines = body.lines().filter(|l| !l.starts_with('#')).count() as u64;
+        assert_eq!(count_samples(&families), lines);
+        assert_eq!(lines, 2 + 4 + 3);
+    }
+}
