@@ -330,13 +330,12 @@ async fn streaming_completion_sends_role_then_each_delta_in_order_then_finish_an
 }
 
 #[tokio::test]
-async fn turn_failed_by_the_model_becomes_502_and_the_worker_serves_the_next_request() {
+async fn turn_failed_by_the_model_becomes_502_or_an_error_event_and_the_worker_serves_on() {
     let Some(stack) = Stack::start().await else {
         return;
     };
-    let response = stack
-        .chat(&format!("This one fails: {FAIL_MARKER}"), false)
-        .await;
+    let failing = format!("This one fails: {FAIL_MARKER}");
+    let response = stack.chat(&failing, false).await;
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     assert_eq!(
@@ -345,11 +344,37 @@ async fn turn_failed_by_the_model_becomes_502_and_the_worker_serves_the_next_req
         "body {body}; proxy log tail:\n{}",
         stack.log_tail()
     );
-    assert!(body["error"]["message"].is_string(), "a JSON error: {body}");
+    assert_eq!(body["error"]["code"], "worker_error", "{body}");
     let prompts = stack.stub.prompts();
     assert!(
         prompts.iter().any(|p| p.contains(FAIL_MARKER)),
         "the failure must come from the model call; the stub saw {prompts:?}"
+    );
+
+    // Streaming: the headers are out before the turn fails, so an error event then [DONE].
+    let response = stack.chat(&failing, true).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "proxy log tail:\n{}",
+        stack.log_tail()
+    );
+    let body = response.text().await.expect("SSE body");
+    let data = sse_data(&body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{body}");
+    let error: Value = data
+        .iter()
+        .rev()
+        .nth(1)
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or(Value::Null);
+    assert!(
+        error["error"]["message"].is_string(),
+        "an error event before [DONE]: {body}"
+    );
+    assert!(
+        !body.contains(DELTAS[0]),
+        "no model text on a failed turn: {body}"
     );
 
     // A failed turn leaves the worker usable.
