@@ -71,8 +71,10 @@ async fn prometheus_and_victoria_metrics_answer_queries_over_pushed_series() {
     let expected = metrics.requests.with_label_values(&labels).get() as f64;
     assert_eq!(expected, 10.0);
 
-    let requests = r#"sum(codex_http_requests_total{job="codex-proxy",instance="127.0.0.1:11435"})"#;
-    let p50 = r#"histogram_quantile(0.5, sum by (le) (codex_http_latency_ms_bucket{job="codex-proxy"}))"#;
+    let requests =
+        r#"sum(codex_http_requests_total{job="codex-proxy",instance="127.0.0.1:11435"})"#;
+    let p50 =
+        r#"histogram_quantile(0.5, sum by (le) (codex_http_latency_ms_bucket{job="codex-proxy"}))"#;
     for server in [&prometheus, &victoria] {
         let what = format!("{requests} = {expected} on {}", server.base);
         wait_until(&what, Duration::from_secs(30), || async {
@@ -84,7 +86,11 @@ async fn prometheus_and_victoria_metrics_answer_queries_over_pushed_series() {
             scalar(server, p50).await
         })
         .await;
-        assert!((100.0..=200.0).contains(&median), "p50 = {median} on {}", server.base);
+        assert!(
+            (100.0..=200.0).contains(&median),
+            "p50 = {median} on {}",
+            server.base
+        );
     }
     pushers.shutdown(Duration::from_secs(5)).await;
 }

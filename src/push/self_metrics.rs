@@ -208,3 +208,46 @@ impl DestinationMetrics {
 fn clamp_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(registry: &Registry, name: &str, label: (&str, &str)) -> Option<f64> {
+        registry
+            .gather()
+            .into_iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().to_vec())
+            .find(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == label.0 && l.value() == label.1)
+            })
+            .map(|m| m.get_counter().get_value())
+    }
+
+    #[test]
+    fn every_outcome_and_reason_shows_from_the_start_and_counts_apart() {
+        let registry = Registry::new();
+        let d = PushMetrics::register(&registry)
+            .unwrap()
+            .destination("primary", "remote_write");
+        for o in OUTCOMES {
+            assert_eq!(
+                value(&registry, "codex_push_requests_total", ("outcome", o)),
+                Some(0.0)
+            );
+        }
+        d.request(Outcome::Http429);
+        d.dropped(DropReason::QueueFull, 7);
+        assert_eq!(Outcome::Http429.as_str(), "http_429");
+        assert_eq!(DropReason::QueueFull.as_str(), "queue_full");
+        let requests = |o| value(&registry, "codex_push_requests_total", ("outcome", o));
+        assert_eq!(requests("http_429"), Some(1.0));
+        assert_eq!(requests("http_4xx"), Some(0.0));
+        let dropped = |r| value(&registry, "codex_push_samples_dropped_total", ("reason", r));
+        assert_eq!(dropped("queue_full"), Some(7.0));
+        assert_eq!(dropped("rejected"), Some(0.0));
+    }
+}

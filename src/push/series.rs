@@ -103,7 +103,7 @@ impl SeriesState {
     ) -> Result<Converted, EncodeError> {
         let ts = self.next_timestamp(now_ms);
         let mut out = Output::new(self.max_series_per_request);
-        let mut current = SeriesSet::with_capacity(self.previous.len());
+        let mut current = SeriesSet::with_capacity(self.previous.len(), self.previous.bytes.len());
         let mut invalid_samples = 0;
         let mut labels = Vec::new();
         for family in snapshot {
@@ -190,9 +190,10 @@ struct SeriesSet {
 }
 
 impl SeriesSet {
-    fn with_capacity(series: usize) -> SeriesSet {
+    /// Room for `series` label sets of `bytes` in all: the previous snapshot's size.
+    fn with_capacity(series: usize, bytes: usize) -> SeriesSet {
         SeriesSet {
-            bytes: Vec::new(),
+            bytes: Vec::with_capacity(bytes),
             ends: Vec::with_capacity(series),
             by_hash: HashMap::with_capacity(series),
         }

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# What pushing costs: CPU seconds per million samples and memory, for codex-proxy's
+# remote-write pusher and for vmagent scraping the same registry at the same interval and
+# remote-writing it to the same VictoriaMetrics, both running at once.
+#
+#   scripts/bench/push-cost.sh [seconds per set]      (default 60)
+#
+# Sets: SMALL (~2,800 series, 1s interval) and LARGE (~190,000 series, 5s interval), the
+# proxy's own families filled with synthetic label combinations (examples/push_bench.rs).
+# codex-proxy's CPU is counted from after its registry is built to the end of its final
+# push; vmagent's over the same window (after its first scrape). Memory: codex-proxy's
+# peak RSS above the RSS of the built registry (what pushing adds), vmagent's peak RSS.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUN_SECONDS=${1:-60}
+
+cargo build --release --example push_bench
+BIN=$PWD/target/release/examples/push_bench
+for b in victoria-metrics vmagent python3 curl; do
+  command -v "$b" >/dev/null || { echo "push-cost.sh: $b is required" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { # url what
+  for _ in $(seq 1 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
+  echo "push-cost.sh: $2 did not come up ($1)" >&2; exit 1
+}
+metric() { # url name -> sum of the samples of that name
+  curl -sf "$1" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%.0f\n", s }'
+}
+cpu_of() { # pid -> user+system seconds
+  awk -v t="$(getconf CLK_TCK)" '{ printf "%.3f\n", ($14 + $15) / t }' "/proc/$1/stat"
+}
+hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+
+run_set() { # name series interval
+  local name=$1 series=$2 interval=$3 dir="$WORK/$1"
+  mkdir -p "$dir"
+  local vm_port serve_port agent_port
+  vm_port=$(free_port); serve_port=$(free_port); agent_port=$(free_port)
+  victoria-metrics -httpListenAddr="127.0.0.1:$vm_port" -storageDataPath="$dir/vm" -loggerLevel=ERROR >"$dir/vm.log" 2>&1 &
+  PIDS+=($!)
+  wait_http "http://127.0.0.1:$vm_port/health" victoria-metrics
+  "$BIN" serve --series "$series" --listen "127.0.0.1:$serve_port" >"$dir/serve.log" 2>&1 &
+  PIDS+=($!)
+  wait_http "http://127.0.0.1:$serve_port/metrics" "the /metrics server"
+  cat >"$dir/scrape.yml" <<YAML
+global:
+  scrape_interval: $interval
+scrape_configs:
+  - job_name: codex-proxy
+    static_configs:
+      - targets: ["127.0.0.1:$serve_port"]
+YAML
+  vmagent -promscrape.config="$dir/scrape.yml" -remoteWrite.url="http://127.0.0.1:$vm_port/api/v1/write" \
+    -remoteWrite.tmpDataPath="$dir/vmagent" -httpListenAddr="127.0.0.1:$agent_port" -loggerLevel=ERROR >"$dir/vmagent.log" 2>&1 &
+  local agent=$!
+  PIDS+=("$agent")
+  local agent_metrics="http://127.0.0.1:$agent_port/metrics"
+  wait_http "$agent_metrics" vmagent
+  for _ in $(seq 1 600); do
+    [ "$(metric "$agent_metrics" vmagent_remotewrite_block_size_rows_sum)" -gt 0 ] && break; sleep 0.1
+  done
+  local agent_cpu0 agent_rows0
+  agent_cpu0=$(cpu_of "$agent"); agent_rows0=$(metric "$agent_metrics" vmagent_remotewrite_block_size_rows_sum)
+
+  "$BIN" push --series "$series" --url "http://127.0.0.1:$vm_port/api/v1/write" \
+    --interval "$interval" --seconds "$RUN_SECONDS" >"$dir/push.json" 2>"$dir/push.log"
+
+  local agent_cpu1 agent_rows1 agent_hwm
+  agent_cpu1=$(cpu_of "$agent"); agent_rows1=$(metric "$agent_metrics" vmagent_remotewrite_block_size_rows_sum)
+  agent_hwm=$(hwm_kb "$agent")
+  python3 - "$name" "$interval" "$dir/push.json" "$agent_cpu0" "$agent_cpu1" "$agent_rows0" "$agent_rows1" "$agent_hwm" <<'PY'
+import json, sys
+name, interval, push_file = sys.argv[1:4]
+a_cpu0, a_cpu1, a_rows0, a_rows1, a_hwm = map(float, sys.argv[4:9])
+p = json.load(open(push_file))
+p_cpu_m = p["cpu_seconds"] / (p["samples_sent"] / 1e6)
+a_cpu_m = (a_cpu1 - a_cpu0) / ((a_rows1 - a_rows0) / 1e6)
+p_mem = (p["rss_peak_kb"] - p["rss_after_build_kb"]) / 1024
+a_mem = a_hwm / 1024
+print(f"| {name} | {p['series']} | {interval} | {p['samples_sent']/1e6:.2f} M | {p_cpu_m:.3f} | "
+      f"{(a_rows1 - a_rows0)/1e6:.2f} M | {a_cpu_m:.3f} | {p_cpu_m / a_cpu_m:.2f} | "
+      f"{p_mem:.0f} MiB (of {p['rss_peak_kb']/1024:.0f}) | {a_mem:.0f} MiB |")
+PY
+  kill "$agent" 2>/dev/null || true
+}
+
+echo "| set | series | interval | codex-proxy samples | codex-proxy CPU-s / M samples | vmagent samples | vmagent CPU-s / M samples | CPU ratio | codex-proxy pushing memory (process peak) | vmagent peak memory |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+run_set SMALL 2800 1s
+run_set LARGE 190000 5s
