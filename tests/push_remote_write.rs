@@ -527,9 +527,9 @@ async fn shutdown_pushes_a_final_snapshot_then_stale_markers_for_every_series() 
     // The final snapshot carries the latest value.
     let final_count = values
         .iter()
-        .filter(|s| s.label("model") == Some("gpt"))
-        .map(|s| s.value)
-        .last();
+        .rev()
+        .find(|s| s.label("model") == Some("gpt"))
+        .map(|s| s.value);
     assert_eq!(final_count, Some(3.0));
     // Every series ever sent ends with a stale marker after its last sample.
     let mut last_sample: BTreeMap<&Vec<(String, String)>, i64> = BTreeMap::new();
