@@ -285,8 +285,9 @@ enum Verdict {
 /// The sender task.
 async fn send(dest: Arc<Destination>, mut shutdown: Shutdown) {
     let mut backoff = Backoff::new(dest.min_backoff, dest.max_backoff);
-    // Failed attempts of the front batch so far.
-    let mut failures = 0u32;
+    // The front batch when its last attempt failed; compared by content, since the byte
+    // cap may have replaced the front meanwhile.
+    let mut failing: Option<Batch> = None;
     loop {
         let Some(front) = dest.with_queue(|q| q.front()).await else {
             break;
@@ -304,48 +305,38 @@ async fn send(dest: Arc<Destination>, mut shutdown: Shutdown) {
             }
             continue;
         };
-        if failures > 0 {
+        let is_retry = failing.as_ref() == Some(&batch);
+        if is_retry {
             dest.metrics.retried(batch.samples);
+        } else {
+            backoff.reset();
         }
         let Some(verdict) = shutdown.before_deadline(attempt(&dest, &batch)).await else {
             break;
         };
-        let wait = match verdict {
+        match verdict {
             Verdict::Delivered => {
-                if failures > 0 {
-                    tracing::info!(destination = %dest.name, failures, "delivered after retrying");
+                if is_retry {
+                    tracing::info!(destination = %dest.name, "delivered after retrying");
                 }
                 dest.metrics.sent(batch.samples);
                 dest.status.send_modify(|s| {
                     s.last_success_unix_seconds = Some(chrono::Utc::now().timestamp())
                 });
-                None
             }
-            Verdict::Drop(reason) => {
-                dest.metrics.dropped(reason, batch.samples);
-                None
-            }
+            Verdict::Drop(reason) => dest.metrics.dropped(reason, batch.samples),
             Verdict::Retry(retry_after) => {
-                failures += 1;
-                Some(retry_after.unwrap_or_else(|| backoff.next_delay()))
-            }
-        };
-        match wait {
-            None => {
-                remove_front(&dest, batch).await;
-                failures = 0;
-                backoff.reset();
-            }
-            Some(delay) => {
-                if shutdown
-                    .before_deadline(tokio::time::sleep(delay))
-                    .await
-                    .is_none()
-                {
+                let delay = retry_after.unwrap_or_else(|| backoff.next_delay());
+                failing = Some(batch);
+                let slept = shutdown.before_deadline(tokio::time::sleep(delay)).await;
+                if slept.is_none() {
                     break;
                 }
+                continue;
             }
         }
+        failing = None;
+        remove_front(&dest, batch).await;
     }
     // The deadline passed: what a memory queue still holds is lost.
     if !dest.durable {
