@@ -106,9 +106,29 @@ pub(crate) struct Started {
 
 /// The running destination loops.
 pub struct Pushers {
-    destinations: Vec<Started>,
-    ready: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    handle: PushersHandle,
     shutdown: watch::Sender<Option<Instant>>,
+}
+
+/// A cheap, cloneable view of the pushers for the rest of the application: allow the first
+/// push, read the status for `/healthz`.
+#[derive(Clone)]
+pub struct PushersHandle {
+    ready: watch::Sender<bool>,
+    statuses: Arc<[watch::Receiver<DestinationStatus>]>,
+}
+
+impl PushersHandle {
+    /// Allows the first push (at once) and the schedule after it. Idempotent.
+    pub fn mark_ready(&self) {
+        self.ready.send_replace(true);
+    }
+
+    /// Queue depth and last success of every destination, in configuration order.
+    pub fn status(&self) -> Vec<DestinationStatus> {
+        self.statuses.iter().map(|s| s.borrow().clone()).collect()
+    }
 }
 
 impl Pushers {
@@ -131,36 +151,47 @@ impl Pushers {
             ready: Ready(ready_rx),
             shutdown: Shutdown(shutdown_rx),
         };
-        // Dropping `pushers` on an error aborts the loops already started.
-        let mut pushers = Pushers {
-            destinations: Vec::new(),
-            ready,
-            shutdown,
+        let mut started = Vec::new();
+        let mut start_all = || -> Result<(), PushError> {
+            for (i, config) in remote_write.iter().enumerate() {
+                started.push(remote_write::start(i, config, &ctx)?);
+            }
+            for (i, config) in pushgateway.iter().enumerate() {
+                started.push(pushgateway::start(i, config, &ctx)?);
+            }
+            Ok(())
         };
-        for (i, config) in remote_write.iter().enumerate() {
-            pushers
-                .destinations
-                .push(remote_write::start(i, config, &ctx)?);
+        if let Err(e) = start_all() {
+            for s in &started {
+                s.task.abort();
+            }
+            return Err(e);
         }
-        for (i, config) in pushgateway.iter().enumerate() {
-            pushers
-                .destinations
-                .push(pushgateway::start(i, config, &ctx)?);
-        }
-        Ok(pushers)
+        let (tasks, statuses): (Vec<_>, Vec<_>) =
+            started.into_iter().map(|s| (s.task, s.status)).unzip();
+        Ok(Pushers {
+            tasks,
+            handle: PushersHandle {
+                ready,
+                statuses: statuses.into(),
+            },
+            shutdown,
+        })
     }
 
-    /// Allows the first push (at once) and the schedule after it. Idempotent.
+    /// A handle to mark readiness and read the status from elsewhere.
+    pub fn handle(&self) -> PushersHandle {
+        self.handle.clone()
+    }
+
+    /// Same as [`PushersHandle::mark_ready`].
     pub fn mark_ready(&self) {
-        self.ready.send_replace(true);
+        self.handle.mark_ready();
     }
 
-    /// Queue depth and last success of every destination; cheap, for `/healthz`.
+    /// Same as [`PushersHandle::status`].
     pub fn status(&self) -> Vec<DestinationStatus> {
-        self.destinations
-            .iter()
-            .map(|d| d.status.borrow().clone())
-            .collect()
+        self.handle.status()
     }
 
     /// Final push of every destination, delivered within `grace`; loops still running
@@ -171,9 +202,9 @@ impl Pushers {
         // The loops stop themselves at the deadline; a little slack lets them count
         // and log what they had to give up.
         let hard_stop = deadline + Duration::from_millis(200);
-        for d in std::mem::take(&mut self.destinations) {
-            let abort = d.task.abort_handle();
-            if tokio::time::timeout_at(hard_stop, d.task).await.is_err() {
+        for task in std::mem::take(&mut self.tasks) {
+            let abort = task.abort_handle();
+            if tokio::time::timeout_at(hard_stop, task).await.is_err() {
                 abort.abort();
             }
         }
@@ -181,9 +212,10 @@ impl Pushers {
 }
 
 impl Drop for Pushers {
+    /// Without [`shutdown`](Pushers::shutdown) the loops stop at once, with no final push.
     fn drop(&mut self) {
-        for d in &self.destinations {
-            d.task.abort();
+        for task in &self.tasks {
+            task.abort();
         }
     }
 }
