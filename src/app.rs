@@ -11,6 +11,7 @@ use tokio::sync::{oneshot, watch};
 use crate::config::Config;
 use crate::metrics::{Metrics, MetricsError};
 use crate::proxy::{self, AppState};
+use crate::push::{PushError, Pushers, PushersHandle};
 use crate::worker::{supervisor, WorkerCommand, WorkerStatus};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,8 @@ pub enum ServeError {
     WorkerCommand(std::io::Error),
     #[error("the HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error(transparent)]
+    Push(#[from] PushError),
 }
 
 /// Runs the proxy until a shutdown signal.
@@ -38,11 +41,32 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })?;
     tracing::info!("listening on {addr}");
 
+    // The default `instance` label of pushed series: the address actually bound.
+    let instance = listener
+        .local_addr()
+        .map_or_else(|_| addr.to_string(), |a| a.to_string());
+    let pushers = {
+        let snapshot_of = metrics.clone();
+        let source = Arc::new(move || snapshot_of.gather());
+        Pushers::start(
+            &config.remote_write,
+            &config.pushgateway,
+            source,
+            metrics.registry(),
+            &instance,
+        )?
+    };
+
     let command = WorkerCommand::from_config(&config.worker).map_err(ServeError::WorkerCommand)?;
     let worker = supervisor::start(config.worker.clone(), command);
     tokio::spawn(bridge_worker_metrics(worker.subscribe(), metrics.clone()));
+    tokio::spawn(first_push_when_ready(
+        worker.subscribe(),
+        pushers.handle(),
+        Duration::from_millis(config.worker.startup_timeout_ms),
+    ));
 
-    let state = AppState::new(config.clone(), worker.clone(), metrics);
+    let state = AppState::new(config.clone(), worker.clone(), metrics).with_push(pushers.handle());
     let app = proxy::router(state);
     // metrics middleware layer goes here: `let app = app.layer(...)`, and the `/metrics` route.
 
@@ -60,6 +84,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         result = &mut server => {
             // The server only ends by itself on an error.
             worker.shutdown().await;
+            pushers.shutdown(Duration::from_millis(config.worker.shutdown_grace_ms)).await;
             return match result {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(ServeError::Http(e)),
@@ -80,6 +105,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         );
         server.abort();
     }
+    // Last, so that the final push counts every request that was served; it gets the same
+    // grace again to be delivered.
+    pushers.shutdown(grace).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -105,6 +133,21 @@ async fn bridge_worker_metrics(mut status: watch::Receiver<WorkerStatus>, metric
             return;
         }
     }
+}
+
+/// Allows the first push once the worker is first ready, so that it shows a started proxy,
+/// or after the worker's startup timeout at the latest: where nobody can scrape, a worker
+/// that never comes up must still be reported (`codex_worker_ready` 0, restarts).
+async fn first_push_when_ready(
+    mut status: watch::Receiver<WorkerStatus>,
+    push: PushersHandle,
+    at_most: Duration,
+) {
+    let _ = tokio::time::timeout(at_most, async {
+        let _ = status.wait_for(|s| s.ready).await;
+    })
+    .await;
+    push.mark_ready();
 }
 
 async fn shutdown_signal() {

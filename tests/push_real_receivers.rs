@@ -10,7 +10,7 @@ use std::time::Duration;
 use codex_proxy::config::{Config, MetricsConfig};
 use codex_proxy::metrics::Metrics;
 use codex_proxy::push::Pushers;
-use common::{start_prometheus, start_victoria_metrics, wait_until, Server};
+use common::{start_prometheus, start_victoria_metrics, wait_until, Proxy, Server};
 
 /// The single value of an instant query, once the server has one.
 async fn scalar(server: &Server, promql: &str) -> Option<f64> {
@@ -93,4 +93,74 @@ async fn prometheus_and_victoria_metrics_answer_queries_over_pushed_series() {
         );
     }
     pushers.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The real binary pushes to both once its worker is ready, reports the destinations in
+/// `/healthz`, and on SIGTERM ends every series with a stale marker: the receivers stop
+/// returning them at once instead of for the 5-minute lookback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_pushes_when_ready_and_marks_its_series_stale_on_sigterm() {
+    let Some(prometheus) = start_prometheus("").await else {
+        return;
+    };
+    let Some(victoria) = start_victoria_metrics().await else {
+        return;
+    };
+    let config = format!(
+        "[[remote_write]]\nname = \"prometheus\"\nurl = \"{}/api/v1/write\"\ninterval = \"300ms\"\n\
+         [[remote_write]]\nname = \"victoria\"\nurl = \"{}/api/v1/write\"\ninterval = \"300ms\"\n",
+        prometheus.base, victoria.base
+    );
+    let mut proxy = Proxy::start(&config, &[]).await;
+    proxy.wait_ready().await;
+    let ready = format!(
+        r#"codex_worker_ready{{job="codex-proxy",instance="127.0.0.1:{}"}}"#,
+        proxy.port
+    );
+    for server in [&prometheus, &victoria] {
+        wait_until(
+            &format!("{ready} = 1 on {}", server.base),
+            Duration::from_secs(30),
+            || async { (scalar(server, &ready).await == Some(1.0)).then_some(()) },
+        )
+        .await;
+    }
+    let health: serde_json::Value = common::http()
+        .get(proxy.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let push = health["push"]
+        .as_array()
+        .expect("a push section in /healthz");
+    let names: Vec<&str> = push
+        .iter()
+        .filter_map(|d| d["destination"].as_str())
+        .collect();
+    assert_eq!(names, ["prometheus", "victoria"]);
+    assert!(
+        push.iter().all(|d| d["last_success_unix_seconds"].is_i64()),
+        "{push:?}"
+    );
+
+    proxy.proc.signal(libc::SIGTERM);
+    let status = proxy.proc.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{}", proxy.logs());
+    for server in [&prometheus, &victoria] {
+        wait_until(
+            &format!("{ready} gone from {}", server.base),
+            Duration::from_secs(30),
+            || async {
+                let result = server.query(&ready).await;
+                result
+                    .as_array()
+                    .is_some_and(|a| a.is_empty())
+                    .then_some(())
+            },
+        )
+        .await;
+    }
 }

@@ -21,6 +21,8 @@ pub struct HealthReport {
     pub worker: WorkerHealth,
     pub maintenance: bool,
     pub streams: StreamsHealth,
+    /// Each push destination: queued requests and bytes, last accepted push.
+    pub push: Vec<crate::push::DestinationStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,6 +55,7 @@ pub fn report(state: &AppState) -> HealthReport {
             active: max_streams - state.streams.available_permits(),
             max: max_streams,
         },
+        push: state.push.as_ref().map(|p| p.status()).unwrap_or_default(),
     }
 }
 

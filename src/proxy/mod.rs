@@ -38,6 +38,8 @@ pub struct AppState {
     pub maintenance: Arc<AtomicBool>,
     /// One permit per open SSE stream (`streams.max_concurrency`).
     pub streams: Arc<Semaphore>,
+    /// The pushers' status, for `/healthz`; `None` when no pushers were started.
+    pub push: Option<crate::push::PushersHandle>,
 }
 
 impl AppState {
@@ -50,7 +52,14 @@ impl AppState {
             config,
             worker,
             metrics,
+            push: None,
         }
+    }
+
+    /// Shows the pushers' destinations in `/healthz`.
+    pub fn with_push(mut self, push: crate::push::PushersHandle) -> AppState {
+        self.push = Some(push);
+        self
     }
 }
 
