@@ -176,7 +176,10 @@ fn every_path_docker_compose_mounts_or_builds_from_exists() {
     let compose = read("docker-compose.yml");
     let paths = compose_paths(&compose, repo());
     let missing: Vec<_> = paths.iter().filter(|p| !p.exists()).collect();
-    assert!(missing.is_empty(), "docker-compose.yml refers to missing paths: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "docker-compose.yml refers to missing paths: {missing:?}"
+    );
     // The reader saw the stack's files (it would pass vacuously if it saw nothing).
     for must in [
         "deploy/prometheus/prometheus.yml",
@@ -199,7 +202,10 @@ fn every_path_the_dockerfile_copies_exists() {
     let sources = dockerfile_sources(&read("Dockerfile"));
     assert!(!sources.is_empty(), "no COPY in the Dockerfile");
     for source in sources {
-        assert!(repo().join(&source).exists(), "Dockerfile copies missing {source}");
+        assert!(
+            repo().join(&source).exists(),
+            "Dockerfile copies missing {source}"
+        );
     }
 }
 
@@ -252,7 +258,10 @@ fn every_alert_has_a_firing_and_a_quiet_unit_test() {
     }
     let names: BTreeSet<_> = alerts.iter().map(|a| a.name.as_str()).collect();
     for tested in cases.keys() {
-        assert!(names.contains(tested.as_str()), "test for unknown alert {tested}");
+        assert!(
+            names.contains(tested.as_str()),
+            "test for unknown alert {tested}"
+        );
     }
 }
 
@@ -285,7 +294,10 @@ fn every_dashboard_panel_links_to_an_existing_runbook_section() {
         .and_then(|vars| vars.iter().find(|v| v["name"] == "runbook_base"))
         .and_then(|v| v["query"].as_str())
         .unwrap_or("");
-    assert!(base.ends_with("docs/runbooks.md"), "runbook_base is {base:?}");
+    assert!(
+        base.ends_with("docs/runbooks.md"),
+        "runbook_base is {base:?}"
+    );
 }
 
 #[test]
@@ -301,9 +313,15 @@ fn every_dashboard_query_uses_the_datasource_variable() {
     let panels = dashboard["panels"].as_array().expect("panels");
     for panel in panels.iter().filter(|p| p["type"] != "row") {
         let title = panel["title"].as_str().unwrap_or("?");
-        assert_eq!(panel["datasource"]["uid"], "${datasource}", "panel {title:?}");
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "panel {title:?}"
+        );
         for target in panel["targets"].as_array().expect("targets") {
-            assert_eq!(target["datasource"]["uid"], "${datasource}", "panel {title:?}");
+            assert_eq!(
+                target["datasource"]["uid"], "${datasource}",
+                "panel {title:?}"
+            );
         }
     }
 }
@@ -311,9 +329,14 @@ fn every_dashboard_query_uses_the_datasource_variable() {
 #[test]
 fn runbook_anchors_follow_github_headings() {
     let md = "# Runbooks\n## Alerts\n### CodexProxyWorkerNotReady\n```\n# not a heading\n```\n### Active streams\n";
-    let expected: BTreeSet<String> = ["runbooks", "alerts", "codexproxyworkernotready", "active-streams"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let expected: BTreeSet<String> = [
+        "runbooks",
+        "alerts",
+        "codexproxyworkernotready",
+        "active-streams",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     assert_eq!(anchors(md), expected);
 }

@@ -21,13 +21,17 @@ smoke_code() {
   curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$@" "$url" || true
 }
 
-# Polls until `url` answers `code`, for at most `seconds`.
+# Polls until `url` answers `code`, for at most `seconds`; fails at once when the process
+# smoke_start started has exited.
 smoke_wait_code() {
   local url=$1 code=$2 seconds=$3 got
   local deadline=$((SECONDS + seconds))
   while :; do
     got=$(smoke_code "$url")
     [ "$got" = "$code" ] && return 0
+    if [ -n "${SMOKE_PID:-}" ] && ! kill -0 "$SMOKE_PID" 2>/dev/null; then
+      smoke_fail "the process under test exited while waiting for $url to answer $code"
+    fi
     [ "$SECONDS" -ge "$deadline" ] && return 1
     sleep 0.2
   done
