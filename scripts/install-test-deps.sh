@@ -17,6 +17,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+# PyYAML: scripts/check-artifacts.sh reads the rule and compose files with it.
+if ! python3 -c 'import yaml' 2>/dev/null; then
+  echo "installing: PyYAML"
+  python3 -m pip install --quiet --disable-pip-version-check pyyaml
+fi
+
 # npm packages live in tests/npm (its package.json pins them); node_modules is ignored.
 if [ ! -x tests/npm/node_modules/.bin/tsc ] || [ ! -d tests/npm/node_modules/@openai/codex ]; then
   echo "installing npm test packages"
