@@ -709,3 +709,71 @@ async fn the_push_command_sends_the_same_file_by_remote_write() {
         "6"
     );
 }
+
+/// The value of the metric of family `name` whose labels include `with`.
+fn metric_value(group: &Value, name: &str, with: &[(&str, &str)]) -> Option<f64> {
+    group[name]["metrics"]
+        .as_array()?
+        .iter()
+        .find(|m| with.iter().all(|(k, v)| m["labels"][*k] == *v))?["value"]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+const BIN_KEY: [(&str, &str); 2] = [("job", "bin"), ("instance", "proxy")];
+
+/// The real binary with one `[[pushgateway]]` that pushes only at ready and at shutdown.
+async fn proxy_pushing_to(server: &Server, extra_config: &str) -> common::Proxy {
+    let config = format!(
+        "[[pushgateway]]\nurl = \"{}\"\njob = \"bin\"\ngrouping = {{ instance = \"proxy\" }}\ninterval = \"1h\"\n{extra_config}",
+        server.base
+    );
+    common::Proxy::start(&config, &[]).await
+}
+
+#[tokio::test]
+async fn sigterm_makes_the_binary_push_its_final_values() {
+    let Some(server) = start_pushgateway().await else {
+        return;
+    };
+    let mut proxy = proxy_pushing_to(&server, "").await;
+    let first = wait_group(&server, &BIN_KEY).await;
+    let own = [("destination", "pushgateway[0]"), ("outcome", "success")];
+    // The first push's snapshot was taken before any push succeeded.
+    assert_eq!(
+        metric_value(&first, "codex_push_requests_total", &own),
+        Some(0.0),
+        "{first}"
+    );
+
+    proxy.proc.signal(libc::SIGTERM);
+    let status = proxy.proc.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}; log:\n{}", proxy.logs());
+    let last = group(&server, &BIN_KEY)
+        .await
+        .expect("the group stays after shutdown");
+    // Only a push at shutdown can carry the first push's success.
+    assert_eq!(
+        metric_value(&last, "codex_push_requests_total", &own),
+        Some(1.0),
+        "{last}"
+    );
+    assert!(value(&last, "push_time_seconds") > value(&first, "push_time_seconds"));
+}
+
+#[tokio::test]
+async fn sigterm_with_delete_on_shutdown_makes_the_binary_delete_its_group() {
+    let Some(server) = start_pushgateway().await else {
+        return;
+    };
+    let mut proxy = proxy_pushing_to(&server, "delete_on_shutdown = true\n").await;
+    wait_group(&server, &BIN_KEY).await;
+    proxy.proc.signal(libc::SIGTERM);
+    let status = proxy.proc.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}; log:\n{}", proxy.logs());
+    wait_until("the group to be deleted", DEADLINE, || async {
+        group(&server, &BIN_KEY).await.is_none().then_some(())
+    })
+    .await;
+}
