@@ -1,0 +1,269 @@
+//! The on-disk record format of the durable queue, and the scan that verifies a segment.
+//!
+//! A segment file is a run of records, each a 32-byte header followed by the payload
+//! (little endian):
+//!
+//! ```text
+//! magic "CXQ1" | payload_len u32 | samples u64 | oldest_timestamp_ms i64 | header_crc u32 | payload_crc u32 | payload
+//! ```
+//!
+//! The header has its own checksum so that a damaged payload behind an intact header still
+//! says how many samples were lost and where the next record starts; a damaged header is
+//! passed over by searching for the next position that holds a valid header.
+
+use std::ops::Range;
+
+pub const MAGIC: [u8; 4] = *b"CXQ1";
+pub const HEADER_LEN: usize = 32;
+
+/// Segment files are `<sequence, 20 digits>.seg`, so names sort in queue order.
+pub fn file_name(seq: u64) -> String {
+    format!("{seq:020}.seg")
+}
+
+pub fn parse_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".seg")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub payload_len: u32,
+    pub samples: u64,
+    pub oldest_timestamp_ms: i64,
+    pub payload_crc: u32,
+}
+
+impl Header {
+    pub fn for_payload(payload: &[u8], samples: u64, oldest_timestamp_ms: i64) -> Option<Header> {
+        Some(Header {
+            payload_len: u32::try_from(payload.len()).ok()?,
+            samples,
+            oldest_timestamp_ms,
+            payload_crc: crc32fast::hash(payload),
+        })
+    }
+
+    /// Header plus payload.
+    pub fn record_len(&self) -> u64 {
+        HEADER_LEN as u64 + u64::from(self.payload_len)
+    }
+
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[0..4].copy_from_slice(&MAGIC);
+        out[4..8].copy_from_slice(&self.payload_len.to_le_bytes());
+        out[8..16].copy_from_slice(&self.samples.to_le_bytes());
+        out[16..24].copy_from_slice(&self.oldest_timestamp_ms.to_le_bytes());
+        let header_crc = crc32fast::hash(&out[0..24]);
+        out[24..28].copy_from_slice(&header_crc.to_le_bytes());
+        out[28..32].copy_from_slice(&self.payload_crc.to_le_bytes());
+        out
+    }
+
+    /// The header at the start of `bytes`, or `None` when the magic or its checksum is wrong.
+    pub fn decode(bytes: &[u8]) -> Option<Header> {
+        let bytes = bytes.get(..HEADER_LEN)?;
+        let u32_at =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        if bytes[0..4] != MAGIC || u32_at(24) != crc32fast::hash(&bytes[0..24]) {
+            return None;
+        }
+        Some(Header {
+            payload_len: u32_at(4),
+            samples: u64_at(8),
+            oldest_timestamp_ms: u64_at(16) as i64,
+            payload_crc: u32_at(28),
+        })
+    }
+
+    pub fn payload_matches(&self, payload: &[u8]) -> bool {
+        payload.len() == self.payload_len as usize && crc32fast::hash(payload) == self.payload_crc
+    }
+}
+
+/// What a scan finds, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// A verified record starting at `offset`.
+    Record { offset: u64, header: Header },
+    /// Bytes that hold no verifiable record: a torn tail, a damaged header or payload.
+    /// `samples` is known when the damaged record's header was intact.
+    Corrupt { range: Range<u64>, samples: u64 },
+}
+
+/// Verifies every record of a segment's contents.
+pub fn scan(buf: &[u8]) -> Vec<Found> {
+    let mut found = Vec::new();
+    let mut offset = 0usize;
+    while offset < buf.len() {
+        match Header::decode(&buf[offset..]) {
+            Some(header) => {
+                let end = offset.saturating_add(header.record_len() as usize);
+                let payload = buf.get(offset + HEADER_LEN..end);
+                if payload.is_some_and(|p| header.payload_matches(p)) {
+                    found.push(Found::Record {
+                        offset: offset as u64,
+                        header,
+                    });
+                    offset = end;
+                } else {
+                    // Intact header, damaged or cut payload: its length says where to go on.
+                    let end = end.min(buf.len());
+                    push_corrupt(&mut found, offset..end, header.samples);
+                    offset = end;
+                }
+            }
+            None => {
+                let end = next_header_after(buf, offset);
+                push_corrupt(&mut found, offset..end, 0);
+                offset = end;
+            }
+        }
+    }
+    found
+}
+
+/// Adjacent damage is one corrupt region (one torn write is one loss, not several).
+fn push_corrupt(found: &mut Vec<Found>, range: Range<usize>, samples: u64) {
+    if let Some(Found::Corrupt {
+        range: last,
+        samples: last_samples,
+    }) = found.last_mut()
+    {
+        if last.end == range.start as u64 {
+            last.end = range.end as u64;
+            *last_samples += samples;
+            return;
+        }
+    }
+    found.push(Found::Corrupt {
+        range: range.start as u64..range.end as u64,
+        samples,
+    });
+}
+
+/// The first offset after `from` holding a valid header, or the end of `buf`.
+fn next_header_after(buf: &[u8], from: usize) -> usize {
+    (from + 1..buf.len())
+        .find(|&i| buf[i..].starts_with(&MAGIC) && Header::decode(&buf[i..]).is_some())
+        .unwrap_or(buf.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(payload: &[u8], samples: u64, ts: i64) -> Vec<u8> {
+        let header = Header::for_payload(payload, samples, ts).unwrap();
+        let mut out = header.encode().to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn header_round_trips_and_rejects_any_flipped_bit() {
+        let header = Header::for_payload(b"payload", 7, -5).unwrap();
+        let bytes = header.encode();
+        assert_eq!(Header::decode(&bytes), Some(header));
+        for i in 0..24 {
+            let mut damaged = bytes;
+            damaged[i] ^= 0x10;
+            assert_eq!(
+                Header::decode(&damaged),
+                None,
+                "flip in byte {i} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn file_names_sort_in_sequence_order_and_parse_back() {
+        assert!(file_name(9) < file_name(10));
+        assert_eq!(parse_file_name(&file_name(42)), Some(42));
+        assert_eq!(parse_file_name("42.seg"), None);
+        assert_eq!(parse_file_name("ack"), None);
+    }
+
+    #[test]
+    fn scan_finds_every_intact_record() {
+        let mut buf = record(b"one", 1, 10);
+        buf.extend(record(b"two", 2, 20));
+        let found = scan(&buf);
+        assert_eq!(found.len(), 2);
+        assert!(matches!(found[1], Found::Record { offset: 35, header } if header.samples == 2));
+    }
+
+    #[test]
+    fn a_damaged_payload_is_skipped_by_its_length_and_its_samples_are_known() {
+        let mut buf = record(b"one", 1, 10);
+        buf.extend(record(b"two", 2, 20));
+        buf.extend(record(b"three", 3, 30));
+        buf[35 + HEADER_LEN] ^= 1; // first byte of "two"
+        let found = scan(&buf);
+        assert_eq!(
+            found,
+            vec![
+                Found::Record {
+                    offset: 0,
+                    header: Header::for_payload(b"one", 1, 10).unwrap()
+                },
+                Found::Corrupt {
+                    range: 35..70,
+                    samples: 2
+                },
+                Found::Record {
+                    offset: 70,
+                    header: Header::for_payload(b"three", 3, 30).unwrap()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_damaged_header_is_passed_over_to_the_next_valid_header() {
+        let mut buf = record(b"one", 1, 10);
+        buf.extend(record(b"two", 2, 20));
+        buf[2] ^= 1;
+        let found = scan(&buf);
+        assert_eq!(
+            found[0],
+            Found::Corrupt {
+                range: 0..35,
+                samples: 0
+            }
+        );
+        assert!(matches!(found[1], Found::Record { offset: 35, .. }));
+    }
+
+    #[test]
+    fn a_torn_tail_is_one_corrupt_region_to_the_end() {
+        let mut buf = record(b"one", 1, 10);
+        let second = record(b"two-two-two", 4, 20);
+        buf.extend_from_slice(&second[..HEADER_LEN + 3]);
+        assert_eq!(
+            scan(&buf)[1],
+            Found::Corrupt {
+                range: 35..(35 + HEADER_LEN as u64 + 3),
+                samples: 4
+            }
+        );
+        let mut cut_header = record(b"one", 1, 10);
+        cut_header.extend_from_slice(&second[..10]);
+        assert_eq!(
+            scan(&cut_header)[1],
+            Found::Corrupt {
+                range: 35..45,
+                samples: 0
+            }
+        );
+    }
+}
