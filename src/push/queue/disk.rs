@@ -4,15 +4,15 @@
 //! - `<seq>.seg`: segment files of records (format in `segment.rs`), appended in order and
 //!   rotated at `segment_bytes`; each run of the process appends to a fresh segment, so a
 //!   torn tail left by a crash is never followed by new data.
-//! - `ack`: where delivery stands, replaced atomically (write `ack.tmp`, rename). `next` is the
-//!   first record not yet handed out; `in_flight`, when present, is a record handed out before
-//!   `next` that is not yet acknowledged (the records between them were dropped by the cap).
+//! - `ack`: where delivery stands (`ack.rs`), rewritten on every acknowledgement or drop.
 //! - `lock`: held with `flock` while a process uses the directory.
 //!
-//! Durability: every append is followed by `fdatasync`, so a request the queue has taken
-//! survives a process kill and a power loss. The `ack` file is not synced: after a power
-//! loss a few delivered requests may be sent again (same samples, which receivers dedupe),
-//! never lost. A segment is deleted once every record in it is acknowledged or dropped.
+//! Durability: a record is written before `append` returns, so it survives a process kill;
+//! the flusher thread (`flusher.rs`) fdatasyncs it milliseconds later, so it survives a
+//! power loss too unless that comes within those milliseconds. The `ack` file is not
+//! synced: after a power loss a few delivered requests may be sent again (same samples,
+//! same timestamps), never lost. A segment is deleted once every record in it is
+//! acknowledged or dropped.
 //!
 //! The queue keeps no per-record index in memory: only per-segment counts, the position of
 //! the next record and the one batch in flight, so memory stays flat however long the
@@ -20,14 +20,16 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::ack::{AckFile, Acked, Loaded, Pos};
+use super::flusher::Flusher;
 use super::segment::{self, Found, Header, HEADER_LEN};
 use super::{Batch, Dropped, QueueStats};
 
@@ -77,13 +79,6 @@ pub struct Recovery {
     pub over_cap: Dropped,
 }
 
-/// A place in the queue: a segment and a byte offset in it.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Pos {
-    seq: u64,
-    offset: u64,
-}
-
 #[derive(Debug)]
 struct Segment {
     seq: u64,
@@ -111,7 +106,11 @@ pub struct DiskQueue {
     segments: VecDeque<Segment>,
     /// The segment new records go to; `None` after a failed write, until the next append
     /// opens a fresh one.
-    writer: Option<(u64, File)>,
+    writer: Option<(u64, Arc<File>)>,
+    /// The directory itself, synced after a segment is created so its name survives.
+    dir_handle: Arc<File>,
+    flusher: Flusher,
+    ack: AckFile,
     next: Pos,
     /// Header of the record at `next`; `None` when nothing waits behind the one in flight.
     next_header: Option<Header>,
@@ -125,14 +124,35 @@ pub struct DiskQueue {
     _lock: File,
 }
 
+impl std::fmt::Debug for DiskQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskQueue")
+            .field("dir", &self.dir)
+            .field("requests", &self.live.requests)
+            .field("bytes", &self.live_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
 impl DiskQueue {
     /// Opens (creating it if needed) the queue in `dir`, verifies every pending record and
     /// positions the queue at the oldest one not yet delivered.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<(DiskQueue, Recovery), DiskError> {
         std::fs::create_dir_all(dir).map_err(DiskError::io(dir))?;
         let lock = lock_dir(dir)?;
-        let _ = std::fs::remove_file(dir.join("ack.tmp"));
-        let acked = read_ack(dir);
+        let ack_path = dir.join("ack");
+        let (ack, loaded) = AckFile::open(&ack_path).map_err(DiskError::io(&ack_path))?;
+        let acked = match loaded {
+            Loaded::Found(acked) => acked,
+            Loaded::Fresh => Acked::default(),
+            Loaded::Unreadable => {
+                tracing::warn!(path = %ack_path.display(), "durable queue: the ack position is unreadable; resending everything queued");
+                Acked::default()
+            }
+        };
+        let dir_handle = File::open(dir).map_err(DiskError::io(dir))?;
+        let flusher = Flusher::start(format!("queue-sync-{}", short_name(dir)))
+            .map_err(DiskError::io(dir))?;
         let mut seqs = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(DiskError::io(dir))? {
             let entry = entry.map_err(DiskError::io(dir))?;
@@ -152,6 +172,9 @@ impl DiskQueue {
             segment_bytes: (max_bytes / 16).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES),
             segments: VecDeque::new(),
             writer: None,
+            dir_handle: Arc::new(dir_handle),
+            flusher,
+            ack,
             next: acked.next,
             next_header: None,
             in_flight: None,
@@ -263,10 +286,17 @@ impl DiskQueue {
         Ok((queue, recovery))
     }
 
-    /// Appends a batch (durably: written and fdatasync'ed), then drops the oldest queued
-    /// requests while over the cap, never the one in flight nor the newest. On error the
-    /// batch is not queued and the caller keeps it.
+    /// Appends a batch (written before returning, synced by the flusher right after), then
+    /// drops the oldest queued requests while over the cap, never the one in flight nor the
+    /// newest. On error the batch is not queued and the caller keeps it.
     pub fn append(&mut self, batch: &Batch) -> Result<Dropped, DiskError> {
+        if let Some(source) = self.flusher.take_error() {
+            self.writer = None;
+            return Err(DiskError::Io {
+                path: self.dir.clone(),
+                source,
+            });
+        }
         let header = Header::for_payload(&batch.body, batch.samples, batch.oldest_timestamp_ms)
             .ok_or(DiskError::TooLarge {
                 bytes: batch.body.len(),
@@ -289,9 +319,8 @@ impl DiskQueue {
         let mut record = Vec::with_capacity(len as usize);
         record.extend_from_slice(&header.encode());
         record.extend_from_slice(&batch.body);
-        let written = file
-            .write_all_at(&record, offset)
-            .and_then(|()| file.sync_data());
+        let written = file.write_all_at(&record, offset);
+        self.flusher.mark_dirty(file);
         if let Err(source) = written {
             // Take back what may have reached the file, and never append after it again.
             let _ = file.set_len(offset);
@@ -440,9 +469,7 @@ impl DiskQueue {
             .open(&path)
             .map_err(DiskError::io(&path))?;
         // The new name must survive a power loss too, or its synced records would be lost.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(DiskError::io(&self.dir))?;
+        self.flusher.mark_dirty(&self.dir_handle);
         self.segments.push_back(Segment {
             seq,
             end: 0,
@@ -450,7 +477,7 @@ impl DiskQueue {
             live: Dropped::default(),
             live_bytes: 0,
         });
-        self.writer = Some((seq, file));
+        self.writer = Some((seq, Arc::new(file)));
         Ok(())
     }
 
@@ -598,18 +625,14 @@ impl DiskQueue {
         }
     }
 
-    /// Replaces the `ack` file; a failure is logged once and retried on the next change
+    /// Stores the delivery position; a failure is logged once and retried on the next change
     /// (until then a restart would resend a few delivered requests, never lose any).
     fn persist_ack(&mut self) {
-        let mut text = format!("next {} {}\n", self.next.seq, self.next.offset);
-        if let Some(f) = &self.in_flight {
-            text.push_str(&format!("in_flight {} {}\n", f.pos.seq, f.pos.offset));
-        }
-        let tmp = self.dir.join("ack.tmp");
-        let result = File::create(&tmp)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .and_then(|()| std::fs::rename(&tmp, self.dir.join("ack")));
-        match result {
+        let acked = Acked {
+            next: self.next,
+            in_flight: self.in_flight.as_ref().map(|f| f.pos),
+        };
+        match self.ack.write(&acked) {
             Ok(()) if self.ack_write_failed => {
                 self.ack_write_failed = false;
                 tracing::info!(queue_dir = %self.dir.display(), "durable queue: ack position written again");
@@ -653,62 +676,18 @@ impl DiskQueue {
     }
 }
 
+/// The directory's last component, to name the flusher thread.
+fn short_name(dir: &Path) -> String {
+    let name = dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    name.chars().take(8).collect()
+}
+
 fn batch_of(header: Header, body: Bytes) -> Batch {
     Batch {
         body,
         samples: header.samples,
         oldest_timestamp_ms: header.oldest_timestamp_ms,
     }
-}
-
-/// The delivery position stored in `ack`.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Acked {
-    next: Pos,
-    in_flight: Option<Pos>,
-}
-
-/// Reads `ack`; a missing one means nothing was delivered yet, an unreadable one is logged
-/// and treated the same (resending beats losing).
-fn read_ack(dir: &Path) -> Acked {
-    let path = dir.join("ack");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Acked::default(),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), "durable queue: cannot read the ack position ({e}); resending everything queued");
-            return Acked::default();
-        }
-    };
-    match parse_ack(&text) {
-        Some(acked) => acked,
-        None => {
-            tracing::warn!(path = %path.display(), "durable queue: the ack position is unreadable; resending everything queued");
-            Acked::default()
-        }
-    }
-}
-
-fn parse_ack(text: &str) -> Option<Acked> {
-    let mut acked = Acked::default();
-    let mut saw_next = false;
-    for line in text.lines() {
-        let mut words = line.split_ascii_whitespace();
-        let key = words.next()?;
-        let pos = Pos {
-            seq: words.next()?.parse().ok()?,
-            offset: words.next()?.parse().ok()?,
-        };
-        match key {
-            "next" => {
-                acked.next = pos;
-                saw_next = true;
-            }
-            "in_flight" => acked.in_flight = Some(pos),
-            _ => return None,
-        }
-    }
-    saw_next.then_some(acked)
 }
 
 /// Takes an exclusive `flock` on `<dir>/lock`, so two queues never share a directory.
@@ -1134,20 +1113,9 @@ mod tests {
         q.front();
         q.ack();
         drop(q);
-        std::fs::write(dir.path().join("ack"), "garbage").unwrap();
+        std::fs::write(dir.path().join("ack"), "garbage").unwrap(); // neither slot valid
         let (mut q, _) = open(dir.path(), MIB);
         assert_eq!(drain(&mut q), vec![1, 2]);
     }
 
-    #[test]
-    fn ack_file_round_trips() {
-        let acked = Acked {
-            next: Pos { seq: 3, offset: 64 },
-            in_flight: Some(Pos { seq: 2, offset: 0 }),
-        };
-        let text = format!("next 3 64\nin_flight 2 0\n");
-        assert_eq!(parse_ack(&text), Some(acked));
-        assert_eq!(parse_ack("in_flight 2 0\n"), None);
-        assert_eq!(parse_ack("next 3\n"), None);
-    }
 }

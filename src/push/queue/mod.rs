@@ -1,7 +1,9 @@
 //! Queues of encoded remote-write requests, one per destination. A request is encoded
 //! once, queued in order, and acknowledged only after delivery or a deliberate drop.
 
+mod ack;
 pub mod disk;
+mod flusher;
 pub mod memory;
 mod segment;
 
