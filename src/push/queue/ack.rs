@@ -131,7 +131,10 @@ mod tests {
 
     fn acked(next: u64, in_flight: Option<u64>) -> Acked {
         Acked {
-            next: Pos { seq: 2, offset: next },
+            next: Pos {
+                seq: 2,
+                offset: next,
+            },
             in_flight: in_flight.map(|offset| Pos { seq: 1, offset }),
         }
     }
@@ -149,7 +152,10 @@ mod tests {
         let (mut file, loaded) = AckFile::open(&path).unwrap();
         assert_eq!(loaded, Loaded::Found(acked(5, None)));
         file.write(&acked(6, Some(6))).unwrap();
-        assert_eq!(AckFile::open(&path).unwrap().1, Loaded::Found(acked(6, Some(6))));
+        assert_eq!(
+            AckFile::open(&path).unwrap().1,
+            Loaded::Found(acked(6, Some(6)))
+        );
     }
 
     #[test]
@@ -162,7 +168,10 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[20] ^= 0xff; // damage slot 0
         std::fs::write(&path, bytes).unwrap();
-        assert_eq!(AckFile::open(&path).unwrap().1, Loaded::Found(acked(1, None)));
+        assert_eq!(
+            AckFile::open(&path).unwrap().1,
+            Loaded::Found(acked(1, None))
+        );
     }
 
     #[test]

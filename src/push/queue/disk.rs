@@ -107,6 +107,8 @@ pub struct DiskQueue {
     /// The segment new records go to; `None` after a failed write, until the next append
     /// opens a fresh one.
     writer: Option<(u64, Arc<File>)>,
+    /// The highest segment number used so far.
+    last_seq: u64,
     /// The directory itself, synced after a segment is created so its name survives.
     dir_handle: Arc<File>,
     flusher: Flusher,
@@ -122,6 +124,9 @@ pub struct DiskQueue {
     lost: Dropped,
     ack_write_failed: bool,
     _lock: File,
+    /// Test hook: appends fail with this errno, as on a full disk.
+    #[cfg(test)]
+    pub(super) fail_appends: Option<i32>,
 }
 
 impl std::fmt::Debug for DiskQueue {
@@ -172,6 +177,7 @@ impl DiskQueue {
             segment_bytes: (max_bytes / 16).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES),
             segments: VecDeque::new(),
             writer: None,
+            last_seq: 0,
             dir_handle: Arc::new(dir_handle),
             flusher,
             ack,
@@ -184,6 +190,8 @@ impl DiskQueue {
             lost: Dropped::default(),
             ack_write_failed: false,
             _lock: lock,
+            #[cfg(test)]
+            fail_appends: None,
         };
         let mut recovery = Recovery::default();
         let mut damaged_files = Vec::new();
@@ -257,20 +265,19 @@ impl DiskQueue {
         }
 
         // Sequence numbers only grow, even when every segment was deleted.
-        let writer_seq = seqs
+        queue.last_seq = seqs
             .last()
             .copied()
             .into_iter()
             .chain([acked.next.seq])
             .chain(acked.in_flight.map(|p| p.seq))
             .max()
-            .unwrap_or(0)
-            + 1;
-        queue.open_writer(writer_seq)?;
+            .unwrap_or(0);
+        queue.open_writer()?;
         queue.next = queue.normalize(queue.next);
         queue.refresh_next_header();
         recovery.replayed = queue.live;
-        while queue.live_bytes > max_bytes && queue.queued_behind_in_flight() > 1 {
+        while queue.live_bytes > max_bytes && queue.queued_behind_in_flight() > 0 {
             match queue.drop_oldest() {
                 Some(d) => {
                     recovery.over_cap.requests += d.requests;
@@ -287,9 +294,17 @@ impl DiskQueue {
     }
 
     /// Appends a batch (written before returning, synced by the flusher right after), then
-    /// drops the oldest queued requests while over the cap, never the one in flight nor the
-    /// newest. On error the batch is not queued and the caller keeps it.
+    /// drops the oldest queued requests while over the cap, but never the one in flight (a
+    /// batch larger than the whole cap goes at once, like in the memory queue: it could
+    /// never fit). On error the batch is not queued and the caller keeps it.
     pub fn append(&mut self, batch: &Batch) -> Result<Dropped, DiskError> {
+        #[cfg(test)]
+        if let Some(errno) = self.fail_appends {
+            return Err(DiskError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::from_raw_os_error(errno),
+            });
+        }
         if let Some(source) = self.flusher.take_error() {
             self.writer = None;
             return Err(DiskError::Io {
@@ -308,8 +323,7 @@ impl DiskQueue {
             Some(_) => write_end > 0 && write_end + len > self.segment_bytes,
         };
         if rotate {
-            let seq = self.segments.back().map_or(1, |s| s.seq + 1);
-            self.open_writer(seq)?;
+            self.open_writer()?;
         }
         let Some((seq, file)) = &self.writer else {
             unreachable!("open_writer succeeded")
@@ -319,9 +333,7 @@ impl DiskQueue {
         let mut record = Vec::with_capacity(len as usize);
         record.extend_from_slice(&header.encode());
         record.extend_from_slice(&batch.body);
-        let written = file.write_all_at(&record, offset);
-        self.flusher.mark_dirty(file);
-        if let Err(source) = written {
+        if let Err(source) = file.write_all_at(&record, offset) {
             // Take back what may have reached the file, and never append after it again.
             let _ = file.set_len(offset);
             self.writer = None;
@@ -330,6 +342,7 @@ impl DiskQueue {
                 source,
             });
         }
+        self.flusher.mark_dirty(file);
         let seg = self.segments.back_mut().expect("the writer's segment");
         seg.end += len;
         seg.live.requests += 1;
@@ -344,7 +357,7 @@ impl DiskQueue {
         }
 
         let mut dropped = Dropped::default();
-        while self.live_bytes > self.max_bytes && self.queued_behind_in_flight() > 1 {
+        while self.live_bytes > self.max_bytes && self.queued_behind_in_flight() > 0 {
             match self.drop_oldest() {
                 Some(d) => {
                     dropped.requests += d.requests;
@@ -430,6 +443,7 @@ impl DiskQueue {
                 .map(|f| f.header)
                 .or(self.next_header)
                 .map(|h| h.oldest_timestamp_ms),
+            degraded: false,
         }
     }
 
@@ -460,7 +474,8 @@ impl DiskQueue {
         self.live.requests - u64::from(self.in_flight.is_some())
     }
 
-    fn open_writer(&mut self, seq: u64) -> Result<(), DiskError> {
+    fn open_writer(&mut self) -> Result<(), DiskError> {
+        let seq = self.last_seq + 1;
         let path = self.dir.join(segment::file_name(seq));
         let file = OpenOptions::new()
             .create_new(true)
@@ -478,6 +493,7 @@ impl DiskQueue {
             live_bytes: 0,
         });
         self.writer = Some((seq, Arc::new(file)));
+        self.last_seq = seq;
         Ok(())
     }
 
@@ -646,21 +662,21 @@ impl DiskQueue {
         }
     }
 
-    /// Deletes segments that hold nothing pending any more.
+    /// Deletes segments that hold nothing pending any more (only the one being written
+    /// can still gain records).
     fn delete_consumed_segments(&mut self) {
         let writer = self.writer.as_ref().map(|(s, _)| *s);
-        let in_flight = self.in_flight.as_ref().map(|f| f.pos.seq);
-        let next = self.next.seq;
         let consumed: Vec<u64> = self
             .segments
             .iter()
+            .filter(|s| s.live.requests == 0 && Some(s.seq) != writer)
             .map(|s| s.seq)
-            .filter(|&s| s < next && Some(s) != in_flight && Some(s) != writer)
             .collect();
         for seq in consumed {
             self.remove_segment_file(seq);
             self.segments.retain(|s| s.seq != seq);
         }
+        self.next = self.normalize(self.next);
     }
 
     fn remove_segment_file(&mut self, seq: u64) {
@@ -678,7 +694,9 @@ impl DiskQueue {
 
 /// The directory's last component, to name the flusher thread.
 fn short_name(dir: &Path) -> String {
-    let name = dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let name = dir
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     name.chars().take(8).collect()
 }
 
@@ -1043,18 +1061,20 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_batch_is_kept_even_when_alone_over_the_cap() {
+    fn a_batch_larger_than_the_cap_is_dropped_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut q, _) = open(dir.path(), 50);
+        let (mut q, _) = open(dir.path(), 200);
         assert_eq!(q.append(&batch(1, 100)).unwrap(), Dropped::default());
         assert_eq!(
-            q.append(&batch(2, 100)).unwrap(),
+            q.append(&batch(2, 300)).unwrap(),
             Dropped {
-                requests: 1,
-                samples: 1
+                requests: 2,
+                samples: 3
             }
         );
-        assert_eq!(drain(&mut q), vec![2]);
+        assert_eq!(q.stats(), QueueStats::default());
+        q.append(&batch(3, 100)).unwrap();
+        assert_eq!(drain(&mut q), vec![3]);
     }
 
     #[test]
@@ -1117,5 +1137,4 @@ mod tests {
         let (mut q, _) = open(dir.path(), MIB);
         assert_eq!(drain(&mut q), vec![1, 2]);
     }
-
 }

@@ -116,6 +116,10 @@ mod tests {
         flusher.mark_dirty(&file);
         flusher.mark_dirty(&file);
         drop(flusher); // joins: would hang if the thread missed the stop
-        assert_eq!(Arc::strong_count(&file), 1, "the thread still holds the file");
+        assert_eq!(
+            Arc::strong_count(&file),
+            1,
+            "the thread still holds the file"
+        );
     }
 }

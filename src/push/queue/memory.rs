@@ -55,6 +55,7 @@ impl Queue for MemoryQueue {
             bytes: self.bytes,
             requests: self.batches.len() as u64,
             oldest_timestamp_ms: self.batches.front().map(|b| b.oldest_timestamp_ms),
+            degraded: false,
         }
     }
 }
@@ -86,7 +87,8 @@ mod tests {
             QueueStats {
                 bytes: 20,
                 requests: 1,
-                oldest_timestamp_ms: Some(2)
+                oldest_timestamp_ms: Some(2),
+                degraded: false,
             }
         );
         q.ack();

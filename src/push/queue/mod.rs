@@ -3,6 +3,7 @@
 
 mod ack;
 pub mod disk;
+pub mod durable;
 mod flusher;
 pub mod memory;
 mod segment;
@@ -33,6 +34,8 @@ pub struct QueueStats {
     pub bytes: u64,
     pub requests: u64,
     pub oldest_timestamp_ms: Option<i64>,
+    /// A durable queue keeping batches in memory because its disk refused them.
+    pub degraded: bool,
 }
 
 /// A FIFO of batches with a byte cap; past the cap the oldest batches are dropped.
@@ -44,4 +47,9 @@ pub trait Queue: Send {
     /// Removes the front batch: it was delivered, or deliberately dropped.
     fn ack(&mut self);
     fn stats(&self) -> QueueStats;
+    /// Samples found damaged inside the queue since the last call (a durable queue's record
+    /// that no longer reads back), to count as dropped with reason `corrupt`.
+    fn take_corrupt(&mut self) -> Dropped {
+        Dropped::default()
+    }
 }
