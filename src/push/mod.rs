@@ -72,6 +72,12 @@ pub struct DestinationStatus {
     pub kind: &'static str,
     pub queued_requests: u64,
     pub queued_bytes: u64,
+    /// Unix time of the oldest sample still queued, if any.
+    pub oldest_queued_sample_unix_seconds: Option<i64>,
+    /// The durable queue keeps batches in memory because its disk refused them.
+    pub queue_degraded: bool,
+    /// Requests found in the durable queue at start and sent again.
+    pub replayed_requests: u64,
     /// Unix time of the last accepted push, if any.
     pub last_success_unix_seconds: Option<i64>,
 }
@@ -83,6 +89,9 @@ impl DestinationStatus {
             kind,
             queued_requests: 0,
             queued_bytes: 0,
+            oldest_queued_sample_unix_seconds: None,
+            queue_degraded: false,
+            replayed_requests: 0,
             last_success_unix_seconds: None,
         }
     }

@@ -19,6 +19,7 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use tokio::sync::{watch, Notify};
 
+use super::queue::durable::DurableQueue;
 use super::queue::memory::MemoryQueue;
 use super::queue::{Batch, Queue, QueueStats};
 use super::retry::{parse_retry_after, Backoff};
@@ -80,11 +81,14 @@ pub(crate) fn start(
         &ctx.instance,
         config.max_series_per_request,
     );
-    let (queue, durable) = open_queue(config, &name);
     let metrics = ctx.metrics.destination(&name, KIND);
+    let (queue, durable) = open_queue(config, &metrics);
     let initial = queue.stats();
     metrics.queue(&initial);
-    let (status, status_rx) = watch::channel(DestinationStatus::new(&name, KIND));
+    let (status, status_rx) = watch::channel(DestinationStatus {
+        replayed_requests: metrics.replayed_requests.get(),
+        ..DestinationStatus::new(&name, KIND)
+    });
     let dest = Arc::new(Destination {
         name,
         url,
@@ -136,15 +140,19 @@ pub fn protocol_headers() -> HeaderMap {
     h
 }
 
-/// The queue of this destination, and whether it outlives the process.
-fn open_queue(config: &RemoteWriteConfig, name: &str) -> (Box<dyn Queue>, bool) {
-    if config.queue_dir.is_some() {
-        tracing::warn!(
-            destination = name,
-            "queue_dir is set but this build has no durable queue; queueing in memory"
-        );
-    }
-    (Box::new(MemoryQueue::new(config.max_queue_bytes.0)), false)
+/// The queue of this destination, and whether it outlives the process. What a durable
+/// queue found at start is counted here: requests to replay, corrupt records skipped,
+/// requests over a lowered cap.
+fn open_queue(config: &RemoteWriteConfig, metrics: &DestinationMetrics) -> (Box<dyn Queue>, bool) {
+    let Some(dir) = &config.queue_dir else {
+        return (Box::new(MemoryQueue::new(config.max_queue_bytes.0)), false);
+    };
+    let (queue, recovery) = DurableQueue::open(dir, config.max_queue_bytes.0);
+    metrics.replayed_requests.inc_by(recovery.replayed.requests);
+    metrics.dropped(DropReason::Corrupt, recovery.corrupt.samples);
+    metrics.dropped(DropReason::QueueFull, recovery.over_cap.samples);
+    let durable = queue.is_durable();
+    (Box::new(queue), durable)
 }
 
 type SharedQueue = Arc<Mutex<Box<dyn Queue>>>;
@@ -197,6 +205,9 @@ impl Destination {
         self.status.send_modify(|s| {
             s.queued_requests = stats.requests;
             s.queued_bytes = stats.bytes;
+            s.oldest_queued_sample_unix_seconds =
+                stats.oldest_timestamp_ms.map(|ms| ms.div_euclid(1000));
+            s.queue_degraded = stats.degraded;
         });
     }
 }
@@ -289,9 +300,11 @@ async fn send(dest: Arc<Destination>, mut shutdown: Shutdown) {
     // cap may have replaced the front meanwhile.
     let mut failing: Option<Batch> = None;
     loop {
-        let Some(front) = dest.with_queue(|q| q.front()).await else {
+        let Some((front, corrupt)) = dest.with_queue(|q| (q.front(), q.take_corrupt())).await
+        else {
             break;
         };
+        dest.metrics.dropped(DropReason::Corrupt, corrupt.samples);
         let Some(batch) = front else {
             if dest.producer_done.load(Ordering::Acquire) {
                 return;

@@ -202,6 +202,7 @@ impl DestinationMetrics {
             .oldest_timestamp_ms
             .map_or(0, |ms| ms.div_euclid(1000));
         self.queue_oldest_sample_timestamp.set(oldest_secs);
+        self.queue_degraded.set(i64::from(stats.degraded));
     }
 }
 
