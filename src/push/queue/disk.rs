@@ -201,7 +201,15 @@ impl DiskQueue {
                 continue;
             }
             let path = dir.join(segment::file_name(seq));
-            let buf = std::fs::read(&path).map_err(DiskError::io(&path))?;
+            let buf = match std::fs::read(&path) {
+                Ok(buf) => buf,
+                Err(e) => {
+                    // Left in place for inspection; the rest of the queue still goes out.
+                    tracing::warn!(path = %path.display(), "durable queue: cannot read a segment ({e}); its requests are lost");
+                    recovery.corrupt.requests += 1;
+                    continue;
+                }
+            };
             let mut seg = Segment {
                 seq,
                 end: buf.len() as u64,
@@ -366,10 +374,6 @@ impl DiskQueue {
                 None => break,
             }
         }
-        if dropped.requests > 0 {
-            self.persist_ack();
-            self.delete_consumed_segments();
-        }
         Ok(dropped)
     }
 
@@ -450,9 +454,9 @@ impl DiskQueue {
     /// Drops the oldest request that is not in flight; `None` when there is none.
     pub fn drop_oldest(&mut self) -> Option<Dropped> {
         let header = self.next_header?;
-        let seq = self.next.seq;
+        // Out of the counts first: moving on may find damage and count what is left.
+        self.forget(self.next.seq, header);
         self.advance_next(header);
-        self.forget(seq, header);
         self.persist_ack();
         self.delete_consumed_segments();
         Some(Dropped {
@@ -464,10 +468,6 @@ impl DiskQueue {
     /// Records found damaged while running, since the last call.
     pub fn take_lost(&mut self) -> Dropped {
         std::mem::take(&mut self.lost)
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn queued_behind_in_flight(&self) -> u64 {
@@ -977,6 +977,25 @@ mod tests {
         assert_eq!(q.stats(), QueueStats::default());
         q.append(&batch(3, 100)).unwrap();
         assert_eq!(drain(&mut q), vec![3]);
+    }
+
+    #[test]
+    fn an_unreadable_segment_is_counted_and_the_others_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, _) = open(dir.path(), MIB);
+        q.append(&batch(1, 100)).unwrap();
+        drop(q);
+        // Unreadable as a file, whoever runs the test.
+        std::fs::create_dir(dir.path().join(segment::file_name(5))).unwrap();
+        let (mut q, recovery) = open(dir.path(), MIB);
+        assert_eq!(
+            recovery.corrupt,
+            Dropped {
+                requests: 1,
+                samples: 0
+            }
+        );
+        assert_eq!(drain(&mut q), vec![1]);
     }
 
     #[test]
