@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Smoke test of a freshly built binary: starts it on embedded defaults (no config file)
 # with metrics on, on a free port of 127.0.0.1, sends a streamed and a non-streamed
-# completion, scrapes the guarded /metrics and checks the key series, the guard, and that
-# codex_worker_restarts_total agrees with /readyz. Builds nothing: run `cargo build` first.
+# completion, switches maintenance on and off at run time, scrapes the guarded /metrics and
+# checks the key series, the guard, and that codex_worker_restarts_total agrees with /readyz.
+# Builds nothing: run `cargo build` first.
 #
 #   scripts/dev-smoke.sh
 #   CODEX_PROXY_BIN=target/release/codex-proxy scripts/dev-smoke.sh
@@ -61,6 +62,26 @@ grep -q 'chat.completion.chunk' "$WORK/stream.txt" || smoke_fail "stream has no 
 grep -q '^data: \[DONE\]' "$WORK/stream.txt" || smoke_fail "stream does not end with data: [DONE]"
 smoke_ok "streamed completion: 200, chunks, [DONE]"
 
+# Maintenance switched on at run time (loopback may, no admin token is set): /v1 answers
+# 503 with Retry-After, counted as a 5xx of category "maintenance"; then off again.
+maintenance() {
+  curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -H 'content-type: application/json' \
+    -d "{\"enabled\":$1}" "$BASE/internal/maintenance" || true
+}
+code=$(maintenance true)
+[ "$code" = 200 ] || smoke_fail "POST /internal/maintenance {enabled:true} answered $code"
+code=$(curl -sS -D "$WORK/maint.headers" -o /dev/null -w '%{http_code}' --max-time 10 "$BASE/v1/models") ||
+  smoke_fail "request in maintenance failed"
+[ "$code" = 503 ] || smoke_fail "/v1/models in maintenance answered $code, expected 503"
+grep -qi '^retry-after:' "$WORK/maint.headers" || smoke_fail "the maintenance 503 has no Retry-After"
+MAINT_SCRAPE_CODE=$(curl -s -o "$WORK/maint-metrics.txt" -w '%{http_code}' --max-time 10 \
+  -H "Authorization: Bearer $TOKEN" "$BASE/metrics" || true)
+code=$(maintenance false)
+[ "$code" = 200 ] || smoke_fail "POST /internal/maintenance {enabled:false} answered $code"
+[ "$MAINT_SCRAPE_CODE" = 200 ] || smoke_fail "scrape in maintenance answered $MAINT_SCRAPE_CODE"
+smoke_expect "$WORK/maint-metrics.txt" codex_maintenance_mode '==' 1
+smoke_ok "maintenance on at run time: 503 with Retry-After, then off"
+
 # The guard: no token and a wrong token are refused, the token admits.
 code=$(smoke_code "$BASE/metrics")
 [ "$code" = 403 ] || smoke_fail "/metrics without a token answered $code, expected 403"
@@ -109,6 +130,7 @@ smoke_expect "$SCRAPE" codex_worker_ready '==' 1
 smoke_expect "$SCRAPE" codex_worker_backoff_ms '==' 0
 smoke_expect "$SCRAPE" codex_streams_active '==' 0
 smoke_expect "$SCRAPE" codex_maintenance_mode '==' 0
+smoke_expect "$SCRAPE" codex_http_errors_total '>=' 1 'route="/v1/models"' 'status_family="5xx"' 'category="maintenance"'
 smoke_check_consistency "$SCRAPE"
 if grep -q "$MARK" "$SCRAPE"; then
   smoke_fail "the scrape carries a request id, query string or prompt text: $(grep "$MARK" "$SCRAPE" | head -3)"
