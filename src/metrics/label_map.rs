@@ -1,0 +1,113 @@
+//! A map keyed by a list of label values that is looked up with `&[&str]` without
+//! allocating: the hot path (one request) only hashes the values and takes a read lock.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::RwLock;
+
+/// Label values → `T`. Entries are never removed: label values are bounded (labels.rs),
+/// so the map is too.
+pub struct LabelMap<T> {
+    hasher: RandomState,
+    /// Hash of the values → the entries with that hash (more than one only on a collision).
+    entries: RwLock<HashMap<u64, Vec<(Box<[Box<str>]>, T)>>>,
+}
+
+impl<T> LabelMap<T> {
+    pub fn new() -> Self {
+        LabelMap {
+            hasher: RandomState::new(),
+            entries: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn hash(&self, values: &[&str]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        for v in values {
+            v.hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// Runs `f` on the entry for `values`, creating it with `make` the first time.
+    pub fn with<R>(&self, values: &[&str], make: impl FnOnce() -> T, f: impl FnOnce(&T) -> R) -> R {
+        let key = self.hash(values);
+        let same = |stored: &[Box<str>]| stored.iter().map(|s| &**s).eq(values.iter().copied());
+        {
+            let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, v)) = entries
+                .get(&key)
+                .and_then(|bucket| bucket.iter().find(|(k, _)| same(k)))
+            {
+                return f(v);
+            }
+        }
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        let bucket = entries.entry(key).or_default();
+        let index = match bucket.iter().position(|(k, _)| same(k)) {
+            Some(i) => i,
+            None => {
+                let stored = values.iter().map(|v| Box::<str>::from(*v)).collect();
+                bucket.push((stored, make()));
+                bucket.len() - 1
+            }
+        };
+        f(&bucket[index].1)
+    }
+
+    /// Visits every entry (label values in the order they were given, and the value).
+    pub fn for_each(&self, mut f: impl FnMut(&[Box<str>], &T)) {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        for (k, v) in entries.values().flatten() {
+            f(k, v);
+        }
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries.values().map(Vec::len).sum()
+    }
+}
+
+impl<T> Default for LabelMap<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn the_same_values_reach_the_same_entry() {
+        let map: LabelMap<AtomicU32> = LabelMap::new();
+        for _ in 0..3 {
+            map.with(
+                &["a", "b"],
+                || AtomicU32::new(0),
+                |c| c.fetch_add(1, Ordering::Relaxed),
+            );
+        }
+        map.with(
+            &["a", "c"],
+            || AtomicU32::new(0),
+            |c| c.fetch_add(1, Ordering::Relaxed),
+        );
+        // "ab" + "" must not be confused with "a" + "b".
+        map.with(
+            &["ab", ""],
+            || AtomicU32::new(0),
+            |c| c.fetch_add(1, Ordering::Relaxed),
+        );
+        assert_eq!(map.len(), 3);
+        let n = map.with(
+            &["a", "b"],
+            || AtomicU32::new(99),
+            |c| c.load(Ordering::Relaxed),
+        );
+        assert_eq!(n, 3);
+    }
+}
