@@ -7,7 +7,7 @@
 //! a streamed response keeps the status of its headers.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -35,6 +35,8 @@ struct HttpSeries {
     requests: IntCounter,
     latency: Histogram,
     summary: SlidingSummary,
+    /// `codex_http_errors_total` by `ErrorCategory as usize`, made on first use.
+    errors: [OnceLock<IntCounter>; ErrorCategory::ALL.len()],
 }
 
 impl HttpRecorder {
@@ -61,26 +63,29 @@ impl HttpRecorder {
                 requests: self.metrics.requests.with_label_values(&values),
                 latency: self.metrics.latency.with_label_values(&values),
                 summary: self.metrics.latency_summary.with_label_values(&values),
+                errors: Default::default(),
             },
             |s| {
                 s.requests.inc();
                 s.latency.observe(ms);
                 s.summary.observe_at(ms, request.ended);
+                if family == "5xx" {
+                    let category = request.category.unwrap_or(ErrorCategory::Internal);
+                    s.errors[category as usize]
+                        .get_or_init(|| {
+                            let [route, method, family, model] = values;
+                            self.metrics.errors.with_label_values(&[
+                                route,
+                                method,
+                                family,
+                                model,
+                                category.as_str(),
+                            ])
+                        })
+                        .inc();
+                }
             },
         );
-        if family == "5xx" {
-            let category = request.category.unwrap_or(ErrorCategory::Internal);
-            self.metrics
-                .errors
-                .with_label_values(&[
-                    request.route,
-                    request.method,
-                    family,
-                    model,
-                    category.as_str(),
-                ])
-                .inc();
-        }
     }
 }
 
@@ -371,6 +376,13 @@ mod tests {
             1
         );
         assert_eq!(counter(&m, &["/v1/fail", "POST", "5xx", "other"]), 1);
+    }
+
+    #[test]
+    fn every_error_category_has_its_own_slot() {
+        for (i, c) in ErrorCategory::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
     }
 
     #[tokio::test]

@@ -52,6 +52,16 @@ pub enum ErrorCategory {
 }
 
 impl ErrorCategory {
+    /// Every category, in declaration order (`ALL[c as usize] == c`).
+    pub const ALL: [ErrorCategory; 6] = [
+        ErrorCategory::WorkerNotReady,
+        ErrorCategory::WorkerBusy,
+        ErrorCategory::WorkerError,
+        ErrorCategory::Timeout,
+        ErrorCategory::Maintenance,
+        ErrorCategory::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCategory::WorkerNotReady => "worker_not_ready",

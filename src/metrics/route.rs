@@ -17,6 +17,7 @@
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -170,7 +171,7 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 }
 
 struct ScrapeState {
-    metrics: Arc<Metrics>,
+    renderer: Renderer,
     guard: Guard,
 }
 
@@ -180,7 +181,7 @@ where
     S: Clone + Send + Sync + 'static,
 {
     let state = Arc::new(ScrapeState {
-        metrics,
+        renderer: Renderer::new(metrics),
         guard: Guard::new(config),
     });
     get(scrape).with_state(state)
@@ -200,7 +201,7 @@ async fn scrape(State(state): State<Arc<ScrapeState>>, request: Request) -> Resp
             .into_response();
     }
     let gzip = accepts_gzip(headers);
-    match render(&state.metrics, gzip) {
+    match state.renderer.render(gzip) {
         Ok(body) => {
             let mut response = body.into_response();
             let h = response.headers_mut();
@@ -222,17 +223,36 @@ async fn scrape(State(state): State<Arc<ScrapeState>>, request: Request) -> Resp
     }
 }
 
-/// The registry in the text format, gzip-compressed when asked.
-pub fn render(metrics: &Metrics, gzip: bool) -> Result<Vec<u8>, prometheus::Error> {
-    let families = metrics.gather();
-    let mut text = Vec::with_capacity(64 * 1024);
-    TextEncoder::new().encode(&families, &mut text)?;
-    if !gzip {
-        return Ok(text);
+/// Renders the registry in the text format.
+pub struct Renderer {
+    metrics: Arc<Metrics>,
+    /// Size of the last rendering: the next buffer starts that large, instead of
+    /// growing (and copying) its way up to a few hundred KiB every scrape.
+    last_len: AtomicUsize,
+}
+
+impl Renderer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Renderer {
+            metrics,
+            last_len: AtomicUsize::new(16 * 1024),
+        }
     }
-    let mut encoder = GzEncoder::new(Vec::with_capacity(text.len() / 4), Compression::fast());
-    encoder.write_all(&text)?;
-    Ok(encoder.finish()?)
+
+    /// The text format, gzip-compressed when asked.
+    pub fn render(&self, gzip: bool) -> Result<Vec<u8>, prometheus::Error> {
+        let families = self.metrics.gather();
+        let hint = self.last_len.load(Ordering::Relaxed);
+        let mut text = Vec::with_capacity(hint + hint / 8);
+        TextEncoder::new().encode(&families, &mut text)?;
+        self.last_len.store(text.len(), Ordering::Relaxed);
+        if !gzip {
+            return Ok(text);
+        }
+        let mut encoder = GzEncoder::new(Vec::with_capacity(text.len() / 4), Compression::fast());
+        encoder.write_all(&text)?;
+        Ok(encoder.finish()?)
+    }
 }
 
 #[cfg(test)]

@@ -189,6 +189,8 @@ struct Window {
     /// Index in `ages` of the sub-window receiving observations.
     current: usize,
     current_started: Instant,
+    /// `current_started + age`: before it, nothing rotates (one comparison per observe).
+    current_ends: Instant,
     age: Duration,
     sum: f64,
     count: u64,
@@ -200,6 +202,7 @@ impl Window {
             ages: Default::default(),
             current: 0,
             current_started: now,
+            current_ends: now + age,
             age,
             sum: 0.0,
             count: 0,
@@ -219,10 +222,10 @@ impl Window {
 
     /// Drops the sub-windows whose time is up; after a long pause all of them.
     fn rotate(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.current_started);
-        if elapsed < self.age {
+        if now < self.current_ends {
             return;
         }
+        let elapsed = now.saturating_duration_since(self.current_started);
         let age_nanos = self.age.as_nanos();
         let steps = elapsed.as_nanos() / age_nanos;
         for _ in 0..steps.min(AGES as u128) {
@@ -231,6 +234,7 @@ impl Window {
         }
         let into_current = (elapsed.as_nanos() % age_nanos) as u64;
         self.current_started = now - Duration::from_nanos(into_current);
+        self.current_ends = self.current_started + self.age;
     }
 
     fn snapshot(&mut self, quantiles: &[f64], now: Instant) -> Summary {
