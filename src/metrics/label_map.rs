@@ -2,29 +2,27 @@
 //! allocating: the hot path (one request) only hashes the values and takes a read lock.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::RwLock;
 
 /// Label values → `T`. Entries are never removed: label values are bounded (labels.rs),
 /// so the map is too.
 pub struct LabelMap<T> {
-    hasher: BuildHasherDefault<WordHasher>,
     /// Hash of the values → the entries with that hash (more than one only on a collision).
-    entries: RwLock<HashMap<u64, Vec<(Box<[Box<str>]>, T)>>>,
+    entries: RwLock<HashMap<u64, Vec<(Box<[Box<str>]>, T)>, BuildHasherDefault<WordHasher>>>,
 }
 
 impl<T> LabelMap<T> {
     pub fn new() -> Self {
         LabelMap {
-            hasher: BuildHasherDefault::default(),
-            entries: RwLock::new(HashMap::new()),
+            entries: RwLock::new(HashMap::default()),
         }
     }
 
     fn hash(&self, values: &[&str]) -> u64 {
-        let mut h = self.hasher.build_hasher();
+        let mut h = WordHasher::default();
         for v in values {
-            v.hash(&mut h);
+            h.write_str_value(v);
         }
         h.finish()
     }
@@ -85,8 +83,12 @@ impl WordHasher {
     }
 }
 
-impl Hasher for WordHasher {
-    fn write(&mut self, bytes: &[u8]) {
+impl WordHasher {
+    /// Hashes one value: its full 8-byte words, then a last word holding the 0..=7
+    /// remaining bytes and the value's length in the top byte, which also marks where
+    /// one value ends and the next begins (`"ab", ""` differs from `"a", "b"`).
+    fn write_str_value(&mut self, value: &str) {
+        let bytes = value.as_bytes();
         let mut chunks = bytes.chunks_exact(8);
         for chunk in &mut chunks {
             let mut word = [0u8; 8];
@@ -94,15 +96,23 @@ impl Hasher for WordHasher {
             self.add(u64::from_le_bytes(word));
         }
         let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(word));
+        let mut word = [0u8; 8];
+        word[..rest.len()].copy_from_slice(rest);
+        word[7] = bytes.len() as u8;
+        self.add(u64::from_le_bytes(word));
+    }
+}
+
+impl Hasher for WordHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.add(u64::from(b));
         }
     }
 
-    fn write_u8(&mut self, byte: u8) {
-        self.add(u64::from(byte));
+    /// The map's keys are already hashes: one step.
+    fn write_u64(&mut self, word: u64) {
+        self.add(word);
     }
 
     fn finish(&self) -> u64 {

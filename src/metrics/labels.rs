@@ -5,7 +5,7 @@
 //! identifier into a label: the route is the matched template, and a client-supplied
 //! model name survives only when it is on a list the operator or the worker gave.
 
-use std::sync::RwLock;
+use std::sync::{Mutex, OnceLock};
 
 use axum::extract::MatchedPath;
 use axum::http::{Method, StatusCode};
@@ -86,9 +86,13 @@ fn truncate(value: &str) -> &str {
 /// The `model` rule: the configured allowlist plus the models the worker advertised.
 pub struct LabelRules {
     allowed_models: Vec<String>,
-    /// Grows only, up to [`MAX_WORKER_MODELS`]: a name that once was a label value stays
-    /// one, so the bound holds across worker restarts that advertise different models.
-    worker_models: RwLock<Vec<String>>,
+    /// Filled in order, never emptied, at most [`MAX_WORKER_MODELS`]: a name that once
+    /// was a label value stays one, so the bound holds across worker restarts that
+    /// advertise different models. Reading takes no lock (one acquire load per slot),
+    /// which matters because every request with a model reads it.
+    worker_models: [OnceLock<Box<str>>; MAX_WORKER_MODELS],
+    /// Serialises `add_worker_models` (rare: once per worker handshake).
+    adding: Mutex<()>,
 }
 
 impl LabelRules {
@@ -96,8 +100,15 @@ impl LabelRules {
     pub fn new(models: &[String]) -> Self {
         LabelRules {
             allowed_models: models.to_vec(),
-            worker_models: RwLock::new(Vec::new()),
+            worker_models: std::array::from_fn(|_| OnceLock::new()),
+            adding: Mutex::new(()),
         }
+    }
+
+    fn worker_models(&self) -> impl Iterator<Item = &str> {
+        self.worker_models
+            .iter()
+            .map_while(|slot| slot.get().map(|m| &**m))
     }
 
     /// Adds the models the worker advertises (e.g. after its handshake). Names that are
@@ -108,24 +119,23 @@ impl LabelRules {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let mut known = self
-            .worker_models
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _adding = self.adding.lock().unwrap_or_else(|p| p.into_inner());
         let mut ignored = 0;
         for model in models {
             let model = model.as_ref();
-            if known.iter().any(|k| k == model) || self.allowed_models.iter().any(|a| a == model) {
-                continue;
-            }
-            if model.is_empty()
-                || model.len() > MAX_LABEL_VALUE_LEN
-                || known.len() >= MAX_WORKER_MODELS
+            if self.allowed_models.iter().any(|a| a == model)
+                || self.worker_models().any(|k| k == model)
             {
-                ignored += 1;
                 continue;
             }
-            known.push(model.to_string());
+            let free = self.worker_models.iter().find(|slot| slot.get().is_none());
+            match free {
+                Some(slot) if !model.is_empty() && model.len() <= MAX_LABEL_VALUE_LEN => {
+                    // Only this thread (holding `adding`) fills slots, so it is still free.
+                    let _ = slot.set(model.into());
+                }
+                _ => ignored += 1,
+            }
         }
         ignored
     }
@@ -137,14 +147,7 @@ impl LabelRules {
         let Some(raw) = raw else {
             return MODEL_UNKNOWN;
         };
-        if self.allowed_models.iter().any(|a| a == raw) {
-            return raw;
-        }
-        let worker = self
-            .worker_models
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if worker.iter().any(|w| w == raw) {
+        if self.allowed_models.iter().any(|a| a == raw) || self.worker_models().any(|w| w == raw) {
             raw
         } else {
             MODEL_OTHER
