@@ -108,14 +108,18 @@ impl Guard {
     /// The client's address: the socket peer, or, behind a trusted proxy, what that proxy
     /// says in `X-Forwarded-For`. `None` when unknown or unreadable.
     fn client(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<IpAddr> {
-        let peer = canonical(peer?.ip());
-        if !self.trusted_proxies.iter().any(|t| canonical(*t) == peer) {
+        let peer = peer?.ip().to_canonical();
+        if !self
+            .trusted_proxies
+            .iter()
+            .any(|t| t.to_canonical() == peer)
+        {
             return Some(peer);
         }
         let mut hops = Vec::new();
         for value in headers.get_all("x-forwarded-for") {
             for hop in value.to_str().ok()?.split(',') {
-                hops.push(canonical(hop.trim().parse::<IpAddr>().ok()?));
+                hops.push(hop.trim().parse::<IpAddr>().ok()?.to_canonical());
             }
         }
         if hops.is_empty() {
@@ -124,17 +128,12 @@ impl Guard {
         }
         // Walk back from the nearest hop past our own proxies; a chain made only of
         // trusted proxies names none of them a client.
-        hops.into_iter()
-            .rev()
-            .find(|hop| !self.trusted_proxies.iter().any(|t| canonical(*t) == *hop))
-    }
-}
-
-/// `::ffff:127.0.0.1` (an IPv4 client on a dual-stack socket) is `127.0.0.1`.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
+        hops.into_iter().rev().find(|hop| {
+            !self
+                .trusted_proxies
+                .iter()
+                .any(|t| t.to_canonical() == *hop)
+        })
     }
 }
 
