@@ -14,8 +14,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use codex_proxy::config::MetricsConfig;
+use codex_proxy::metrics::labels::method_index;
 use codex_proxy::metrics::middleware::{FinishedRequest, HttpRecorder};
 use codex_proxy::metrics::route::Renderer;
 use codex_proxy::metrics::{AbortReason, ErrorCategory, Metrics, ToolBufferEvent};
@@ -90,6 +91,7 @@ fn category(name: &str) -> ErrorCategory {
 #[derive(Clone, Copy)]
 struct Request<'a> {
     set: &'a HttpSet,
+    method: usize,
     status: StatusCode,
     category: Option<ErrorCategory>,
     model: Option<&'a str>,
@@ -105,8 +107,10 @@ fn requests(w: &Workload) -> Vec<Request<'_>> {
                 .find(|e| e.route == set.route && e.method == set.method && e.model == set.model)
                 .filter(|_| set.status_family == "5xx")
                 .map(|e| category(&e.category));
+            let method = Method::from_bytes(set.method.as_bytes()).expect("method");
             Request {
                 set,
+                method: method_index(&method),
                 status: status(&set.status_family),
                 category,
                 model: (set.model != "unknown").then_some(set.model.as_str()),
@@ -119,7 +123,7 @@ fn record(recorder: &HttpRecorder, r: &Request<'_>, i: usize, base: Instant) {
     let ms = r.set.observations[i % r.set.observations.len()];
     recorder.record(&FinishedRequest {
         route: &r.set.route,
-        method: &r.set.method,
+        method: r.method,
         status: r.status,
         model: r.model,
         category: r.category,
@@ -225,7 +229,7 @@ fn main() {
             let set = r.set;
             set.observations.iter().map(move |ms| FinishedRequest {
                 route: &set.route,
-                method: &set.method,
+                method: r.method,
                 status: r.status,
                 model: r.model,
                 category: r.category,

@@ -35,29 +35,32 @@ pub fn route(matched: Option<&MatchedPath>) -> &str {
     matched.map_or(UNMATCHED_ROUTE, |m| truncate(m.as_str()))
 }
 
-/// `method`: one of the seven common methods, `OTHER` for the rest (WebDAV, custom verbs).
-pub fn method(method: &Method) -> &'static str {
+/// `method`, as an index into [`METHODS`]: one of the seven common methods, `OTHER` for
+/// the rest (WebDAV, custom verbs). An index, so that the middleware keys its cache by
+/// a number instead of hashing a string.
+pub fn method_index(method: &Method) -> usize {
     match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        _ => "OTHER",
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::OPTIONS => 5,
+        Method::PATCH => 6,
+        _ => 7,
     }
 }
 
-/// `status_family`: `1xx` … `5xx`. The `http` crate admits codes up to 999; those past 599
-/// are nobody's standard, so they count as server errors rather than as a sixth family.
-pub fn status_family(status: StatusCode) -> &'static str {
+/// `status_family`, as an index into [`STATUS_FAMILIES`]. The `http` crate admits codes
+/// up to 999; those past 599 are nobody's standard, so they count as server errors
+/// rather than as a sixth family.
+pub fn status_family_index(status: StatusCode) -> usize {
     match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 
@@ -173,11 +176,12 @@ mod tests {
 
     #[test]
     fn methods_outside_the_list_become_other() {
+        let method = |m: &str| METHODS[method_index(&Method::from_bytes(m.as_bytes()).unwrap())];
         for m in ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"] {
-            assert_eq!(method(&Method::from_bytes(m.as_bytes()).unwrap()), m);
+            assert_eq!(method(m), m);
         }
         for m in ["PROPFIND", "TRACE", "CONNECT", "BREW", "get"] {
-            assert_eq!(method(&Method::from_bytes(m.as_bytes()).unwrap()), "OTHER");
+            assert_eq!(method(m), "OTHER");
         }
     }
 
@@ -197,7 +201,8 @@ mod tests {
             (999, "5xx"),
         ];
         for (code, family) in cases {
-            assert_eq!(status_family(StatusCode::from_u16(code).unwrap()), family);
+            let index = status_family_index(StatusCode::from_u16(code).unwrap());
+            assert_eq!(STATUS_FAMILIES[index], family);
         }
     }
 

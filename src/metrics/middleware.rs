@@ -20,14 +20,22 @@ use http_body::{Frame, SizeHint};
 use prometheus::{Histogram, IntCounter};
 
 use super::label_map::LabelMap;
+use super::labels::{self, METHODS, STATUS_FAMILIES};
 use super::summary::SlidingSummary;
-use super::{labels, ErrorCategory, Metrics, ModelLabel};
+use super::{ErrorCategory, Metrics, ModelLabel};
 
 /// Records finished requests into the HTTP families. Keeps the per-label-set handles so
-/// that recording a request costs one hash lookup, not one per family.
+/// that recording a request costs one lookup, not one per family: a hash of the two
+/// string labels (route, model), then an array index by method and status family.
 pub struct HttpRecorder {
     metrics: Arc<Metrics>,
-    series: LabelMap<HttpSeries>,
+    series: LabelMap<RouteModelSeries>,
+}
+
+/// The label sets of one (route, model): one slot per method × status family, filled
+/// on first use.
+struct RouteModelSeries {
+    slots: [OnceLock<Box<HttpSeries>>; METHODS.len() * STATUS_FAMILIES.len()],
 }
 
 /// The handles of one (route, method, status_family, model) label set.
@@ -49,27 +57,38 @@ impl HttpRecorder {
 
     /// Records one finished request.
     pub fn record(&self, request: &FinishedRequest<'_>) {
-        let family = labels::status_family(request.status);
         let model = self.metrics.labels.model(request.model);
-        let values = [request.route, request.method, family, model];
+        let family = labels::status_family_index(request.status);
         let ms = request
             .ended
             .saturating_duration_since(request.started)
             .as_secs_f64()
             * 1e3;
         self.series.with(
-            &values,
-            || HttpSeries {
-                requests: self.metrics.requests.with_label_values(&values),
-                latency: self.metrics.latency.with_label_values(&values),
-                summary: self.metrics.latency_summary.with_label_values(&values),
-                errors: Default::default(),
+            &[request.route, model],
+            || RouteModelSeries {
+                slots: std::array::from_fn(|_| OnceLock::new()),
             },
-            |s| {
+            |route_model| {
+                let values = [
+                    request.route,
+                    METHODS[request.method],
+                    STATUS_FAMILIES[family],
+                    model,
+                ];
+                let s = route_model.slots[request.method * STATUS_FAMILIES.len() + family]
+                    .get_or_init(|| {
+                        Box::new(HttpSeries {
+                            requests: self.metrics.requests.with_label_values(&values),
+                            latency: self.metrics.latency.with_label_values(&values),
+                            summary: self.metrics.latency_summary.with_label_values(&values),
+                            errors: Default::default(),
+                        })
+                    });
                 s.requests.inc();
                 s.latency.observe(ms);
                 s.summary.observe_at(ms, request.ended);
-                if family == "5xx" {
+                if STATUS_FAMILIES[family] == "5xx" {
                     let category = request.category.unwrap_or(ErrorCategory::Internal);
                     s.errors[category as usize]
                         .get_or_init(|| {
@@ -93,8 +112,8 @@ impl HttpRecorder {
 pub struct FinishedRequest<'a> {
     /// A bounded value from `labels::route`.
     pub route: &'a str,
-    /// A bounded value from `labels::method`.
-    pub method: &'a str,
+    /// Index into `labels::METHODS`, from `labels::method_index`.
+    pub method: usize,
     pub status: StatusCode,
     /// The raw model name the handler attached; the label rules bound it.
     pub model: Option<&'a str>,
@@ -112,7 +131,7 @@ pub async fn record(
 ) -> Response {
     let started = Instant::now();
     let route = request.extensions().get::<MatchedPath>().cloned();
-    let method = labels::method(request.method());
+    let method = labels::method_index(request.method());
     let mut response = next.run(request).await;
     let model = response
         .extensions_mut()
@@ -140,7 +159,7 @@ pub async fn record(
 struct Pending {
     recorder: Arc<HttpRecorder>,
     route: Option<MatchedPath>,
-    method: &'static str,
+    method: usize,
     status: StatusCode,
     model: Option<String>,
     category: Option<ErrorCategory>,
