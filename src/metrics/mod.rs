@@ -7,6 +7,7 @@ pub mod labels;
 pub mod middleware;
 pub mod route;
 pub mod summary;
+mod text;
 
 use std::sync::Arc;
 

@@ -30,10 +30,9 @@ use axum::routing::{get, MethodRouter};
 use axum::Json;
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use prometheus::{Encoder, TextEncoder};
 use subtle::ConstantTimeEq;
 
-use super::Metrics;
+use super::{text, Metrics};
 use crate::config::MetricsConfig;
 
 /// `Content-Type` of the Prometheus text format 0.0.4.
@@ -239,18 +238,18 @@ impl Renderer {
     }
 
     /// The text format, gzip-compressed when asked.
-    pub fn render(&self, gzip: bool) -> Result<Vec<u8>, prometheus::Error> {
+    pub fn render(&self, gzip: bool) -> std::io::Result<Vec<u8>> {
         let families = self.metrics.gather();
         let hint = self.last_len.load(Ordering::Relaxed);
-        let mut text = Vec::with_capacity(hint + hint / 8);
-        TextEncoder::new().encode(&families, &mut text)?;
+        let mut text = String::with_capacity(hint + hint / 8);
+        text::encode(&families, &mut text);
         self.last_len.store(text.len(), Ordering::Relaxed);
         if !gzip {
-            return Ok(text);
+            return Ok(text.into_bytes());
         }
         let mut encoder = GzEncoder::new(Vec::with_capacity(text.len() / 4), Compression::fast());
-        encoder.write_all(&text)?;
-        Ok(encoder.finish()?)
+        encoder.write_all(text.as_bytes())?;
+        encoder.finish()
     }
 }
 
