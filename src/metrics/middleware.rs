@@ -6,18 +6,19 @@
 //! went away, or hyper finished with it). Status and model are what the handler decided;
 //! a streamed response keeps the status of its headers.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
 use prometheus::{Histogram, IntCounter};
+use tower::{Layer, Service};
 
 use super::label_map::LabelMap;
 use super::labels::{self, METHODS, STATUS_FAMILIES};
@@ -123,58 +124,131 @@ pub struct FinishedRequest<'a> {
     pub ended: Instant,
 }
 
-/// The middleware (`axum::middleware::from_fn_with_state` with an `Arc<HttpRecorder>`).
-pub async fn record(
-    State(recorder): State<Arc<HttpRecorder>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let method = labels::method_index(request.method());
-    let mut response = next.run(request).await;
-    let model = response
-        .extensions_mut()
-        .remove::<ModelLabel>()
-        .map(|m| m.0);
-    let category = response.extensions().get::<ErrorCategory>().copied();
-    let pending = Pending {
-        recorder,
-        route,
-        method,
-        status: response.status(),
-        model,
-        category,
-        started,
-    };
-    response.map(|inner| {
-        Body::new(RecordOnEnd {
+/// The middleware as a tower layer: `router.layer(RecordLayer::new(recorder))`.
+///
+/// Written as a plain `Service` rather than with `axum::middleware::from_fn`, which
+/// clones the inner service and boxes a future for every request: on a cheap route that
+/// was most of what metrics cost.
+#[derive(Clone)]
+pub struct RecordLayer(Arc<HttpRecorder>);
+
+impl RecordLayer {
+    pub fn new(recorder: Arc<HttpRecorder>) -> Self {
+        RecordLayer(recorder)
+    }
+}
+
+impl<S> Layer<S> for RecordLayer {
+    type Service = Record<S>;
+
+    fn layer(&self, inner: S) -> Record<S> {
+        Record {
             inner,
-            pending: Some(pending),
-        })
-    })
+            recorder: self.0.clone(),
+        }
+    }
+}
+
+/// The service [`RecordLayer`] wraps around each route.
+#[derive(Clone)]
+pub struct Record<S> {
+    inner: S,
+    recorder: Arc<HttpRecorder>,
+}
+
+impl<S> Service<Request> for Record<S>
+where
+    S: Service<Request, Response = Response>,
+    S::Future: Unpin,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = RecordFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let head = Head {
+            recorder: self.recorder.clone(),
+            route: request.extensions().get::<MatchedPath>().cloned(),
+            method: labels::method_index(request.method()),
+            started: Instant::now(),
+        };
+        RecordFuture {
+            inner: self.inner.call(request),
+            head: Some(head),
+        }
+    }
+}
+
+/// What is known when the request arrives.
+struct Head {
+    recorder: Arc<HttpRecorder>,
+    route: Option<MatchedPath>,
+    method: usize,
+    started: Instant,
+}
+
+/// The inner response future; when it resolves, the body gets wrapped.
+pub struct RecordFuture<F> {
+    inner: F,
+    head: Option<Head>,
+}
+
+impl<F, E> Future for RecordFuture<F>
+where
+    F: Future<Output = Result<Response, E>> + Unpin,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut response = match Pin::new(&mut self.inner).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(response)) => response,
+        };
+        let Some(head) = self.head.take() else {
+            // Polled again after completion: nothing more to record.
+            return Poll::Ready(Ok(response));
+        };
+        let model = response
+            .extensions_mut()
+            .remove::<ModelLabel>()
+            .map(|m| m.0);
+        let pending = Pending {
+            status: response.status(),
+            category: response.extensions().get::<ErrorCategory>().copied(),
+            model,
+            head,
+        };
+        Poll::Ready(Ok(response.map(|inner| {
+            Body::new(RecordOnEnd {
+                inner,
+                pending: Some(pending),
+            })
+        })))
+    }
 }
 
 /// What is known when the headers leave; recorded when the body ends.
 struct Pending {
-    recorder: Arc<HttpRecorder>,
-    route: Option<MatchedPath>,
-    method: usize,
+    head: Head,
     status: StatusCode,
     model: Option<String>,
     category: Option<ErrorCategory>,
-    started: Instant,
 }
 
 impl Pending {
     fn record(self) {
-        self.recorder.record(&FinishedRequest {
-            route: labels::route(self.route.as_ref()),
-            method: self.method,
+        self.head.recorder.record(&FinishedRequest {
+            route: labels::route(self.head.route.as_ref()),
+            method: self.head.method,
             status: self.status,
             model: self.model.as_deref(),
             category: self.category,
-            started: self.started,
+            started: self.head.started,
             ended: Instant::now(),
         });
     }
@@ -296,10 +370,7 @@ mod tests {
             .route("/v1/chat/completions", post(streamed))
             .route("/v1/fail", post(failing))
             .route("/v1/oops", get(panicky))
-            .layer(axum::middleware::from_fn_with_state(
-                Arc::new(HttpRecorder::new(m.clone())),
-                record,
-            ))
+            .layer(RecordLayer::new(Arc::new(HttpRecorder::new(m.clone()))))
     }
 
     fn request(method: Method, uri: &str) -> Request {

@@ -289,10 +289,7 @@ where
         return router;
     }
     let recorder = Arc::new(middleware::HttpRecorder::new(metrics.clone()));
-    router.layer(axum::middleware::from_fn_with_state(
-        recorder,
-        middleware::record,
-    ))
+    router.layer(middleware::RecordLayer::new(recorder))
 }
 
 /// Decrements `codex_streams_active` when dropped.
