@@ -66,9 +66,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         Duration::from_millis(config.worker.startup_timeout_ms),
     ));
 
-    let state = AppState::new(config.clone(), worker.clone(), metrics).with_push(pushers.handle());
-    let app = proxy::router(state);
-    // metrics middleware layer goes here: `let app = app.layer(...)`, and the `/metrics` route.
+    let state =
+        AppState::new(config.clone(), worker.clone(), metrics.clone()).with_push(pushers.handle());
+    // Last, so that the recording layer wraps every route and the fallback.
+    let app = crate::metrics::attach(proxy::router(state), &metrics, &config);
 
     let (stop_accepting, stopped) = oneshot::channel::<()>();
     let server = axum::serve(
@@ -114,7 +115,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 
 /// Keeps `codex_worker_ready`, `codex_worker_backoff_ms` and `codex_worker_restarts_total`
 /// in step with the supervisor as it changes, not when scraped. The restart counter
-/// grows by the increase of the supervisor's cumulative count.
+/// grows by the increase of the supervisor's cumulative count. The worker's advertised
+/// models become allowed `model` label values (capped, see metrics::labels).
 async fn bridge_worker_metrics(mut status: watch::Receiver<WorkerStatus>, metrics: Arc<Metrics>) {
     let mut restarts_seen = 0;
     loop {
@@ -128,6 +130,7 @@ async fn bridge_worker_metrics(mut status: watch::Receiver<WorkerStatus>, metric
                 metrics.worker_restarts.inc_by(s.restarts - restarts_seen);
                 restarts_seen = s.restarts;
             }
+            metrics.labels.add_worker_models(&s.models);
         }
         if status.changed().await.is_err() {
             return;

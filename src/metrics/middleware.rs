@@ -1,1 +1,552 @@
 //! HTTP middleware: records the request families when the response body ends.
+//!
+//! The Node proxy took latency when headers were sent, so an SSE stream of two minutes
+//! counted as a few milliseconds. Here the response body is wrapped, and the request is
+//! recorded once, when that body ends: its last frame, an error, or its drop (the client
+//! went away, or hyper finished with it). Status and model are what the handler decided;
+//! a streamed response keeps the status of its headers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::response::Response;
+use http_body::{Frame, SizeHint};
+use prometheus::{Histogram, IntCounter};
+use tower::{Layer, Service};
+
+use super::label_map::LabelMap;
+use super::labels::{self, METHODS, STATUS_FAMILIES};
+use super::summary::SlidingSummary;
+use super::{ErrorCategory, Metrics, ModelLabel};
+
+/// Records finished requests into the HTTP families. Keeps the per-label-set handles so
+/// that recording a request costs one lookup, not one per family: a hash of the two
+/// string labels (route, model), then an array index by method and status family.
+pub struct HttpRecorder {
+    metrics: Arc<Metrics>,
+    series: LabelMap<RouteModelSeries>,
+}
+
+/// The label sets of one (route, model): one slot per method × status family, filled
+/// on first use.
+struct RouteModelSeries {
+    slots: [OnceLock<Box<HttpSeries>>; METHODS.len() * STATUS_FAMILIES.len()],
+}
+
+/// The handles of one (route, method, status_family, model) label set.
+struct HttpSeries {
+    requests: IntCounter,
+    latency: Histogram,
+    summary: SlidingSummary,
+    /// `codex_http_errors_total` by `ErrorCategory as usize`, made on first use.
+    errors: [OnceLock<IntCounter>; ErrorCategory::ALL.len()],
+}
+
+impl HttpRecorder {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        HttpRecorder {
+            metrics,
+            series: LabelMap::new(),
+        }
+    }
+
+    /// Records one finished request.
+    pub fn record(&self, request: &FinishedRequest<'_>) {
+        let model = self.metrics.labels.model(request.model);
+        let family = labels::status_family_index(request.status);
+        let ms = request
+            .ended
+            .saturating_duration_since(request.started)
+            .as_secs_f64()
+            * 1e3;
+        self.series.with(
+            &[request.route, model],
+            || RouteModelSeries {
+                slots: std::array::from_fn(|_| OnceLock::new()),
+            },
+            |route_model| {
+                let values = [
+                    request.route,
+                    METHODS[request.method],
+                    STATUS_FAMILIES[family],
+                    model,
+                ];
+                let s = route_model.slots[request.method * STATUS_FAMILIES.len() + family]
+                    .get_or_init(|| {
+                        Box::new(HttpSeries {
+                            requests: self.metrics.requests.with_label_values(&values),
+                            latency: self.metrics.latency.with_label_values(&values),
+                            summary: self.metrics.latency_summary.with_label_values(&values),
+                            errors: Default::default(),
+                        })
+                    });
+                s.requests.inc();
+                s.latency.observe(ms);
+                s.summary.observe_at(ms, request.ended);
+                if STATUS_FAMILIES[family] == "5xx" {
+                    let category = request.category.unwrap_or(ErrorCategory::Internal);
+                    s.errors[category as usize]
+                        .get_or_init(|| {
+                            let [route, method, family, model] = values;
+                            self.metrics.errors.with_label_values(&[
+                                route,
+                                method,
+                                family,
+                                model,
+                                category.as_str(),
+                            ])
+                        })
+                        .inc();
+                }
+            },
+        );
+    }
+}
+
+/// One request whose response body has ended.
+pub struct FinishedRequest<'a> {
+    /// A bounded value from `labels::route`.
+    pub route: &'a str,
+    /// Index into `labels::METHODS`, from `labels::method_index`.
+    pub method: usize,
+    pub status: StatusCode,
+    /// The raw model name the handler attached; the label rules bound it.
+    pub model: Option<&'a str>,
+    /// The category the handler attached; only read for 5xx.
+    pub category: Option<ErrorCategory>,
+    pub started: Instant,
+    pub ended: Instant,
+}
+
+/// The middleware as a tower layer: `router.layer(RecordLayer::new(recorder))`.
+///
+/// Written as a plain `Service` rather than with `axum::middleware::from_fn`, which
+/// clones the inner service and boxes a future for every request: on a cheap route that
+/// was most of what metrics cost.
+#[derive(Clone)]
+pub struct RecordLayer(Arc<HttpRecorder>);
+
+impl RecordLayer {
+    pub fn new(recorder: Arc<HttpRecorder>) -> Self {
+        RecordLayer(recorder)
+    }
+}
+
+impl<S> Layer<S> for RecordLayer {
+    type Service = Record<S>;
+
+    fn layer(&self, inner: S) -> Record<S> {
+        Record {
+            inner,
+            recorder: self.0.clone(),
+        }
+    }
+}
+
+/// The service [`RecordLayer`] wraps around each route.
+#[derive(Clone)]
+pub struct Record<S> {
+    inner: S,
+    recorder: Arc<HttpRecorder>,
+}
+
+impl<S> Service<Request> for Record<S>
+where
+    S: Service<Request, Response = Response>,
+    S::Future: Unpin,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = RecordFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let head = Head {
+            recorder: self.recorder.clone(),
+            route: request.extensions().get::<MatchedPath>().cloned(),
+            method: labels::method_index(request.method()),
+            started: Instant::now(),
+        };
+        RecordFuture {
+            inner: self.inner.call(request),
+            head: Some(head),
+        }
+    }
+}
+
+/// What is known when the request arrives.
+struct Head {
+    recorder: Arc<HttpRecorder>,
+    route: Option<MatchedPath>,
+    method: usize,
+    started: Instant,
+}
+
+/// The inner response future; when it resolves, the body gets wrapped.
+pub struct RecordFuture<F> {
+    inner: F,
+    head: Option<Head>,
+}
+
+impl<F, E> Future for RecordFuture<F>
+where
+    F: Future<Output = Result<Response, E>> + Unpin,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut response = match Pin::new(&mut self.inner).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(response)) => response,
+        };
+        let Some(head) = self.head.take() else {
+            // Polled again after completion: nothing more to record.
+            return Poll::Ready(Ok(response));
+        };
+        let model = response
+            .extensions_mut()
+            .remove::<ModelLabel>()
+            .map(|m| m.0);
+        let pending = Pending {
+            status: response.status(),
+            category: response.extensions().get::<ErrorCategory>().copied(),
+            model,
+            head,
+        };
+        Poll::Ready(Ok(response.map(|inner| {
+            Body::new(RecordOnEnd {
+                inner,
+                pending: Some(pending),
+            })
+        })))
+    }
+}
+
+/// What is known when the headers leave; recorded when the body ends.
+struct Pending {
+    head: Head,
+    status: StatusCode,
+    model: Option<String>,
+    category: Option<ErrorCategory>,
+}
+
+impl Pending {
+    fn record(self) {
+        self.head.recorder.record(&FinishedRequest {
+            route: labels::route(self.head.route.as_ref()),
+            method: self.head.method,
+            status: self.status,
+            model: self.model.as_deref(),
+            category: self.category,
+            started: self.head.started,
+            ended: Instant::now(),
+        });
+    }
+}
+
+/// A response body that records its request exactly once, when it ends.
+struct RecordOnEnd {
+    inner: Body,
+    pending: Option<Pending>,
+}
+
+impl RecordOnEnd {
+    fn finish(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            pending.record();
+        }
+    }
+}
+
+impl HttpBody for RecordOnEnd {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
+            // hyper stops polling a body that says it has ended after its last frame.
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            Poll::Pending => false,
+        };
+        if ended {
+            self.finish();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for RecordOnEnd {
+    /// The client went away mid-stream, or hyper never polled an empty body.
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MetricsConfig;
+    use axum::body::to_bytes;
+    use axum::http::Method;
+    use axum::routing::{get, post};
+    use axum::Router;
+    use std::convert::Infallible;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    fn metrics() -> Arc<Metrics> {
+        let config = MetricsConfig {
+            models: vec!["gpt-5".into()],
+            ..MetricsConfig::default()
+        };
+        Metrics::new(&config).unwrap()
+    }
+
+    fn counter(m: &Metrics, values: &[&str]) -> u64 {
+        m.requests.with_label_values(values).get()
+    }
+
+    /// A router like the proxy's: a plain JSON route, a streamed route, a failing route.
+    fn app(m: &Arc<Metrics>, release: Arc<tokio::sync::Notify>) -> Router {
+        let streamed = move || {
+            let release = release.clone();
+            async move {
+                let chunks = futures_util::stream::unfold(0, move |i| {
+                    let release = release.clone();
+                    async move {
+                        match i {
+                            0 => Some((Ok::<_, Infallible>(Bytes::from("data: a\n\n")), 1)),
+                            1 => {
+                                // The stream goes on until the test lets it end.
+                                release.notified().await;
+                                Some((Ok(Bytes::from("data: [DONE]\n\n")), 2))
+                            }
+                            _ => None,
+                        }
+                    }
+                });
+                let mut response = Response::new(Body::from_stream(chunks));
+                response.extensions_mut().insert(ModelLabel("gpt-5".into()));
+                response
+            }
+        };
+        let failing = || async {
+            let mut response = Response::new(Body::from("worker gone"));
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            response
+                .extensions_mut()
+                .insert(ErrorCategory::WorkerNotReady);
+            response
+                .extensions_mut()
+                .insert(ModelLabel("prompt: tell me a secret".into()));
+            response
+        };
+        let panicky = || async { StatusCode::INTERNAL_SERVER_ERROR };
+        Router::new()
+            .route("/v1/models/{id}", get(|| async { "{}" }))
+            .route("/v1/chat/completions", post(streamed))
+            .route("/v1/fail", post(failing))
+            .route("/v1/oops", get(panicky))
+            .layer(RecordLayer::new(Arc::new(HttpRecorder::new(m.clone()))))
+    }
+
+    fn request(method: Method, uri: &str) -> Request {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_plain_request_is_counted_under_its_route_template() {
+        let m = metrics();
+        let app = app(&m, Arc::default());
+        let response = app
+            .oneshot(request(Method::GET, "/v1/models/gpt-5?api_key=s3cret"))
+            .await
+            .unwrap();
+        to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        assert_eq!(
+            counter(&m, &["/v1/models/{id}", "GET", "2xx", "unknown"]),
+            1
+        );
+        let histogram = m
+            .latency
+            .with_label_values(&["/v1/models/{id}", "GET", "2xx", "unknown"]);
+        assert_eq!(histogram.get_sample_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_streamed_response_is_recorded_when_its_stream_ends() {
+        let m = metrics();
+        let release = Arc::new(tokio::sync::Notify::new());
+        let app = app(&m, release.clone());
+        let labels = ["/v1/chat/completions", "POST", "2xx", "gpt-5"];
+
+        let response = app
+            .oneshot(request(Method::POST, "/v1/chat/completions"))
+            .await
+            .unwrap();
+        // Headers are out and the first event is read: nothing is recorded yet.
+        let mut body = response.into_body();
+        let first = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        assert!(first.is_some());
+        assert_eq!(counter(&m, &labels), 0);
+
+        let held = Duration::from_millis(30);
+        tokio::time::sleep(held).await;
+        release.notify_one();
+        to_bytes(body, usize::MAX).await.unwrap();
+        assert_eq!(counter(&m, &labels), 1);
+        // The latency covers the time the stream was held open, not only the headers.
+        let h = m.latency.with_label_values(&labels);
+        assert_eq!(h.get_sample_count(), 1);
+        assert!(h.get_sample_sum() >= held.as_secs_f64() * 1e3);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_mid_stream_is_recorded_once() {
+        let m = metrics();
+        let app = app(&m, Arc::default());
+        let labels = ["/v1/chat/completions", "POST", "2xx", "gpt-5"];
+        let response = app
+            .oneshot(request(Method::POST, "/v1/chat/completions"))
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        let _ = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        drop(body);
+        assert_eq!(counter(&m, &labels), 1);
+    }
+
+    #[tokio::test]
+    async fn a_5xx_counts_an_error_with_its_category_and_a_bounded_model() {
+        let m = metrics();
+        let app = app(&m, Arc::default());
+        let response = app
+            .clone()
+            .oneshot(request(Method::POST, "/v1/fail"))
+            .await
+            .unwrap();
+        drop(response);
+        let response = app.oneshot(request(Method::GET, "/v1/oops")).await.unwrap();
+        drop(response);
+        let errors = |values: &[&str]| m.errors.with_label_values(values).get();
+        assert_eq!(
+            errors(&["/v1/fail", "POST", "5xx", "other", "worker_not_ready"]),
+            1
+        );
+        // No category attached: internal.
+        assert_eq!(
+            errors(&["/v1/oops", "GET", "5xx", "unknown", "internal"]),
+            1
+        );
+        assert_eq!(counter(&m, &["/v1/fail", "POST", "5xx", "other"]), 1);
+    }
+
+    #[test]
+    fn every_error_category_has_its_own_slot() {
+        for (i, c) in ErrorCategory::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_4xx_is_a_request_but_not_an_error() {
+        let m = metrics();
+        let app = app(&m, Arc::default());
+        // Wrong method on a known route: 405 under that route.
+        drop(
+            app.oneshot(request(Method::DELETE, "/v1/fail"))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(counter(&m, &["/v1/fail", "DELETE", "4xx", "unknown"]), 1);
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&m.gather())
+            .unwrap();
+        assert!(!text.contains("codex_http_errors_total{"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn ten_thousand_random_paths_and_methods_stay_within_the_bound() {
+        let m = metrics();
+        let app = app(&m, Arc::default());
+        let mut rng = fastrand::Rng::with_seed(17);
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-_./";
+        let methods = ["GET", "POST", "PROPFIND", "BREW", "DELETE", "TRACE"];
+        for _ in 0..10_000 {
+            let len = rng.usize(0..120);
+            let path: String = (0..len)
+                .map(|_| ALPHABET[rng.usize(0..ALPHABET.len())] as char)
+                .collect();
+            let query = format!("?request_id={}", rng.u64(..));
+            let method =
+                Method::from_bytes(methods[rng.usize(0..methods.len())].as_bytes()).unwrap();
+            let response = app
+                .clone()
+                .oneshot(request(method, &format!("/{path}{query}")))
+                .await
+                .unwrap();
+            drop(response);
+        }
+        let families = m.gather();
+        let requests = families
+            .iter()
+            .find(|f| f.name() == "codex_http_requests_total")
+            .unwrap();
+        let mut total = 0;
+        for metric in requests.get_metric() {
+            let route = metric
+                .get_label()
+                .iter()
+                .find(|l| l.name() == "route")
+                .unwrap()
+                .value();
+            assert!(
+                [
+                    "unmatched",
+                    "/v1/models/{id}",
+                    "/v1/chat/completions",
+                    "/v1/fail",
+                    "/v1/oops"
+                ]
+                .contains(&route),
+                "route label {route}"
+            );
+            total += metric.get_counter().get_value() as u64;
+        }
+        assert_eq!(total, 10_000);
+        // routes (4 + unmatched) × 8 methods × 5 families × model values.
+        let bound = 5 * 8 * 5 * m.labels.model_value_bound();
+        assert!(requests.get_metric().len() <= bound);
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap();
+        assert!(!text.contains("request_id"));
+    }
+}

@@ -2,19 +2,22 @@
 //! the guarded `/metrics` route. Names, types and labels are a contract (docs/metrics.md):
 //! dashboards and alerts built for the Node proxy query them.
 
+mod label_map;
 pub mod labels;
 pub mod middleware;
 pub mod route;
 pub mod summary;
+mod text;
 
 use std::sync::Arc;
 
+use axum::Router;
 use prometheus::proto::MetricFamily;
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
-use crate::config::MetricsConfig;
+use crate::config::{Config, MetricsConfig};
 pub use labels::LabelRules;
 use summary::SlidingSummaryVec;
 
@@ -50,6 +53,16 @@ pub enum ErrorCategory {
 }
 
 impl ErrorCategory {
+    /// Every category, in declaration order (`ALL[c as usize] == c`).
+    pub const ALL: [ErrorCategory; 6] = [
+        ErrorCategory::WorkerNotReady,
+        ErrorCategory::WorkerBusy,
+        ErrorCategory::WorkerError,
+        ErrorCategory::Timeout,
+        ErrorCategory::Maintenance,
+        ErrorCategory::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCategory::WorkerNotReady => "worker_not_ready",
@@ -141,7 +154,7 @@ impl Metrics {
             &HTTP_LABELS,
             &SUMMARY_QUANTILES,
             config.summary_window.0,
-        );
+        )?;
         let worker_restarts = IntCounter::new(
             "codex_worker_restarts_total",
             "Worker restarts since the proxy started.",
@@ -247,6 +260,36 @@ impl Metrics {
         self.streams_active.inc();
         StreamGuard(self.clone())
     }
+}
+
+/// Adds the metrics to the application's router; call it last, after every route and
+/// the fallback, so that the recording layer wraps them all (unmatched paths included).
+///
+/// - `GET /metrics` exists only when `metrics.enabled` (otherwise it is a 404 like any
+///   unknown path). The server must be run with
+///   `into_make_service_with_connect_info::<SocketAddr>()` for the loopback rule to see
+///   the peer; without it no scrape counts as loopback.
+/// - Requests are recorded only when something reads them: `/metrics` is enabled or a
+///   push destination is configured. Otherwise the layer is left out entirely.
+pub fn attach<S>(router: Router<S>, metrics: &Arc<Metrics>, config: &Config) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let router = if config.metrics.enabled {
+        router.route(
+            "/metrics",
+            route::scrape_route(metrics.clone(), &config.metrics),
+        )
+    } else {
+        router
+    };
+    let read =
+        config.metrics.enabled || !config.remote_write.is_empty() || !config.pushgateway.is_empty();
+    if !read {
+        return router;
+    }
+    let recorder = Arc::new(middleware::HttpRecorder::new(metrics.clone()));
+    router.layer(middleware::RecordLayer::new(recorder))
 }
 
 /// Decrements `codex_streams_active` when dropped.

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The metrics layer against prom-client 15.1.3, in one run, on one workload
+# (scripts/bench/promclient/workload.js: the same families, label sets and observations):
+#   1. record: recording one finished request (counter + histogram + summary);
+#   2. render: GET /metrics for ~2,800 series (Rust: benches/metrics.rs; Node: bench.js);
+#   3. requests/s through the real binary with metrics on vs off (wrk, loopback only,
+#      bounded: ROUNDS × 2 runs of DURATION each), and the proxy process's CPU time per
+#      request (from /proc), which a busy shared machine disturbs far less than req/s.
+# Prints the figures and their ratios as Markdown for docs/performance.md.
+#
+# Environment: ROUNDS (default 3), DURATION (default 8s), CONNECTIONS (default 8),
+# SKIP_THROUGHPUT=1 to run only 1 and 2.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+PC=scripts/bench/promclient
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-8s}
+CONNECTIONS=${CONNECTIONS:-8}
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null || { echo "metrics-vs-promclient: needs $1 ($2)" >&2; exit 1; }; }
+need node "Debian: nodejs"
+need curl "Debian: curl"
+if [ "${SKIP_THROUGHPUT:-0}" != 1 ] && ! command -v wrk >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get install -y -qq --no-install-recommends wrk >/dev/null
+fi
+
+# --- prom-client, pinned by package-lock.json -------------------------------------------
+if [ ! -d "$PC/node_modules/prom-client" ]; then
+  (cd "$PC" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+node "$PC/workload.js" > "$PC/workload.json"
+
+# --- 1 + 2: criterion (thread CPU time) and prom-client (process CPU time) ---------------
+echo "== cargo bench --bench metrics" >&2
+cargo bench --bench metrics 2>/dev/null | tee "$WORK/criterion.txt" >&2
+estimate() { node -e 'const e=require(process.argv[1]); console.log(e.median.point_estimate)' \
+  "$ROOT/target/criterion/$1/new/estimates.json"; }
+RS_RECORD=$(estimate record_request)
+RS_RENDER=$(estimate render_text)
+RS_RENDER_GZ=$(estimate render_gzip)
+RS_SERIES=$(sed -n 's/^series: \([0-9]*\).*/\1/p' "$WORK/criterion.txt")
+
+echo "== node $PC/bench.js" >&2
+node "$PC/bench.js" | tee "$WORK/node.json" >&2
+js() { node -e 'const r=require(process.argv[1]); console.log(r[process.argv[2]])' "$WORK/node.json" "$1"; }
+JS_RECORD=$(js record_ns)
+JS_RENDER=$(js render_ns)
+JS_SERIES=$(js series)
+if [ "$RS_SERIES" != "$JS_SERIES" ]; then
+  echo "series differ: Rust $RS_SERIES, prom-client $JS_SERIES" >&2
+  exit 1
+fi
+
+# --- 3: requests/s through the real binary, metrics on vs off ----------------------------
+THROUGHPUT=""
+if [ "${SKIP_THROUGHPUT:-0}" != 1 ]; then
+  echo "== cargo build --release" >&2
+  cargo build --release --bin codex-proxy 2>/dev/null
+  BIN=$ROOT/target/release/codex-proxy
+  free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
+  cat > "$WORK/chat.lua" <<'EOF'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"model":"codex-demo","messages":[{"role":"user","content":"hello"}]}'
+EOF
+  # One run: start the proxy with metrics on or off, wait for ready, load one path.
+  # Prints "<requests/s> <proxy CPU µs per request>" (the worker's CPU is left out: it is
+  # the same either way, so leaving it out makes the ratio stricter).
+  cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+  run() { # $1 = on|off, $2 = path (models|chat)
+    local port dir pid t0 t1 n rps
+    port=$(free_port); dir=$WORK/$1-$2-$RANDOM; mkdir -p "$dir"
+    {
+      echo "[worker]"; echo "max_concurrency = 64"
+      echo "[streams]"; echo "max_concurrency = 64"
+      echo "[metrics]"; echo "enabled = $([ "$1" = on ] && echo true || echo false)"
+    } > "$dir/config.toml"
+    PROXY_LISTEN=127.0.0.1:$port RUST_LOG=warn "$BIN" serve --config "$dir/config.toml" \
+      > "$dir/log" 2>&1 &
+    pid=$!; PIDS+=("$pid")
+    for _ in $(seq 1 200); do
+      curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+    t0=$(cpu_ticks "$pid")
+    if [ "$2" = chat ]; then
+      wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/chat.lua" \
+        "http://127.0.0.1:$port/v1/chat/completions" > "$dir/wrk" 2>&1
+    else
+      wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$port/v1/models" > "$dir/wrk" 2>&1
+    fi
+    t1=$(cpu_ticks "$pid")
+    if grep -q "Non-2xx" "$dir/wrk"; then
+      echo "non-2xx answers under load ($1 $2):" >&2; cat "$dir/wrk" >&2; exit 1
+    fi
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    n=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$dir/wrk")
+    rps=$(sed -n 's/^Requests\/sec: *\([0-9.]*\).*/\1/p' "$dir/wrk")
+    node -e "console.log('$rps', (($t1 - $t0) * 1e6 / $(getconf CLK_TCK) / $n).toFixed(2))"
+  }
+  median() { sort -n | sed -n "$(( (ROUNDS + 1) / 2 ))p"; }
+  for path in models chat; do
+    rps_ratios=(); cpu_ratios=()
+    for r in $(seq 1 "$ROUNDS"); do
+      # Alternate the order so that drifting machine load favours neither side.
+      if [ $((r % 2)) = 1 ]; then off=$(run off $path); on=$(run on $path)
+      else on=$(run on $path); off=$(run off $path); fi
+      read -r off_rps off_cpu <<< "$off"; read -r on_rps on_cpu <<< "$on"
+      rps_ratio=$(node -e "console.log(($on_rps/$off_rps).toFixed(3))")
+      cpu_ratio=$(node -e "console.log(($off_cpu/$on_cpu).toFixed(3))")
+      echo "   $path round $r: off $off_rps req/s $off_cpu µs CPU/req; on $on_rps req/s $on_cpu µs CPU/req" >&2
+      rps_ratios+=("$rps_ratio"); cpu_ratios+=("$cpu_ratio")
+    done
+    rps_median=$(printf '%s\n' "${rps_ratios[@]}" | median)
+    cpu_median=$(printf '%s\n' "${cpu_ratios[@]}" | median)
+    THROUGHPUT+="| \`$path\`: requests/s, on ÷ off | $rps_median | ≥ 0.97 |"$'\n'
+    THROUGHPUT+="| \`$path\`: requests per proxy CPU second, on ÷ off | $cpu_median | ≥ 0.97 |"$'\n'
+  done
+fi
+
+node -e '
+const [rr, jr, rn, rg, jn, series] = process.argv.slice(1).map(Number);
+const f = (x) => x >= 100 ? x.toFixed(0) : x.toFixed(1);
+console.log("| measure | codex-proxy | prom-client 15.1.3 | ratio | target |");
+console.log("|---|---|---|---|---|");
+console.log(`| record one request (counter + histogram + summary), CPU ns | ${f(rr)} | ${f(jr)} | ${(jr/rr).toFixed(1)}× faster | < 100 ns |`);
+console.log(`| render /metrics, ${series} series, CPU ms | ${(rn/1e6).toFixed(2)} | ${(jn/1e6).toFixed(2)} | ${(jn/rn).toFixed(1)}× faster | ≥ 10× |`);
+console.log(`| render + gzip, CPU ms | ${(rg/1e6).toFixed(2)} | – | – | – |`);
+' "$RS_RECORD" "$JS_RECORD" "$RS_RENDER" "$RS_RENDER_GZ" "$JS_RENDER" "$RS_SERIES"
+if [ -n "$THROUGHPUT" ]; then
+  echo
+  echo "| measure (median of $ROUNDS rounds) | ratio | target |"
+  echo "|---|---|---|"
+  printf '%s' "$THROUGHPUT"
+fi
