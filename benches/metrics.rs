@@ -134,9 +134,11 @@ fn record(recorder: &HttpRecorder, r: &Request<'_>, i: usize, base: Instant) {
 
 /// The registry filled as prom-client's: every observation of every label set once.
 fn filled(w: &Workload) -> (Arc<Metrics>, HttpRecorder) {
-    let mut config = MetricsConfig::default();
-    // "other" must stay "other": it is not on the allowlist, which maps it to itself.
-    config.models = w.models.clone();
+    // "other" stays "other": it is not on the allowlist.
+    let config = MetricsConfig {
+        models: w.models.clone(),
+        ..MetricsConfig::default()
+    };
     let metrics = Metrics::new(&config).expect("metrics");
     let recorder = HttpRecorder::new(metrics.clone());
     let base = Instant::now();

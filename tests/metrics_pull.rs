@@ -68,11 +68,13 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// (route, method, status_family, model, category for 5xx, else empty).
+type Request = (String, String, String, String, String);
+
 /// Every request the test made, as the metrics should see it.
 #[derive(Default)]
 struct Ledger {
-    /// (route, method, status_family, model, category for 5xx) → count.
-    seen: Mutex<BTreeMap<(String, String, String, String, String), u64>>,
+    seen: Mutex<BTreeMap<Request, u64>>,
 }
 
 impl Ledger {

@@ -3,13 +3,13 @@
 # (scripts/bench/promclient/workload.js: the same families, label sets and observations):
 #   1. record: recording one finished request (counter + histogram + summary);
 #   2. render: GET /metrics for ~2,800 series (Rust: benches/metrics.rs; Node: bench.js);
-#   3. requests/s through the real binary with metrics on vs off (wrk, loopback only,
-#      bounded: ROUNDS × 2 runs of DURATION each), and the proxy process's CPU time per
-#      request (from /proc), which a busy shared machine disturbs far less than req/s.
+#   3. requests/s through the real binary with metrics on vs off: two proxies loaded at
+#      the same time by two wrk (loopback only, bounded: ROUNDS runs of DURATION), and
+#      each proxy process's CPU time per request (from /proc).
 # Prints the figures and their ratios as Markdown for docs/performance.md.
 #
 # Environment: ROUNDS (default 3), DURATION (default 8s), CONNECTIONS (default 8),
-# SKIP_THROUGHPUT=1 to run only 1 and 2.
+# SKIP_THROUGHPUT=1 to run only 1 and 2, SKIP_MICRO=1 to run only 3.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -33,6 +33,7 @@ if [ "${SKIP_THROUGHPUT:-0}" != 1 ] && ! command -v wrk >/dev/null; then
   $SUDO apt-get install -y -qq --no-install-recommends wrk >/dev/null
 fi
 
+if [ "${SKIP_MICRO:-0}" != 1 ]; then
 # --- prom-client, pinned by package-lock.json -------------------------------------------
 if [ ! -d "$PC/node_modules/prom-client" ]; then
   (cd "$PC" && npm ci --no-audit --no-fund --loglevel=error)
@@ -59,6 +60,7 @@ if [ "$RS_SERIES" != "$JS_SERIES" ]; then
   echo "series differ: Rust $RS_SERIES, prom-client $JS_SERIES" >&2
   exit 1
 fi
+fi
 
 # --- 3: requests/s through the real binary, metrics on vs off ----------------------------
 THROUGHPUT=""
@@ -72,49 +74,62 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"model":"codex-demo","messages":[{"role":"user","content":"hello"}]}'
 EOF
-  # One run: start the proxy with metrics on or off, wait for ready, load one path.
-  # Prints "<requests/s> <proxy CPU µs per request>" (the worker's CPU is left out: it is
-  # the same either way, so leaving it out makes the ratio stricter).
+  # Two proxies side by side, metrics off and on, each loaded by its own wrk at the same
+  # time: whatever else the machine is doing slows both alike. Per side it prints
+  # "<requests/s> <proxy CPU µs per request>" (the worker's CPU is left out: it is the
+  # same either way, so leaving it out makes the ratio stricter).
   cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-  run() { # $1 = on|off, $2 = path (models|chat)
-    local port dir pid t0 t1 n rps
-    port=$(free_port); dir=$WORK/$1-$2-$RANDOM; mkdir -p "$dir"
+  start_proxy() { # $1 = on|off; prints "<pid> <port> <dir>"
+    local port dir
+    port=$(free_port); dir=$WORK/$1-$RANDOM; mkdir -p "$dir"
     {
       echo "[worker]"; echo "max_concurrency = 64"
-      echo "[streams]"; echo "max_concurrency = 64"
       echo "[metrics]"; echo "enabled = $([ "$1" = on ] && echo true || echo false)"
     } > "$dir/config.toml"
     PROXY_LISTEN=127.0.0.1:$port RUST_LOG=warn "$BIN" serve --config "$dir/config.toml" \
       > "$dir/log" 2>&1 &
-    pid=$!; PIDS+=("$pid")
-    for _ in $(seq 1 200); do
-      curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-      sleep 0.1
-    done
-    t0=$(cpu_ticks "$pid")
+    echo "$! $port $dir"
+  }
+  load() { # $1 = port, $2 = path, $3 = output file
     if [ "$2" = chat ]; then
       wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/chat.lua" \
-        "http://127.0.0.1:$port/v1/chat/completions" > "$dir/wrk" 2>&1
+        "http://127.0.0.1:$1/v1/chat/completions" > "$3" 2>&1
     else
-      wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$port/v1/models" > "$dir/wrk" 2>&1
+      wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$1/v1/models" > "$3" 2>&1
     fi
-    t1=$(cpu_ticks "$pid")
-    if grep -q "Non-2xx" "$dir/wrk"; then
-      echo "non-2xx answers under load ($1 $2):" >&2; cat "$dir/wrk" >&2; exit 1
-    fi
-    kill "$pid"; wait "$pid" 2>/dev/null || true
-    n=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$dir/wrk")
-    rps=$(sed -n 's/^Requests\/sec: *\([0-9.]*\).*/\1/p' "$dir/wrk")
-    node -e "console.log('$rps', (($t1 - $t0) * 1e6 / $(getconf CLK_TCK) / $n).toFixed(2))"
+  }
+  result() { # $1 = wrk output, $2 = CPU ticks used
+    if grep -q "Non-2xx" "$1"; then echo "non-2xx answers under load:" >&2; cat "$1" >&2; exit 1; fi
+    local n rps
+    n=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$1")
+    rps=$(sed -n 's/^Requests\/sec: *\([0-9.]*\).*/\1/p' "$1")
+    node -e "console.log('$rps', ($2 * 1e6 / $(getconf CLK_TCK) / $n).toFixed(2))"
+  }
+  round() { # $1 = path; prints "<off result> <on result>"
+    local off on off_t0 on_t0
+    read -r off_pid off_port off_dir <<< "$(start_proxy off)"
+    read -r on_pid on_port on_dir <<< "$(start_proxy on)"
+    PIDS+=("$off_pid" "$on_pid")
+    for port in "$off_port" "$on_port"; do
+      for _ in $(seq 1 200); do
+        curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+        sleep 0.1
+      done
+    done
+    off_t0=$(cpu_ticks "$off_pid"); on_t0=$(cpu_ticks "$on_pid")
+    load "$off_port" "$1" "$off_dir/wrk" & local w1=$!
+    load "$on_port" "$1" "$on_dir/wrk" & local w2=$!
+    wait "$w1" "$w2"
+    off=$(result "$off_dir/wrk" $(( $(cpu_ticks "$off_pid") - off_t0 )))
+    on=$(result "$on_dir/wrk" $(( $(cpu_ticks "$on_pid") - on_t0 )))
+    kill "$off_pid" "$on_pid"; wait "$off_pid" "$on_pid" 2>/dev/null || true
+    echo "$off $on"
   }
   median() { sort -n | sed -n "$(( (ROUNDS + 1) / 2 ))p"; }
   for path in models chat; do
     rps_ratios=(); cpu_ratios=()
     for r in $(seq 1 "$ROUNDS"); do
-      # Alternate the order so that drifting machine load favours neither side.
-      if [ $((r % 2)) = 1 ]; then off=$(run off $path); on=$(run on $path)
-      else on=$(run on $path); off=$(run off $path); fi
-      read -r off_rps off_cpu <<< "$off"; read -r on_rps on_cpu <<< "$on"
+      read -r off_rps off_cpu on_rps on_cpu <<< "$(round $path)"
       rps_ratio=$(node -e "console.log(($on_rps/$off_rps).toFixed(3))")
       cpu_ratio=$(node -e "console.log(($off_cpu/$on_cpu).toFixed(3))")
       echo "   $path round $r: off $off_rps req/s $off_cpu µs CPU/req; on $on_rps req/s $on_cpu µs CPU/req" >&2
@@ -127,7 +142,7 @@ EOF
   done
 fi
 
-node -e '
+[ "${SKIP_MICRO:-0}" = 1 ] || node -e '
 const [rr, jr, rn, rg, jn, series] = process.argv.slice(1).map(Number);
 const f = (x) => x >= 100 ? x.toFixed(0) : x.toFixed(1);
 console.log("| measure | codex-proxy | prom-client 15.1.3 | ratio | target |");

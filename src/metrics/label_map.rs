@@ -8,9 +8,12 @@ use std::sync::RwLock;
 /// Label values → `T`. Entries are never removed: label values are bounded (labels.rs),
 /// so the map is too.
 pub struct LabelMap<T> {
-    /// Hash of the values → the entries with that hash (more than one only on a collision).
-    entries: RwLock<HashMap<u64, Vec<(Box<[Box<str>]>, T)>, BuildHasherDefault<WordHasher>>>,
+    entries: RwLock<Buckets<T>>,
 }
+
+/// Hash of the values → the entries with that hash (more than one only on a collision).
+type Buckets<T> = HashMap<u64, Vec<(LabelValues, T)>, BuildHasherDefault<WordHasher>>;
+type LabelValues = Box<[Box<str>]>;
 
 impl<T> LabelMap<T> {
     pub fn new() -> Self {
