@@ -1,9 +1,11 @@
-//! Durable remote-write delivery against the real Prometheus: receiver outages, a pusher
-//! killed with SIGKILL, a damaged queue segment, and a queue over its byte cap.
+//! Durable remote-write delivery against the real Prometheus: a receiver outage, the real
+//! proxy killed with SIGKILL during one, a damaged queue segment, and a queue over its
+//! byte cap.
 //!
-//! The pushed series is `durable_test_tick`, whose value is the number of the snapshot
-//! (1, 2, 3, ...). Reading `durable_test_tick[10m]` back therefore shows which ticks
-//! arrived, in which order, and whether any arrived twice.
+//! The library tests push `durable_test_tick`, whose value is the number of the snapshot
+//! (1, 2, 3, ...): reading `durable_test_tick[10m]` back shows which ticks arrived, in
+//! which order, and whether any arrived twice. The real-binary test counts the snapshots
+//! each process logged as queued against the samples the receiver holds.
 
 mod common;
 
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use codex_proxy::config::Config;
 use codex_proxy::push::Pushers;
-use common::{start_prometheus, wait_until, Proc, Server};
+use common::{start_prometheus, wait_until, Proxy, Server};
 use prometheus::{IntGauge, Registry};
 
 /// Snapshots of one gauge holding the tick number; each `snapshot()` is one tick.
@@ -23,21 +25,17 @@ struct Ticks {
     registry: Registry,
     gauge: IntGauge,
     count: AtomicU64,
-    /// Each tick's number is appended here, when set (to count across processes).
-    log: Option<PathBuf>,
 }
 
 impl Ticks {
-    fn new(log: Option<PathBuf>) -> Arc<Ticks> {
+    fn new() -> Arc<Ticks> {
         let registry = Registry::new();
         let gauge = IntGauge::new("durable_test_tick", "Number of the snapshot.").unwrap();
         registry.register(Box::new(gauge.clone())).unwrap();
-        let done = log.as_deref().map_or(0, |p| logged_ticks(p).len() as u64);
         Arc::new(Ticks {
             registry,
             gauge,
-            count: AtomicU64::new(done),
-            log,
+            count: AtomicU64::new(0),
         })
     }
 
@@ -49,26 +47,10 @@ impl Ticks {
         let ticks = Arc::clone(self);
         Arc::new(move || {
             let n = ticks.count.fetch_add(1, Ordering::SeqCst) + 1;
-            if let Some(log) = &ticks.log {
-                let mut f = std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .open(log)
-                    .unwrap();
-                writeln!(f, "{n}").unwrap();
-            }
             ticks.gauge.set(n as i64);
             ticks.registry.gather()
         })
     }
-}
-
-fn logged_ticks(path: &Path) -> Vec<u64> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.parse().ok())
-        .collect()
 }
 
 fn remote_write(
@@ -175,7 +157,7 @@ async fn every_tick_arrives_exactly_once_after_a_receiver_outage() {
         return;
     };
     let queue_dir = tempfile::tempdir().unwrap();
-    let ticks = Ticks::new(None);
+    let ticks = Ticks::new();
     let registry = Registry::new();
     let config = remote_write(&prometheus, queue_dir.path(), "1s", "256MiB");
     let pushers = start_pushers(&config, &ticks, &registry);
@@ -208,126 +190,115 @@ async fn every_tick_arrives_exactly_once_after_a_receiver_outage() {
     pushers.shutdown(Duration::from_secs(5)).await;
 }
 
-/// Not a test on its own: the pusher process that the SIGKILL test starts and kills. It
-/// returns at once unless that test spawned it.
-#[test]
-#[ignore = "child process of every_tick_arrives_once_when_the_pusher_is_killed_during_an_outage"]
-fn child_pusher_process() {
-    let (Ok(config), Ok(log)) = (
-        std::env::var("DURABLE_CHILD_CONFIG"),
-        std::env::var("DURABLE_CHILD_TICKS"),
-    ) else {
-        return;
-    };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let config = Config::parse(&config).unwrap();
-        let ticks = Ticks::new(Some(PathBuf::from(log)));
-        let registry = Registry::new();
-        let _pushers = start_pushers(&config, &ticks, &registry);
-        std::future::pending::<()>().await;
-    });
+/// Lines of a proxy log saying a snapshot went into the queue (logged once it is there).
+fn snapshots_queued(proxy: &Proxy) -> u64 {
+    proxy.logs().matches("snapshot queued").count() as u64
 }
 
-fn spawn_child(config: &Config, ticks_log: &Path, log: PathBuf) -> Proc {
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "child_pusher_process",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-    ]);
-    let rw = &config.remote_write[0];
-    cmd.env(
-        "DURABLE_CHILD_CONFIG",
-        format!(
-            "[[remote_write]]\nname = \"prom\"\nurl = \"{}\"\ninterval = \"1s\"\nqueue_dir = \"{}\"\nmin_backoff = \"50ms\"\nmax_backoff = \"500ms\"\n",
-            rw.url,
-            rw.queue_dir.as_ref().unwrap().display()
-        ),
-    );
-    cmd.env("DURABLE_CHILD_TICKS", ticks_log);
-    Proc::spawn(cmd, log)
+async fn wait_snapshots(proxy: &Proxy, n: u64) {
+    wait_until(
+        &format!("{n} snapshots queued"),
+        Duration::from_secs(60),
+        || async { (snapshots_queued(proxy) >= n).then_some(()) },
+    )
+    .await;
+}
+
+/// Samples of `codex_worker_ready` (one per snapshot) the receiver holds.
+async fn stored_snapshots(prometheus: &Server) -> u64 {
+    let result = prometheus
+        .query(r#"count_over_time(codex_worker_ready{instance="durable-test"}[10m])"#)
+        .await;
+    result
+        .get(0)
+        .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// The first push destination in the proxy's `/healthz`.
+async fn healthz_push(proxy: &Proxy) -> Option<serde_json::Value> {
+    let health: serde_json::Value = common::http()
+        .get(proxy.url("/healthz"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(health["push"][0].clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_tick_arrives_once_when_the_pusher_is_killed_during_an_outage() {
+async fn every_snapshot_arrives_once_when_the_proxy_is_killed_during_an_outage() {
     let Some(mut prometheus) = start_prometheus("").await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let queue_dir = dir.path().join("queue");
-    let ticks_log = dir.path().join("ticks");
-    let config = remote_write(&prometheus, &queue_dir, "1s", "256MiB");
-    let count = || logged_ticks(&ticks_log).len() as u64;
-    let wait_count = |n: u64| {
-        let count = &count;
-        async move {
-            wait_until(&format!("{n} ticks"), Duration::from_secs(60), || async {
-                (count() >= n).then_some(())
-            })
-            .await;
-        }
-    };
-
-    let mut first = spawn_child(&config, &ticks_log, dir.path().join("child-1.log"));
-    wait_count(3).await;
+    // The queue lives in the proxy's working directory, which the restart reuses.
+    let config = format!(
+        "[[remote_write]]\nname = \"prom\"\nurl = \"{}/api/v1/write\"\ninterval = \"1s\"\n\
+         queue_dir = \"queue\"\nmin_backoff = \"50ms\"\nmax_backoff = \"500ms\"\n\
+         external_labels = {{ instance = \"durable-test\" }}\n",
+        prometheus.base
+    );
+    let first = Proxy::start(&config, &[]).await;
     wait_until(
-        "the first ticks in Prometheus",
+        "the first snapshots in Prometheus",
         Duration::from_secs(60),
-        || async { (stored_ticks(&prometheus).await.len() >= 2).then_some(()) },
+        || async { (stored_snapshots(&prometheus).await >= 2).then_some(()) },
     )
     .await;
-    prometheus.stop().await;
-    let before_outage = count();
-    wait_count(before_outage + 10).await;
-    first.signal(libc::SIGKILL);
-    first.wait_exit(Duration::from_secs(10)).await;
-    let killed_at = count();
 
-    let second = spawn_child(&config, &ticks_log, dir.path().join("child-2.log"));
-    wait_count(killed_at + 10).await;
+    prometheus.stop().await;
+    let at_stop = snapshots_queued(&first);
+    wait_snapshots(&first, at_stop + 8).await;
+    let mut proc = first.proc;
+    proc.signal(libc::SIGKILL);
+    proc.wait_exit(Duration::from_secs(10)).await;
+    // Only snapshots that reached the queue are logged: one being taken at the kill is not.
+    let made_by_first = proc.logs().matches("snapshot queued").count() as u64;
+
+    let second = Proxy::start_in(first.dir, &config, &[]).await;
+    wait_snapshots(&second, 10).await;
     prometheus.start().await;
 
-    // The snapshot being taken at the kill may not have reached the queue; nothing else
-    // may be missing, and nothing may arrive twice.
-    let ok = |stored: &[u64]| {
-        let all = logged_ticks(&ticks_log);
-        let mut expected: Vec<u64> = all.clone();
-        let complete = stored == expected.as_slice();
-        expected.retain(|&t| t != killed_at);
-        complete || stored == expected.as_slice()
-    };
-    let mut last = Vec::new();
+    let mut last = (0, 0);
     let delivered = tokio::time::timeout(Duration::from_secs(90), async {
         loop {
-            // Stop comparing against a moving target: the second child keeps ticking.
-            let stored = stored_ticks(&prometheus).await;
-            if stored.len() as u64 > killed_at + 10 && ok(&stored[..]) {
+            let made_before = made_by_first + snapshots_queued(&second);
+            let stored = stored_snapshots(&prometheus).await;
+            let made_after = made_by_first + snapshots_queued(&second);
+            if healthz_push(&second)
+                .await
+                .is_some_and(|p| p["queued_requests"] == 0)
+                && made_before == made_after
+                && stored == made_after
+            {
                 return stored;
             }
-            last = stored;
+            last = (stored, made_after);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
     .await;
-    let logs = || format!("child 1:\n{}\nchild 2:\n{}", first.logs(), second.logs());
     let delivered = delivered.unwrap_or_else(|_| {
         panic!(
-            "ticks missing or doubled: {last:?} vs logged {:?}\n{}",
-            logged_ticks(&ticks_log),
-            logs()
+            "stored / made = {last:?}\nfirst proxy:\n{}\nsecond proxy:\n{}",
+            proc.logs(),
+            second.logs()
         )
     });
-    assert!(delivered.windows(2).all(|w| w[0] < w[1]), "{delivered:?}");
+    // Everything made arrived once: none dropped, none doubled. What the first proxy left
+    // in the queue was replayed by the second.
+    assert!(delivered >= made_by_first + 10);
+    let replayed = healthz_push(&second)
+        .await
+        .map(|p| p["replayed_requests"].clone());
     assert!(
-        second.logs().contains("pending requests found"),
-        "{}",
-        logs()
+        replayed
+            .as_ref()
+            .and_then(|r| r.as_u64())
+            .is_some_and(|r| r >= 8),
+        "replayed: {replayed:?}"
     );
 }
 
@@ -358,7 +329,7 @@ async fn a_segment_cut_mid_record_is_logged_and_everything_else_delivered() {
     };
     prometheus.stop().await;
     let queue_dir = tempfile::tempdir().unwrap();
-    let ticks = Ticks::new(None);
+    let ticks = Ticks::new();
     let config = remote_write(&prometheus, queue_dir.path(), "200ms", "256MiB");
     let pushers = start_pushers(&config, &ticks, &Registry::new());
     wait_until("5 queued requests", Duration::from_secs(30), || async {
@@ -401,7 +372,7 @@ async fn over_a_tiny_cap_the_oldest_requests_are_dropped_and_counted() {
         return;
     };
     let queue_dir = tempfile::tempdir().unwrap();
-    let ticks = Ticks::new(None);
+    let ticks = Ticks::new();
     let registry = Registry::new();
     // A request of this one series is about 100 bytes: a handful fit.
     let config = remote_write(&prometheus, queue_dir.path(), "200ms", "600B");

@@ -277,6 +277,7 @@ async fn snapshot(
                 tracing::warn!(destination = %dest.name, requests = dropped.requests, samples = dropped.samples, "queue full: oldest requests dropped");
                 dest.metrics.dropped(DropReason::QueueFull, dropped.samples);
             }
+            tracing::debug!(destination = %dest.name, queued_requests = stats.requests, "snapshot queued");
             dest.publish(&stats);
             dest.wake.notify_one();
         }
