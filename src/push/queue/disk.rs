@@ -37,6 +37,9 @@ use super::{Batch, Dropped, QueueStats};
 const MAX_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 /// Smallest segment file, so a tiny cap does not mean a file per request.
 const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
+/// How long a busy `lock` is tried before the directory counts as used by another queue.
+const LOCK_ATTEMPTS: u32 = 10;
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -709,6 +712,10 @@ fn batch_of(header: Header, body: Bytes) -> Batch {
 }
 
 /// Takes an exclusive `flock` on `<dir>/lock`, so two queues never share a directory.
+///
+/// A child process being spawned (the worker, any command) shares our descriptors from its
+/// fork until its exec closes them, and with them a lock we just released: a busy lock is
+/// therefore tried again for a moment before it counts as held by another queue.
 fn lock_dir(dir: &Path) -> Result<File, DiskError> {
     let path = dir.join("lock");
     let file = OpenOptions::new()
@@ -717,19 +724,22 @@ fn lock_dir(dir: &Path) -> Result<File, DiskError> {
         .write(true)
         .open(&path)
         .map_err(DiskError::io(&path))?;
-    // SAFETY: flock on a file descriptor we own; it is released when `file` is closed.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
+    for attempt in 0..LOCK_ATTEMPTS {
+        // SAFETY: flock on a file descriptor we own; it is released when `file` is closed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
         let err = std::io::Error::last_os_error();
-        return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            DiskError::Locked {
-                path: dir.to_path_buf(),
-            }
-        } else {
-            DiskError::Io { path, source: err }
-        });
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(DiskError::Io { path, source: err });
+        }
+        if attempt + 1 < LOCK_ATTEMPTS {
+            std::thread::sleep(LOCK_RETRY);
+        }
     }
-    Ok(file)
+    Err(DiskError::Locked {
+        path: dir.to_path_buf(),
+    })
 }
 
 #[cfg(test)]
