@@ -97,7 +97,7 @@ impl Guard {
         {
             return Ok(());
         }
-        if presented.is_some() {
+        if presented.is_some() && !self.token.is_empty() {
             Err(Refusal::WrongToken)
         } else {
             Err(Refusal::NotAllowed)
@@ -341,8 +341,10 @@ mod tests {
     fn no_token_configured_means_no_bearer_admits() {
         // An empty token must not match an empty `Bearer ` header.
         let g = Guard::new(&config("", false, false));
-        let h = headers(&[("authorization", "Bearer ")]);
-        assert!(g.admit(peer(REMOTE), &h).is_err());
+        for presented in ["Bearer ", "Bearer anything"] {
+            let h = headers(&[("authorization", presented)]);
+            assert_eq!(g.admit(peer(REMOTE), &h), Err(Refusal::NotAllowed));
+        }
     }
 
     #[test]
