@@ -9,7 +9,8 @@
 # Prints the figures and their ratios as Markdown for docs/performance.md.
 #
 # Environment: ROUNDS (default 3), DURATION (default 8s), CONNECTIONS (default 8),
-# SKIP_THROUGHPUT=1 to run only 1 and 2, SKIP_MICRO=1 to run only 3.
+# SKIP_THROUGHPUT=1 to run only 1 and 2, SKIP_MICRO=1 to run only 3, CONTROL=1 to run 3
+# with metrics off on both sides (an A/A control: the spread it shows is the noise).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -86,7 +87,8 @@ EOF
     port=$(free_port); dir=$WORK/$1-$RANDOM; mkdir -p "$dir"
     {
       echo "[worker]"; echo "max_concurrency = 64"
-      echo "[metrics]"; echo "enabled = $([ "$1" = on ] && echo true || echo false)"
+      # CONTROL=1: both sides off, to see how far apart two equal proxies measure.
+      echo "[metrics]"; echo "enabled = $([ "$1" = on ] && [ "${CONTROL:-0}" != 1 ] && echo true || echo false)"
     } > "$dir/config.toml"
     PROXY_LISTEN=127.0.0.1:$port RUST_LOG=warn "$BIN" serve --config "$dir/config.toml" \
       > "$dir/log" 2>&1 &
