@@ -70,11 +70,18 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
+    let mut response = (
         code,
         Json(json!({"ready": status.ready, "state": status.state})),
     )
-        .into_response()
+        .into_response();
+    if !status.ready {
+        // A probe of a worker that is down is an expected answer, not an `internal` error.
+        response
+            .extensions_mut()
+            .insert(crate::metrics::ErrorCategory::WorkerNotReady);
+    }
+    response
 }
 
 pub async fn livez() -> Json<serde_json::Value> {
