@@ -8,6 +8,9 @@
 //!   then prints one JSON line: CPU seconds spent after the registry was built, samples
 //!   delivered, resident memory after the build and at its peak.
 //!
+//! - `phases --series N`: CPU time of a gather and of a conversion (series, encoding,
+//!   compression) of the registry, to show where a push's CPU goes.
+//!
 //! Build with `cargo build --release --example push_bench`.
 
 use std::sync::Arc;
@@ -15,6 +18,7 @@ use std::time::Duration;
 
 use codex_proxy::config::{Config, MetricsConfig};
 use codex_proxy::metrics::Metrics;
+use codex_proxy::push::series::SeriesState;
 use codex_proxy::push::Pushers;
 use prometheus::proto::{MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
@@ -31,6 +35,9 @@ fn main() {
     let series: usize = arg("--series")
         .parse()
         .unwrap_or_else(|_| usage("--series"));
+    if args.first().map(String::as_str) == Some("phases") {
+        return phases(series);
+    }
     let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| usage(&e.to_string()));
     match args.first().map(String::as_str) {
         Some("serve") => runtime.block_on(serve(series, &arg("--listen"))),
@@ -55,31 +62,31 @@ fn usage(problem: &str) -> ! {
 /// The proxy's families with label combinations added until they make `target` series.
 fn synthetic_registry(target: usize) -> Arc<Metrics> {
     let metrics = Metrics::new(&MetricsConfig::default()).unwrap_or_else(|e| usage(&e.to_string()));
-    let methods = ["GET", "POST"];
-    let statuses = ["2xx", "4xx", "5xx"];
-    let mut combo = 0usize;
-    while series_count(&metrics.gather()) < target {
-        // 100 combinations per step keeps the overshoot small and the counting cheap.
-        for _ in 0..100 {
-            let route = format!("/v1/r{}", combo % 97);
-            let model = format!("model-{}", combo / 97);
-            let labels = [
-                route.as_str(),
-                methods[combo % 2],
-                statuses[combo % 3],
-                model.as_str(),
-            ];
-            metrics
-                .requests
-                .with_label_values(&labels)
-                .inc_by(1 + combo as u64 % 50);
-            for ms in [40.0, 180.0, 900.0] {
-                metrics.latency.with_label_values(&labels).observe(ms);
-                metrics.latency_summary.observe(&labels, ms);
-            }
-            combo += 1;
+    let add = |combo: usize| {
+        let route = format!("/v1/r{}", combo % 97);
+        let model = format!("model-{}", combo / 97);
+        let methods = ["GET", "POST"];
+        let statuses = ["2xx", "4xx", "5xx"];
+        let labels = [
+            route.as_str(),
+            methods[combo % 2],
+            statuses[combo % 3],
+            model.as_str(),
+        ];
+        metrics
+            .requests
+            .with_label_values(&labels)
+            .inc_by(1 + combo as u64 % 50);
+        for ms in [40.0, 180.0, 900.0] {
+            metrics.latency.with_label_values(&labels).observe(ms);
+            metrics.latency_summary.observe(&labels, ms);
         }
-    }
+    };
+    let base = series_count(&metrics.gather());
+    add(0);
+    let per_combo = (series_count(&metrics.gather()) - base).max(1);
+    let combos = target.saturating_sub(base).div_ceil(per_combo);
+    (1..combos).for_each(add);
     metrics
 }
 
@@ -94,6 +101,29 @@ fn series_count(families: &[MetricFamily]) -> usize {
             _ => 1,
         })
         .sum()
+}
+
+fn phases(series: usize) {
+    let metrics = synthetic_registry(series);
+    let mut state = SeriesState::new(&Default::default(), "bench:1", 2000);
+    let (mut gather, mut convert, mut samples) = (0.0, 0.0, 0);
+    for i in 0..5 {
+        let t = cpu_seconds();
+        let families = metrics.gather();
+        gather += cpu_seconds() - t;
+        let t = cpu_seconds();
+        let out = state
+            .convert(&families, 1_700_000_000_000 + i)
+            .unwrap_or_else(|e| usage(&e.to_string()));
+        convert += cpu_seconds() - t;
+        samples += out.batches.iter().map(|b| b.samples).sum::<u64>();
+    }
+    let per_sample = |cpu: f64| cpu * 1e9 / samples as f64;
+    println!(
+        "{{\"samples\": {samples}, \"gather_cpu_ns_per_sample\": {:.0}, \"convert_cpu_ns_per_sample\": {:.0}}}",
+        per_sample(gather),
+        per_sample(convert)
+    );
 }
 
 async fn serve(series: usize, listen: &str) {

@@ -62,7 +62,8 @@ scrape_configs:
       - targets: ["127.0.0.1:$serve_port"]
 YAML
   vmagent -promscrape.config="$dir/scrape.yml" -remoteWrite.url="http://127.0.0.1:$vm_port/api/v1/write" \
-    -remoteWrite.tmpDataPath="$dir/vmagent" -httpListenAddr="127.0.0.1:$agent_port" -loggerLevel=ERROR >"$dir/vmagent.log" 2>&1 &
+    -remoteWrite.tmpDataPath="$dir/vmagent" -httpListenAddr="127.0.0.1:$agent_port" \
+    -promscrape.maxScrapeSize=1GB -loggerLevel=ERROR >"$dir/vmagent.log" 2>&1 &
   local agent=$!
   PIDS+=("$agent")
   local agent_metrics="http://127.0.0.1:$agent_port/metrics"

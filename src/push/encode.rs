@@ -1,14 +1,14 @@
 //! Remote-write request bodies: protobuf `WriteRequest` (proto/remote_write.proto), then
 //! snappy **block** compression. Each batch is encoded once; a retry resends the same bytes.
 //!
-//! The protobuf is written field by field with prost's encoding primitives rather than by
+//! The protobuf is written field by field (prost's wire types and varint lengths) rather than by
 //! building `proto::WriteRequest` values: a snapshot of 190,000 series would otherwise
 //! allocate two `String`s per label per push. A series' labels are encoded once into the
 //! bytes of its `labels` field; the same bytes serve as its identity for stale markers
 //! (`series.rs`). The unit tests decode the output with the derived `proto` types.
 
 use bytes::Bytes;
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+use prost::encoding::{encoded_len_varint, WireType};
 
 use super::queue::Batch;
 
@@ -22,11 +22,50 @@ pub struct EncodeError(#[from] snap::Error);
 /// Appends one `Label` entry (field 1 of `TimeSeries`) to `out`. Calling it for each label
 /// of a series, in name order, yields the series' label bytes for [`RequestEncoder::push`].
 pub fn encode_label(name: &str, value: &str, out: &mut Vec<u8>) {
-    let label_len = string_field_len(1, name) + string_field_len(2, value);
-    encode_key(1, WireType::LengthDelimited, out);
-    encode_varint(label_len as u64, out);
-    encode_string_field(1, name, out);
-    encode_string_field(2, value, out);
+    let label_len = string_field_len(name) + string_field_len(value);
+    out.push(LABEL_KEY);
+    put_varint(label_len as u64, out);
+    out.push(NAME_KEY);
+    put_varint(name.len() as u64, out);
+    out.extend_from_slice(name.as_bytes());
+    out.push(VALUE_KEY);
+    put_varint(value.len() as u64, out);
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// A field key as its single byte: `(field << 3) | wire type`, for fields below 16.
+const fn key(field: u32, wire_type: WireType) -> u8 {
+    ((field << 3) | wire_type as u32) as u8
+}
+
+/// `WriteRequest.timeseries` and `TimeSeries.labels` (both field 1, messages).
+const SERIES_KEY: u8 = key(1, WireType::LengthDelimited);
+const LABEL_KEY: u8 = key(1, WireType::LengthDelimited);
+/// `Label.name`, `Label.value`.
+const NAME_KEY: u8 = key(1, WireType::LengthDelimited);
+const VALUE_KEY: u8 = key(2, WireType::LengthDelimited);
+/// `TimeSeries.samples`.
+const SAMPLE_KEY: u8 = key(2, WireType::LengthDelimited);
+/// `Sample.value` (double), `Sample.timestamp` (int64).
+const SAMPLE_VALUE_KEY: u8 = key(1, WireType::SixtyFourBit);
+const SAMPLE_TIMESTAMP_KEY: u8 = key(2, WireType::Varint);
+
+/// Appends `n` as a protobuf varint: seven bits a byte, low bits first.
+#[inline]
+fn put_varint(mut n: u64, out: &mut Vec<u8>) {
+    if n < 0x80 {
+        out.push(n as u8);
+        return;
+    }
+    let mut bytes = [0u8; 10];
+    let mut i = 0;
+    while n >= 0x80 {
+        bytes[i] = (n as u8) | 0x80;
+        n >>= 7;
+        i += 1;
+    }
+    bytes[i] = n as u8;
+    out.extend_from_slice(&bytes[..=i]);
 }
 
 /// Builds one `WriteRequest` series by series, then compresses it into a [`Batch`].
@@ -35,6 +74,8 @@ pub struct RequestEncoder {
     body: Vec<u8>,
     samples: u64,
     oldest_timestamp_ms: i64,
+    /// The last timestamp and its varint.
+    timestamp: (i64, Vec<u8>),
     compressed: Vec<u8>,
     snappy: snap::raw::Encoder,
 }
@@ -45,6 +86,7 @@ impl Default for RequestEncoder {
             body: Vec::new(),
             samples: 0,
             oldest_timestamp_ms: i64::MAX,
+            timestamp: (0, Vec::new()),
             compressed: Vec::new(),
             snappy: snap::raw::Encoder::new(),
         }
@@ -56,19 +98,25 @@ impl RequestEncoder {
     pub fn push(&mut self, labels: &[u8], value: f64, timestamp_ms: i64) {
         // Sample { double value = 1; int64 timestamp = 2; }: both fields always written,
         // so that -0.0 and the stale NaN keep their exact bits.
-        let sample_len = key_len(1) + 8 + key_len(2) + encoded_len_varint(timestamp_ms as u64);
-        let series_len =
-            labels.len() + key_len(2) + encoded_len_varint(sample_len as u64) + sample_len;
+        if self.timestamp.0 != timestamp_ms || self.timestamp.1.is_empty() {
+            // The samples of a snapshot share their timestamp: encode it once.
+            self.timestamp.1.clear();
+            put_varint(timestamp_ms as u64, &mut self.timestamp.1);
+            self.timestamp.0 = timestamp_ms;
+        }
+        let ts = &self.timestamp.1;
+        let sample_len = 1 + 8 + 1 + ts.len();
+        let series_len = labels.len() + 1 + encoded_len_varint(sample_len as u64) + sample_len;
         let out = &mut self.body;
-        encode_key(1, WireType::LengthDelimited, out);
-        encode_varint(series_len as u64, out);
+        out.push(SERIES_KEY);
+        put_varint(series_len as u64, out);
         out.extend_from_slice(labels);
-        encode_key(2, WireType::LengthDelimited, out);
-        encode_varint(sample_len as u64, out);
-        encode_key(1, WireType::SixtyFourBit, out);
+        out.push(SAMPLE_KEY);
+        put_varint(sample_len as u64, out);
+        out.push(SAMPLE_VALUE_KEY);
         out.extend_from_slice(&value.to_bits().to_le_bytes());
-        encode_key(2, WireType::Varint, out);
-        encode_varint(timestamp_ms as u64, out);
+        out.push(SAMPLE_TIMESTAMP_KEY);
+        out.extend_from_slice(ts);
         self.samples += 1;
         self.oldest_timestamp_ms = self.oldest_timestamp_ms.min(timestamp_ms);
     }
@@ -103,14 +151,9 @@ impl RequestEncoder {
     }
 }
 
-fn string_field_len(tag: u32, s: &str) -> usize {
-    key_len(tag) + encoded_len_varint(s.len() as u64) + s.len()
-}
-
-fn encode_string_field(tag: u32, s: &str, out: &mut Vec<u8>) {
-    encode_key(tag, WireType::LengthDelimited, out);
-    encode_varint(s.len() as u64, out);
-    out.extend_from_slice(s.as_bytes());
+/// Bytes of a string field with a one-byte key.
+fn string_field_len(s: &str) -> usize {
+    1 + encoded_len_varint(s.len() as u64) + s.len()
 }
 
 /// Decodes a batch body; used by the tests and by nothing on the send path.
@@ -194,6 +237,26 @@ mod tests {
         let mut enc = RequestEncoder::default();
         enc.push(&labels(&[("__name__", "x")]), 2.5, 42);
         assert_eq!(enc.body, msg.encode_to_vec());
+    }
+
+    #[test]
+    fn varints_match_prost_at_every_length() {
+        for n in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            1_700_000_000_000,
+            u64::MAX,
+        ] {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            put_varint(n, &mut ours);
+            prost::encoding::encode_varint(n, &mut theirs);
+            assert_eq!(ours, theirs, "{n}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod schedule;
 pub mod self_metrics;
 pub mod series;
 mod signal;
+mod staleness;
 pub mod text;
 pub mod transport;
 

@@ -13,15 +13,17 @@
 //! A series present in the previous snapshot and missing from this one gets a stale
 //! marker; the final snapshot at shutdown is followed by one for every series.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
-use std::hash::Hasher;
+use std::collections::BTreeMap;
 
 use prometheus::proto::{Bucket, Metric, MetricFamily, MetricType};
 
 use super::encode::{encode_label, EncodeError, RequestEncoder, STALE_NAN_BITS};
 use super::queue::Batch;
+use super::staleness::Seen;
 use crate::config::is_valid_label_name;
+
+/// The label that holds the metric name.
+const NAME: &str = "__name__";
 
 /// `job` when the configuration gives none.
 pub const DEFAULT_JOB: &str = "codex-proxy";
@@ -40,7 +42,10 @@ pub struct SeriesState {
     external: Vec<(String, String)>,
     max_series_per_request: usize,
     last_timestamp_ms: Option<i64>,
-    previous: SeriesSet,
+    /// The series of the previous snapshot.
+    seen: Seen,
+    /// Kept for its buffers: a large snapshot costs no fresh memory after the first.
+    encoder: RequestEncoder,
 }
 
 impl SeriesState {
@@ -62,7 +67,8 @@ impl SeriesState {
             external: labels.into_iter().filter(|(_, v)| !v.is_empty()).collect(),
             max_series_per_request: max_series_per_request.max(1),
             last_timestamp_ms: None,
-            previous: SeriesSet::default(),
+            seen: Seen::default(),
+            encoder: RequestEncoder::default(),
         }
     }
 
@@ -102,35 +108,35 @@ impl SeriesState {
         final_push: bool,
     ) -> Result<Converted, EncodeError> {
         let ts = self.next_timestamp(now_ms);
-        let mut out = Output::new(self.max_series_per_request);
-        let mut current = SeriesSet::with_capacity(self.previous.len(), self.previous.bytes.len());
+        let mut out = Output {
+            encoder: &mut self.encoder,
+            batches: Vec::new(),
+            max: self.max_series_per_request,
+        };
+        let mut tracking = self.seen.track();
         let mut invalid_samples = 0;
-        let mut labels = Vec::new();
+        let mut scratch = LabelScratch::default();
         for family in snapshot {
-            invalid_samples += family_series(family, &self.external, &mut labels, &mut |l, v| {
+            invalid_samples += family_series(family, &self.external, &mut scratch, &mut |l, v| {
                 // The same label set twice in one request at one timestamp makes a strict
                 // receiver reject the whole request; keep the first.
-                if current.insert(l) {
+                if tracking.add(l) {
                     out.push(l, v, ts)?;
                 }
                 Ok::<(), EncodeError>(())
             })?;
         }
         let stale = f64::from_bits(STALE_NAN_BITS);
-        for series in self.previous.iter() {
-            if !current.contains(series) {
-                out.push(series, stale, ts)?;
-            }
-        }
+        tracking.finish(|gone| out.push(gone, stale, ts))?;
         if final_push {
             out.flush()?;
-            let stale_ts = self.next_timestamp(ts + 1);
-            for series in current.iter() {
-                out.push(series, stale, stale_ts)?;
+            let at = ts + 1;
+            for series in self.seen.iter() {
+                out.push(series, stale, at)?;
             }
-            current = SeriesSet::default();
+            self.seen.forget();
+            self.last_timestamp_ms = Some(at);
         }
-        self.previous = current;
         Ok(Converted {
             batches: out.finish()?,
             invalid_samples,
@@ -139,21 +145,13 @@ impl SeriesState {
 }
 
 /// Series → batches of at most `max` series each.
-struct Output {
-    encoder: RequestEncoder,
+struct Output<'e> {
+    encoder: &'e mut RequestEncoder,
     batches: Vec<Batch>,
     max: usize,
 }
 
-impl Output {
-    fn new(max: usize) -> Output {
-        Output {
-            encoder: RequestEncoder::default(),
-            batches: Vec::new(),
-            max,
-        }
-    }
-
+impl Output<'_> {
     fn push(&mut self, labels: &[u8], value: f64, ts: i64) -> Result<(), EncodeError> {
         self.encoder.push(labels, value, ts);
         if self.encoder.len() >= self.max {
@@ -175,75 +173,12 @@ impl Output {
     }
 }
 
-/// The label sets of one snapshot, as encoded label bytes in one buffer, findable by hash.
-///
-/// One buffer instead of a `String` per label keeps a 190,000-series snapshot to a few
-/// tens of MB. Two different label sets with the same 64-bit hash (vanishingly rare) are
-/// both sent; only the second would miss its stale marker, and receivers end such a
-/// series by their own lookback (5 minutes) anyway.
-#[derive(Default)]
-struct SeriesSet {
-    bytes: Vec<u8>,
-    /// End offset in `bytes` of each series; it starts where the previous one ends.
-    ends: Vec<usize>,
-    by_hash: HashMap<u64, u32>,
-}
-
-impl SeriesSet {
-    /// Room for `series` label sets of `bytes` in all: the previous snapshot's size.
-    fn with_capacity(series: usize, bytes: usize) -> SeriesSet {
-        SeriesSet {
-            bytes: Vec::with_capacity(bytes),
-            ends: Vec::with_capacity(series),
-            by_hash: HashMap::with_capacity(series),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    /// Records a series; false when this exact label set is already there.
-    fn insert(&mut self, labels: &[u8]) -> bool {
-        let hash = hash(labels);
-        if let Some(&i) = self.by_hash.get(&hash) {
-            // Equal bytes: a duplicate. Different bytes: a hash collision, sent untracked.
-            return self.get(i as usize) != labels;
-        }
-        self.bytes.extend_from_slice(labels);
-        self.ends.push(self.bytes.len());
-        self.by_hash.insert(hash, (self.ends.len() - 1) as u32);
-        true
-    }
-
-    fn contains(&self, labels: &[u8]) -> bool {
-        self.by_hash
-            .get(&hash(labels))
-            .is_some_and(|&i| self.get(i as usize) == labels)
-    }
-
-    fn get(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.bytes[start..self.ends[i]]
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        (0..self.ends.len()).map(|i| self.get(i))
-    }
-}
-
-fn hash(bytes: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    h.write(bytes);
-    h.finish()
-}
-
 /// Calls `emit(label_bytes, value)` for every series of `family`; returns the number of
 /// samples left out because a name is not valid.
-fn family_series<E>(
-    family: &MetricFamily,
-    external: &[(String, String)],
-    label_bytes: &mut Vec<u8>,
+fn family_series<'x, E>(
+    family: &'x MetricFamily,
+    external: &'x [(String, String)],
+    labels: &mut LabelScratch<'x>,
     emit: &mut impl FnMut(&[u8], f64) -> Result<(), E>,
 ) -> Result<u64, E> {
     let name = family.name();
@@ -254,115 +189,164 @@ fn family_series<E>(
             .map(|m| sample_count(family, m))
             .sum());
     }
-    let suffixed = |suffix: &str| format!("{name}{suffix}");
-    let (bucket_name, sum_name, count_name) = match family.get_field_type() {
-        MetricType::HISTOGRAM => (suffixed("_bucket"), suffixed("_sum"), suffixed("_count")),
-        MetricType::SUMMARY => (String::new(), suffixed("_sum"), suffixed("_count")),
-        _ => Default::default(),
+    // `__name__` of each kind of series, encoded once per family.
+    let name_label = |suffix: &str| {
+        let mut out = Vec::new();
+        encode_label(NAME, &format!("{name}{suffix}"), &mut out);
+        out
     };
-    let mut texts_cache = FloatTexts::default();
+    let (plain, bucket, sum, count) = (
+        name_label(""),
+        name_label("_bucket"),
+        name_label("_sum"),
+        name_label("_count"),
+    );
+    let inf = {
+        let mut out = Vec::new();
+        encode_label("le", "+Inf", &mut out);
+        out
+    };
+    let mut extras = ExtraLabels::default();
     let mut invalid = 0;
     for metric in family.get_metric() {
-        let own: Vec<(&str, &str)> = metric
-            .get_label()
-            .iter()
-            .map(|l| (l.name(), l.value()))
-            .filter(|(_, v)| !v.is_empty())
-            .collect();
-        if !own.iter().all(|(n, _)| is_valid_label_name(n)) {
+        if !labels.merge(metric, external) {
             invalid += sample_count(family, metric);
             continue;
         }
         let h = metric.get_histogram();
         let s = metric.get_summary();
-        // The `le` or `quantile` values as text, aligned with the buckets or quantiles.
-        let texts = match family.get_field_type() {
-            MetricType::HISTOGRAM => texts_cache.of(h.get_bucket().iter().map(|b| b.upper_bound())),
-            MetricType::SUMMARY => texts_cache.of(s.get_quantile().iter().map(|q| q.quantile())),
+        // The `le` or `quantile` labels, aligned with the buckets or quantiles.
+        let extra = match family.get_field_type() {
+            MetricType::HISTOGRAM => {
+                extras.of("le", h.get_bucket().iter().map(|b| b.upper_bound()))
+            }
+            MetricType::SUMMARY => {
+                extras.of("quantile", s.get_quantile().iter().map(|q| q.quantile()))
+            }
             _ => &[],
         };
-        let mut series = SeriesLabels {
-            own: &own,
-            external,
-            pairs: Vec::with_capacity(own.len() + external.len() + 2),
-            out: label_bytes,
-        };
         match family.get_field_type() {
-            MetricType::COUNTER => {
-                emit(series.encode(name, None), metric.get_counter().get_value())?
-            }
-            MetricType::GAUGE => emit(series.encode(name, None), metric.get_gauge().get_value())?,
+            MetricType::COUNTER => emit(
+                labels.series(&plain, None),
+                metric.get_counter().get_value(),
+            )?,
+            MetricType::GAUGE => emit(labels.series(&plain, None), metric.get_gauge().get_value())?,
             #[allow(deprecated)] // the only accessor of an untyped value in prometheus 0.14
-            MetricType::UNTYPED => {
-                emit(series.encode(name, None), metric.get_untyped().get_value())?
-            }
+            MetricType::UNTYPED => emit(
+                labels.series(&plain, None),
+                metric.get_untyped().get_value(),
+            )?,
             MetricType::HISTOGRAM => {
                 let buckets = h.get_bucket();
-                for (b, le) in buckets.iter().zip(texts) {
+                for (b, le) in buckets.iter().zip(extra) {
                     let v = b.cumulative_count() as f64;
-                    emit(series.encode(&bucket_name, Some(("le", le))), v)?;
+                    emit(labels.series(&bucket, Some(("le", le))), v)?;
                 }
                 if !ends_with_inf(buckets) {
                     let v = h.get_sample_count() as f64;
-                    emit(series.encode(&bucket_name, Some(("le", "+Inf"))), v)?;
+                    emit(labels.series(&bucket, Some(("le", &inf))), v)?;
                 }
-                emit(series.encode(&sum_name, None), h.get_sample_sum())?;
-                emit(
-                    series.encode(&count_name, None),
-                    h.get_sample_count() as f64,
-                )?;
+                emit(labels.series(&sum, None), h.get_sample_sum())?;
+                emit(labels.series(&count, None), h.get_sample_count() as f64)?;
             }
             MetricType::SUMMARY => {
-                for (q, text) in s.get_quantile().iter().zip(texts) {
-                    emit(series.encode(name, Some(("quantile", text))), q.value())?;
+                for (q, quantile) in s.get_quantile().iter().zip(extra) {
+                    emit(
+                        labels.series(&plain, Some(("quantile", quantile))),
+                        q.value(),
+                    )?;
                 }
-                emit(series.encode(&sum_name, None), s.sample_sum())?;
-                emit(series.encode(&count_name, None), s.sample_count() as f64)?;
+                emit(labels.series(&sum, None), s.sample_sum())?;
+                emit(labels.series(&count, None), s.sample_count() as f64)?;
             }
         }
     }
     Ok(invalid)
 }
 
-/// Builds the label bytes of one metric's series.
-struct SeriesLabels<'a> {
-    own: &'a [(&'a str, &'a str)],
-    external: &'a [(String, String)],
-    pairs: Vec<(&'a str, &'a str)>,
-    out: &'a mut Vec<u8>,
+/// The label bytes of a metric's series, in buffers reused from metric to metric (a
+/// snapshot has hundreds of thousands). The metric's own labels and the external ones are
+/// merged, sorted and encoded once per metric; each series then splices `__name__` and its
+/// `le` or `quantile` in at their places, the only labels that differ between the series
+/// of a histogram or summary.
+#[derive(Default)]
+struct LabelScratch<'x> {
+    /// The merged labels, sorted by name, unique.
+    pairs: Vec<(&'x str, &'x str)>,
+    /// End offset in `encoded` of each merged label.
+    ends: Vec<usize>,
+    encoded: Vec<u8>,
+    /// The last series' labels.
+    out: Vec<u8>,
 }
 
-impl<'a> SeriesLabels<'a> {
-    /// The labels of the series `name{extra, own labels, external labels}`, encoded.
-    fn encode(&mut self, name: &'a str, extra: Option<(&'a str, &'a str)>) -> &[u8] {
-        // Listed by precedence; the stable sort keeps that order among equal names, and
-        // dedup keeps the first: __name__ and le/quantile, then the metric's, then external.
+impl<'x> LabelScratch<'x> {
+    /// Takes the labels of `metric`, minus empty values, and the external ones; a label of
+    /// the metric wins over an external one of the same name. False when a name is invalid.
+    fn merge(&mut self, metric: &'x Metric, external: &'x [(String, String)]) -> bool {
         self.pairs.clear();
-        self.pairs.push(("__name__", name));
-        self.pairs.extend(extra);
-        self.pairs.extend_from_slice(self.own);
+        // An empty value means no label at all, whatever its name.
+        for l in metric.get_label().iter().filter(|l| !l.value().is_empty()) {
+            if !is_valid_label_name(l.name()) {
+                return false;
+            }
+            self.pairs.push((l.name(), l.value()));
+        }
         self.pairs
-            .extend(self.external.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+            .extend(external.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        // Stable: among equal names the metric's comes first, and dedup keeps the first.
         self.pairs.sort_by(|a, b| a.0.cmp(b.0));
         self.pairs.dedup_by(|later, first| later.0 == first.0);
-        self.out.clear();
+        self.encoded.clear();
+        self.ends.clear();
         for (n, v) in &self.pairs {
-            encode_label(n, v, self.out);
+            encode_label(n, v, &mut self.encoded);
+            self.ends.push(self.encoded.len());
         }
-        self.out
+        true
+    }
+
+    /// The labels of one series: `name` (an encoded `__name__` label), `extra` (the name and
+    /// the encoded label of an `le` or `quantile`, which replaces a merged label of that
+    /// name) and the merged labels, in name order.
+    fn series(&mut self, name: &[u8], extra: Option<(&str, &[u8])>) -> &[u8] {
+        self.out.clear();
+        // The generated names come in sorted order: "__name__" < "le" < "quantile".
+        let mut next = 0;
+        for (n, encoded) in std::iter::once((NAME, name)).chain(extra) {
+            let at = self.pairs.partition_point(|p| p.0 < n).max(next);
+            self.copy_merged(next, at);
+            self.out.extend_from_slice(encoded);
+            next = if self.pairs.get(at).is_some_and(|p| p.0 == n) {
+                at + 1
+            } else {
+                at
+            };
+        }
+        self.copy_merged(next, self.pairs.len());
+        &self.out
+    }
+
+    /// Appends the merged labels `from..to` to the output.
+    fn copy_merged(&mut self, from: usize, to: usize) {
+        if from < to {
+            let start = if from == 0 { 0 } else { self.ends[from - 1] };
+            self.out
+                .extend_from_slice(&self.encoded[start..self.ends[to - 1]]);
+        }
     }
 }
 
-/// Bucket bounds or quantiles as label text, formatted again only when they change (the
-/// children of one family share them).
+/// The encoded `le` or `quantile` labels of a family's buckets or quantiles, encoded again
+/// only when the bounds change (the children of one family share them).
 #[derive(Default)]
-struct FloatTexts {
+struct ExtraLabels {
     bits: Vec<u64>,
-    texts: Vec<String>,
+    encoded: Vec<Vec<u8>>,
 }
 
-impl FloatTexts {
-    fn of(&mut self, values: impl Iterator<Item = f64> + Clone) -> &[String] {
+impl ExtraLabels {
+    fn of(&mut self, name: &str, values: impl Iterator<Item = f64> + Clone) -> &[Vec<u8>] {
         if !self
             .bits
             .iter()
@@ -370,9 +354,15 @@ impl FloatTexts {
             .eq(values.clone().map(f64::to_bits))
         {
             self.bits = values.clone().map(f64::to_bits).collect();
-            self.texts = values.map(format_float).collect();
+            self.encoded = values
+                .map(|v| {
+                    let mut out = Vec::new();
+                    encode_label(name, &format_float(v), &mut out);
+                    out
+                })
+                .collect();
         }
-        &self.texts
+        &self.encoded
     }
 }
 
@@ -667,6 +657,42 @@ mod tests {
         let mut sorted = routes.clone();
         sorted.sort();
         assert_eq!(routes, sorted, "gather order is kept across requests");
+    }
+
+    #[test]
+    fn generated_labels_take_their_sorted_place_and_win_over_namesakes() {
+        // "Zone" sorts before "__name__"; the metric's own `le` gives way to the bucket's.
+        let mut f = MetricFamily::default();
+        f.set_name("h".into());
+        f.set_field_type(MetricType::HISTOGRAM);
+        let mut b = Bucket::default();
+        b.set_upper_bound(1.0);
+        b.set_cumulative_count(4);
+        let mut h = prometheus::proto::Histogram::default();
+        h.set_bucket(vec![b]);
+        h.set_sample_count(5);
+        let mut le = LabelPair::default();
+        le.set_name("le".into());
+        le.set_value("mine".into());
+        let mut m = Metric::from_label(vec![le]);
+        m.set_histogram(h);
+        f.set_metric(vec![m]);
+        let ext = BTreeMap::from([("Zone".to_string(), "z".to_string())]);
+        let s = decoded(&SeriesState::new(&ext, "i", 100).convert(&[f], NOW).unwrap());
+        let bucket = find(&s, &["le=1"]);
+        assert_eq!(
+            bucket.0,
+            [
+                "Zone=z",
+                "__name__=h_bucket",
+                "instance=i",
+                "job=codex-proxy",
+                "le=1"
+            ]
+        );
+        assert_eq!(find(&s, &["le=+Inf"]).1, 5.0);
+        let sum = find(&s, &["__name__=h_sum"]);
+        assert!(sum.0.contains(&"le=mine".to_string()), "{:?}", sum.0);
     }
 
     #[test]
