@@ -7,7 +7,7 @@
 //! [`Pushers::start`] spawns one independent loop per destination; [`Pushers::mark_ready`]
 //! allows the first push; [`Pushers::shutdown`] makes every loop push a final snapshot
 //! (remote-write: with stale markers) and waits for delivery up to a grace deadline.
-//! Everything runs in its own tokio tasks, snapshots on blocking threads: a slow or dead
+//! Everything runs in its own tokio tasks, snapshots on a thread per destination: a slow or dead
 //! receiver never delays the caller.
 
 pub mod encode;
@@ -21,6 +21,7 @@ pub mod schedule;
 pub mod self_metrics;
 pub mod series;
 mod signal;
+mod snapshot_thread;
 mod staleness;
 pub mod text;
 pub mod transport;

@@ -2,7 +2,7 @@
 //!
 //! - The **producer** waits for ready, then on every tick of the schedule takes a snapshot,
 //!   turns it into encoded batches (`series.rs`, `encode.rs`) and appends them to the queue,
-//!   all on a blocking thread so that a large registry never stalls the proxy's runtime.
+//!   all on a thread of its own so that a large registry never stalls the proxy's runtime.
 //!   On shutdown it adds the final snapshot and the stale markers of every series.
 //! - The **sender** sends the front batch, and removes it only once delivered or
 //!   deliberately dropped. Failures are retried with backoff while newer batches wait
@@ -27,6 +27,7 @@ use super::schedule::Schedule;
 use super::self_metrics::{DestinationMetrics, DropReason, Outcome};
 use super::series::SeriesState;
 use super::signal::{Ready, Shutdown};
+use super::snapshot_thread::SnapshotThread;
 use super::transport::{Transport, TransportSettings, USER_AGENT};
 use super::{Context, DestinationStatus, PushError, Started};
 use crate::config::RemoteWriteConfig;
@@ -81,6 +82,11 @@ pub(crate) fn start(
         &ctx.instance,
         config.max_series_per_request,
     );
+    let snapshots =
+        SnapshotThread::spawn(format!("push-{index}")).map_err(|e| PushError::Config {
+            key: format!("remote_write[{index}]"),
+            message: format!("cannot start the snapshot thread: {e}"),
+        })?;
     let metrics = ctx.metrics.destination(&name, KIND);
     let (queue, durable) = open_queue(config, &metrics);
     let initial = queue.stats();
@@ -106,6 +112,7 @@ pub(crate) fn start(
     dest.publish(&initial);
     let producer = tokio::spawn(produce(
         dest.clone(),
+        snapshots,
         series,
         schedule,
         ctx.source.clone(),
@@ -215,6 +222,7 @@ impl Destination {
 /// The producer task.
 async fn produce(
     dest: Arc<Destination>,
+    snapshots: SnapshotThread,
     series: SeriesState,
     mut schedule: Schedule,
     source: Arc<dyn super::SnapshotSource>,
@@ -230,10 +238,10 @@ async fn produce(
         tokio::select! {
             biased;
             _ = shutdown.requested() => break,
-            _ = schedule.tick() => snapshot(&dest, &series, &source, false).await,
+            _ = schedule.tick() => snapshot(&dest, &snapshots, &series, &source, false).await,
         }
     }
-    snapshot(&dest, &series, &source, true).await;
+    snapshot(&dest, &snapshots, &series, &source, true).await;
     dest.producer_done.store(true, Ordering::Release);
     dest.wake.notify_one();
 }
@@ -241,34 +249,36 @@ async fn produce(
 /// Takes one snapshot and queues its batches (the final one with every stale marker).
 async fn snapshot(
     dest: &Arc<Destination>,
+    snapshots: &SnapshotThread,
     series: &Arc<Mutex<SeriesState>>,
     source: &Arc<dyn super::SnapshotSource>,
     final_push: bool,
 ) {
     let (source, series, queue) = (source.clone(), series.clone(), dest.queue.clone());
-    let work = tokio::task::spawn_blocking(move || {
-        let families = source.snapshot();
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        let mut state = series.lock().unwrap_or_else(PoisonError::into_inner);
-        let converted = if final_push {
-            state.convert_final(&families, now_ms)
-        } else {
-            state.convert(&families, now_ms)
-        };
-        drop(families);
-        let converted = converted?;
-        let mut q = queue.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut dropped = super::queue::Dropped::default();
-        for batch in converted.batches {
-            let d = q.push(batch);
-            dropped.requests += d.requests;
-            dropped.samples += d.samples;
-        }
-        Ok::<_, super::encode::EncodeError>((converted.invalid_samples, dropped, q.stats()))
-    })
-    .await;
+    let work = snapshots
+        .run(move || {
+            let families = source.snapshot();
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let mut state = series.lock().unwrap_or_else(PoisonError::into_inner);
+            let converted = if final_push {
+                state.convert_final(&families, now_ms)
+            } else {
+                state.convert(&families, now_ms)
+            };
+            drop(families);
+            let converted = converted?;
+            let mut q = queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut dropped = super::queue::Dropped::default();
+            for batch in converted.batches {
+                let d = q.push(batch);
+                dropped.requests += d.requests;
+                dropped.samples += d.samples;
+            }
+            Ok::<_, super::encode::EncodeError>((converted.invalid_samples, dropped, q.stats()))
+        })
+        .await;
     match work {
-        Ok(Ok((invalid, dropped, stats))) => {
+        Some(Ok((invalid, dropped, stats))) => {
             if invalid > 0 {
                 tracing::warn!(destination = %dest.name, samples = invalid, "samples left out: metric or label name not valid for remote-write");
                 dest.metrics.dropped(DropReason::Rejected, invalid);
@@ -281,8 +291,10 @@ async fn snapshot(
             dest.publish(&stats);
             dest.wake.notify_one();
         }
-        Ok(Err(e)) => tracing::error!(destination = %dest.name, error = %e, "snapshot not queued"),
-        Err(e) => tracing::error!(destination = %dest.name, error = %e, "snapshot failed"),
+        Some(Err(e)) => {
+            tracing::error!(destination = %dest.name, error = %e, "snapshot not queued")
+        }
+        None => tracing::error!(destination = %dest.name, "snapshot failed"),
     }
 }
 

@@ -2,7 +2,7 @@
 //! marker), and no label set twice within one snapshot (a strict receiver rejects the whole
 //! request for that).
 //!
-//! Label sets are kept as their encoded bytes, back to back in one buffer: a
+//! Label sets are kept as their encoded bytes, back to back in large chunks: a
 //! 190,000-series snapshot costs a few tens of MB, not a `String` per label. A registry
 //! gathers in a stable order, so a snapshot usually repeats the previous one series by
 //! series: while it does, each series is only compared with its counterpart, in sequence.
@@ -10,14 +10,12 @@
 //! the previous ones are looked up in that index.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{DefaultHasher, Hasher};
 
 /// The series of the last snapshot, across snapshots.
 #[derive(Default)]
 pub struct Seen {
     previous: SeriesSet,
-    /// Buffers of an older set, reused when a snapshot differs.
-    spare: SeriesSet,
 }
 
 impl Seen {
@@ -37,13 +35,17 @@ impl Seen {
 
     /// Forgets every series (after their stale markers went out).
     pub fn forget(&mut self) {
-        self.previous.clear();
+        self.previous = SeriesSet::default();
     }
 
-    /// A set holding the first `n` series of the previous snapshot, indexed.
-    fn diverged_at(&mut self, n: usize) -> SeriesSet {
-        let mut current = std::mem::take(&mut self.spare);
-        current.clear();
+    /// A set holding the first `n` series of the previous snapshot, indexed, with room for
+    /// as many series as the previous snapshot had.
+    fn diverged_at(&self, n: usize) -> SeriesSet {
+        let mut current = SeriesSet {
+            chunks: Vec::new(),
+            spans: Vec::with_capacity(self.previous.len()),
+            by_hash: HashMap::with_capacity(self.previous.len()),
+        };
         for i in 0..n {
             current.insert(self.previous.get(i));
         }
@@ -90,53 +92,65 @@ impl Tracking<'_> {
                 }
                 seen.previous.truncate(self.matched);
             }
-            Some(current) => {
+            Some(mut current) => {
                 for series in seen.previous.iter() {
                     if !current.contains(series) {
                         gone(series)?;
                     }
                 }
-                seen.spare = std::mem::replace(&mut seen.previous, current);
+                // Only a set being built needs the index.
+                current.by_hash = HashMap::default();
+                seen.previous = current;
             }
         }
         Ok(())
     }
 }
 
-/// Label sets, as encoded bytes in one buffer, optionally findable by hash.
+/// Label sets, as encoded bytes, optionally findable by hash.
 ///
 /// Two different label sets with the same 64-bit hash (vanishingly rare) are both sent;
 /// only the second would miss its stale marker, and receivers end such a series by their
 /// own lookback (5 minutes) anyway.
 #[derive(Default)]
 struct SeriesSet {
-    bytes: Vec<u8>,
-    /// End offset in `bytes` of each series; it starts where the previous one ends.
-    ends: Vec<usize>,
-    /// Filled by `insert` only.
-    by_hash: HashMap<u64, u32, BuildHasherDefault<Prehashed>>,
+    /// The bytes, in chunks of `CHUNK` (a label set never spans two): growing never
+    /// copies, nor holds an old and a new buffer at once.
+    chunks: Vec<Vec<u8>>,
+    spans: Vec<Span>,
+    /// Filled by `insert`, while the set is being built.
+    by_hash: HashMap<u64, u32>,
 }
+
+/// Where one label set is: `chunks[chunk][start..end]`.
+#[derive(Clone, Copy)]
+struct Span {
+    chunk: u32,
+    start: u32,
+    end: u32,
+}
+
+const CHUNK: usize = 1 << 20;
 
 impl SeriesSet {
     fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    /// Empties the set, keeping its buffers.
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.ends.clear();
-        self.by_hash.clear();
+        self.spans.len()
     }
 
     /// Keeps the first `n` series; the index is dropped (only a set being built uses it).
     fn truncate(&mut self, n: usize) {
-        if n < self.len() {
-            self.bytes
-                .truncate(if n == 0 { 0 } else { self.ends[n - 1] });
-            self.ends.truncate(n);
-            self.by_hash.clear();
+        if n >= self.len() {
+            return;
         }
+        match n.checked_sub(1).map(|i| self.spans[i]) {
+            Some(last) => {
+                self.chunks.truncate(last.chunk as usize + 1);
+                self.chunks[last.chunk as usize].truncate(last.end as usize);
+            }
+            None => self.chunks.clear(),
+        }
+        self.spans.truncate(n);
+        self.by_hash = HashMap::default();
     }
 
     /// Records and indexes a series; false when this exact label set is already there.
@@ -146,9 +160,24 @@ impl SeriesSet {
             // Equal bytes: a duplicate. Different bytes: a hash collision, sent untracked.
             return self.get(i as usize) != labels;
         }
-        self.bytes.extend_from_slice(labels);
-        self.ends.push(self.bytes.len());
-        self.by_hash.insert(hash, (self.ends.len() - 1) as u32);
+        let fits = self
+            .chunks
+            .last()
+            .is_some_and(|c| c.capacity() - c.len() >= labels.len());
+        if !fits {
+            self.chunks
+                .push(Vec::with_capacity(CHUNK.max(labels.len())));
+        }
+        let chunk = self.chunks.len() - 1;
+        let bytes = &mut self.chunks[chunk];
+        let start = bytes.len();
+        bytes.extend_from_slice(labels);
+        self.spans.push(Span {
+            chunk: chunk as u32,
+            start: start as u32,
+            end: bytes.len() as u32,
+        });
+        self.by_hash.insert(hash, (self.spans.len() - 1) as u32);
         true
     }
 
@@ -159,57 +188,28 @@ impl SeriesSet {
     }
 
     fn get(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.bytes[start..self.ends[i]]
+        let s = self.spans[i];
+        &self.chunks[s.chunk as usize][s.start as usize..s.end as usize]
     }
 
     fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        (0..self.ends.len()).map(|i| self.get(i))
+        (0..self.len()).map(|i| self.get(i))
     }
 }
 
-/// A fast hash of label bytes, eight bytes a step (the label sets are the application's
-/// own, not chosen by an adversary), with a final mix so that every bit counts.
+/// SipHash of label bytes. Only a snapshot that differs from the previous one is hashed,
+/// so speed matters less than quality here: faster multiply-rotate hashes collide on label
+/// sets that differ in two places (two such series would share one stale-marker slot).
 fn hash(bytes: &[u8]) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let step = |h: u64, word: u64| (h.rotate_left(5) ^ word).wrapping_mul(K);
-    let mut h = bytes.len() as u64;
-    let mut words = bytes.chunks_exact(8);
-    for w in &mut words {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(w);
-        h = step(h, u64::from_le_bytes(word));
-    }
-    for &b in words.remainder() {
-        h = step(h, u64::from(b));
-    }
-    // The finalizer of MurmurHash3.
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
-
-/// Keys of `SeriesSet::by_hash` are hashes already: use them as they are.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = hash(bytes);
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
+    let mut h = DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::push::encode::encode_label;
 
     /// Runs one snapshot of `series`; returns (series kept, series gone).
     fn snapshot(seen: &mut Seen, series: &[&str]) -> (Vec<String>, Vec<String>) {
@@ -270,10 +270,37 @@ mod tests {
     }
 
     #[test]
-    fn the_hash_tells_apart_what_differs_in_one_byte_or_in_length() {
-        let a = hash(b"__name__=x,route=/v1/chat/completions");
-        assert_ne!(a, hash(b"__name__=x,route=/v1/chat/completionz"));
-        assert_ne!(hash(b"ab"), hash(b"ab\0"));
-        assert_ne!(hash(b""), hash(b"\0"));
+    fn label_sets_larger_than_a_chunk_and_truncation_across_chunks_work() {
+        let big = vec![b'x'; CHUNK + 10];
+        let mut set = SeriesSet::default();
+        assert!(set.insert(b"a"));
+        assert!(set.insert(&big));
+        assert!(set.insert(b"b"));
+        assert_eq!(set.chunks.len(), 3);
+        assert_eq!(set.get(1), big.as_slice());
+        set.truncate(1);
+        assert_eq!(set.iter().collect::<Vec<_>>(), [b"a".as_slice()]);
+        assert_eq!(set.chunks.len(), 1);
+        set.truncate(0);
+        assert_eq!(set.len(), 0);
+    }
+
+    #[test]
+    fn label_sets_that_differ_in_two_places_do_not_collide() {
+        // Encoded series shaped like the proxy's: buckets × methods × models × routes.
+        let mut hashes = std::collections::HashSet::new();
+        for combo in 0..4000 {
+            for le in [
+                "50", "100", "200", "400", "800", "1200", "2000", "5000", "10000", "+Inf",
+            ] {
+                let mut labels = Vec::new();
+                encode_label("__name__", "codex_http_latency_ms_bucket", &mut labels);
+                encode_label("le", le, &mut labels);
+                encode_label("method", ["GET", "POST"][combo % 2], &mut labels);
+                encode_label("model", &format!("model-{}", combo / 97), &mut labels);
+                encode_label("route", &format!("/v1/r{}", combo % 97), &mut labels);
+                assert!(hashes.insert(hash(&labels)), "{combo} {le}");
+            }
+        }
     }
 }
