@@ -278,6 +278,8 @@ struct LabelScratch<'x> {
     encoded: Vec<u8>,
     /// The last series' labels.
     out: Vec<u8>,
+    /// Label names found valid: the metrics of a family share them, so each is checked once.
+    valid_names: Vec<&'x str>,
 }
 
 impl<'x> LabelScratch<'x> {
@@ -287,8 +289,11 @@ impl<'x> LabelScratch<'x> {
         self.pairs.clear();
         // An empty value means no label at all, whatever its name.
         for l in metric.get_label().iter().filter(|l| !l.value().is_empty()) {
-            if !is_valid_label_name(l.name()) {
-                return false;
+            if !self.valid_names.contains(&l.name()) {
+                if !is_valid_label_name(l.name()) {
+                    return false;
+                }
+                self.valid_names.push(l.name());
             }
             self.pairs.push((l.name(), l.value()));
         }
