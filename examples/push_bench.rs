@@ -1,23 +1,26 @@
-//! The pusher's cost, for scripts/bench/push-cost.sh. Two modes over the same synthetic
-//! registry (the proxy's real families, filled with enough label combinations to reach
-//! `--series`):
+//! The pusher's cost, for scripts/bench/push-cost.sh. The registry is the proxy's own
+//! families, filled either from `--workload FILE` (scripts/bench/promclient/workload.json:
+//! the ~2,800 series the metrics benchmark uses, the SMALL set) or with `--series N`
+//! synthetic label combinations (the LARGE set).
 //!
-//! - `serve --series N --listen ADDR`: serves it as `GET /metrics` (text format), for
-//!   vmagent to scrape; its cost is not measured.
-//! - `push --series N --url URL --interval D --seconds S`: remote-writes it for S seconds,
+//! - `serve REGISTRY --listen ADDR`: serves it as `GET /metrics` (text format), for
+//!   vmagent to scrape.
+//! - `push REGISTRY --url URL --interval D --seconds S`: remote-writes it for S seconds,
 //!   then prints one JSON line: CPU seconds spent after the registry was built, samples
 //!   delivered, resident memory after the build and at its peak.
-//!
-//! - `phases --series N`: CPU time of a gather and of a conversion (series, encoding,
+//! - `phases REGISTRY`: CPU time of a gather and of a conversion (series, encoding,
 //!   compression) of the registry, to show where a push's CPU goes.
 //!
 //! Build with `cargo build --release --example push_bench`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use axum::http::{Method, StatusCode};
 use codex_proxy::config::{Config, MetricsConfig};
-use codex_proxy::metrics::Metrics;
+use codex_proxy::metrics::labels::method_index;
+use codex_proxy::metrics::middleware::{FinishedRequest, HttpRecorder};
+use codex_proxy::metrics::{AbortReason, ErrorCategory, Metrics, ToolBufferEvent};
 use codex_proxy::push::series::SeriesState;
 use codex_proxy::push::Pushers;
 use prometheus::proto::{MetricFamily, MetricType};
@@ -32,20 +35,26 @@ fn main() {
             .cloned()
             .unwrap_or_else(|| usage(&format!("missing {name}")))
     };
-    let series: usize = arg("--series")
-        .parse()
-        .unwrap_or_else(|_| usage("--series"));
+    let fill = if args.iter().any(|a| a == "--workload") {
+        Fill::Workload(arg("--workload"))
+    } else {
+        Fill::Synthetic(
+            arg("--series")
+                .parse()
+                .unwrap_or_else(|_| usage("--series")),
+        )
+    };
     if args.first().map(String::as_str) == Some("phases") {
-        return phases(series);
+        return phases(&fill);
     }
     let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| usage(&e.to_string()));
     match args.first().map(String::as_str) {
-        Some("serve") => runtime.block_on(serve(series, &arg("--listen"))),
+        Some("serve") => runtime.block_on(serve(&fill, &arg("--listen"))),
         Some("push") => {
             let seconds: u64 = arg("--seconds")
                 .parse()
                 .unwrap_or_else(|_| usage("--seconds"));
-            runtime.block_on(push(series, &arg("--url"), &arg("--interval"), seconds));
+            runtime.block_on(push(&fill, &arg("--url"), &arg("--interval"), seconds));
         }
         _ => usage("mode"),
     }
@@ -53,10 +62,123 @@ fn main() {
 
 fn usage(problem: &str) -> ! {
     eprintln!(
-        "push_bench: {problem}\nusage: push_bench serve --series N --listen ADDR\n       \
-         push_bench push --series N --url URL --interval 5s --seconds 60"
+        "push_bench: {problem}\n\
+         usage: push_bench serve REGISTRY --listen ADDR\n       \
+         push_bench push REGISTRY --url URL --interval 5s --seconds 60\n       \
+         push_bench phases REGISTRY\n\
+         REGISTRY: --workload FILE | --series N"
     );
     std::process::exit(2)
+}
+
+/// What fills the registry.
+enum Fill {
+    Workload(String),
+    Synthetic(usize),
+}
+
+fn registry(fill: &Fill) -> Arc<Metrics> {
+    match fill {
+        Fill::Workload(path) => workload_registry(path),
+        Fill::Synthetic(series) => synthetic_registry(*series),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Workload {
+    models: Vec<String>,
+    http: Vec<HttpSet>,
+    errors: Vec<ErrorSet>,
+    tool_buffer: Vec<ToolSet>,
+}
+
+#[derive(serde::Deserialize)]
+struct HttpSet {
+    route: String,
+    method: String,
+    status_family: String,
+    model: String,
+    observations: Vec<f64>,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorSet {
+    route: String,
+    method: String,
+    model: String,
+    category: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ToolSet {
+    family: String,
+    output_mode: String,
+    reason: String,
+    count: u64,
+}
+
+/// The registry filled from the workload as benches/metrics.rs fills it: every
+/// observation of every label set recorded once through the middleware's recorder.
+fn workload_registry(path: &str) -> Arc<Metrics> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| usage(&format!("{path}: {e}")));
+    let w: Workload =
+        serde_json::from_str(&text).unwrap_or_else(|e| usage(&format!("{path}: {e}")));
+    let config = MetricsConfig {
+        models: w.models.clone(),
+        ..MetricsConfig::default()
+    };
+    let metrics = Metrics::new(&config).unwrap_or_else(|e| usage(&e.to_string()));
+    let recorder = HttpRecorder::new(metrics.clone());
+    let categories = [
+        ErrorCategory::WorkerNotReady,
+        ErrorCategory::WorkerBusy,
+        ErrorCategory::WorkerError,
+        ErrorCategory::Timeout,
+        ErrorCategory::Maintenance,
+        ErrorCategory::Internal,
+    ];
+    let base = Instant::now();
+    for set in &w.http {
+        let category = w
+            .errors
+            .iter()
+            .find(|e| e.route == set.route && e.method == set.method && e.model == set.model)
+            .filter(|_| set.status_family == "5xx")
+            .and_then(|e| categories.into_iter().find(|c| c.as_str() == e.category));
+        let status = match set.status_family.as_str() {
+            "2xx" => StatusCode::OK,
+            "3xx" => StatusCode::NOT_MODIFIED,
+            "4xx" => StatusCode::NOT_FOUND,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let method = Method::from_bytes(set.method.as_bytes()).unwrap_or(Method::GET);
+        for ms in &set.observations {
+            recorder.record(&FinishedRequest {
+                route: &set.route,
+                method: method_index(&method),
+                status,
+                model: (set.model != "unknown").then_some(set.model.as_str()),
+                category,
+                started: base,
+                ended: base + Duration::from_secs_f64(ms / 1e3),
+            });
+        }
+    }
+    for t in &w.tool_buffer {
+        let event = match (t.family.as_str(), t.reason.as_str()) {
+            ("started", _) => ToolBufferEvent::Started,
+            ("flushed", _) => ToolBufferEvent::Flushed,
+            (_, "nested_open") => ToolBufferEvent::Aborted(AbortReason::NestedOpen),
+            (_, "finalize") => ToolBufferEvent::Aborted(AbortReason::Finalize),
+            _ => ToolBufferEvent::Aborted(AbortReason::Disconnect),
+        };
+        for _ in 0..t.count {
+            metrics.tool_buffer(&t.output_mode, event);
+        }
+    }
+    metrics.worker_restarts.inc();
+    metrics.worker_ready.set(1);
+    metrics
 }
 
 /// The proxy's families with label combinations added until they make `target` series.
@@ -65,12 +187,10 @@ fn synthetic_registry(target: usize) -> Arc<Metrics> {
     let add = |combo: usize| {
         let route = format!("/v1/r{}", combo % 97);
         let model = format!("model-{}", combo / 97);
-        let methods = ["GET", "POST"];
-        let statuses = ["2xx", "4xx", "5xx"];
         let labels = [
             route.as_str(),
-            methods[combo % 2],
-            statuses[combo % 3],
+            ["GET", "POST"][combo % 2],
+            ["2xx", "4xx", "5xx"][combo % 3],
             model.as_str(),
         ];
         metrics
@@ -103,8 +223,8 @@ fn series_count(families: &[MetricFamily]) -> usize {
         .sum()
 }
 
-fn phases(series: usize) {
-    let metrics = synthetic_registry(series);
+fn phases(fill: &Fill) {
+    let metrics = registry(fill);
     let mut state = SeriesState::new(&Default::default(), "bench:1", 2000);
     let (mut gather, mut convert, mut samples) = (0.0, 0.0, 0);
     for i in 0..5 {
@@ -120,14 +240,15 @@ fn phases(series: usize) {
     }
     let per_sample = |cpu: f64| cpu * 1e9 / samples as f64;
     println!(
-        "{{\"samples\": {samples}, \"gather_cpu_ns_per_sample\": {:.0}, \"convert_cpu_ns_per_sample\": {:.0}}}",
+        "{{\"samples\": {samples}, \"gather_cpu_ns_per_sample\": {:.0}, \
+         \"convert_cpu_ns_per_sample\": {:.0}}}",
         per_sample(gather),
         per_sample(convert)
     );
 }
 
-async fn serve(series: usize, listen: &str) {
-    let metrics = synthetic_registry(series);
+async fn serve(fill: &Fill, listen: &str) {
+    let metrics = registry(fill);
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -145,8 +266,8 @@ async fn serve(series: usize, listen: &str) {
     let _ = axum::serve(listener, app).await;
 }
 
-async fn push(series: usize, url: &str, interval: &str, seconds: u64) {
-    let metrics = synthetic_registry(series);
+async fn push(fill: &Fill, url: &str, interval: &str, seconds: u64) {
+    let metrics = registry(fill);
     let built_series = series_count(&metrics.gather());
     let rss_after_build = status_kb("VmRSS:");
     let cpu_start = cpu_seconds();

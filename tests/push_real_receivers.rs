@@ -1,16 +1,17 @@
-//! Remote-write into the real receivers, both at once: Prometheus (remote-write receiver
-//! on) and VictoriaMetrics. After traffic and a few pushes, each answers PromQL over the
-//! pushed series with the values the registry holds.
+//! Remote-write from the real binary into the real receivers, both at once: Prometheus
+//! (remote-write receiver on) and VictoriaMetrics. After traffic and a few pushes each
+//! answers PromQL over the pushed series with the values `/metrics` shows; on SIGTERM the
+//! series end with stale markers.
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use codex_proxy::config::{Config, MetricsConfig};
-use codex_proxy::metrics::Metrics;
-use codex_proxy::push::Pushers;
-use common::{start_prometheus, start_victoria_metrics, wait_until, Proxy, Server};
+use common::{http, start_prometheus, start_victoria_metrics, wait_until, Proxy, Server};
+use serde_json::json;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const ROUTE: &str = "/v1/chat/completions";
 
 /// The single value of an instant query, once the server has one.
 async fn scalar(server: &Server, promql: &str) -> Option<f64> {
@@ -22,84 +23,25 @@ async fn scalar(server: &Server, promql: &str) -> Option<f64> {
     samples[0]["value"][1].as_str()?.parse().ok()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_and_victoria_metrics_answer_queries_over_pushed_series() {
-    let Some(prometheus) = start_prometheus("").await else {
-        return;
-    };
-    let Some(victoria) = start_victoria_metrics().await else {
-        return;
-    };
-
-    let metrics = Metrics::new(&MetricsConfig::default()).unwrap();
-    let labels = ["/v1/chat/completions", "POST", "2xx", "unknown"];
-    metrics.requests.with_label_values(&labels).inc_by(7);
-    for ms in [120.0, 150.0, 180.0, 700.0] {
-        metrics.latency.with_label_values(&labels).observe(ms);
-    }
-
-    let config = Config::parse(&format!(
-        "[[remote_write]]\nname = \"prometheus\"\nurl = \"{}/api/v1/write\"\ninterval = \"200ms\"\n\
-         [[remote_write]]\nname = \"victoria\"\nurl = \"{}/api/v1/write\"\ninterval = \"200ms\"\n",
-        prometheus.base, victoria.base
-    ))
-    .unwrap();
-    let source = {
-        let metrics = metrics.clone();
-        Arc::new(move || metrics.gather())
-    };
-    let pushers = Pushers::start(
-        &config.remote_write,
-        &config.pushgateway,
-        source,
-        metrics.registry(),
-        "127.0.0.1:11435",
-    )
-    .unwrap();
-    pushers.mark_ready();
-
-    // More traffic between pushes: the receivers must end up with the latest value.
-    wait_until("a few pushes", Duration::from_secs(20), || async {
-        let pushed = pushers
-            .status()
-            .iter()
-            .all(|s| s.last_success_unix_seconds.is_some());
-        pushed.then_some(())
-    })
-    .await;
-    metrics.requests.with_label_values(&labels).inc_by(3);
-    let expected = metrics.requests.with_label_values(&labels).get() as f64;
-    assert_eq!(expected, 10.0);
-
-    let requests =
-        r#"sum(codex_http_requests_total{job="codex-proxy",instance="127.0.0.1:11435"})"#;
-    let p50 =
-        r#"histogram_quantile(0.5, sum by (le) (codex_http_latency_ms_bucket{job="codex-proxy"}))"#;
-    for server in [&prometheus, &victoria] {
-        let what = format!("{requests} = {expected} on {}", server.base);
-        wait_until(&what, Duration::from_secs(30), || async {
-            (scalar(server, requests).await == Some(expected)).then_some(())
-        })
-        .await;
-        // Two of four observations are at most 150 ms, in the (100, 200] bucket.
-        let median = wait_until("a histogram quantile", Duration::from_secs(30), || async {
-            scalar(server, p50).await
-        })
-        .await;
-        assert!(
-            (100.0..=200.0).contains(&median),
-            "p50 = {median} on {}",
-            server.base
-        );
-    }
-    pushers.shutdown(Duration::from_secs(5)).await;
+/// The sum of `codex_http_requests_total` for `ROUTE` in the proxy's own `/metrics`.
+async fn requests_in_metrics(proxy: &Proxy) -> f64 {
+    let text = http()
+        .get(proxy.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("/metrics body");
+    text.lines()
+        .filter(|l| l.starts_with("codex_http_requests_total{"))
+        .filter(|l| l.contains(&format!("route=\"{ROUTE}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
-/// The real binary pushes to both once its worker is ready, reports the destinations in
-/// `/healthz`, and on SIGTERM ends every series with a stale marker: the receivers stop
-/// returning them at once instead of for the 5-minute lookback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_proxy_pushes_when_ready_and_marks_its_series_stale_on_sigterm() {
+async fn pushed_series_match_metrics_in_both_receivers_and_end_stale_on_sigterm() {
     let Some(prometheus) = start_prometheus("").await else {
         return;
     };
@@ -107,32 +49,62 @@ async fn the_proxy_pushes_when_ready_and_marks_its_series_stale_on_sigterm() {
         return;
     };
     let config = format!(
-        "[[remote_write]]\nname = \"prometheus\"\nurl = \"{}/api/v1/write\"\ninterval = \"300ms\"\n\
+        "[metrics]\nenabled = true\n\
+         [[remote_write]]\nname = \"prometheus\"\nurl = \"{}/api/v1/write\"\ninterval = \"300ms\"\n\
          [[remote_write]]\nname = \"victoria\"\nurl = \"{}/api/v1/write\"\ninterval = \"300ms\"\n",
         prometheus.base, victoria.base
     );
-    let mut proxy = Proxy::start(&config, &[]).await;
+    let mut proxy = Proxy::start(&config, &[("DEMO_DELTA_DELAY_MS", "20")]).await;
     proxy.wait_ready().await;
-    let ready = format!(
-        r#"codex_worker_ready{{job="codex-proxy",instance="127.0.0.1:{}"}}"#,
-        proxy.port
-    );
-    for server in [&prometheus, &victoria] {
-        wait_until(
-            &format!("{ready} = 1 on {}", server.base),
-            Duration::from_secs(30),
-            || async { (scalar(server, &ready).await == Some(1.0)).then_some(()) },
-        )
-        .await;
+    for i in 0..6 {
+        let body = json!({"model": "codex-demo", "stream": i % 2 == 0,
+                          "messages": [{"role": "user", "content": format!("hello {i}")}]});
+        let status = http()
+            .post(proxy.url(ROUTE))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("chat request")
+            .status();
+        assert_eq!(status, 200);
     }
-    let health: serde_json::Value = common::http()
+    let expected = requests_in_metrics(&proxy).await;
+    assert_eq!(expected, 6.0);
+
+    let instance = format!("127.0.0.1:{}", proxy.port);
+    let requests = format!(
+        r#"sum(codex_http_requests_total{{job="codex-proxy",instance="{instance}",route="{ROUTE}"}})"#
+    );
+    let median = format!(
+        r#"histogram_quantile(0.5, sum by (le) (codex_http_latency_ms_bucket{{job="codex-proxy",route="{ROUTE}"}}))"#
+    );
+    let mut medians = Vec::new();
+    for server in [&prometheus, &victoria] {
+        let what = format!("{requests} = {expected} on {}", server.base);
+        wait_until(&what, DEADLINE, || async {
+            (scalar(server, &requests).await == Some(expected)).then_some(())
+        })
+        .await;
+        medians.push(
+            wait_until("a histogram quantile", DEADLINE, || async {
+                scalar(server, &median).await.filter(|v| v.is_finite())
+            })
+            .await,
+        );
+    }
+    // Both computed it from the same pushed buckets.
+    assert!((medians[0] - medians[1]).abs() < 1e-9, "{medians:?}");
+    assert!(medians[0] > 0.0 && medians[0] <= 10_000.0, "{medians:?}");
+
+    let health: serde_json::Value = http()
         .get(proxy.url("/healthz"))
         .send()
         .await
-        .unwrap()
+        .expect("GET /healthz")
         .json()
         .await
-        .unwrap();
+        .expect("/healthz JSON");
     let push = health["push"]
         .as_array()
         .expect("a push section in /healthz");
@@ -146,21 +118,19 @@ async fn the_proxy_pushes_when_ready_and_marks_its_series_stale_on_sigterm() {
         "{push:?}"
     );
 
+    // Without stale markers Prometheus would keep answering for 5 minutes.
     proxy.proc.signal(libc::SIGTERM);
-    let status = proxy.proc.wait_exit(Duration::from_secs(30)).await;
+    let status = proxy.proc.wait_exit(DEADLINE).await;
     assert!(status.success(), "{}", proxy.logs());
     for server in [&prometheus, &victoria] {
-        wait_until(
-            &format!("{ready} gone from {}", server.base),
-            Duration::from_secs(30),
-            || async {
-                let result = server.query(&ready).await;
-                result
-                    .as_array()
-                    .is_some_and(|a| a.is_empty())
-                    .then_some(())
-            },
-        )
+        let what = format!("{requests} gone from {}", server.base);
+        wait_until(&what, DEADLINE, || async {
+            let result = server.query(&requests).await;
+            result
+                .as_array()
+                .is_some_and(|a| a.is_empty())
+                .then_some(())
+        })
         .await;
     }
 }
