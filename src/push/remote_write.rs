@@ -104,6 +104,7 @@ pub(crate) fn start(
         max_backoff: config.max_backoff.0,
         queue: Arc::new(Mutex::new(queue)),
         durable,
+        on_disk: config.queue_dir.is_some(),
         metrics,
         status,
         wake: Notify::new(),
@@ -174,6 +175,8 @@ struct Destination {
     queue: SharedQueue,
     /// Whether what is still queued at the deadline survives (else it is counted as dropped).
     durable: bool,
+    /// Whether queue operations may touch files (`queue_dir` is set).
+    on_disk: bool,
     metrics: DestinationMetrics,
     status: watch::Sender<DestinationStatus>,
     /// Wakes the sender when the producer queued something or finished.
@@ -182,18 +185,23 @@ struct Destination {
 }
 
 impl Destination {
-    /// Runs `op` on the queue on a blocking thread (a durable queue does file I/O).
+    /// Runs `op` on the queue: on a blocking thread when the queue is on disk (file I/O),
+    /// in place when it is in memory (a thread hop would cost more than the operation).
     async fn with_queue<R: Send + 'static>(
         &self,
         op: impl FnOnce(&mut dyn Queue) -> R + Send + 'static,
     ) -> Option<R> {
         let queue = self.queue.clone();
-        let joined = tokio::task::spawn_blocking(move || {
+        let run = move || {
             let mut q = queue.lock().unwrap_or_else(PoisonError::into_inner);
             let out = op(q.as_mut());
             (out, q.stats())
-        })
-        .await;
+        };
+        let joined = if self.on_disk {
+            tokio::task::spawn_blocking(run).await
+        } else {
+            Ok(run())
+        };
         match joined {
             Ok((out, stats)) => {
                 self.publish(&stats);
