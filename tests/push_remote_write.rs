@@ -591,3 +591,23 @@ async fn bearer_token_and_basic_auth_credentials_reach_the_receiver() {
     assert_eq!(names, ["remote_write[0]", "remote_write[1]"]);
     pushers.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_never_gets_ready_is_still_reported_after_its_startup_timeout() {
+    let rx = Receiver::start(vec![]).await;
+    let _proxy = common::Proxy::start(
+        &destination(&rx.url, "interval = \"1h\""),
+        &[
+            ("DEMO_FAIL_HANDSHAKE", "1"),
+            ("WORKER_STARTUP_TIMEOUT_MS", "300"),
+        ],
+    )
+    .await;
+    let log = rx.wait_for_requests(1).await;
+    let ready = log[0]
+        .series
+        .iter()
+        .find(|s| s.name() == "codex_worker_ready")
+        .expect("codex_worker_ready pushed");
+    assert_eq!(ready.value, 0.0);
+}
