@@ -97,21 +97,9 @@ async fn stored_ticks(prometheus: &Server) -> Vec<u64> {
 
 /// A `codex_push_*` value of destination `prom` in `registry` (0 when absent).
 fn push_metric(registry: &Registry, name: &str, reason: Option<&str>) -> u64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric().iter())
-        .filter(|m| {
-            let has = |k: &str, v: &str| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == k && l.value() == v)
-            };
-            has("destination", "prom") && reason.map_or(true, |r| has("reason", r))
-        })
-        .map(|m| (m.get_counter().get_value() + m.get_gauge().get_value()) as u64)
-        .sum()
+    let mut labels = vec![("destination", "prom")];
+    labels.extend(reason.map(|r| ("reason", r)));
+    common::registry_value(registry, name, &labels) as u64
 }
 
 fn queued(pushers: &Pushers) -> u64 {

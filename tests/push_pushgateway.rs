@@ -301,23 +301,9 @@ impl Running {
 }
 
 fn self_metric(registry: &prometheus::Registry, name: &str, extra: &[(&str, &str)]) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric().iter())
-        .filter(|m| {
-            let has = |n: &str, v: &str| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == n && l.value() == v)
-            };
-            has("destination", "pushgateway[0]")
-                && has("kind", "pushgateway")
-                && extra.iter().all(|(n, v)| has(n, v))
-        })
-        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
-        .sum()
+    let mut labels = vec![("destination", "pushgateway[0]"), ("kind", "pushgateway")];
+    labels.extend_from_slice(extra);
+    common::registry_value(registry, name, &labels)
 }
 
 const LOOP_KEY: [(&str, &str); 2] = [("job", "loop"), ("instance", "t")];

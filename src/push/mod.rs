@@ -99,6 +99,12 @@ impl DestinationStatus {
     }
 }
 
+/// A destination's name in labels and logs: the configured one, else `<kind>[<index>]`
+/// (never the URL, which may carry credentials).
+pub(crate) fn destination_name(configured: Option<&str>, kind: &str, index: usize) -> String {
+    configured.map_or_else(|| format!("{kind}[{index}]"), str::to_string)
+}
+
 /// What every destination loop is started with.
 pub(crate) struct Context {
     pub source: Arc<dyn SnapshotSource>,

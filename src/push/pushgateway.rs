@@ -96,10 +96,7 @@ pub(crate) fn start(
     config: &PushgatewayConfig,
     ctx: &Context,
 ) -> Result<Started, PushError> {
-    let name = config
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("{KIND}[{index}]"));
+    let name = super::destination_name(config.name.as_deref(), KIND, index);
     let invalid = |field: &str, message: String| PushError::Config {
         key: format!("pushgateway[{index}]{field}"),
         message,

@@ -44,10 +44,7 @@ pub(crate) fn start(
     config: &RemoteWriteConfig,
     ctx: &Context,
 ) -> Result<Started, PushError> {
-    let name = config
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("{KIND}[{index}]"));
+    let name = super::destination_name(config.name.as_deref(), KIND, index);
     let key = |field: &str| format!("remote_write[{index}].{field}");
     let url = Url::parse(&config.url).map_err(|e| PushError::Config {
         key: key("url"),

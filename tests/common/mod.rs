@@ -340,3 +340,22 @@ pub async fn start_victoria_metrics() -> Option<Server> {
         .await,
     )
 }
+
+/// Sum of the counter and gauge values of family `name` over the series carrying every
+/// label pair in `labels` (0 when none does).
+pub fn registry_value(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| {
+            labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })
+        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+        .sum()
+}
