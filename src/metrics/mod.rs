@@ -6,6 +6,7 @@ mod label_map;
 pub mod labels;
 pub mod middleware;
 pub mod route;
+pub mod snapshot;
 pub mod summary;
 mod text;
 
@@ -228,9 +229,14 @@ impl Metrics {
         &self.registry
     }
 
-    /// A snapshot of every family: what `/metrics` renders and what the pusher sends.
+    /// A snapshot of every family: what `/metrics` renders and what the pushers send.
+    pub fn snapshot(&self) -> snapshot::Snapshot {
+        snapshot::Snapshot::from_families(&self.registry.gather())
+    }
+
+    /// The same snapshot in the prometheus crate's form (tests, tools).
     pub fn gather(&self) -> Vec<MetricFamily> {
-        self.registry.gather()
+        self.snapshot().to_families()
     }
 
     pub fn tool_buffer(&self, output_mode: &str, event: ToolBufferEvent) {
