@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 use axum::http::{Method, StatusCode};
 use codex_proxy::config::MetricsConfig;
 use codex_proxy::metrics::labels::method_index;
-use codex_proxy::metrics::middleware::{FinishedRequest, HttpRecorder};
 use codex_proxy::metrics::route::Renderer;
-use codex_proxy::metrics::{AbortReason, ErrorCategory, Metrics, ToolBufferEvent};
+use codex_proxy::metrics::{AbortReason, ErrorCategory, FinishedRequest, Metrics, ToolBufferEvent};
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{black_box, Criterion};
 use serde::Deserialize;
@@ -120,9 +119,9 @@ fn requests(w: &Workload) -> Vec<Request<'_>> {
         .collect()
 }
 
-fn record(recorder: &HttpRecorder, r: &Request<'_>, i: usize, base: Instant) {
+fn record(metrics: &Metrics, r: &Request<'_>, i: usize, base: Instant) {
     let ms = r.set.observations[i % r.set.observations.len()];
-    recorder.record(&FinishedRequest {
+    metrics.record(&FinishedRequest {
         route: &r.set.route,
         method: r.method,
         status: r.status,
@@ -134,18 +133,17 @@ fn record(recorder: &HttpRecorder, r: &Request<'_>, i: usize, base: Instant) {
 }
 
 /// The registry filled as prom-client's: every observation of every label set once.
-fn filled(w: &Workload) -> (Arc<Metrics>, HttpRecorder) {
+fn filled(w: &Workload) -> Arc<Metrics> {
     // "other" stays "other": it is not on the allowlist.
     let config = MetricsConfig {
         models: w.models.clone(),
         ..MetricsConfig::default()
     };
     let metrics = Metrics::new(&config).expect("metrics");
-    let recorder = HttpRecorder::new(metrics.clone());
     let base = Instant::now();
     for r in requests(w) {
         for i in 0..r.set.observations.len() {
-            record(&recorder, &r, i, base);
+            record(&metrics, &r, i, base);
         }
     }
     for t in &w.tool_buffer {
@@ -163,7 +161,7 @@ fn filled(w: &Workload) -> (Arc<Metrics>, HttpRecorder) {
     metrics.worker_restarts.inc();
     metrics.worker_ready.set(1);
     metrics.streams_active.set(2);
-    (metrics, recorder)
+    metrics
 }
 
 /// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`), shown like wall time.
@@ -206,7 +204,7 @@ impl Measurement for ThreadCpuTime {
 
 fn main() {
     let w = load();
-    let (metrics, recorder) = filled(&w);
+    let metrics = filled(&w);
     let renderer = Renderer::new(metrics.clone());
 
     let text = String::from_utf8(renderer.render(false).expect("render")).expect("utf-8");
@@ -247,7 +245,7 @@ fn main() {
     c.bench_function("record_request", |b| {
         b.iter(|| {
             i = (i + 1) % finished.len();
-            recorder.record(black_box(&finished[i]));
+            metrics.record(black_box(&finished[i]));
         })
     });
     // One busy label set (a route under load): the steady-state cost.
@@ -257,7 +255,7 @@ fn main() {
         .expect("a 2xx chat label set in the workload");
     // prom-client's side observes that set's first latency; so does this one.
     c.bench_function("record_request_one_series", |b| {
-        b.iter(|| recorder.record(black_box(chat)))
+        b.iter(|| metrics.record(black_box(chat)))
     });
     c.bench_function("render_text", |b| {
         b.iter(|| black_box(renderer.render(false).expect("render")))

@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 use axum::http::{Method, StatusCode};
 use codex_proxy::config::{Config, MetricsConfig};
 use codex_proxy::metrics::labels::method_index;
-use codex_proxy::metrics::middleware::{FinishedRequest, HttpRecorder};
-use codex_proxy::metrics::{AbortReason, ErrorCategory, Metrics, ToolBufferEvent};
+use codex_proxy::metrics::{AbortReason, ErrorCategory, FinishedRequest, Metrics, ToolBufferEvent};
 use codex_proxy::push::series::SeriesState;
 use codex_proxy::push::Pushers;
 use prometheus::proto::{MetricFamily, MetricType};
@@ -128,7 +127,6 @@ fn workload_registry(path: &str) -> Arc<Metrics> {
         ..MetricsConfig::default()
     };
     let metrics = Metrics::new(&config).unwrap_or_else(|e| usage(&e.to_string()));
-    let recorder = HttpRecorder::new(metrics.clone());
     let categories = [
         ErrorCategory::WorkerNotReady,
         ErrorCategory::WorkerBusy,
@@ -153,7 +151,7 @@ fn workload_registry(path: &str) -> Arc<Metrics> {
         };
         let method = Method::from_bytes(set.method.as_bytes()).unwrap_or(Method::GET);
         for ms in &set.observations {
-            recorder.record(&FinishedRequest {
+            metrics.record(&FinishedRequest {
                 route: &set.route,
                 method: method_index(&method),
                 status,
@@ -181,33 +179,45 @@ fn workload_registry(path: &str) -> Arc<Metrics> {
     metrics
 }
 
-/// The proxy's families with label combinations added until they make `target` series.
+/// The proxy's families with label combinations added until they make `target` series:
+/// 97 routes × GET/POST × 2xx/4xx/5xx × as many models as it takes, three requests each.
 fn synthetic_registry(target: usize) -> Arc<Metrics> {
-    let metrics = Metrics::new(&MetricsConfig::default()).unwrap_or_else(|e| usage(&e.to_string()));
-    let add = |combo: usize| {
-        let route = format!("/v1/r{}", combo % 97);
-        let model = format!("model-{}", combo / 97);
-        let labels = [
-            route.as_str(),
-            ["GET", "POST"][combo % 2],
-            ["2xx", "4xx", "5xx"][combo % 3],
-            model.as_str(),
-        ];
-        metrics
-            .requests
-            .with_label_values(&labels)
-            .inc_by(1 + combo as u64 % 50);
-        for ms in [40.0, 180.0, 900.0] {
-            metrics.latency.with_label_values(&labels).observe(ms);
-            metrics.latency_summary.observe(&labels, ms);
+    const ROUTES: usize = 97;
+    let base = series_count(&registry_with_models(0).gather());
+    // One label set: requests, errors (5xx only, one in three), 9 buckets + Inf + sum +
+    // count, 4 quantiles + sum + count.
+    let per_combo = 1 + 12 + 6;
+    let combos = target.saturating_sub(base) / per_combo;
+    let models = combos.div_ceil(ROUTES);
+    let metrics = registry_with_models(models);
+    let started = Instant::now();
+    for combo in 0..combos {
+        let route = format!("/v1/r{}", combo % ROUTES);
+        let model = format!("model-{}", combo / ROUTES);
+        let method = [Method::GET, Method::POST][combo % 2].clone();
+        let status = [StatusCode::OK, StatusCode::NOT_FOUND, StatusCode::BAD_GATEWAY][combo % 3];
+        for ms in [40, 180, 900] {
+            metrics.record(&FinishedRequest {
+                route: &route,
+                method: method_index(&method),
+                status,
+                model: Some(&model),
+                category: Some(ErrorCategory::WorkerError),
+                started,
+                ended: started + Duration::from_millis(ms),
+            });
         }
-    };
-    let base = series_count(&metrics.gather());
-    add(0);
-    let per_combo = (series_count(&metrics.gather()) - base).max(1);
-    let combos = target.saturating_sub(base).div_ceil(per_combo);
-    (1..combos).for_each(add);
+    }
     metrics
+}
+
+/// The proxy's families, with `model-0` .. `model-{n-1}` on the model allowlist.
+fn registry_with_models(n: usize) -> Arc<Metrics> {
+    let config = MetricsConfig {
+        models: (0..n).map(|i| format!("model-{i}")).collect(),
+        ..MetricsConfig::default()
+    };
+    Metrics::new(&config).unwrap_or_else(|e| usage(&e.to_string()))
 }
 
 /// Series a snapshot becomes (as in the text format).

@@ -6,23 +6,31 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::RwLock;
 
 /// Label values → `T`. Entries are never removed: label values are bounded (labels.rs),
-/// so the map is too.
+/// so the map is too. They are kept in the order they were added, which is the order
+/// [`for_each`](LabelMap::for_each) visits: stable from one snapshot to the next.
 pub struct LabelMap<T> {
-    entries: RwLock<Buckets<T>>,
+    inner: RwLock<Inner<T>>,
 }
 
-/// Hash of the values → the entries with that hash (more than one only on a collision).
-type Buckets<T> = HashMap<u64, Vec<(LabelValues, T)>, BuildHasherDefault<WordHasher>>;
+struct Inner<T> {
+    /// Hash of the values → positions in `entries` (more than one only on a collision).
+    index: HashMap<u64, Vec<usize>, BuildHasherDefault<WordHasher>>,
+    entries: Vec<(LabelValues, T)>,
+}
+
 type LabelValues = Box<[Box<str>]>;
 
 impl<T> LabelMap<T> {
     pub fn new() -> Self {
         LabelMap {
-            entries: RwLock::new(HashMap::default()),
+            inner: RwLock::new(Inner {
+                index: HashMap::default(),
+                entries: Vec::new(),
+            }),
         }
     }
 
-    fn hash(&self, values: &[&str]) -> u64 {
+    fn hash(values: &[&str]) -> u64 {
         let mut h = WordHasher::default();
         for v in values {
             h.write_str_value(v);
@@ -32,42 +40,57 @@ impl<T> LabelMap<T> {
 
     /// Runs `f` on the entry for `values`, creating it with `make` the first time.
     pub fn with<R>(&self, values: &[&str], make: impl FnOnce() -> T, f: impl FnOnce(&T) -> R) -> R {
-        let key = self.hash(values);
-        let same = |stored: &[Box<str>]| stored.iter().map(|s| &**s).eq(values.iter().copied());
+        let key = Self::hash(values);
         {
-            let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
-            if let Some((_, v)) = entries
-                .get(&key)
-                .and_then(|bucket| bucket.iter().find(|(k, _)| same(k)))
-            {
-                return f(v);
+            let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(at) = inner.find(key, values) {
+                return f(&inner.entries[at].1);
             }
         }
-        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        let bucket = entries.entry(key).or_default();
-        let index = match bucket.iter().position(|(k, _)| same(k)) {
-            Some(i) => i,
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let at = match inner.find(key, values) {
+            Some(at) => at,
             None => {
                 let stored = values.iter().map(|v| Box::<str>::from(*v)).collect();
-                bucket.push((stored, make()));
-                bucket.len() - 1
+                inner.entries.push((stored, make()));
+                let at = inner.entries.len() - 1;
+                inner.index.entry(key).or_default().push(at);
+                at
             }
         };
-        f(&bucket[index].1)
+        f(&inner.entries[at].1)
     }
 
-    /// Visits every entry (label values in the order they were given, and the value).
+    /// Visits every entry in the order they were added (label values in the order they
+    /// were given, and the value).
     pub fn for_each(&self, mut f: impl FnMut(&[Box<str>], &T)) {
-        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
-        for (k, v) in entries.values().flatten() {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        for (k, v) in &inner.entries {
             f(k, v);
         }
     }
 
-    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn len(&self) -> usize {
-        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
-        entries.values().map(Vec::len).sum()
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .entries
+            .len()
+    }
+}
+
+impl<T> Inner<T> {
+    fn find(&self, key: u64, values: &[&str]) -> Option<usize> {
+        let same = |stored: &[Box<str>]| stored.iter().map(|s| &**s).eq(values.iter().copied());
+        self.index
+            .get(&key)?
+            .iter()
+            .copied()
+            .find(|&at| same(&self.entries[at].0))
     }
 }
 
@@ -162,5 +185,18 @@ mod tests {
             |c| c.load(Ordering::Relaxed),
         );
         assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn entries_are_visited_in_the_order_they_were_added() {
+        let map: LabelMap<usize> = LabelMap::new();
+        let keys: Vec<String> = (0..500).map(|i| format!("k{}", (i * 7919) % 1000)).collect();
+        for (i, k) in keys.iter().enumerate() {
+            map.with(&[k], || i, |_| ());
+        }
+        let mut order = Vec::new();
+        map.for_each(|k, &i| order.push((k[0].to_string(), i)));
+        let expected: Vec<_> = keys.iter().cloned().zip(0..).collect();
+        assert_eq!(order, expected);
     }
 }

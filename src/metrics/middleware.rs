@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -17,124 +17,22 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
-use prometheus::{Histogram, IntCounter};
 use tower::{Layer, Service};
 
-use super::label_map::LabelMap;
-use super::labels::{self, METHODS, STATUS_FAMILIES};
-use super::summary::SlidingSummary;
-use super::{ErrorCategory, Metrics, ModelLabel};
+use super::labels;
+use super::{ErrorCategory, FinishedRequest, Metrics, ModelLabel};
 
-/// Records finished requests into the HTTP families. Keeps the per-label-set handles so
-/// that recording a request costs one lookup, not one per family: a hash of the two
-/// string labels (route, model), then an array index by method and status family.
-pub struct HttpRecorder {
-    metrics: Arc<Metrics>,
-    series: LabelMap<RouteModelSeries>,
-}
-
-/// The label sets of one (route, model): one slot per method × status family, filled
-/// on first use.
-struct RouteModelSeries {
-    slots: [OnceLock<Box<HttpSeries>>; METHODS.len() * STATUS_FAMILIES.len()],
-}
-
-/// The handles of one (route, method, status_family, model) label set.
-struct HttpSeries {
-    requests: IntCounter,
-    latency: Histogram,
-    summary: SlidingSummary,
-    /// `codex_http_errors_total` by `ErrorCategory as usize`, made on first use.
-    errors: [OnceLock<IntCounter>; ErrorCategory::ALL.len()],
-}
-
-impl HttpRecorder {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        HttpRecorder {
-            metrics,
-            series: LabelMap::new(),
-        }
-    }
-
-    /// Records one finished request.
-    pub fn record(&self, request: &FinishedRequest<'_>) {
-        let model = self.metrics.labels.model(request.model);
-        let family = labels::status_family_index(request.status);
-        let ms = request
-            .ended
-            .saturating_duration_since(request.started)
-            .as_secs_f64()
-            * 1e3;
-        self.series.with(
-            &[request.route, model],
-            || RouteModelSeries {
-                slots: std::array::from_fn(|_| OnceLock::new()),
-            },
-            |route_model| {
-                let values = [
-                    request.route,
-                    METHODS[request.method],
-                    STATUS_FAMILIES[family],
-                    model,
-                ];
-                let s = route_model.slots[request.method * STATUS_FAMILIES.len() + family]
-                    .get_or_init(|| {
-                        Box::new(HttpSeries {
-                            requests: self.metrics.requests.with_label_values(&values),
-                            latency: self.metrics.latency.with_label_values(&values),
-                            summary: self.metrics.latency_summary.with_label_values(&values),
-                            errors: Default::default(),
-                        })
-                    });
-                s.requests.inc();
-                s.latency.observe(ms);
-                s.summary.observe_at(ms, request.ended);
-                if STATUS_FAMILIES[family] == "5xx" {
-                    let category = request.category.unwrap_or(ErrorCategory::Internal);
-                    s.errors[category as usize]
-                        .get_or_init(|| {
-                            let [route, method, family, model] = values;
-                            self.metrics.errors.with_label_values(&[
-                                route,
-                                method,
-                                family,
-                                model,
-                                category.as_str(),
-                            ])
-                        })
-                        .inc();
-                }
-            },
-        );
-    }
-}
-
-/// One request whose response body has ended.
-pub struct FinishedRequest<'a> {
-    /// A bounded value from `labels::route`.
-    pub route: &'a str,
-    /// Index into `labels::METHODS`, from `labels::method_index`.
-    pub method: usize,
-    pub status: StatusCode,
-    /// The raw model name the handler attached; the label rules bound it.
-    pub model: Option<&'a str>,
-    /// The category the handler attached; only read for 5xx.
-    pub category: Option<ErrorCategory>,
-    pub started: Instant,
-    pub ended: Instant,
-}
-
-/// The middleware as a tower layer: `router.layer(RecordLayer::new(recorder))`.
+/// The middleware as a tower layer: `router.layer(RecordLayer::new(metrics))`.
 ///
 /// Written as a plain `Service` rather than with `axum::middleware::from_fn`, which
 /// clones the inner service and boxes a future for every request: on a cheap route that
 /// was most of what metrics cost.
 #[derive(Clone)]
-pub struct RecordLayer(Arc<HttpRecorder>);
+pub struct RecordLayer(Arc<Metrics>);
 
 impl RecordLayer {
-    pub fn new(recorder: Arc<HttpRecorder>) -> Self {
-        RecordLayer(recorder)
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        RecordLayer(metrics)
     }
 }
 
@@ -144,7 +42,7 @@ impl<S> Layer<S> for RecordLayer {
     fn layer(&self, inner: S) -> Record<S> {
         Record {
             inner,
-            recorder: self.0.clone(),
+            metrics: self.0.clone(),
         }
     }
 }
@@ -153,7 +51,7 @@ impl<S> Layer<S> for RecordLayer {
 #[derive(Clone)]
 pub struct Record<S> {
     inner: S,
-    recorder: Arc<HttpRecorder>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S> Service<Request> for Record<S>
@@ -171,7 +69,7 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let head = Head {
-            recorder: self.recorder.clone(),
+            metrics: self.metrics.clone(),
             route: request.extensions().get::<MatchedPath>().cloned(),
             method: labels::method_index(request.method()),
             started: Instant::now(),
@@ -185,7 +83,7 @@ where
 
 /// What is known when the request arrives.
 struct Head {
-    recorder: Arc<HttpRecorder>,
+    metrics: Arc<Metrics>,
     route: Option<MatchedPath>,
     method: usize,
     started: Instant,
@@ -242,7 +140,7 @@ struct Pending {
 
 impl Pending {
     fn record(self) {
-        self.head.recorder.record(&FinishedRequest {
+        self.head.metrics.record(&FinishedRequest {
             route: labels::route(self.head.route.as_ref()),
             method: self.head.method,
             status: self.status,
@@ -325,8 +223,29 @@ mod tests {
         Metrics::new(&config).unwrap()
     }
 
+    /// The values of `family` for route, method, status family, model (and category).
+    fn sample(m: &Metrics, family: &str, values: &[&str]) -> Option<Vec<f64>> {
+        let mut labels = vec![
+            ("method", values[1]),
+            ("model", values[3]),
+            ("route", values[0]),
+            ("status_family", values[2]),
+        ];
+        if let Some(category) = values.get(4) {
+            labels.insert(0, ("category", category));
+        }
+        m.snapshot().find(family, &labels).map(<[f64]>::to_vec)
+    }
+
     fn counter(m: &Metrics, values: &[&str]) -> u64 {
-        m.requests.with_label_values(values).get()
+        sample(m, "codex_http_requests_total", values).map_or(0, |v| v[0] as u64)
+    }
+
+    /// Sum and count of the latency histogram.
+    fn latency(m: &Metrics, values: &[&str]) -> (f64, u64) {
+        let v = sample(m, "codex_http_latency_ms", values).unwrap_or_default();
+        let n = v.len();
+        (v[n - 2], v[n - 1] as u64)
     }
 
     /// A router like the proxy's: a plain JSON route, a streamed route, a failing route.
@@ -370,7 +289,7 @@ mod tests {
             .route("/v1/chat/completions", post(streamed))
             .route("/v1/fail", post(failing))
             .route("/v1/oops", get(panicky))
-            .layer(RecordLayer::new(Arc::new(HttpRecorder::new(m.clone()))))
+            .layer(RecordLayer::new(m.clone()))
     }
 
     fn request(method: Method, uri: &str) -> Request {
@@ -394,10 +313,8 @@ mod tests {
             counter(&m, &["/v1/models/{id}", "GET", "2xx", "unknown"]),
             1
         );
-        let histogram = m
-            .latency
-            .with_label_values(&["/v1/models/{id}", "GET", "2xx", "unknown"]);
-        assert_eq!(histogram.get_sample_count(), 1);
+        let (_, count) = latency(&m, &["/v1/models/{id}", "GET", "2xx", "unknown"]);
+        assert_eq!(count, 1);
     }
 
     #[tokio::test]
@@ -423,9 +340,9 @@ mod tests {
         to_bytes(body, usize::MAX).await.unwrap();
         assert_eq!(counter(&m, &labels), 1);
         // The latency covers the time the stream was held open, not only the headers.
-        let h = m.latency.with_label_values(&labels);
-        assert_eq!(h.get_sample_count(), 1);
-        assert!(h.get_sample_sum() >= held.as_secs_f64() * 1e3);
+        let (sum, count) = latency(&m, &labels);
+        assert_eq!(count, 1);
+        assert!(sum >= held.as_secs_f64() * 1e3);
     }
 
     #[tokio::test]
@@ -455,7 +372,9 @@ mod tests {
         drop(response);
         let response = app.oneshot(request(Method::GET, "/v1/oops")).await.unwrap();
         drop(response);
-        let errors = |values: &[&str]| m.errors.with_label_values(values).get();
+        let errors = |labels: &[&str]| {
+            sample(&m, "codex_http_errors_total", labels).map_or(0, |v| v[0] as u64)
+        };
         assert_eq!(
             errors(&["/v1/fail", "POST", "5xx", "other", "worker_not_ready"]),
             1

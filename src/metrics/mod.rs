@@ -2,6 +2,7 @@
 //! the guarded `/metrics` route. Names, types and labels are a contract (docs/metrics.md):
 //! dashboards and alerts built for the Node proxy query them.
 
+pub mod http;
 mod label_map;
 pub mod labels;
 pub mod middleware;
@@ -14,16 +15,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use prometheus::proto::MetricFamily;
-use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::config::{Config, MetricsConfig};
+pub use http::FinishedRequest;
+use http::HttpFamilies;
 pub use labels::LabelRules;
-use summary::SlidingSummaryVec;
+use snapshot::Snapshot;
 
-/// Labels of every HTTP family, in this order.
-pub const HTTP_LABELS: [&str; 4] = ["route", "method", "status_family", "model"];
 /// Latency buckets in milliseconds, built around the 1500 ms p95 budget.
 pub const LATENCY_BUCKETS_MS: [f64; 9] = [
     50.0, 100.0, 200.0, 400.0, 800.0, 1200.0, 2000.0, 5000.0, 10000.0,
@@ -104,14 +103,12 @@ impl AbortReason {
     }
 }
 
-/// Every family of the proxy path, registered in one application-owned registry.
+/// Every family of the proxy path: the HTTP families in [`HttpFamilies`], the others in
+/// one application-owned prometheus registry (which the pushers add their own to).
 pub struct Metrics {
     registry: Registry,
+    http: HttpFamilies,
     pub labels: LabelRules,
-    pub requests: IntCounterVec,
-    pub errors: IntCounterVec,
-    pub latency: HistogramVec,
-    pub latency_summary: SlidingSummaryVec,
     pub worker_restarts: IntCounter,
     pub worker_backoff_ms: IntGauge,
     pub worker_ready: IntGauge,
@@ -125,37 +122,6 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(config: &MetricsConfig) -> Result<Arc<Metrics>, MetricsError> {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "codex_http_requests_total",
-                "HTTP requests served, by route template, method, status family and model.",
-            ),
-            &HTTP_LABELS,
-        )?;
-        let mut error_labels = HTTP_LABELS.to_vec();
-        error_labels.push("category");
-        let errors = IntCounterVec::new(
-            Opts::new(
-                "codex_http_errors_total",
-                "HTTP responses with status >= 500, by category.",
-            ),
-            &error_labels,
-        )?;
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "codex_http_latency_ms",
-                "Request latency in milliseconds, measured to the end of the response body.",
-            )
-            .buckets(LATENCY_BUCKETS_MS.to_vec()),
-            &HTTP_LABELS,
-        )?;
-        let latency_summary = SlidingSummaryVec::new(
-            "codex_http_latency_summary_ms",
-            "Request latency in milliseconds over a sliding window.",
-            &HTTP_LABELS,
-            &SUMMARY_QUANTILES,
-            config.summary_window.0,
-        )?;
         let worker_restarts = IntCounter::new(
             "codex_worker_restarts_total",
             "Worker restarts since the proxy started.",
@@ -189,10 +155,6 @@ impl Metrics {
             "1 while maintenance mode answers /v1/* with 503.",
         )?;
 
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(errors.clone()))?;
-        registry.register(Box::new(latency.clone()))?;
-        registry.register(Box::new(latency_summary.clone()))?;
         registry.register(Box::new(worker_restarts.clone()))?;
         registry.register(Box::new(worker_backoff_ms.clone()))?;
         registry.register(Box::new(worker_ready.clone()))?;
@@ -208,11 +170,8 @@ impl Metrics {
 
         Ok(Arc::new(Metrics {
             registry,
+            http: HttpFamilies::new(config.summary_window.0),
             labels: LabelRules::new(&config.models),
-            requests,
-            errors,
-            latency,
-            latency_summary,
             worker_restarts,
             worker_backoff_ms,
             worker_ready,
@@ -229,9 +188,24 @@ impl Metrics {
         &self.registry
     }
 
-    /// A snapshot of every family: what `/metrics` renders and what the pushers send.
-    pub fn snapshot(&self) -> snapshot::Snapshot {
-        snapshot::Snapshot::from_families(&self.registry.gather())
+    /// Records one finished request in the HTTP families (what the middleware does when
+    /// a response body ends).
+    pub fn record(&self, request: &FinishedRequest<'_>) {
+        self.http.record(request, self.labels.model(request.model));
+    }
+
+    /// HTTP label sets (route, method, status family, model) recorded so far.
+    pub fn http_label_sets(&self) -> usize {
+        self.http.len()
+    }
+
+    /// A snapshot of every family, sorted by name: what `/metrics` renders and what the
+    /// pushers send.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        self.http.snapshot(std::time::Instant::now(), &mut snapshot);
+        snapshot.merge(Snapshot::from_families(&self.registry.gather()));
+        snapshot
     }
 
     /// The same snapshot in the prometheus crate's form (tests, tools).
@@ -294,8 +268,7 @@ where
     if !read {
         return router;
     }
-    let recorder = Arc::new(middleware::HttpRecorder::new(metrics.clone()));
-    router.layer(middleware::RecordLayer::new(recorder))
+    router.layer(middleware::RecordLayer::new(metrics.clone()))
 }
 
 /// Decrements `codex_streams_active` when dropped.

@@ -239,10 +239,10 @@ impl Renderer {
 
     /// The text format, gzip-compressed when asked.
     pub fn render(&self, gzip: bool) -> std::io::Result<Vec<u8>> {
-        let families = self.metrics.gather();
+        let snapshot = self.metrics.snapshot();
         let hint = self.last_len.load(Ordering::Relaxed);
         let mut text = String::with_capacity(hint + hint / 8);
-        text::encode(&families, &mut text);
+        text::encode(&snapshot, &mut text);
         self.last_len.store(text.len(), Ordering::Relaxed);
         if !gzip {
             return Ok(text.into_bytes());

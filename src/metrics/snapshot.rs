@@ -109,6 +109,23 @@ impl Snapshot {
             .sum()
     }
 
+    /// The values of the metric of family `name` with exactly these labels (in name
+    /// order), if there is one.
+    pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<&[f64]> {
+        let same = |l: &Labels| {
+            l.len() == labels.len()
+                && l.iter()
+                    .zip(labels)
+                    .all(|((n, v), (want_n, want_v))| **n == **want_n && **v == **want_v)
+        };
+        self.families
+            .iter()
+            .filter(|f| f.name == name)
+            .flat_map(Family::metrics)
+            .find(|(l, _)| same(l))
+            .map(|(_, values)| values)
+    }
+
     /// Adds `other`'s families and keeps the families sorted by name (stable: of two
     /// families with one name, the one already here comes first).
     pub fn merge(&mut self, other: Snapshot) {
@@ -236,10 +253,10 @@ fn proto_metric(family: &Family, labels: &Labels, values: &[f64]) -> Metric {
             g.set_value(values[0]);
             m.set_gauge(g);
         }
+        #[allow(deprecated)] // the only setters in prometheus 0.14
         Kind::Untyped => {
             let mut u = prometheus::proto::Untyped::default();
             u.set_value(values[0]);
-            #[allow(deprecated)] // the only setter in prometheus 0.14
             m.set_untyped(u);
         }
         Kind::Histogram => {

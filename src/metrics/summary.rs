@@ -1,8 +1,9 @@
-//! A sliding-window summary collector: the prometheus crate has no summary type.
+//! The quantiles of a sliding-window summary: the prometheus crate has no summary type.
 //!
 //! Semantics follow prom-client's summary with `maxAgeSeconds` and `ageBuckets`, so the
 //! Node proxy's dashboards read the same thing:
-//! - `_sum` and `_count` are cumulative since start (they never go down);
+//! - `_sum` and `_count` are cumulative since start (they never go down; the HTTP
+//!   series keeps them, shared with its histogram, see http.rs);
 //! - the quantiles cover only recent observations. The window (config
 //!   `metrics.summary_window`, default 10m) is split into [`AGES`] sub-windows; the
 //!   oldest is dropped whenever a sub-window's time is up, so a quantile covers between
@@ -17,14 +18,7 @@
 //! traffic: at most `AGES × MAX_BUCKETS × 8` bytes ≈ 41 KiB per label set, and in
 //! practice a few hundred bytes (latencies of one route span a few decades at most).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary};
-
-use super::label_map::LabelMap;
 
 /// Sub-windows per window (prom-client's `ageBuckets`).
 pub const AGES: usize = 5;
@@ -40,151 +34,8 @@ pub const MAX_BUCKETS: usize = 1037;
 /// ln γ with γ = (1+α)/(1-α) = 1.01/0.99 (checked by a test against RELATIVE_ACCURACY).
 const LN_GAMMA: f64 = 0.020000666706669435;
 
-/// Quantiles over a sliding window, one series per label set.
-#[derive(Clone)]
-pub struct SlidingSummaryVec {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    desc: Desc,
-    label_names: Vec<String>,
-    quantiles: Vec<f64>,
-    /// Length of one sub-window: window / AGES.
-    age: Duration,
-    series: LabelMap<SlidingSummary>,
-}
-
-impl SlidingSummaryVec {
-    /// `quantiles` must lie in [0, 1]; `window` is split into [`AGES`] sub-windows.
-    pub fn new(
-        name: &str,
-        help: &str,
-        labels: &[&str],
-        quantiles: &[f64],
-        window: Duration,
-    ) -> Result<Self, prometheus::Error> {
-        if let Some(q) = quantiles.iter().find(|q| !(0.0..=1.0).contains(*q)) {
-            return Err(prometheus::Error::Msg(format!(
-                "quantile {q} of {name} is outside [0, 1]"
-            )));
-        }
-        let label_names: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
-        let desc = Desc::new(
-            name.to_string(),
-            help.to_string(),
-            label_names.clone(),
-            HashMap::new(),
-        )?;
-        let mut quantiles = quantiles.to_vec();
-        quantiles.sort_by(f64::total_cmp);
-        Ok(SlidingSummaryVec {
-            inner: Arc::new(Inner {
-                desc,
-                label_names,
-                quantiles,
-                age: (window / AGES as u32).max(Duration::from_millis(1)),
-                series: LabelMap::new(),
-            }),
-        })
-    }
-
-    /// The series of one label set, to keep and observe into without a lookup.
-    /// `label_values` are in the order of the label names given to `new`.
-    pub fn with_label_values(&self, label_values: &[&str]) -> SlidingSummary {
-        self.inner.series.with(
-            label_values,
-            || self.new_series(Instant::now()),
-            SlidingSummary::clone,
-        )
-    }
-
-    pub fn observe(&self, label_values: &[&str], value: f64) {
-        self.observe_at(label_values, value, Instant::now());
-    }
-
-    fn observe_at(&self, label_values: &[&str], value: f64, now: Instant) {
-        self.inner.series.with(
-            label_values,
-            || self.new_series(now),
-            |s| s.observe_at(value, now),
-        );
-    }
-
-    fn new_series(&self, now: Instant) -> SlidingSummary {
-        SlidingSummary(Arc::new(Mutex::new(Window::new(self.inner.age, now))))
-    }
-
-    fn collect_at(&self, now: Instant) -> Vec<MetricFamily> {
-        let mut metrics = Vec::new();
-        self.inner.series.for_each(|values, series| {
-            let mut labels: Vec<LabelPair> = self
-                .inner
-                .label_names
-                .iter()
-                .zip(values)
-                .map(|(name, value)| {
-                    let mut pair = LabelPair::default();
-                    pair.set_name(name.clone());
-                    pair.set_value(value.to_string());
-                    pair
-                })
-                .collect();
-            labels.sort_by(|a, b| a.name().cmp(b.name()));
-            let mut metric = Metric::default();
-            metric.set_label(labels);
-            metric.set_summary(series.snapshot(&self.inner.quantiles, now));
-            metrics.push(metric);
-        });
-        if metrics.is_empty() {
-            return Vec::new();
-        }
-        let mut family = MetricFamily::default();
-        family.set_name(self.inner.desc.fq_name.clone());
-        family.set_help(self.inner.desc.help.clone());
-        family.set_field_type(MetricType::SUMMARY);
-        family.set_metric(metrics);
-        vec![family]
-    }
-}
-
-impl Collector for SlidingSummaryVec {
-    fn desc(&self) -> Vec<&Desc> {
-        vec![&self.inner.desc]
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        self.collect_at(Instant::now())
-    }
-}
-
-/// One label set's summary. Cloning shares it.
-#[derive(Clone)]
-pub struct SlidingSummary(Arc<Mutex<Window>>);
-
-impl SlidingSummary {
-    pub fn observe(&self, value: f64) {
-        self.observe_at(value, Instant::now());
-    }
-
-    /// Observes at a time the caller already read (the middleware has it).
-    pub fn observe_at(&self, value: f64, now: Instant) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .observe(value, now);
-    }
-
-    fn snapshot(&self, quantiles: &[f64], now: Instant) -> Summary {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .snapshot(quantiles, now)
-    }
-}
-
-/// The ring of sub-windows of one series, and its cumulative sum and count.
-struct Window {
+/// The ring of sub-windows of one series.
+pub struct SlidingWindow {
     ages: [Sketch; AGES],
     /// Index in `ages` of the sub-window receiving observations.
     current: usize,
@@ -192,31 +43,27 @@ struct Window {
     /// `current_started + age`: before it, nothing rotates (one comparison per observe).
     current_ends: Instant,
     age: Duration,
-    sum: f64,
-    count: u64,
 }
 
-impl Window {
-    fn new(age: Duration, now: Instant) -> Self {
-        Window {
+impl SlidingWindow {
+    /// `window` is split into [`AGES`] sub-windows (of at least a millisecond).
+    pub fn new(window: Duration, now: Instant) -> Self {
+        let age = (window / AGES as u32).max(Duration::from_millis(1));
+        SlidingWindow {
             ages: Default::default(),
             current: 0,
             current_started: now,
             current_ends: now + age,
             age,
-            sum: 0.0,
-            count: 0,
         }
     }
 
-    fn observe(&mut self, value: f64, now: Instant) {
-        // A NaN would poison the sum forever and has no rank: it is not an observation.
+    /// A NaN has no rank: it is not an observation.
+    pub fn observe(&mut self, value: f64, now: Instant) {
         if value.is_nan() {
             return;
         }
         self.rotate(now);
-        self.sum += value;
-        self.count += 1;
         self.ages[self.current].add(value);
     }
 
@@ -237,47 +84,42 @@ impl Window {
         self.current_ends = self.current_started + self.age;
     }
 
-    fn snapshot(&mut self, quantiles: &[f64], now: Instant) -> Summary {
+    /// Appends the value of each of `quantiles` (ascending) over the window at `now` to
+    /// `out`: `NaN` for all when the window holds nothing. `merged` is scratch space, kept
+    /// by the caller so that a snapshot of many series allocates once.
+    pub fn quantiles(
+        &mut self,
+        quantiles: &[f64],
+        now: Instant,
+        merged: &mut Vec<(i16, u32)>,
+        out: &mut Vec<f64>,
+    ) {
         self.rotate(now);
-        let mut merged: Vec<(i16, u32)> = self
-            .ages
-            .iter()
-            .flat_map(|s| s.buckets.iter().copied())
-            .collect();
+        merged.clear();
+        merged.extend(self.ages.iter().flat_map(|s| s.buckets.iter().copied()));
         merged.sort_unstable_by_key(|&(index, _)| index);
         let total: u64 = merged.iter().map(|&(_, c)| u64::from(c)).sum();
-
-        let mut out = Vec::with_capacity(quantiles.len());
         let mut seen = 0u64;
         let mut buckets = merged.iter().peekable();
         // `quantiles` is sorted, so one walk over the buckets serves all of them.
         for &q in quantiles {
-            let value = if total == 0 {
-                f64::NAN
-            } else {
-                // The sample of rank floor(q·(n-1)) (0-based) is the one reported.
-                let rank = (q * (total - 1) as f64).floor() as u64;
-                let mut index = None;
-                while let Some(&&(i, c)) = buckets.peek() {
-                    if seen + u64::from(c) > rank {
-                        index = Some(i);
-                        break;
-                    }
-                    seen += u64::from(c);
-                    buckets.next();
+            if total == 0 {
+                out.push(f64::NAN);
+                continue;
+            }
+            // The sample of rank floor(q·(n-1)) (0-based) is the one reported.
+            let rank = (q * (total - 1) as f64).floor() as u64;
+            let mut index = None;
+            while let Some(&&(i, c)) = buckets.peek() {
+                if seen + u64::from(c) > rank {
+                    index = Some(i);
+                    break;
                 }
-                index.map_or(f64::NAN, bucket_value)
-            };
-            let mut quantile = Quantile::default();
-            quantile.set_quantile(q);
-            quantile.set_value(value);
-            out.push(quantile);
+                seen += u64::from(c);
+                buckets.next();
+            }
+            out.push(index.map_or(f64::NAN, bucket_value));
         }
-        let mut summary = Summary::default();
-        summary.set_sample_count(self.count);
-        summary.set_sample_sum(self.sum);
-        summary.set_quantile(out);
-        summary
     }
 
     #[cfg(test)]
@@ -325,14 +167,10 @@ mod tests {
 
     const Q: [f64; 4] = [0.5, 0.9, 0.95, 0.99];
 
-    fn summary(window: Duration) -> SlidingSummaryVec {
-        SlidingSummaryVec::new("lat_ms", "help", &["route"], &Q, window).unwrap()
-    }
-
-    fn only_summary(s: &SlidingSummaryVec, now: Instant) -> Summary {
-        let families = s.collect_at(now);
-        assert_eq!(families.len(), 1);
-        families[0].get_metric()[0].get_summary().clone()
+    fn quantiles(w: &mut SlidingWindow, now: Instant) -> Vec<f64> {
+        let mut out = Vec::new();
+        w.quantiles(&Q, now, &mut Vec::new(), &mut out);
+        out
     }
 
     fn assert_close(got: f64, want: f64) {
@@ -345,89 +183,75 @@ mod tests {
 
     #[test]
     fn quantiles_of_known_data_are_within_one_percent() {
-        let s = summary(Duration::from_secs(600));
         let now = Instant::now();
+        let mut w = SlidingWindow::new(Duration::from_secs(600), now);
         // 1..=1000 in a scrambled order: the sketch must not depend on arrival order.
         let mut values: Vec<f64> = (1..=1000).map(f64::from).collect();
         fastrand::Rng::with_seed(3).shuffle(&mut values);
         for v in &values {
-            s.observe_at(&["/a"], *v, now);
+            w.observe(*v, now);
         }
-        let got = only_summary(&s, now);
-        assert_eq!(got.sample_count(), 1000);
-        assert_eq!(got.sample_sum(), 500_500.0);
         values.sort_by(f64::total_cmp);
-        for (q, quantile) in Q.iter().zip(got.get_quantile()) {
-            assert_eq!(quantile.quantile(), *q);
+        for (q, got) in Q.iter().zip(quantiles(&mut w, now)) {
             let exact = values[(q * 999.0).floor() as usize];
-            assert_close(quantile.value(), exact);
+            assert_close(got, exact);
         }
     }
 
     #[test]
     fn a_skewed_latency_mix_reports_the_tail() {
-        let s = summary(Duration::from_secs(600));
         let now = Instant::now();
+        let mut w = SlidingWindow::new(Duration::from_secs(600), now);
         // 95 fast requests and 5 slow streams: p50 is fast, p99 is a stream.
         for _ in 0..95 {
-            s.observe_at(&["/a"], 12.0, now);
+            w.observe(12.0, now);
         }
         for _ in 0..5 {
-            s.observe_at(&["/a"], 30_000.0, now);
+            w.observe(30_000.0, now);
         }
-        let q = only_summary(&s, now);
-        assert_close(q.get_quantile()[0].value(), 12.0);
-        assert_close(q.get_quantile()[1].value(), 12.0);
-        assert_close(q.get_quantile()[3].value(), 30_000.0);
+        let q = quantiles(&mut w, now);
+        assert_close(q[0], 12.0);
+        assert_close(q[1], 12.0);
+        assert_close(q[3], 30_000.0);
     }
 
     #[test]
-    fn observations_expire_after_the_window_but_sum_and_count_stay() {
+    fn observations_expire_after_the_window() {
         let window = Duration::from_secs(600);
-        let s = summary(window);
         let t0 = Instant::now();
-        s.observe_at(&["/a"], 100.0, t0);
+        let mut w = SlidingWindow::new(window, t0);
+        w.observe(100.0, t0);
         // Still inside the window.
-        let q = only_summary(&s, t0 + Duration::from_secs(479));
-        assert_close(q.get_quantile()[0].value(), 100.0);
-        // Past the window: the quantiles are empty, the cumulative part is not.
-        let q = only_summary(&s, t0 + window + Duration::from_secs(1));
-        assert!(q.get_quantile().iter().all(|x| x.value().is_nan()));
-        assert_eq!(q.sample_count(), 1);
-        assert_eq!(q.sample_sum(), 100.0);
+        assert_close(quantiles(&mut w, t0 + Duration::from_secs(479))[0], 100.0);
+        // Past the window: the quantiles are empty.
+        let q = quantiles(&mut w, t0 + window + Duration::from_secs(1));
+        assert!(q.iter().all(|x| x.is_nan()));
     }
 
     #[test]
     fn the_window_slides_one_sub_window_at_a_time() {
         let window = Duration::from_secs(100); // sub-windows of 20 s
-        let s = summary(window);
         let t0 = Instant::now();
-        s.observe_at(&["/a"], 10.0, t0);
-        s.observe_at(&["/a"], 1000.0, t0 + Duration::from_secs(50));
+        let mut w = SlidingWindow::new(window, t0);
+        w.observe(10.0, t0);
+        w.observe(1000.0, t0 + Duration::from_secs(50));
         // At 105 s the first sub-window (0-20 s) is gone, the one holding 50 s is not.
-        let q = only_summary(&s, t0 + Duration::from_secs(105));
-        assert_close(q.get_quantile()[0].value(), 1000.0);
+        assert_close(quantiles(&mut w, t0 + Duration::from_secs(105))[0], 1000.0);
         // At 150 s both are gone.
-        let q = only_summary(&s, t0 + Duration::from_secs(150));
-        assert!(q.get_quantile()[0].value().is_nan());
-        assert_eq!(q.sample_count(), 2);
+        assert!(quantiles(&mut w, t0 + Duration::from_secs(150))[0].is_nan());
     }
 
     #[test]
     fn memory_per_series_is_bounded_whatever_the_values() {
-        let s = summary(Duration::from_secs(600));
         let t0 = Instant::now();
+        let mut w = SlidingWindow::new(Duration::from_secs(600), t0);
         let mut rng = fastrand::Rng::with_seed(5);
         // A million observations over 10^-6 .. 10^12, spread over every sub-window.
         for i in 0..1_000_000u64 {
             let v = 10f64.powf(rng.f64() * 18.0 - 6.0);
-            s.observe_at(&["/a"], v, t0 + Duration::from_millis(i % 600_000));
+            w.observe(v, t0 + Duration::from_millis(i % 600_000));
         }
-        let held = s.inner.series.with(
-            &["/a"],
-            || unreachable!(),
-            |w| w.0.lock().unwrap().buckets_held(),
-        );
+        let held = w.buckets_held();
         assert!(held <= AGES * MAX_BUCKETS, "{held} buckets held");
         assert_eq!(bucket_index(0.0), bucket_index(MIN_VALUE));
         assert_eq!(bucket_index(f64::INFINITY), bucket_index(MAX_VALUE));
@@ -445,35 +269,11 @@ mod tests {
 
     #[test]
     fn nan_is_not_an_observation() {
-        let s = summary(Duration::from_secs(600));
         let now = Instant::now();
-        s.observe_at(&["/a"], f64::NAN, now);
-        s.observe_at(&["/a"], 5.0, now);
-        let q = only_summary(&s, now);
-        assert_eq!(q.sample_count(), 1);
-        assert_eq!(q.sample_sum(), 5.0);
-    }
-
-    #[test]
-    fn renders_as_a_summary_in_the_text_format() {
-        let registry = prometheus::Registry::new();
-        let s = summary(Duration::from_secs(600));
-        registry.register(Box::new(s.clone())).unwrap();
-        // No series yet: no family at all, like an empty vec.
-        assert!(registry.gather().is_empty());
-        s.observe(&["/v1/models"], 42.0);
-        let text = prometheus::TextEncoder::new()
-            .encode_to_string(&registry.gather())
-            .unwrap();
-        assert!(text.contains("# TYPE lat_ms summary\n"), "{text}");
-        assert!(text.contains("lat_ms{route=\"/v1/models\",quantile=\"0.99\"} 4"));
-        assert!(text.contains("lat_ms_sum{route=\"/v1/models\"} 42\n"));
-        assert!(text.contains("lat_ms_count{route=\"/v1/models\"} 1\n"));
-    }
-
-    #[test]
-    fn a_quantile_outside_zero_one_is_refused() {
-        let r = SlidingSummaryVec::new("x", "h", &[], &[1.5], Duration::from_secs(1));
-        assert!(r.is_err());
+        let mut w = SlidingWindow::new(Duration::from_secs(600), now);
+        w.observe(f64::NAN, now);
+        assert!(quantiles(&mut w, now)[0].is_nan());
+        w.observe(5.0, now);
+        assert_close(quantiles(&mut w, now)[0], 5.0);
     }
 }

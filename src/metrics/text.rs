@@ -6,96 +6,77 @@
 
 use std::fmt::Write;
 
-use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
+use super::snapshot::{Kind, Snapshot};
 
-/// Appends `families` to `out` in the text format.
-pub fn encode(families: &[MetricFamily], out: &mut String) {
+/// Appends `snapshot` to `out` in the text format.
+pub fn encode(snapshot: &Snapshot, out: &mut String) {
     let mut labels = String::new();
-    for family in families {
-        let name = family.name();
-        if !family.help().is_empty() {
+    for family in &snapshot.families {
+        let name = family.name.as_str();
+        if !family.help.is_empty() {
             out.push_str("# HELP ");
             out.push_str(name);
             out.push(' ');
-            escape(family.help(), false, out);
+            escape(&family.help, false, out);
             out.push('\n');
         }
-        let kind = family.get_field_type();
         out.push_str("# TYPE ");
         out.push_str(name);
-        out.push_str(match kind {
-            MetricType::COUNTER => " counter\n",
-            MetricType::GAUGE => " gauge\n",
-            MetricType::SUMMARY => " summary\n",
-            MetricType::HISTOGRAM => " histogram\n",
-            MetricType::UNTYPED => " untyped\n",
+        out.push_str(match family.kind {
+            Kind::Counter => " counter\n",
+            Kind::Gauge => " gauge\n",
+            Kind::Summary => " summary\n",
+            Kind::Histogram => " histogram\n",
+            Kind::Untyped => " untyped\n",
         });
-        for metric in family.get_metric() {
+        let n = family.bounds.len();
+        for (pairs, values) in family.metrics() {
             labels.clear();
-            label_block(metric.get_label(), &mut labels);
+            for (i, (label, value)) in pairs.iter().enumerate() {
+                if i > 0 {
+                    labels.push(',');
+                }
+                labels.push_str(label);
+                labels.push_str("=\"");
+                escape(value, true, &mut labels);
+                labels.push('"');
+            }
             let sample = Sample {
                 name,
                 labels: &labels,
-                metric,
             };
-            match kind {
-                MetricType::COUNTER => {
-                    sample.write(out, "", None, metric.get_counter().get_value())
-                }
-                MetricType::GAUGE => sample.write(out, "", None, metric.get_gauge().get_value()),
+            match family.kind {
+                Kind::Counter | Kind::Gauge => sample.write(out, "", None, values[0]),
                 // Nothing registered here is untyped (the crate's encoder cannot write it
                 // either); its samples are left out rather than guessed at.
-                MetricType::UNTYPED => {}
-                MetricType::HISTOGRAM => {
-                    let h = metric.get_histogram();
-                    let mut inf_seen = false;
-                    for bucket in h.get_bucket() {
-                        let bound = bucket.upper_bound();
-                        inf_seen |= bound == f64::INFINITY;
-                        let count = bucket.cumulative_count() as f64;
+                Kind::Untyped => {}
+                Kind::Histogram => {
+                    for (&bound, &count) in family.bounds.iter().zip(values) {
                         sample.write(out, "_bucket", Some(("le", bound)), count);
                     }
-                    if !inf_seen {
-                        let count = h.get_sample_count() as f64;
-                        sample.write(out, "_bucket", Some(("le", f64::INFINITY)), count);
-                    }
-                    sample.write(out, "_sum", None, h.get_sample_sum());
-                    sample.write(out, "_count", None, h.get_sample_count() as f64);
+                    sample.write(out, "_bucket", Some(("le", f64::INFINITY)), values[n + 1]);
+                    sample.write(out, "_sum", None, values[n]);
+                    sample.write(out, "_count", None, values[n + 1]);
                 }
-                MetricType::SUMMARY => {
-                    let s = metric.get_summary();
-                    for q in s.get_quantile() {
-                        sample.write(out, "", Some(("quantile", q.quantile())), q.value());
+                Kind::Summary => {
+                    for (&q, &v) in family.bounds.iter().zip(values) {
+                        sample.write(out, "", Some(("quantile", q)), v);
                     }
-                    sample.write(out, "_sum", None, s.sample_sum());
-                    sample.write(out, "_count", None, s.sample_count() as f64);
+                    sample.write(out, "_sum", None, values[n]);
+                    sample.write(out, "_count", None, values[n + 1]);
                 }
             }
         }
     }
 }
 
-/// `a="x",b="y"` without braces: the part every sample of one series shares.
-fn label_block(pairs: &[LabelPair], out: &mut String) {
-    for (i, pair) in pairs.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(pair.name());
-        out.push_str("=\"");
-        escape(pair.value(), true, out);
-        out.push('"');
-    }
-}
-
 struct Sample<'a> {
     name: &'a str,
     labels: &'a str,
-    metric: &'a Metric,
 }
 
 impl Sample<'_> {
-    /// One line: `name<suffix>{labels[,extra="v"]} value[ timestamp]`.
+    /// One line: `name<suffix>{labels[,extra="v"]} value`.
     fn write(&self, out: &mut String, suffix: &str, extra: Option<(&str, f64)>, value: f64) {
         out.push_str(self.name);
         out.push_str(suffix);
@@ -115,10 +96,6 @@ impl Sample<'_> {
         }
         out.push(' ');
         number(value, out);
-        let timestamp = self.metric.timestamp_ms();
-        if timestamp != 0 {
-            let _ = write!(out, " {timestamp}");
-        }
         out.push('\n');
     }
 }
@@ -159,11 +136,11 @@ fn escape(v: &str, quote: bool, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::summary::SlidingSummaryVec;
+    use crate::metrics::snapshot::Family;
     use prometheus::{
         Counter, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
     };
-    use std::time::Duration;
+    use std::sync::Arc;
 
     #[test]
     fn writes_what_the_crate_encoder_writes() {
@@ -186,30 +163,27 @@ mod tests {
         h.with_label_values(&["/v1"]).observe(7.25);
         let no_labels = prometheus::Histogram::with_opts(HistogramOpts::new("h2", "h")).unwrap();
         no_labels.observe(0.3);
-        let s = SlidingSummaryVec::new(
-            "s_ms",
-            "A summary.",
-            &["route"],
-            &[0.5, 0.99],
-            Duration::from_secs(60),
-        )
-        .unwrap();
-        s.observe(&["/v1"], 12.5);
-        s.observe(&["/v2"], f64::NAN); // a series whose quantiles are NaN
         for collector in [
             Box::new(c) as Box<dyn prometheus::core::Collector>,
             Box::new(g),
             Box::new(plain),
             Box::new(h),
             Box::new(no_labels),
-            Box::new(s),
         ] {
             r.register(collector).unwrap();
         }
-        let families = r.gather();
-        let expected = TextEncoder::new().encode_to_string(&families).unwrap();
+        let mut snapshot = Snapshot::from_families(&r.gather());
+        // The crate has no summary type: one built by hand, with a NaN quantile.
+        let mut s = Family::new("s_ms", "A summary.", Kind::Summary, Arc::new([0.5, 0.99]));
+        s.push(Arc::new([("route".into(), "/v1".into())]), &[12.5, f64::NAN, 12.5, 1.0]);
+        snapshot.merge(Snapshot {
+            families: vec![s],
+        });
+        let expected = TextEncoder::new()
+            .encode_to_string(&snapshot.to_families())
+            .unwrap();
         let mut got = String::new();
-        encode(&families, &mut got);
+        encode(&snapshot, &mut got);
         assert_eq!(got, expected);
     }
 

@@ -1,0 +1,334 @@
+//! The four HTTP families, kept together per label set:
+//! `codex_http_requests_total`, `codex_http_errors_total`, `codex_http_latency_ms` and
+//! `codex_http_latency_summary_ms`.
+//!
+//! A finished request updates all of them at once, so one label set holds one lock with
+//! everything in it (count, sum, histogram buckets, the summary's window): recording a
+//! request is one lookup and one uncontended lock, where the crate's separate counter,
+//! histogram and a summary beside them took nine atomic read-modify-writes. The families
+//! agree by construction: the request count is the histogram's and the summary's count.
+//! A snapshot walks the label sets in the order they were created and writes the values
+//! straight into a [`Snapshot`]'s flat vectors, with no per-sample allocation.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+
+use super::label_map::LabelMap;
+use super::labels::{self, METHODS, STATUS_FAMILIES};
+use super::snapshot::{Family, Kind, Labels, Snapshot};
+use super::summary::SlidingWindow;
+use super::{ErrorCategory, LATENCY_BUCKETS_MS, SUMMARY_QUANTILES};
+
+const REQUESTS: (&str, &str) = (
+    "codex_http_requests_total",
+    "HTTP requests served, by route template, method, status family and model.",
+);
+const ERRORS: (&str, &str) = (
+    "codex_http_errors_total",
+    "HTTP responses with status >= 500, by category.",
+);
+const LATENCY: (&str, &str) = (
+    "codex_http_latency_ms",
+    "Request latency in milliseconds, measured to the end of the response body.",
+);
+const LATENCY_SUMMARY: (&str, &str) = (
+    "codex_http_latency_summary_ms",
+    "Request latency in milliseconds over a sliding window.",
+);
+
+/// One request whose response body has ended.
+pub struct FinishedRequest<'a> {
+    /// A bounded value from `labels::route`.
+    pub route: &'a str,
+    /// Index into `labels::METHODS`, from `labels::method_index`.
+    pub method: usize,
+    pub status: StatusCode,
+    /// The raw model name the handler attached; the label rules bound it.
+    pub model: Option<&'a str>,
+    /// The category the handler attached; only read for 5xx.
+    pub category: Option<ErrorCategory>,
+    pub started: Instant,
+    pub ended: Instant,
+}
+
+/// Every HTTP label set, found by (route, model), then by method and status family.
+pub struct HttpFamilies {
+    series: LabelMap<RouteModelSeries>,
+    summary_window: Duration,
+}
+
+/// The label sets of one (route, model): one slot per method × status family, filled on
+/// first use.
+struct RouteModelSeries {
+    slots: [OnceLock<Box<HttpSeries>>; METHODS.len() * STATUS_FAMILIES.len()],
+}
+
+/// One (route, method, status_family, model) label set.
+struct HttpSeries {
+    labels: Labels,
+    state: Mutex<SeriesState>,
+    /// `codex_http_errors_total` by `ErrorCategory as usize`, made on first use.
+    errors: [OnceLock<ErrorSeries>; ErrorCategory::ALL.len()],
+}
+
+struct SeriesState {
+    /// Observations per latency bucket (not cumulative); those above the largest bound
+    /// are `count` minus the rest.
+    buckets: [u64; LATENCY_BUCKETS_MS.len()],
+    sum: f64,
+    count: u64,
+    window: SlidingWindow,
+}
+
+struct ErrorSeries {
+    labels: Labels,
+    count: AtomicU64,
+}
+
+impl HttpFamilies {
+    /// `summary_window` is `metrics.summary_window`.
+    pub fn new(summary_window: Duration) -> HttpFamilies {
+        HttpFamilies {
+            series: LabelMap::new(),
+            summary_window,
+        }
+    }
+
+    /// Records one request; `model` is the already bounded label value.
+    pub fn record(&self, request: &FinishedRequest<'_>, model: &str) {
+        let family = labels::status_family_index(request.status);
+        let ms = request
+            .ended
+            .saturating_duration_since(request.started)
+            .as_secs_f64()
+            * 1e3;
+        self.series.with(
+            &[request.route, model],
+            || RouteModelSeries {
+                slots: std::array::from_fn(|_| OnceLock::new()),
+            },
+            |route_model| {
+                let slot = &route_model.slots[request.method * STATUS_FAMILIES.len() + family];
+                let series = slot.get_or_init(|| {
+                    let labels = [
+                        ("method", METHODS[request.method]),
+                        ("model", model),
+                        ("route", request.route),
+                        ("status_family", STATUS_FAMILIES[family]),
+                    ];
+                    Box::new(HttpSeries::new(
+                        &labels,
+                        self.summary_window,
+                        request.ended,
+                    ))
+                });
+                series.observe(ms, request.ended);
+                if STATUS_FAMILIES[family] == "5xx" {
+                    let category = request.category.unwrap_or(ErrorCategory::Internal);
+                    series.errors[category as usize]
+                        .get_or_init(|| ErrorSeries {
+                            labels: with_label(&series.labels, ("category", category.as_str())),
+                            count: AtomicU64::new(0),
+                        })
+                        .count
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            },
+        );
+    }
+
+    /// The four families as of `now`, appended to `out` (those without a series left out).
+    pub fn snapshot(&self, now: Instant, out: &mut Snapshot) {
+        let bounds: Arc<[f64]> = LATENCY_BUCKETS_MS.into();
+        let quantiles: Arc<[f64]> = SUMMARY_QUANTILES.into();
+        let (name, help) = REQUESTS;
+        let mut requests = Family::new(name, help, Kind::Counter, Arc::new([]));
+        let (name, help) = ERRORS;
+        let mut errors = Family::new(name, help, Kind::Counter, Arc::new([]));
+        let (name, help) = LATENCY;
+        let mut latency = Family::new(name, help, Kind::Histogram, bounds);
+        let (name, help) = LATENCY_SUMMARY;
+        let mut summary = Family::new(name, help, Kind::Summary, quantiles.clone());
+        let mut merged = Vec::new();
+        let mut values = Vec::with_capacity(LATENCY_BUCKETS_MS.len() + 2);
+        self.series.for_each(|_, route_model| {
+            for series in route_model.slots.iter().filter_map(OnceLock::get) {
+                let mut state = series.state.lock().unwrap_or_else(|p| p.into_inner());
+                let (sum, count) = (state.sum, state.count as f64);
+                requests.push(series.labels.clone(), &[count]);
+                values.clear();
+                let mut cumulative = 0;
+                for n in state.buckets {
+                    cumulative += n;
+                    values.push(cumulative as f64);
+                }
+                values.extend([sum, count]);
+                latency.push(series.labels.clone(), &values);
+                values.clear();
+                state
+                    .window
+                    .quantiles(&quantiles, now, &mut merged, &mut values);
+                drop(state);
+                values.extend([sum, count]);
+                summary.push(series.labels.clone(), &values);
+                for e in series.errors.iter().filter_map(OnceLock::get) {
+                    let n = e.count.load(Ordering::Relaxed) as f64;
+                    errors.push(e.labels.clone(), &[n]);
+                }
+            }
+        });
+        out.families.extend(
+            [errors, latency, summary, requests]
+                .into_iter()
+                .filter(|f| !f.labels.is_empty()),
+        );
+    }
+
+    /// Label sets (route, method, status family, model) seen so far.
+    pub fn len(&self) -> usize {
+        let mut n = 0;
+        self.series.for_each(|_, route_model| {
+            n += route_model.slots.iter().filter(|s| s.get().is_some()).count();
+        });
+        n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+}
+
+impl HttpSeries {
+    fn new(labels: &[(&str, &str)], summary_window: Duration, now: Instant) -> HttpSeries {
+        HttpSeries {
+            labels: labels
+                .iter()
+                .map(|&(n, v)| (n.into(), v.into()))
+                .collect(),
+            state: Mutex::new(SeriesState {
+                buckets: [0; LATENCY_BUCKETS_MS.len()],
+                sum: 0.0,
+                count: 0,
+                window: SlidingWindow::new(summary_window, now),
+            }),
+            errors: Default::default(),
+        }
+    }
+
+    fn observe(&self, ms: f64, now: Instant) {
+        // `le` is inclusive: a value equal to a bound belongs to that bound's bucket.
+        let bucket = LATENCY_BUCKETS_MS.partition_point(|&le| le < ms);
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = state.buckets.get_mut(bucket) {
+            *n += 1;
+        }
+        state.sum += ms;
+        state.count += 1;
+        state.window.observe(ms, now);
+    }
+}
+
+/// `labels` plus one more, kept sorted by name.
+fn with_label(labels: &Labels, (name, value): (&str, &str)) -> Labels {
+    let mut out: Vec<(Box<str>, Box<str>)> = labels.to_vec();
+    let at = out.partition_point(|(n, _)| &**n < name);
+    out.insert(at, (name.into(), value.into()));
+    out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(route: &str, status: u16, ms: u64, category: Option<ErrorCategory>) -> FinishedRequest<'_> {
+        let started = Instant::now();
+        FinishedRequest {
+            route,
+            method: 1,
+            status: StatusCode::from_u16(status).unwrap(),
+            model: None,
+            category,
+            started,
+            ended: started + Duration::from_millis(ms),
+        }
+    }
+
+    fn snapshot(h: &HttpFamilies) -> Snapshot {
+        let mut s = Snapshot::default();
+        h.snapshot(Instant::now(), &mut s);
+        s
+    }
+
+    #[test]
+    fn one_request_updates_all_three_families_of_its_label_set() {
+        let h = HttpFamilies::new(Duration::from_secs(600));
+        h.record(&request("/v1/models", 200, 100, None), "unknown");
+        h.record(&request("/v1/models", 200, 150, None), "unknown");
+        h.record(&request("/v1/models", 200, 20_000, None), "unknown");
+        let s = snapshot(&h);
+        let labels = [
+            ("method", METHODS[1]),
+            ("model", "unknown"),
+            ("route", "/v1/models"),
+            ("status_family", "2xx"),
+        ];
+        assert_eq!(s.find("codex_http_requests_total", &labels), Some(&[3.0][..]));
+        // 100 is in its own bucket (le is inclusive), 150 in le=200, 20 s above all.
+        let histogram = s.find("codex_http_latency_ms", &labels).unwrap();
+        assert_eq!(
+            histogram,
+            [0.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 20_250.0, 3.0]
+        );
+        let summary = s.find("codex_http_latency_summary_ms", &labels).unwrap();
+        assert_eq!(summary.len(), SUMMARY_QUANTILES.len() + 2);
+        assert!((summary[0] - 150.0).abs() <= 1.5, "p50 {}", summary[0]);
+        assert_eq!(summary[4..], [20_250.0, 3.0]);
+        assert!(s.families.iter().all(|f| f.name != "codex_http_errors_total"));
+    }
+
+    #[test]
+    fn a_5xx_counts_an_error_by_category_internal_when_none_is_given() {
+        let h = HttpFamilies::new(Duration::from_secs(600));
+        let busy = Some(ErrorCategory::WorkerBusy);
+        h.record(&request("/v1/chat/completions", 503, 5, busy), "m");
+        h.record(&request("/v1/chat/completions", 500, 5, None), "m");
+        h.record(&request("/v1/chat/completions", 404, 5, busy), "m");
+        let s = snapshot(&h);
+        let labels = |category| {
+            [
+                ("category", category),
+                ("method", METHODS[1]),
+                ("model", "m"),
+                ("route", "/v1/chat/completions"),
+                ("status_family", "5xx"),
+            ]
+        };
+        assert_eq!(s.find("codex_http_errors_total", &labels("worker_busy")), Some(&[1.0][..]));
+        assert_eq!(s.find("codex_http_errors_total", &labels("internal")), Some(&[1.0][..]));
+        let errors = s.families.iter().find(|f| f.name == "codex_http_errors_total");
+        assert_eq!(errors.map(|f| f.labels.len()), Some(2));
+    }
+
+    #[test]
+    fn label_sets_keep_their_order_from_snapshot_to_snapshot() {
+        let h = HttpFamilies::new(Duration::from_secs(600));
+        let routes: Vec<String> = (0..50).map(|i| format!("/r{}", (i * 37) % 50)).collect();
+        for r in &routes {
+            h.record(&request(r, 200, 1, None), "m");
+        }
+        let order = |s: &Snapshot| -> Vec<String> {
+            let f = s.families.iter().find(|f| f.name == "codex_http_requests_total").unwrap();
+            f.labels.iter().map(|l| l[2].1.to_string()).collect()
+        };
+        let first = order(&snapshot(&h));
+        assert_eq!(first, routes);
+        h.record(&request("/new", 200, 1, None), "m");
+        let second = order(&snapshot(&h));
+        assert_eq!(second[..50], first[..]);
+        assert_eq!(second[50], "/new");
+        assert_eq!(h.len(), 51);
+    }
+}
