@@ -195,7 +195,11 @@ fn synthetic_registry(target: usize) -> Arc<Metrics> {
         let route = format!("/v1/r{}", combo % ROUTES);
         let model = format!("model-{}", combo / ROUTES);
         let method = [Method::GET, Method::POST][combo % 2].clone();
-        let status = [StatusCode::OK, StatusCode::NOT_FOUND, StatusCode::BAD_GATEWAY][combo % 3];
+        let status = [
+            StatusCode::OK,
+            StatusCode::NOT_FOUND,
+            StatusCode::BAD_GATEWAY,
+        ][combo % 3];
         for ms in [40, 180, 900] {
             metrics.record(&FinishedRequest {
                 route: &route,

@@ -54,15 +54,22 @@ pub struct FinishedRequest<'a> {
     pub ended: Instant,
 }
 
-/// Every HTTP label set, found by (route, model), then by method and status family.
+/// Every HTTP label set, found by route, then model, then method and status family.
 pub struct HttpFamilies {
-    series: LabelMap<RouteModelSeries>,
+    routes: LabelMap<RouteSeries>,
+    /// How many values the model label can take (`LabelRules::model_value_bound`).
+    model_slots: usize,
     summary_window: Duration,
 }
 
-/// The label sets of one (route, model): one slot per method × status family, filled on
-/// first use.
-struct RouteModelSeries {
+/// The label sets of one route, by the model's place among the model label's values
+/// (`LabelRules::model_slot`), filled on first use.
+struct RouteSeries {
+    models: Box<[OnceLock<Box<ModelSeries>>]>,
+}
+
+/// The label sets of one (route, model): one per method × status family.
+struct ModelSeries {
     slots: [OnceLock<Box<HttpSeries>>; METHODS.len() * STATUS_FAMILIES.len()],
 }
 
@@ -89,55 +96,70 @@ struct ErrorSeries {
 }
 
 impl HttpFamilies {
-    /// `summary_window` is `metrics.summary_window`.
-    pub fn new(summary_window: Duration) -> HttpFamilies {
+    /// `model_slots` is `LabelRules::model_value_bound`, `summary_window` is
+    /// `metrics.summary_window`.
+    pub fn new(model_slots: usize, summary_window: Duration) -> HttpFamilies {
         HttpFamilies {
-            series: LabelMap::new(),
+            routes: LabelMap::new(),
+            model_slots,
             summary_window,
         }
     }
 
-    /// Records one request; `model` is the already bounded label value.
-    pub fn record(&self, request: &FinishedRequest<'_>, model: &str) {
+    /// Records one request; `model` is the bounded label value and its slot
+    /// (`LabelRules::model_slot`).
+    pub fn record(&self, request: &FinishedRequest<'_>, (model_slot, model): (usize, &str)) {
         let family = labels::status_family_index(request.status);
         let ms = request
             .ended
             .saturating_duration_since(request.started)
             .as_secs_f64()
             * 1e3;
-        self.series.with(
-            &[request.route, model],
-            || RouteModelSeries {
-                slots: std::array::from_fn(|_| OnceLock::new()),
-            },
-            |route_model| {
-                let slot = &route_model.slots[request.method * STATUS_FAMILIES.len() + family];
-                let series = slot.get_or_init(|| {
-                    let labels = [
-                        ("method", METHODS[request.method]),
-                        ("model", model),
-                        ("route", request.route),
-                        ("status_family", STATUS_FAMILIES[family]),
-                    ];
-                    Box::new(HttpSeries::new(
-                        &labels,
-                        self.summary_window,
-                        request.ended,
-                    ))
-                });
-                series.observe(ms, request.ended);
-                if STATUS_FAMILIES[family] == "5xx" {
-                    let category = request.category.unwrap_or(ErrorCategory::Internal);
-                    series.errors[category as usize]
-                        .get_or_init(|| ErrorSeries {
-                            labels: with_label(&series.labels, ("category", category.as_str())),
-                            count: AtomicU64::new(0),
-                        })
-                        .count
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            },
-        );
+        let make_route = || RouteSeries {
+            models: (0..self.model_slots).map(|_| OnceLock::new()).collect(),
+        };
+        self.routes.with(request.route, make_route, |route| {
+            let Some(by_model) = route.models.get(model_slot) else {
+                return; // a slot past the bound the rules gave: not a label value
+            };
+            let by_model = by_model.get_or_init(|| {
+                Box::new(ModelSeries {
+                    slots: std::array::from_fn(|_| OnceLock::new()),
+                })
+            });
+            let slot = &by_model.slots[request.method * STATUS_FAMILIES.len() + family];
+            let series = slot.get_or_init(|| {
+                let labels = [
+                    ("method", METHODS[request.method]),
+                    ("model", model),
+                    ("route", request.route),
+                    ("status_family", STATUS_FAMILIES[family]),
+                ];
+                Box::new(HttpSeries::new(&labels, self.summary_window, request.ended))
+            });
+            series.observe(ms, request.ended);
+            if STATUS_FAMILIES[family] == "5xx" {
+                let category = request.category.unwrap_or(ErrorCategory::Internal);
+                series.errors[category as usize]
+                    .get_or_init(|| ErrorSeries {
+                        labels: with_label(&series.labels, ("category", category.as_str())),
+                        count: AtomicU64::new(0),
+                    })
+                    .count
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+
+    /// Every label set, in a stable order: routes as they came, then models by slot, then
+    /// method and status family.
+    fn for_each(&self, mut f: impl FnMut(&HttpSeries)) {
+        self.routes.for_each(|_, route| {
+            let models = route.models.iter().filter_map(OnceLock::get);
+            for series in models.flat_map(|m| m.slots.iter().filter_map(OnceLock::get)) {
+                f(series);
+            }
+        });
     }
 
     /// The four families as of `now`, appended to `out` (those without a series left out).
@@ -154,30 +176,28 @@ impl HttpFamilies {
         let mut summary = Family::new(name, help, Kind::Summary, quantiles.clone());
         let mut merged = Vec::new();
         let mut values = Vec::with_capacity(LATENCY_BUCKETS_MS.len() + 2);
-        self.series.for_each(|_, route_model| {
-            for series in route_model.slots.iter().filter_map(OnceLock::get) {
-                let mut state = series.state.lock().unwrap_or_else(|p| p.into_inner());
-                let (sum, count) = (state.sum, state.count as f64);
-                requests.push(series.labels.clone(), &[count]);
-                values.clear();
-                let mut cumulative = 0;
-                for n in state.buckets {
-                    cumulative += n;
-                    values.push(cumulative as f64);
-                }
-                values.extend([sum, count]);
-                latency.push(series.labels.clone(), &values);
-                values.clear();
-                state
-                    .window
-                    .quantiles(&quantiles, now, &mut merged, &mut values);
-                drop(state);
-                values.extend([sum, count]);
-                summary.push(series.labels.clone(), &values);
-                for e in series.errors.iter().filter_map(OnceLock::get) {
-                    let n = e.count.load(Ordering::Relaxed) as f64;
-                    errors.push(e.labels.clone(), &[n]);
-                }
+        self.for_each(|series| {
+            let mut state = series.state.lock().unwrap_or_else(|p| p.into_inner());
+            let (sum, count) = (state.sum, state.count as f64);
+            requests.push(series.labels.clone(), &[count]);
+            values.clear();
+            let mut cumulative = 0;
+            for n in state.buckets {
+                cumulative += n;
+                values.push(cumulative as f64);
+            }
+            values.extend([sum, count]);
+            latency.push(series.labels.clone(), &values);
+            values.clear();
+            state
+                .window
+                .quantiles(&quantiles, now, &mut merged, &mut values);
+            drop(state);
+            values.extend([sum, count]);
+            summary.push(series.labels.clone(), &values);
+            for e in series.errors.iter().filter_map(OnceLock::get) {
+                let n = e.count.load(Ordering::Relaxed) as f64;
+                errors.push(e.labels.clone(), &[n]);
             }
         });
         out.families.extend(
@@ -190,24 +210,19 @@ impl HttpFamilies {
     /// Label sets (route, method, status family, model) seen so far.
     pub fn len(&self) -> usize {
         let mut n = 0;
-        self.series.for_each(|_, route_model| {
-            n += route_model.slots.iter().filter(|s| s.get().is_some()).count();
-        });
+        self.for_each(|_| n += 1);
         n
     }
 
     pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
+        self.len() == 0
     }
 }
 
 impl HttpSeries {
     fn new(labels: &[(&str, &str)], summary_window: Duration, now: Instant) -> HttpSeries {
         HttpSeries {
-            labels: labels
-                .iter()
-                .map(|&(n, v)| (n.into(), v.into()))
-                .collect(),
+            labels: labels.iter().map(|&(n, v)| (n.into(), v.into())).collect(),
             state: Mutex::new(SeriesState {
                 buckets: [0; LATENCY_BUCKETS_MS.len()],
                 sum: 0.0,
@@ -243,7 +258,12 @@ fn with_label(labels: &Labels, (name, value): (&str, &str)) -> Labels {
 mod tests {
     use super::*;
 
-    fn request(route: &str, status: u16, ms: u64, category: Option<ErrorCategory>) -> FinishedRequest<'_> {
+    fn request(
+        route: &str,
+        status: u16,
+        ms: u64,
+        category: Option<ErrorCategory>,
+    ) -> FinishedRequest<'_> {
         let started = Instant::now();
         FinishedRequest {
             route,
@@ -264,10 +284,10 @@ mod tests {
 
     #[test]
     fn one_request_updates_all_three_families_of_its_label_set() {
-        let h = HttpFamilies::new(Duration::from_secs(600));
-        h.record(&request("/v1/models", 200, 100, None), "unknown");
-        h.record(&request("/v1/models", 200, 150, None), "unknown");
-        h.record(&request("/v1/models", 200, 20_000, None), "unknown");
+        let h = HttpFamilies::new(4, Duration::from_secs(600));
+        h.record(&request("/v1/models", 200, 100, None), (2, "unknown"));
+        h.record(&request("/v1/models", 200, 150, None), (2, "unknown"));
+        h.record(&request("/v1/models", 200, 20_000, None), (2, "unknown"));
         let s = snapshot(&h);
         let labels = [
             ("method", METHODS[1]),
@@ -275,7 +295,10 @@ mod tests {
             ("route", "/v1/models"),
             ("status_family", "2xx"),
         ];
-        assert_eq!(s.find("codex_http_requests_total", &labels), Some(&[3.0][..]));
+        assert_eq!(
+            s.find("codex_http_requests_total", &labels),
+            Some(&[3.0][..])
+        );
         // 100 is in its own bucket (le is inclusive), 150 in le=200, 20 s above all.
         let histogram = s.find("codex_http_latency_ms", &labels).unwrap();
         assert_eq!(
@@ -286,16 +309,19 @@ mod tests {
         assert_eq!(summary.len(), SUMMARY_QUANTILES.len() + 2);
         assert!((summary[0] - 150.0).abs() <= 1.5, "p50 {}", summary[0]);
         assert_eq!(summary[4..], [20_250.0, 3.0]);
-        assert!(s.families.iter().all(|f| f.name != "codex_http_errors_total"));
+        assert!(s
+            .families
+            .iter()
+            .all(|f| f.name != "codex_http_errors_total"));
     }
 
     #[test]
     fn a_5xx_counts_an_error_by_category_internal_when_none_is_given() {
-        let h = HttpFamilies::new(Duration::from_secs(600));
+        let h = HttpFamilies::new(4, Duration::from_secs(600));
         let busy = Some(ErrorCategory::WorkerBusy);
-        h.record(&request("/v1/chat/completions", 503, 5, busy), "m");
-        h.record(&request("/v1/chat/completions", 500, 5, None), "m");
-        h.record(&request("/v1/chat/completions", 404, 5, busy), "m");
+        h.record(&request("/v1/chat/completions", 503, 5, busy), (0, "m"));
+        h.record(&request("/v1/chat/completions", 500, 5, None), (0, "m"));
+        h.record(&request("/v1/chat/completions", 404, 5, busy), (0, "m"));
         let s = snapshot(&h);
         let labels = |category| {
             [
@@ -306,26 +332,39 @@ mod tests {
                 ("status_family", "5xx"),
             ]
         };
-        assert_eq!(s.find("codex_http_errors_total", &labels("worker_busy")), Some(&[1.0][..]));
-        assert_eq!(s.find("codex_http_errors_total", &labels("internal")), Some(&[1.0][..]));
-        let errors = s.families.iter().find(|f| f.name == "codex_http_errors_total");
+        assert_eq!(
+            s.find("codex_http_errors_total", &labels("worker_busy")),
+            Some(&[1.0][..])
+        );
+        assert_eq!(
+            s.find("codex_http_errors_total", &labels("internal")),
+            Some(&[1.0][..])
+        );
+        let errors = s
+            .families
+            .iter()
+            .find(|f| f.name == "codex_http_errors_total");
         assert_eq!(errors.map(|f| f.labels.len()), Some(2));
     }
 
     #[test]
     fn label_sets_keep_their_order_from_snapshot_to_snapshot() {
-        let h = HttpFamilies::new(Duration::from_secs(600));
+        let h = HttpFamilies::new(4, Duration::from_secs(600));
         let routes: Vec<String> = (0..50).map(|i| format!("/r{}", (i * 37) % 50)).collect();
         for r in &routes {
-            h.record(&request(r, 200, 1, None), "m");
+            h.record(&request(r, 200, 1, None), (0, "m"));
         }
         let order = |s: &Snapshot| -> Vec<String> {
-            let f = s.families.iter().find(|f| f.name == "codex_http_requests_total").unwrap();
+            let f = s
+                .families
+                .iter()
+                .find(|f| f.name == "codex_http_requests_total")
+                .unwrap();
             f.labels.iter().map(|l| l[2].1.to_string()).collect()
         };
         let first = order(&snapshot(&h));
         assert_eq!(first, routes);
-        h.record(&request("/new", 200, 1, None), "m");
+        h.record(&request("/new", 200, 1, None), (0, "m"));
         let second = order(&snapshot(&h));
         assert_eq!(second[..50], first[..]);
         assert_eq!(second[50], "/new");

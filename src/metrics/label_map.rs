@@ -1,97 +1,135 @@
-//! A map keyed by a list of label values that is looked up with `&[&str]` without
-//! allocating: the hot path (one request) only hashes the values and takes a read lock.
+//! One label value → `T`, looked up on every request without a lock: hashing the value
+//! and reading a slot or two is all a lookup costs once the value has been seen.
+//!
+//! The table uses open addressing with linear probing. A slot is filled once, under the
+//! `adding` lock, and never emptied, so a reader that meets an empty slot knows the value
+//! was absent when it looked, and takes the slow path that adds it. Entries are never
+//! removed: label values are bounded (labels.rs), so the map is too. Past three quarters
+//! of the table, values go to an overflow list behind a read-write lock (a route label has
+//! a dozen values, so that is for the pathological case only).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::RwLock;
+use std::sync::{Mutex, OnceLock, RwLock};
 
-/// Label values → `T`. Entries are never removed: label values are bounded (labels.rs),
-/// so the map is too. They are kept in the order they were added, which is the order
-/// [`for_each`](LabelMap::for_each) visits: stable from one snapshot to the next.
+/// Slots in the lock-free table.
+const SLOTS: usize = 256;
+/// Values held in the table; those past it go to the overflow list.
+const TABLE_LIMIT: usize = SLOTS / 4 * 3;
+
 pub struct LabelMap<T> {
-    inner: RwLock<Inner<T>>,
+    slots: Box<[OnceLock<Box<Entry<T>>>]>,
+    /// Filled slots, in the order they were filled. Held while adding.
+    order: Mutex<Vec<usize>>,
+    overflow: RwLock<Vec<Entry<T>>>,
 }
 
-struct Inner<T> {
-    /// Hash of the values → positions in `entries` (more than one only on a collision).
-    index: HashMap<u64, Vec<usize>, BuildHasherDefault<WordHasher>>,
-    entries: Vec<(LabelValues, T)>,
+struct Entry<T> {
+    key: Box<str>,
+    value: T,
 }
-
-type LabelValues = Box<[Box<str>]>;
 
 impl<T> LabelMap<T> {
     pub fn new() -> Self {
         LabelMap {
-            inner: RwLock::new(Inner {
-                index: HashMap::default(),
-                entries: Vec::new(),
-            }),
+            slots: (0..SLOTS).map(|_| OnceLock::new()).collect(),
+            order: Mutex::new(Vec::new()),
+            overflow: RwLock::new(Vec::new()),
         }
     }
 
-    fn hash(values: &[&str]) -> u64 {
-        let mut h = WordHasher::default();
-        for v in values {
-            h.write_str_value(v);
+    /// Runs `f` on the entry for `key`, creating it with `make` the first time.
+    pub fn with<R>(&self, key: &str, make: impl FnOnce() -> T, f: impl FnOnce(&T) -> R) -> R {
+        let start = hash(key);
+        if let Probe::Found(entry) = self.probe(start, key) {
+            return f(&entry.value);
         }
-        h.finish()
+        self.with_slow(start, key, make, f)
     }
 
-    /// Runs `f` on the entry for `values`, creating it with `make` the first time.
-    pub fn with<R>(&self, values: &[&str], make: impl FnOnce() -> T, f: impl FnOnce(&T) -> R) -> R {
-        let key = Self::hash(values);
+    fn probe(&self, start: usize, key: &str) -> Probe<'_, T> {
+        for i in 0..SLOTS {
+            let at = (start + i) % SLOTS;
+            match self.slots[at].get() {
+                Some(entry) if *entry.key == *key => return Probe::Found(entry),
+                Some(_) => continue,
+                None => return Probe::Empty(at),
+            }
+        }
+        // Unreachable while the table stays under TABLE_LIMIT.
+        Probe::Full
+    }
+
+    #[cold]
+    fn with_slow<R>(
+        &self,
+        start: usize,
+        key: &str,
+        make: impl FnOnce() -> T,
+        f: impl FnOnce(&T) -> R,
+    ) -> R {
         {
-            let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(at) = inner.find(key, values) {
-                return f(&inner.entries[at].1);
+            let overflow = self.overflow.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(entry) = overflow.iter().find(|e| *e.key == *key) {
+                return f(&entry.value);
             }
         }
-        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        let at = match inner.find(key, values) {
-            Some(at) => at,
-            None => {
-                let stored = values.iter().map(|v| Box::<str>::from(*v)).collect();
-                inner.entries.push((stored, make()));
-                let at = inner.entries.len() - 1;
-                inner.index.entry(key).or_default().push(at);
-                at
+        let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        match self.probe(start, key) {
+            Probe::Found(entry) => f(&entry.value),
+            Probe::Empty(at) if order.len() < TABLE_LIMIT => {
+                // Only this thread (holding `order`) fills slots, so `make` runs.
+                let entry = self.slots[at].get_or_init(|| {
+                    Box::new(Entry {
+                        key: key.into(),
+                        value: make(),
+                    })
+                });
+                order.push(at);
+                drop(order);
+                f(&entry.value)
             }
-        };
-        f(&inner.entries[at].1)
-    }
-
-    /// Visits every entry in the order they were added (label values in the order they
-    /// were given, and the value).
-    pub fn for_each(&self, mut f: impl FnMut(&[Box<str>], &T)) {
-        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        for (k, v) in &inner.entries {
-            f(k, v);
+            Probe::Empty(_) | Probe::Full => {
+                let mut overflow = self.overflow.write().unwrap_or_else(|p| p.into_inner());
+                let at = match overflow.iter().position(|e| *e.key == *key) {
+                    Some(at) => at,
+                    None => {
+                        overflow.push(Entry {
+                            key: key.into(),
+                            value: make(),
+                        });
+                        overflow.len() - 1
+                    }
+                };
+                f(&overflow[at].value)
+            }
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn len(&self) -> usize {
-        self.inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .entries
-            .len()
+    /// Visits every entry in the order they were added.
+    pub fn for_each(&self, mut f: impl FnMut(&str, &T)) {
+        {
+            let order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+            for entry in order.iter().filter_map(|&at| self.slots[at].get()) {
+                f(&entry.key, &entry.value);
+            }
+        }
+        let overflow = self.overflow.read().unwrap_or_else(|p| p.into_inner());
+        for entry in overflow.iter() {
+            f(&entry.key, &entry.value);
+        }
     }
 }
 
-impl<T> Inner<T> {
-    fn find(&self, key: u64, values: &[&str]) -> Option<usize> {
-        let same = |stored: &[Box<str>]| stored.iter().map(|s| &**s).eq(values.iter().copied());
-        self.index
-            .get(&key)?
-            .iter()
-            .copied()
-            .find(|&at| same(&self.entries[at].0))
-    }
+enum Probe<'a, T> {
+    Found(&'a Entry<T>),
+    Empty(usize),
+    Full,
+}
+
+/// Where `key`'s probe starts.
+fn hash(key: &str) -> usize {
+    let mut h = WordHasher::default();
+    h.write_str_value(key);
+    h.finish() as usize
 }
 
 /// A fast unkeyed hash, eight bytes per step (the Fx hash of rustc). SipHash's defence
@@ -99,7 +137,7 @@ impl<T> Inner<T> {
 /// label values (labels.rs), never raw client input, and a collision only costs a
 /// comparison.
 #[derive(Default)]
-pub struct WordHasher(u64);
+struct WordHasher(u64);
 
 impl WordHasher {
     const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
@@ -107,12 +145,9 @@ impl WordHasher {
     fn add(&mut self, word: u64) {
         self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::K);
     }
-}
 
-impl WordHasher {
     /// Hashes one value: its full 8-byte words, then a last word holding the 0..=7
-    /// remaining bytes and the value's length in the top byte, which also marks where
-    /// one value ends and the next begins (`"ab", ""` differs from `"a", "b"`).
+    /// remaining bytes and the value's length in the top byte.
     fn write_str_value(&mut self, value: &str) {
         let bytes = value.as_bytes();
         let mut chunks = bytes.chunks_exact(8);
@@ -127,22 +162,10 @@ impl WordHasher {
         word[7] = bytes.len() as u8;
         self.add(u64::from_le_bytes(word));
     }
-}
-
-impl Hasher for WordHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.add(u64::from(b));
-        }
-    }
-
-    /// The map's keys are already hashes: one step.
-    fn write_u64(&mut self, word: u64) {
-        self.add(word);
-    }
 
     fn finish(&self) -> u64 {
-        self.0
+        // The top bits are the best mixed; the table index takes the low ones.
+        self.0.rotate_left(26)
     }
 }
 
@@ -157,46 +180,75 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    fn count(map: &LabelMap<AtomicU32>, key: &str) -> u32 {
+        map.with(
+            key,
+            || AtomicU32::new(0),
+            |c| c.fetch_add(1, Ordering::Relaxed) + 1,
+        )
+    }
+
     #[test]
-    fn the_same_values_reach_the_same_entry() {
-        let map: LabelMap<AtomicU32> = LabelMap::new();
+    fn the_same_value_reaches_the_same_entry() {
+        let map = LabelMap::new();
         for _ in 0..3 {
-            map.with(
-                &["a", "b"],
-                || AtomicU32::new(0),
-                |c| c.fetch_add(1, Ordering::Relaxed),
-            );
+            count(&map, "a");
         }
-        map.with(
-            &["a", "c"],
-            || AtomicU32::new(0),
-            |c| c.fetch_add(1, Ordering::Relaxed),
-        );
-        // "ab" + "" must not be confused with "a" + "b".
-        map.with(
-            &["ab", ""],
-            || AtomicU32::new(0),
-            |c| c.fetch_add(1, Ordering::Relaxed),
-        );
-        assert_eq!(map.len(), 3);
-        let n = map.with(
-            &["a", "b"],
-            || AtomicU32::new(99),
-            |c| c.load(Ordering::Relaxed),
-        );
-        assert_eq!(n, 3);
+        count(&map, "b");
+        assert_eq!(count(&map, "a"), 4);
+        assert_eq!(count(&map, "b"), 2);
+    }
+
+    #[test]
+    fn values_past_the_table_go_to_the_overflow_and_are_still_found() {
+        let map = LabelMap::new();
+        let keys: Vec<String> = (0..SLOTS * 2).map(|i| format!("/v1/route/{i}")).collect();
+        for k in &keys {
+            count(&map, k);
+        }
+        for k in &keys {
+            assert_eq!(count(&map, k), 2, "{k}");
+        }
+        assert_eq!(map.overflow.read().unwrap().len(), SLOTS * 2 - TABLE_LIMIT);
     }
 
     #[test]
     fn entries_are_visited_in_the_order_they_were_added() {
         let map: LabelMap<usize> = LabelMap::new();
-        let keys: Vec<String> = (0..500).map(|i| format!("k{}", (i * 7919) % 1000)).collect();
+        let keys: Vec<String> = (0..400)
+            .map(|i| format!("k{}", (i * 7919) % 1000))
+            .collect();
         for (i, k) in keys.iter().enumerate() {
-            map.with(&[k], || i, |_| ());
+            map.with(k, || i, |_| ());
         }
         let mut order = Vec::new();
-        map.for_each(|k, &i| order.push((k[0].to_string(), i)));
+        map.for_each(|k, &i| order.push((k.to_string(), i)));
         let expected: Vec<_> = keys.iter().cloned().zip(0..).collect();
         assert_eq!(order, expected);
+    }
+
+    #[test]
+    fn concurrent_adds_of_one_value_make_one_entry() {
+        let map = std::sync::Arc::new(LabelMap::new());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let map = map.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        count(&map, &format!("k{}", i % 50));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut total = 0;
+        let mut keys = 0;
+        map.for_each(|_, c| {
+            keys += 1;
+            total += c.load(Ordering::Relaxed);
+        });
+        assert_eq!((keys, total), (50, 800));
     }
 }

@@ -147,13 +147,23 @@ impl LabelRules {
     /// among the worker's models, else `other`. The value is borrowed from `raw`, so an
     /// allowed name costs no allocation.
     pub fn model<'a>(&self, raw: Option<&'a str>) -> &'a str {
+        self.model_slot(raw).1
+    }
+
+    /// The `model` label value and its place among every value the rule can give, a
+    /// dense index below [`model_value_bound`](Self::model_value_bound): the allowlist
+    /// in order, the worker's models in the order they came, `unknown`, `other`.
+    pub fn model_slot<'a>(&self, raw: Option<&'a str>) -> (usize, &'a str) {
+        let allowed = self.allowed_models.len();
         let Some(raw) = raw else {
-            return MODEL_UNKNOWN;
+            return (allowed + MAX_WORKER_MODELS, MODEL_UNKNOWN);
         };
-        if self.allowed_models.iter().any(|a| a == raw) || self.worker_models().any(|w| w == raw) {
-            raw
-        } else {
-            MODEL_OTHER
+        if let Some(i) = self.allowed_models.iter().position(|a| a == raw) {
+            return (i, raw);
+        }
+        match self.worker_models().position(|w| w == raw) {
+            Some(i) => (allowed + i, raw),
+            None => (allowed + MAX_WORKER_MODELS + 1, MODEL_OTHER),
         }
     }
 

@@ -168,10 +168,11 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
 
+        let labels = LabelRules::new(&config.models);
         Ok(Arc::new(Metrics {
             registry,
-            http: HttpFamilies::new(config.summary_window.0),
-            labels: LabelRules::new(&config.models),
+            http: HttpFamilies::new(labels.model_value_bound(), config.summary_window.0),
+            labels,
             worker_restarts,
             worker_backoff_ms,
             worker_ready,
@@ -191,7 +192,8 @@ impl Metrics {
     /// Records one finished request in the HTTP families (what the middleware does when
     /// a response body ends).
     pub fn record(&self, request: &FinishedRequest<'_>) {
-        self.http.record(request, self.labels.model(request.model));
+        self.http
+            .record(request, self.labels.model_slot(request.model));
     }
 
     /// HTTP label sets (route, method, status family, model) recorded so far.

@@ -175,10 +175,11 @@ mod tests {
         let mut snapshot = Snapshot::from_families(&r.gather());
         // The crate has no summary type: one built by hand, with a NaN quantile.
         let mut s = Family::new("s_ms", "A summary.", Kind::Summary, Arc::new([0.5, 0.99]));
-        s.push(Arc::new([("route".into(), "/v1".into())]), &[12.5, f64::NAN, 12.5, 1.0]);
-        snapshot.merge(Snapshot {
-            families: vec![s],
-        });
+        s.push(
+            Arc::new([("route".into(), "/v1".into())]),
+            &[12.5, f64::NAN, 12.5, 1.0],
+        );
+        snapshot.merge(Snapshot { families: vec![s] });
         let expected = TextEncoder::new()
             .encode_to_string(&snapshot.to_families())
             .unwrap();
