@@ -244,7 +244,11 @@ fn main() {
     let mut i = 0usize;
     c.bench_function("record_request", |b| {
         b.iter(|| {
-            i = (i + 1) % finished.len();
+            // A compare, not `%`: a division would cost a fifth of what is measured.
+            i += 1;
+            if i == finished.len() {
+                i = 0;
+            }
             metrics.record(black_box(&finished[i]));
         })
     });

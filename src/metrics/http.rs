@@ -39,6 +39,18 @@ const LATENCY_SUMMARY: (&str, &str) = (
     "Request latency in milliseconds over a sliding window.",
 );
 
+/// [`LATENCY_BUCKETS_MS`] in nanoseconds: a request's bucket is found by comparing
+/// integers, exactly.
+const BOUNDS_NS: [u64; LATENCY_BUCKETS_MS.len()] = {
+    let mut out = [0; LATENCY_BUCKETS_MS.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = (LATENCY_BUCKETS_MS[i] * 1e6) as u64;
+        i += 1;
+    }
+    out
+};
+
 /// One request whose response body has ended.
 pub struct FinishedRequest<'a> {
     /// A bounded value from `labels::route`.
@@ -110,11 +122,8 @@ impl HttpFamilies {
     /// (`LabelRules::model_slot`).
     pub fn record(&self, request: &FinishedRequest<'_>, (model_slot, model): (usize, &str)) {
         let family = labels::status_family_index(request.status);
-        let ms = request
-            .ended
-            .saturating_duration_since(request.started)
-            .as_secs_f64()
-            * 1e3;
+        let elapsed = request.ended.saturating_duration_since(request.started);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let make_route = || RouteSeries {
             models: (0..self.model_slots).map(|_| OnceLock::new()).collect(),
         };
@@ -137,7 +146,7 @@ impl HttpFamilies {
                 ];
                 Box::new(HttpSeries::new(&labels, self.summary_window, request.ended))
             });
-            series.observe(ms, request.ended);
+            series.observe(nanos, request.ended);
             if STATUS_FAMILIES[family] == "5xx" {
                 let category = request.category.unwrap_or(ErrorCategory::Internal);
                 series.errors[category as usize]
@@ -233,9 +242,11 @@ impl HttpSeries {
         }
     }
 
-    fn observe(&self, ms: f64, now: Instant) {
+    fn observe(&self, nanos: u64, now: Instant) {
         // `le` is inclusive: a value equal to a bound belongs to that bound's bucket.
-        let bucket = LATENCY_BUCKETS_MS.partition_point(|&le| le < ms);
+        let bucket = BOUNDS_NS.partition_point(|&le| le < nanos);
+        // A multiplication, not `as_secs_f64`'s division: the last bits do not matter here.
+        let ms = nanos as f64 * 1e-6;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = state.buckets.get_mut(bucket) {
             *n += 1;
@@ -302,13 +313,15 @@ mod tests {
         // 100 is in its own bucket (le is inclusive), 150 in le=200, 20 s above all.
         let histogram = s.find("codex_http_latency_ms", &labels).unwrap();
         assert_eq!(
-            histogram,
-            [0.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 20_250.0, 3.0]
+            histogram[..9],
+            [0.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
         );
+        assert!((histogram[9] - 20_250.0).abs() < 1e-9);
+        assert_eq!(histogram[10], 3.0);
         let summary = s.find("codex_http_latency_summary_ms", &labels).unwrap();
         assert_eq!(summary.len(), SUMMARY_QUANTILES.len() + 2);
         assert!((summary[0] - 150.0).abs() <= 1.5, "p50 {}", summary[0]);
-        assert_eq!(summary[4..], [20_250.0, 3.0]);
+        assert_eq!(summary[4..], histogram[9..]);
         assert!(s
             .families
             .iter()

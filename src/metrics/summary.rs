@@ -14,9 +14,11 @@
 //! bucket `ceil(ln v / ln γ)` with `γ = (1+α)/(1-α)`, and a quantile is reported as the
 //! middle of its bucket, which is within α = 1% of the true sample of that rank. Values
 //! are clamped to [`MIN_VALUE`, `MAX_VALUE`] (10 µs to ~2.8 h in milliseconds), so a
-//! sub-window never holds more than [`MAX_BUCKETS`] buckets of 8 bytes whatever the
-//! traffic: at most `AGES × MAX_BUCKETS × 8` bytes ≈ 41 KiB per label set, and in
-//! practice a few hundred bytes (latencies of one route span a few decades at most).
+//! sub-window never counts more than [`MAX_BUCKETS`] buckets whatever the traffic.
+//! A sub-window's counts are a dense array over the range of buckets it has seen, so an
+//! observation is an index and an increment (a search in a sparse list was a quarter of
+//! recording a request): at most `AGES × MAX_BUCKETS × 4` bytes ≈ 20 KiB per label set,
+//! in practice 1-2 KiB per sub-window (latencies of one route span a few decades).
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +35,8 @@ pub const MAX_BUCKETS: usize = 1037;
 
 /// ln γ with γ = (1+α)/(1-α) = 1.01/0.99 (checked by a test against RELATIVE_ACCURACY).
 const LN_GAMMA: f64 = 0.020000666706669435;
+/// 1 / ln γ: a bucket index is a multiplication away from the log, not a division.
+const INV_LN_GAMMA: f64 = 1.0 / LN_GAMMA;
 
 /// The ring of sub-windows of one series.
 pub struct SlidingWindow {
@@ -91,81 +95,99 @@ impl SlidingWindow {
         &mut self,
         quantiles: &[f64],
         now: Instant,
-        merged: &mut Vec<(i16, u32)>,
+        merged: &mut Vec<u64>,
         out: &mut Vec<f64>,
     ) {
         self.rotate(now);
+        let used = self.ages.iter().filter(|s| !s.counts.is_empty());
+        let Some(first) = used.clone().map(|s| s.offset).min() else {
+            out.extend(quantiles.iter().map(|_| f64::NAN));
+            return;
+        };
+        let end = used.clone().map(Sketch::end).max().unwrap_or(first);
         merged.clear();
-        merged.extend(self.ages.iter().flat_map(|s| s.buckets.iter().copied()));
-        merged.sort_unstable_by_key(|&(index, _)| index);
-        let total: u64 = merged.iter().map(|&(_, c)| u64::from(c)).sum();
+        merged.resize(usize::from(end.abs_diff(first)), 0);
+        for s in used {
+            let at = usize::from(s.offset.abs_diff(first));
+            for (m, &c) in merged[at..].iter_mut().zip(&s.counts) {
+                *m += u64::from(c);
+            }
+        }
+        let total: u64 = merged.iter().sum();
         let mut seen = 0u64;
-        let mut buckets = merged.iter().peekable();
+        let mut next = 0usize;
         // `quantiles` is sorted, so one walk over the buckets serves all of them.
         for &q in quantiles {
-            if total == 0 {
-                out.push(f64::NAN);
-                continue;
-            }
             // The sample of rank floor(q·(n-1)) (0-based) is the one reported.
-            let rank = (q * (total - 1) as f64).floor() as u64;
-            let mut index = None;
-            while let Some(&&(i, c)) = buckets.peek() {
-                if seen + u64::from(c) > rank {
-                    index = Some(i);
-                    break;
-                }
-                seen += u64::from(c);
-                buckets.next();
+            let rank = (q * total.saturating_sub(1) as f64).floor() as u64;
+            while next < merged.len() && seen + merged[next] <= rank {
+                seen += merged[next];
+                next += 1;
             }
-            out.push(index.map_or(f64::NAN, bucket_value));
+            out.push(if next < merged.len() {
+                bucket_value(first + next as i16)
+            } else {
+                f64::NAN
+            });
         }
     }
 
     #[cfg(test)]
     fn buckets_held(&self) -> usize {
-        self.ages.iter().map(|s| s.buckets.len()).sum()
+        self.ages.iter().map(|s| s.counts.capacity()).sum()
     }
 }
 
-/// Counts per log bucket, sorted by bucket index; at most [`MAX_BUCKETS`] entries.
+/// Counts of the buckets `offset..offset + counts.len()`; empty when nothing was added.
 #[derive(Default)]
 struct Sketch {
-    buckets: Vec<(i16, u32)>,
-    /// Position of the bucket the last value went to: latencies of one label set
-    /// cluster, so the next value often goes there too, without a search.
-    last: usize,
+    offset: i16,
+    counts: Vec<u32>,
 }
 
 impl Sketch {
     fn add(&mut self, value: f64) {
         let index = bucket_index(value);
-        if let Some(bucket) = self.buckets.get_mut(self.last) {
-            if bucket.0 == index {
-                bucket.1 = bucket.1.saturating_add(1);
-                return;
-            }
+        if self.counts.is_empty() {
+            self.offset = index;
         }
-        self.last = match self.buckets.binary_search_by_key(&index, |&(i, _)| i) {
-            Ok(at) => {
-                self.buckets[at].1 = self.buckets[at].1.saturating_add(1);
-                at
-            }
-            Err(at) => {
-                self.buckets.insert(at, (index, 1));
-                at
-            }
-        };
+        if index < self.offset {
+            // Rare once a label set has seen its range: widen the array downwards.
+            let grow = usize::from(self.offset.abs_diff(index));
+            self.reserve(self.counts.len() + grow);
+            self.counts.splice(0..0, std::iter::repeat_n(0, grow));
+            self.offset = index;
+        }
+        let at = usize::from(index.abs_diff(self.offset));
+        if at >= self.counts.len() {
+            self.reserve(at + 1);
+            self.counts.resize(at + 1, 0);
+        }
+        self.counts[at] = self.counts[at].saturating_add(1);
+    }
+
+    /// Room for `len` counts: doubling as a `Vec` does, but never past [`MAX_BUCKETS`],
+    /// the most a sub-window can need.
+    fn reserve(&mut self, len: usize) {
+        if len > self.counts.capacity() {
+            let target = (self.counts.capacity() * 2).clamp(len, MAX_BUCKETS.max(len));
+            self.counts.reserve_exact(target - self.counts.len());
+        }
+    }
+
+    /// One past the last bucket held.
+    fn end(&self) -> i16 {
+        self.offset + self.counts.len() as i16
     }
 
     /// Forgets the counts but keeps the allocation for the next sub-window.
     fn clear(&mut self) {
-        self.buckets.clear();
+        self.counts.clear();
     }
 }
 
 fn bucket_index(value: f64) -> i16 {
-    let x = value.clamp(MIN_VALUE, MAX_VALUE).ln() / LN_GAMMA;
+    let x = value.clamp(MIN_VALUE, MAX_VALUE).ln() * INV_LN_GAMMA;
     // Within [-230, 806] by the clamp, so the casts cannot wrap. `ceil` by hand: the
     // library call was a tenth of recording a request.
     let truncated = x as i16;
@@ -283,11 +305,14 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(11);
         for _ in 0..100_000 {
             let v = 10f64.powf(rng.f64() * 9.0 - 2.0);
-            let x = (v.ln() / LN_GAMMA).ceil() as i16;
+            let x = (v.ln() * INV_LN_GAMMA).ceil() as i16;
             assert_eq!(bucket_index(v), x, "{v}");
         }
         assert_eq!(bucket_index(1.0), 0);
-        assert_eq!(bucket_index(0.5), (0.5f64.ln() / LN_GAMMA).ceil() as i16);
+        assert_eq!(
+            bucket_index(0.5),
+            (0.5f64.ln() * INV_LN_GAMMA).ceil() as i16
+        );
     }
 
     #[test]
