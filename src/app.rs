@@ -47,7 +47,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .map_or_else(|_| addr.to_string(), |a| a.to_string());
     let pushers = {
         let snapshot_of = metrics.clone();
-        let source = Arc::new(move || snapshot_of.gather());
+        let source = Arc::new(move || snapshot_of.snapshot());
         Pushers::start(
             &config.remote_write,
             &config.pushgateway,

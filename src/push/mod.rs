@@ -1,8 +1,8 @@
 //! The pusher: schedule → snapshot → encode → queue → transport, per destination.
 //!
 //! It knows nothing of the proxy or the worker: it is handed a way to take a registry
-//! snapshot (`Vec<MetricFamily>`) and a registry for its own `codex_push_*` families,
-//! and delivers snapshots to each configured destination.
+//! snapshot ([`Snapshot`], flat values per family) and a registry for its own
+//! `codex_push_*` families, and delivers snapshots to each configured destination.
 //!
 //! [`Pushers::start`] spawns one independent loop per destination; [`Pushers::mark_ready`]
 //! allows the first push; [`Pushers::shutdown`] makes every loop push a final snapshot
@@ -29,7 +29,6 @@ pub mod transport;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::proto::MetricFamily;
 use prometheus::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -39,8 +38,8 @@ use crate::config::{PushgatewayConfig, RemoteWriteConfig};
 use self_metrics::PushMetrics;
 use signal::{Ready, Shutdown};
 
-/// What the pusher delivers: one gather() of the registry.
-pub type Snapshot = Vec<MetricFamily>;
+/// What the pusher delivers: the registry's values at one moment.
+pub type Snapshot = crate::metrics::snapshot::Snapshot;
 
 /// Where snapshots come from; the application passes a closure over its registry.
 pub trait SnapshotSource: Send + Sync + 'static {

@@ -16,11 +16,12 @@ use reqwest::{Method, Url};
 use crate::config::PushMethod;
 
 use super::encode::EncodeError;
-use super::pushgateway::{self, count_samples, GroupingKey, Pushgateway, PushgatewayError};
+use super::pushgateway::{self, GroupingKey, Pushgateway, PushgatewayError};
 use super::remote_write;
 use super::series::SeriesState;
 use super::text::{self, ParseError};
 use super::transport::{Transport, TransportSettings};
+use super::Snapshot;
 
 /// Series per remote-write request (the `max_series_per_request` default).
 const REMOTE_WRITE_SERIES_PER_REQUEST: usize = 2000;
@@ -146,9 +147,10 @@ pub fn run(request: Request) -> Result<Delivered, OneShotError> {
     for family in &families {
         key.check_labels(family)?;
     }
+    let snapshot = Snapshot::from_families(&families);
     let delivered = Delivered {
         families: families.len(),
-        samples: count_samples(&families),
+        samples: snapshot.sample_count() as u64,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -164,7 +166,7 @@ pub fn run(request: Request) -> Result<Delivered, OneShotError> {
                 pushgateway(url, key, request.timeout)?.delete().await?;
             }
             Target::RemoteWrite { url } => {
-                remote_write(url, &key, &families, request.timeout).await?;
+                remote_write(url, &key, &snapshot, request.timeout).await?;
             }
         }
         Ok(delivered)
@@ -192,12 +194,12 @@ fn pushgateway(
     Ok(Pushgateway::new(transport, url, key, false)?)
 }
 
-/// Sends the families by remote-write, `job` and the labels added to every series, in
+/// Sends the snapshot by remote-write, `job` and the labels added to every series, in
 /// as many requests as it takes, in order; no stale markers (the series stay visible).
 async fn remote_write(
     url: &str,
     key: &GroupingKey,
-    families: &[MetricFamily],
+    snapshot: &Snapshot,
     timeout: Duration,
 ) -> Result<(), OneShotError> {
     let url = Url::parse(url).map_err(|e| OneShotError::Setup(format!("--remote-write: {e}")))?;
@@ -207,7 +209,7 @@ async fn remote_write(
         .collect();
     // No default `instance`: only what the command line gives.
     let mut series = SeriesState::new(&labels, "", REMOTE_WRITE_SERIES_PER_REQUEST);
-    let converted = series.convert(families, chrono::Utc::now().timestamp_millis())?;
+    let converted = series.convert(snapshot, chrono::Utc::now().timestamp_millis())?;
     let transport = transport(timeout, remote_write::protocol_headers())?;
     for batch in converted.batches {
         let request = transport

@@ -28,7 +28,7 @@ use crate::config::{PushMethod, PushgatewayConfig};
 
 pub(crate) use client::error_chain;
 pub use client::{protocol_headers, Pushgateway, CONTENT_TYPE_TEXT};
-pub use group::{count_samples, render, GroupingKey, RESERVED_FAMILIES};
+pub use group::{render, GroupingKey, RESERVED_FAMILIES};
 
 /// The destination kind, in the `kind` label and `/healthz`.
 pub const KIND: &str = "pushgateway";
@@ -217,9 +217,9 @@ impl Destination {
     async fn snapshot(&self, source: &Arc<dyn SnapshotSource>) -> Option<Body> {
         let (source, gateway) = (source.clone(), self.gateway.clone());
         let work = tokio::task::spawn_blocking(move || {
-            let families = source.snapshot();
-            let samples = count_samples(&families);
-            (samples, render(families, gateway.key()))
+            let snapshot = source.snapshot();
+            let samples = snapshot.sample_count() as u64;
+            (samples, render(snapshot.to_families(), gateway.key()))
         })
         .await;
         match work {

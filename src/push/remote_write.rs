@@ -262,15 +262,15 @@ async fn snapshot(
     let (source, series, queue) = (source.clone(), series.clone(), dest.queue.clone());
     let work = snapshots
         .run(move || {
-            let families = source.snapshot();
+            let snapshot = source.snapshot();
             let now_ms = chrono::Utc::now().timestamp_millis();
             let mut state = series.lock().unwrap_or_else(PoisonError::into_inner);
             let converted = if final_push {
-                state.convert_final(&families, now_ms)
+                state.convert_final(&snapshot, now_ms)
             } else {
-                state.convert(&families, now_ms)
+                state.convert(&snapshot, now_ms)
             };
-            drop(families);
+            drop(snapshot);
             let converted = converted?;
             let mut q = queue.lock().unwrap_or_else(PoisonError::into_inner);
             let mut dropped = super::queue::Dropped::default();

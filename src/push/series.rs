@@ -1,26 +1,26 @@
 //! Snapshot → remote-write series, for one destination.
 //!
-//! Each metric of a gathered family becomes one or more series, the way the text format
+//! Each metric of a snapshot's family becomes one or more series, the way the text format
 //! would show it: counters, gauges and untyped metrics one series; histograms
-//! `_bucket{le}` (with `le="+Inf"` always present), `_sum` and `_count`; summaries
-//! `{quantile}`, `_sum` and `_count`. Every series gets the destination's external labels
-//! (a label of the metric wins over an external one of the same name), labels with empty
-//! values are left out, and the rest are sorted by name, unique, with `__name__` first.
-//! Timestamps carried by a metric are ignored: every sample of a snapshot gets the same
-//! timestamp, strictly greater than the previous snapshot's, even if the clock stalls or
-//! steps back, so that per series the timestamps always increase.
+//! `_bucket{le}` (with `le="+Inf"`, the count, always present), `_sum` and `_count`;
+//! summaries `{quantile}`, `_sum` and `_count`. Every series gets the destination's
+//! external labels (a label of the metric wins over an external one of the same name),
+//! labels with empty values are left out, and the rest are sorted by name, unique, with
+//! `__name__` in its place. Every sample of a snapshot gets the same timestamp, strictly
+//! greater than the previous snapshot's, even if the clock stalls or steps back, so that
+//! per series the timestamps always increase.
 //!
 //! A series present in the previous snapshot and missing from this one gets a stale
 //! marker; the final snapshot at shutdown is followed by one for every series.
 
 use std::collections::BTreeMap;
 
-use prometheus::proto::{Bucket, Metric, MetricFamily, MetricType};
-
 use super::encode::{encode_label, EncodeError, RequestEncoder, STALE_NAN_BITS};
 use super::queue::Batch;
 use super::staleness::Seen;
+use super::Snapshot;
 use crate::config::is_valid_label_name;
+use crate::metrics::snapshot::{Family, Kind, Labels};
 
 /// The label that holds the metric name.
 const NAME: &str = "__name__";
@@ -39,13 +39,19 @@ pub struct Converted {
 /// What one destination remembers between snapshots.
 pub struct SeriesState {
     /// Sorted by name, non-empty values.
-    external: Vec<(String, String)>,
+    external: Vec<External>,
     max_series_per_request: usize,
     last_timestamp_ms: Option<i64>,
     /// The series of the previous snapshot.
     seen: Seen,
     /// Kept for its buffers: a large snapshot costs no fresh memory after the first.
     encoder: RequestEncoder,
+}
+
+/// An external label, encoded once: every series carries it.
+struct External {
+    name: String,
+    encoded: Vec<u8>,
 }
 
 impl SeriesState {
@@ -63,8 +69,17 @@ impl SeriesState {
         labels
             .entry("instance".to_string())
             .or_insert_with(|| instance.to_string());
+        let external = labels
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(name, value)| {
+                let mut encoded = Vec::new();
+                encode_label(&name, &value, &mut encoded);
+                External { name, encoded }
+            })
+            .collect();
         SeriesState {
-            external: labels.into_iter().filter(|(_, v)| !v.is_empty()).collect(),
+            external,
             max_series_per_request: max_series_per_request.max(1),
             last_timestamp_ms: None,
             seen: Seen::default(),
@@ -74,11 +89,7 @@ impl SeriesState {
 
     /// A regular push: the snapshot's series at one timestamp, then stale markers for the
     /// series that disappeared since the previous call.
-    pub fn convert(
-        &mut self,
-        snapshot: &[MetricFamily],
-        now_ms: i64,
-    ) -> Result<Converted, EncodeError> {
+    pub fn convert(&mut self, snapshot: &Snapshot, now_ms: i64) -> Result<Converted, EncodeError> {
         self.convert_inner(snapshot, now_ms, false)
     }
 
@@ -86,7 +97,7 @@ impl SeriesState {
     /// series, one millisecond later, in requests of their own.
     pub fn convert_final(
         &mut self,
-        snapshot: &[MetricFamily],
+        snapshot: &Snapshot,
         now_ms: i64,
     ) -> Result<Converted, EncodeError> {
         self.convert_inner(snapshot, now_ms, true)
@@ -103,7 +114,7 @@ impl SeriesState {
 
     fn convert_inner(
         &mut self,
-        snapshot: &[MetricFamily],
+        snapshot: &Snapshot,
         now_ms: i64,
         final_push: bool,
     ) -> Result<Converted, EncodeError> {
@@ -116,7 +127,7 @@ impl SeriesState {
         let mut tracking = self.seen.track();
         let mut invalid_samples = 0;
         let mut scratch = LabelScratch::default();
-        for family in snapshot {
+        for family in &snapshot.families {
             invalid_samples += family_series(family, &self.external, &mut scratch, &mut |l, v| {
                 // The same label set twice in one request at one timestamp makes a strict
                 // receiver reject the whole request; keep the first.
@@ -176,103 +187,97 @@ impl Output<'_> {
 /// Calls `emit(label_bytes, value)` for every series of `family`; returns the number of
 /// samples left out because a name is not valid.
 fn family_series<'x, E>(
-    family: &'x MetricFamily,
-    external: &'x [(String, String)],
+    family: &'x Family,
+    external: &'x [External],
     labels: &mut LabelScratch<'x>,
     emit: &mut impl FnMut(&[u8], f64) -> Result<(), E>,
 ) -> Result<u64, E> {
-    let name = family.name();
-    if !is_valid_metric_name(name) {
-        return Ok(family
-            .get_metric()
-            .iter()
-            .map(|m| sample_count(family, m))
-            .sum());
+    let per_metric = family.samples_per_metric() as u64;
+    if !is_valid_metric_name(&family.name) {
+        return Ok(family.labels.len() as u64 * per_metric);
     }
-    // `__name__` of each kind of series, encoded once per family.
-    let name_label = |suffix: &str| {
-        let mut out = Vec::new();
-        encode_label(NAME, &format!("{name}{suffix}"), &mut out);
-        out
-    };
-    let (plain, bucket, sum, count) = (
-        name_label(""),
-        name_label("_bucket"),
-        name_label("_sum"),
-        name_label("_count"),
-    );
-    let inf = {
-        let mut out = Vec::new();
-        encode_label("le", "+Inf", &mut out);
-        out
-    };
-    let mut extras = ExtraLabels::default();
+    let generated = GeneratedLabels::of(family);
+    let n = family.bounds.len();
     let mut invalid = 0;
-    for metric in family.get_metric() {
-        if !labels.merge(metric, external) {
-            invalid += sample_count(family, metric);
+    for (metric_labels, values) in family.metrics() {
+        if !labels.merge(metric_labels, external) {
+            invalid += per_metric;
             continue;
         }
-        let h = metric.get_histogram();
-        let s = metric.get_summary();
-        // The `le` or `quantile` labels, aligned with the buckets or quantiles.
-        let extra = match family.get_field_type() {
-            MetricType::HISTOGRAM => {
-                extras.of("le", h.get_bucket().iter().map(|b| b.upper_bound()))
+        match family.kind {
+            Kind::Counter | Kind::Gauge | Kind::Untyped => {
+                emit(labels.series(&generated.plain, None), values[0])?;
             }
-            MetricType::SUMMARY => {
-                extras.of("quantile", s.get_quantile().iter().map(|q| q.quantile()))
+            Kind::Histogram => {
+                let (sum, count) = (values[n], values[n + 1]);
+                for (le, &v) in generated.bounds.iter().zip(values) {
+                    emit(labels.series(&generated.bucket, Some(("le", le))), v)?;
+                }
+                let inf = Some(("le", &generated.inf[..]));
+                emit(labels.series(&generated.bucket, inf), count)?;
+                emit(labels.series(&generated.sum, None), sum)?;
+                emit(labels.series(&generated.count, None), count)?;
             }
-            _ => &[],
-        };
-        match family.get_field_type() {
-            MetricType::COUNTER => emit(
-                labels.series(&plain, None),
-                metric.get_counter().get_value(),
-            )?,
-            MetricType::GAUGE => emit(labels.series(&plain, None), metric.get_gauge().get_value())?,
-            #[allow(deprecated)] // the only accessor of an untyped value in prometheus 0.14
-            MetricType::UNTYPED => emit(
-                labels.series(&plain, None),
-                metric.get_untyped().get_value(),
-            )?,
-            MetricType::HISTOGRAM => {
-                let buckets = h.get_bucket();
-                for (b, le) in buckets.iter().zip(extra) {
-                    let v = b.cumulative_count() as f64;
-                    emit(labels.series(&bucket, Some(("le", le))), v)?;
+            Kind::Summary => {
+                let (sum, count) = (values[n], values[n + 1]);
+                for (quantile, &v) in generated.bounds.iter().zip(values) {
+                    emit(labels.series(&generated.plain, Some(("quantile", quantile))), v)?;
                 }
-                if !ends_with_inf(buckets) {
-                    let v = h.get_sample_count() as f64;
-                    emit(labels.series(&bucket, Some(("le", &inf))), v)?;
-                }
-                emit(labels.series(&sum, None), h.get_sample_sum())?;
-                emit(labels.series(&count, None), h.get_sample_count() as f64)?;
-            }
-            MetricType::SUMMARY => {
-                for (q, quantile) in s.get_quantile().iter().zip(extra) {
-                    emit(
-                        labels.series(&plain, Some(("quantile", quantile))),
-                        q.value(),
-                    )?;
-                }
-                emit(labels.series(&sum, None), s.sample_sum())?;
-                emit(labels.series(&count, None), s.sample_count() as f64)?;
+                emit(labels.series(&generated.sum, None), sum)?;
+                emit(labels.series(&generated.count, None), count)?;
             }
         }
     }
     Ok(invalid)
 }
 
+/// The labels a family's series get besides the metric's own, encoded once per family:
+/// `__name__` of each kind of series, and `le` or `quantile` of each bound.
+struct GeneratedLabels {
+    plain: Vec<u8>,
+    bucket: Vec<u8>,
+    sum: Vec<u8>,
+    count: Vec<u8>,
+    /// `le` of each finite bucket, or `quantile` of each quantile.
+    bounds: Vec<Vec<u8>>,
+    /// `le="+Inf"`.
+    inf: Vec<u8>,
+}
+
+impl GeneratedLabels {
+    fn of(family: &Family) -> GeneratedLabels {
+        let label = |name: &str, value: &str| {
+            let mut out = Vec::new();
+            encode_label(name, value, &mut out);
+            out
+        };
+        let bound_name = match family.kind {
+            Kind::Summary => "quantile",
+            _ => "le",
+        };
+        let name = &family.name;
+        GeneratedLabels {
+            plain: label(NAME, name),
+            bucket: label(NAME, &format!("{name}_bucket")),
+            sum: label(NAME, &format!("{name}_sum")),
+            count: label(NAME, &format!("{name}_count")),
+            bounds: (family.bounds.iter())
+                .map(|&b| label(bound_name, &format_float(b)))
+                .collect(),
+            inf: label("le", "+Inf"),
+        }
+    }
+}
+
 /// The label bytes of a metric's series, in buffers reused from metric to metric (a
 /// snapshot has hundreds of thousands). The metric's own labels and the external ones are
-/// merged, sorted and encoded once per metric; each series then splices `__name__` and its
-/// `le` or `quantile` in at their places, the only labels that differ between the series
-/// of a histogram or summary.
+/// merged (both are sorted by name already) and encoded once per metric; each series then
+/// splices `__name__` and its `le` or `quantile` in at their places, the only labels that
+/// differ between the series of a histogram or summary.
 #[derive(Default)]
 struct LabelScratch<'x> {
-    /// The merged labels, sorted by name, unique.
-    pairs: Vec<(&'x str, &'x str)>,
+    /// The merged label names, sorted, unique.
+    names: Vec<&'x str>,
     /// End offset in `encoded` of each merged label.
     ends: Vec<usize>,
     encoded: Vec<u8>,
@@ -283,32 +288,43 @@ struct LabelScratch<'x> {
 }
 
 impl<'x> LabelScratch<'x> {
-    /// Takes the labels of `metric`, minus empty values, and the external ones; a label of
+    /// Takes the labels of a metric, minus empty values, and the external ones; a label of
     /// the metric wins over an external one of the same name. False when a name is invalid.
-    fn merge(&mut self, metric: &'x Metric, external: &'x [(String, String)]) -> bool {
-        self.pairs.clear();
+    fn merge(&mut self, labels: &'x Labels, external: &'x [External]) -> bool {
+        self.names.clear();
+        self.ends.clear();
+        self.encoded.clear();
+        let mut external = external.iter().peekable();
         // An empty value means no label at all, whatever its name.
-        for l in metric.get_label().iter().filter(|l| !l.value().is_empty()) {
-            if !self.valid_names.contains(&l.name()) {
-                if !is_valid_label_name(l.name()) {
+        for (name, value) in labels.iter().filter(|(_, v)| !v.is_empty()) {
+            let name: &'x str = name;
+            if !self.valid_names.contains(&name) {
+                if !is_valid_label_name(name) {
                     return false;
                 }
-                self.valid_names.push(l.name());
+                self.valid_names.push(name);
             }
-            self.pairs.push((l.name(), l.value()));
+            while let Some(e) = external.next_if(|e| e.name.as_str() < name) {
+                self.push_encoded(&e.name, &e.encoded);
+            }
+            external.next_if(|e| e.name == name);
+            // Of a name twice in one metric, the first is kept.
+            if self.names.last() != Some(&name) {
+                self.names.push(name);
+                encode_label(name, value, &mut self.encoded);
+                self.ends.push(self.encoded.len());
+            }
         }
-        self.pairs
-            .extend(external.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-        // Stable: among equal names the metric's comes first, and dedup keeps the first.
-        self.pairs.sort_by(|a, b| a.0.cmp(b.0));
-        self.pairs.dedup_by(|later, first| later.0 == first.0);
-        self.encoded.clear();
-        self.ends.clear();
-        for (n, v) in &self.pairs {
-            encode_label(n, v, &mut self.encoded);
-            self.ends.push(self.encoded.len());
+        for e in external {
+            self.push_encoded(&e.name, &e.encoded);
         }
         true
+    }
+
+    fn push_encoded(&mut self, name: &'x str, encoded: &[u8]) {
+        self.names.push(name);
+        self.encoded.extend_from_slice(encoded);
+        self.ends.push(self.encoded.len());
     }
 
     /// The labels of one series: `name` (an encoded `__name__` label), `extra` (the name and
@@ -319,16 +335,16 @@ impl<'x> LabelScratch<'x> {
         // The generated names come in sorted order: "__name__" < "le" < "quantile".
         let mut next = 0;
         for (n, encoded) in std::iter::once((NAME, name)).chain(extra) {
-            let at = self.pairs.partition_point(|p| p.0 < n).max(next);
+            let at = self.names.partition_point(|&p| p < n).max(next);
             self.copy_merged(next, at);
             self.out.extend_from_slice(encoded);
-            next = if self.pairs.get(at).is_some_and(|p| p.0 == n) {
+            next = if self.names.get(at) == Some(&n) {
                 at + 1
             } else {
                 at
             };
         }
-        self.copy_merged(next, self.pairs.len());
+        self.copy_merged(next, self.names.len());
         &self.out
     }
 
@@ -342,41 +358,6 @@ impl<'x> LabelScratch<'x> {
     }
 }
 
-/// The encoded `le` or `quantile` labels of a family's buckets or quantiles, encoded again
-/// only when the bounds change (the children of one family share them).
-#[derive(Default)]
-struct ExtraLabels {
-    bits: Vec<u64>,
-    encoded: Vec<Vec<u8>>,
-}
-
-impl ExtraLabels {
-    fn of(&mut self, name: &str, values: impl Iterator<Item = f64> + Clone) -> &[Vec<u8>] {
-        if !self
-            .bits
-            .iter()
-            .copied()
-            .eq(values.clone().map(f64::to_bits))
-        {
-            self.bits = values.clone().map(f64::to_bits).collect();
-            self.encoded = values
-                .map(|v| {
-                    let mut out = Vec::new();
-                    encode_label(name, &format_float(v), &mut out);
-                    out
-                })
-                .collect();
-        }
-        &self.encoded
-    }
-}
-
-fn ends_with_inf(buckets: &[Bucket]) -> bool {
-    buckets
-        .last()
-        .is_some_and(|b| b.upper_bound() == f64::INFINITY)
-}
-
 /// How the text format writes a bound or quantile, so that pushed and scraped series match.
 fn format_float(v: f64) -> String {
     if v == f64::INFINITY {
@@ -387,18 +368,6 @@ fn format_float(v: f64) -> String {
         "NaN".to_string()
     } else {
         v.to_string()
-    }
-}
-
-/// Samples a metric turns into, for counting what was left out.
-fn sample_count(family: &MetricFamily, metric: &Metric) -> u64 {
-    match family.get_field_type() {
-        MetricType::HISTOGRAM => {
-            let buckets = metric.get_histogram().get_bucket();
-            buckets.len() as u64 + u64::from(!ends_with_inf(buckets)) + 2
-        }
-        MetricType::SUMMARY => metric.get_summary().get_quantile().len() as u64 + 2,
-        _ => 1,
     }
 }
 
@@ -417,7 +386,9 @@ mod tests {
     use super::*;
     use crate::push::encode::decode;
     use crate::push::proto::TimeSeries;
-    use prometheus::proto::{LabelPair, Quantile, Summary};
+    use prometheus::proto::{
+        Bucket, LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary,
+    };
     use prometheus::{CounterVec, Gauge, HistogramOpts, HistogramVec, Opts, Registry};
 
     const NOW: i64 = 1_700_000_000_000;
@@ -448,6 +419,10 @@ mod tests {
             .unwrap_or_else(|| panic!("no series with {want:?} in {series:#?}"))
     }
 
+    fn snap(families: &[MetricFamily]) -> Snapshot {
+        Snapshot::from_families(families)
+    }
+
     fn state() -> SeriesState {
         SeriesState::new(&BTreeMap::new(), "127.0.0.1:11435", 1000)
     }
@@ -472,7 +447,7 @@ mod tests {
         let (r, c, h) = registry();
         c.with_label_values(&["/v1/chat", "gpt"]).inc_by(3.0);
         h.with_label_values(&["/v1/chat"]).observe(7.0);
-        let out = state().convert(&r.gather(), NOW).unwrap();
+        let out = state().convert(&snap(&r.gather()), NOW).unwrap();
         assert_eq!(out.invalid_samples, 0);
         let s = decoded(&out);
         let ext = ["instance=127.0.0.1:11435", "job=codex-proxy"];
@@ -527,7 +502,7 @@ mod tests {
 
     #[test]
     fn summaries_become_quantile_sum_and_count_and_metric_labels_beat_external_ones() {
-        let s = decoded(&state().convert(&[summary_family()], NOW).unwrap());
+        let s = decoded(&state().convert(&snap(&[summary_family()]), NOW).unwrap());
         assert_eq!(s.len(), 4);
         let p99 = find(&s, &["quantile=0.99"]);
         assert_eq!(
@@ -557,7 +532,7 @@ mod tests {
         ]
         .into();
         let out = SeriesState::new(&ext, "i:1", 10)
-            .convert(&families, NOW)
+            .convert(&snap(&families), NOW)
             .unwrap();
         for batch in &out.batches {
             for ts in decode(&batch.body).unwrap().timeseries {
@@ -583,7 +558,7 @@ mod tests {
         l.set_name("__reserved".into());
         l.set_value("x".into());
         bad_label.set_metric(vec![Metric::from_label(vec![l])]);
-        let out = state().convert(&[bad_name, bad_label], NOW).unwrap();
+        let out = state().convert(&snap(&[bad_name, bad_label]), NOW).unwrap();
         assert!(out.batches.is_empty());
         assert_eq!(out.invalid_samples, 4 + 1);
         assert!(is_valid_metric_name("a:b_c9") && !is_valid_metric_name("9a"));
@@ -596,7 +571,7 @@ mod tests {
         let mut st = state();
         let mut last = i64::MIN;
         for now in [NOW, NOW, NOW - 5000, NOW + 10] {
-            let ts = decoded(&st.convert(&r.gather(), now).unwrap())[0].2;
+            let ts = decoded(&st.convert(&snap(&r.gather()), now).unwrap())[0].2;
             assert!(ts > last, "{ts} after {last}");
             last = ts;
         }
@@ -609,15 +584,15 @@ mod tests {
         c.with_label_values(&["/a", "m"]).inc();
         c.with_label_values(&["/b", "m"]).inc();
         let mut st = state();
-        st.convert(&r.gather(), NOW).unwrap();
+        st.convert(&snap(&r.gather()), NOW).unwrap();
         c.remove_label_values(&["/b", "m"]).unwrap();
-        let s = decoded(&st.convert(&r.gather(), NOW + 1000).unwrap());
+        let s = decoded(&st.convert(&snap(&r.gather()), NOW + 1000).unwrap());
         let gone = find(&s, &["route=/b"]);
         assert_eq!(gone.1.to_bits(), STALE_NAN_BITS);
         assert_eq!(gone.2, NOW + 1000);
         assert_eq!(find(&s, &["route=/a"]).1, 1.0);
         // Once marked stale, it is forgotten.
-        let s = decoded(&st.convert(&r.gather(), NOW + 2000).unwrap());
+        let s = decoded(&st.convert(&snap(&r.gather()), NOW + 2000).unwrap());
         assert!(s
             .iter()
             .all(|(l, _, _)| !l.contains(&"route=/b".to_string())));
@@ -628,7 +603,7 @@ mod tests {
         let (r, c, _) = registry();
         c.with_label_values(&["/a", "m"]).inc();
         let mut st = state();
-        let out = st.convert_final(&r.gather(), NOW).unwrap();
+        let out = st.convert_final(&snap(&r.gather()), NOW).unwrap();
         let s = decoded(&out);
         let (values, stale): (Vec<_>, Vec<_>) = s
             .iter()
@@ -650,7 +625,7 @@ mod tests {
             c.with_label_values(&[&format!("/r{i:02}"), "m"]).inc();
         }
         let out = SeriesState::new(&BTreeMap::new(), "i", 10)
-            .convert(&r.gather(), NOW)
+            .convert(&snap(&r.gather()), NOW)
             .unwrap();
         let sizes: Vec<u64> = out.batches.iter().map(|b| b.samples).collect();
         // 25 counters + 1 gauge (the histogram has no children yet).
@@ -683,7 +658,7 @@ mod tests {
         m.set_histogram(h);
         f.set_metric(vec![m]);
         let ext = BTreeMap::from([("Zone".to_string(), "z".to_string())]);
-        let s = decoded(&SeriesState::new(&ext, "i", 100).convert(&[f], NOW).unwrap());
+        let s = decoded(&SeriesState::new(&ext, "i", 100).convert(&snap(&[f]), NOW).unwrap());
         let bucket = find(&s, &["le=1"]);
         assert_eq!(
             bucket.0,
@@ -703,7 +678,7 @@ mod tests {
     #[test]
     fn a_duplicate_label_set_is_sent_once() {
         let f = summary_family();
-        let out = state().convert(&[f.clone(), f], NOW).unwrap();
+        let out = state().convert(&snap(&[f.clone(), f]), NOW).unwrap();
         assert_eq!(decoded(&out).len(), 4);
     }
 }

@@ -1,4 +1,4 @@
-//! A thread of its own for one destination's snapshot work (gather, convert, encode).
+//! A thread of its own for one destination's snapshot work (snapshot, convert, encode).
 //!
 //! tokio's blocking pool would run successive snapshots on whichever pool thread is free,
 //! and the C allocator gives each thread its own arena: a large registry's short-lived

@@ -3,8 +3,8 @@
 //! request for that).
 //!
 //! Label sets are kept as their encoded bytes, back to back in large chunks: a
-//! 190,000-series snapshot costs a few tens of MB, not a `String` per label. A registry
-//! gathers in a stable order, so a snapshot usually repeats the previous one series by
+//! 190,000-series snapshot costs a few tens of MB, not a `String` per label. A snapshot
+//! lists its metrics in a stable order, so it usually repeats the previous one series by
 //! series: while it does, each series is only compared with its counterpart, in sequence.
 //! From the first difference on, this snapshot's series are indexed by hash, and at the end
 //! the previous ones are looked up in that index.

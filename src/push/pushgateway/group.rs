@@ -158,33 +158,10 @@ fn text_type_name(text: &str) -> &str {
         .unwrap_or_default()
 }
 
-/// Samples a body carries (lines other than comments), for the sent/dropped counters.
-pub fn count_samples(families: &[MetricFamily]) -> u64 {
-    families
-        .iter()
-        .map(|f| {
-            let per_metric = |m: &prometheus::proto::Metric| -> u64 {
-                match f.get_field_type() {
-                    MetricType::HISTOGRAM => {
-                        let h = m.get_histogram();
-                        let has_inf = h
-                            .get_bucket()
-                            .iter()
-                            .any(|b| b.upper_bound() == f64::INFINITY);
-                        h.get_bucket().len() as u64 + u64::from(!has_inf) + 2
-                    }
-                    MetricType::SUMMARY => m.get_summary().get_quantile().len() as u64 + 2,
-                    _ => 1,
-                }
-            };
-            f.get_metric().iter().map(per_metric).sum::<u64>()
-        })
-        .sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::push::Snapshot;
     use prometheus::proto::{Gauge, LabelPair, Metric};
 
     fn key(job: &str, labels: &[(&str, &str)]) -> Result<GroupingKey, PushgatewayError> {
@@ -313,9 +290,10 @@ mod tests {
              # TYPE s summary\ns{quantile=\"0.5\"} 1\ns_sum 1\ns_count 1\n",
         )
         .unwrap();
-        let body = render(families.clone(), &key("j", &[]).unwrap()).unwrap();
+        let samples = Snapshot::from_families(&families).sample_count() as u64;
+        let body = render(families, &key("j", &[]).unwrap()).unwrap();
         let lines = body.lines().filter(|l| !l.starts_with('#')).count() as u64;
-        assert_eq!(count_samples(&families), lines);
+        assert_eq!(samples, lines);
         assert_eq!(lines, 2 + 4 + 3);
     }
 }
