@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use codex_proxy::config::Config;
-use codex_proxy::push::Pushers;
+use codex_proxy::push::{Pushers, Snapshot};
 use prometheus::{IntGaugeVec, Opts, Registry};
 
 fn main() {
@@ -115,13 +115,13 @@ async fn fill(series: usize, config: Config, target: u64) {
             for (i, c) in children.iter().enumerate() {
                 c.set(n * 7 + i as i64);
             }
-            let families = registry.gather();
-            let count: u64 = families.iter().map(|f| f.get_metric().len() as u64).sum();
+            let snapshot = Snapshot::from_families(&registry.gather());
+            let count = snapshot.sample_count() as u64;
             let total = samples.fetch_add(count, Ordering::SeqCst) + count;
             if let Ok(mut m) = memory.lock() {
                 m.push((total, rss_kb("VmRSS:")));
             }
-            families
+            snapshot
         })
     };
     // Distinct `instance` labels keep the two fills' series apart in the receiver.
@@ -155,7 +155,7 @@ async fn drain(queue_dir: &str, url: &str) {
     // An hour between snapshots: besides the backlog, only the first one at start.
     let config = config(url, "1h", Some(queue_dir), 2000);
     let start = Instant::now();
-    let source = Arc::new(Vec::<prometheus::proto::MetricFamily>::new);
+    let source = Arc::new(Snapshot::default);
     let pushers = Pushers::start(&config.remote_write, &[], source, &registry, "bench")
         .unwrap_or_else(|e| usage(&e.to_string()));
     pushers.mark_ready();

@@ -8,8 +8,9 @@
 //! - `push REGISTRY --url URL --interval D --seconds S`: remote-writes it for S seconds,
 //!   then prints one JSON line: CPU seconds spent after the registry was built, samples
 //!   delivered, resident memory after the build and at its peak.
-//! - `phases REGISTRY`: CPU time of a gather (and freeing it) and of a conversion (series,
-//!   encoding, compression) of the registry in the steady state: where a push's CPU goes.
+//! - `phases REGISTRY`: CPU time of a snapshot (`Metrics::snapshot()` and freeing it,
+//!   "gather") and of a conversion (series, encoding, compression) of the registry in the
+//!   steady state: where a push's CPU goes.
 //!
 //! Build with `cargo build --release --example push_bench`.
 
@@ -22,7 +23,6 @@ use codex_proxy::metrics::labels::method_index;
 use codex_proxy::metrics::{AbortReason, ErrorCategory, FinishedRequest, Metrics, ToolBufferEvent};
 use codex_proxy::push::series::SeriesState;
 use codex_proxy::push::Pushers;
-use prometheus::proto::{MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
 
 fn main() {
@@ -183,7 +183,7 @@ fn workload_registry(path: &str) -> Arc<Metrics> {
 /// 97 routes × GET/POST × 2xx/4xx/5xx × as many models as it takes, three requests each.
 fn synthetic_registry(target: usize) -> Arc<Metrics> {
     const ROUTES: usize = 97;
-    let base = series_count(&registry_with_models(0).gather());
+    let base = registry_with_models(0).snapshot().sample_count();
     // One label set: requests, errors (5xx only, one in three), 9 buckets + Inf + sum +
     // count, 4 quantiles + sum + count.
     let per_combo = 1 + 12 + 6;
@@ -224,39 +224,26 @@ fn registry_with_models(n: usize) -> Arc<Metrics> {
     Metrics::new(&config).unwrap_or_else(|e| usage(&e.to_string()))
 }
 
-/// Series a snapshot becomes (as in the text format).
-fn series_count(families: &[MetricFamily]) -> usize {
-    families
-        .iter()
-        .flat_map(|f| f.get_metric().iter().map(move |m| (f.get_field_type(), m)))
-        .map(|(t, m)| match t {
-            MetricType::HISTOGRAM => m.get_histogram().get_bucket().len() + 3,
-            MetricType::SUMMARY => m.get_summary().get_quantile().len() + 2,
-            _ => 1,
-        })
-        .sum()
-}
-
 fn phases(fill: &Fill) {
     let metrics = registry(fill);
     let mut state = SeriesState::new(&Default::default(), "bench:1", 2000);
     // The first conversion also indexes every series (nothing to compare with yet).
-    let first = state.convert(&metrics.gather(), 1_700_000_000_000);
+    let first = state.convert(&metrics.snapshot(), 1_700_000_000_000);
     first.unwrap_or_else(|e| usage(&e.to_string()));
     let (mut gather, mut convert, mut samples) = (0.0, 0.0, 0);
     for i in 1..=5 {
         let t = cpu_seconds();
-        let families = metrics.gather();
+        let snapshot = metrics.snapshot();
         gather += cpu_seconds() - t;
         let t = cpu_seconds();
         let out = state
-            .convert(&families, 1_700_000_000_000 + i)
+            .convert(&snapshot, 1_700_000_000_000 + i)
             .unwrap_or_else(|e| usage(&e.to_string()));
         convert += cpu_seconds() - t;
         samples += out.batches.iter().map(|b| b.samples).sum::<u64>();
         // Freeing the snapshot is part of its cost.
         let t = cpu_seconds();
-        drop(families);
+        drop(snapshot);
         gather += cpu_seconds() - t;
     }
     let per_sample = |cpu: f64| cpu * 1e9 / samples as f64;
@@ -289,7 +276,7 @@ async fn serve(fill: &Fill, listen: &str) {
 
 async fn push(fill: &Fill, url: &str, interval: &str, seconds: u64) {
     let metrics = registry(fill);
-    let built_series = series_count(&metrics.gather());
+    let built_series = metrics.snapshot().sample_count();
     let rss_after_build = status_kb("VmRSS:");
     let cpu_start = cpu_seconds();
     let config = Config::parse(&format!(
@@ -298,7 +285,7 @@ async fn push(fill: &Fill, url: &str, interval: &str, seconds: u64) {
     .unwrap_or_else(|e| usage(&e.to_string()));
     let source = {
         let metrics = metrics.clone();
-        Arc::new(move || metrics.gather())
+        Arc::new(move || metrics.snapshot())
     };
     let pushers = Pushers::start(
         &config.remote_write,

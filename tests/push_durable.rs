@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use codex_proxy::config::Config;
-use codex_proxy::push::Pushers;
+use codex_proxy::push::{Pushers, Snapshot};
 use common::{start_prometheus, wait_until, Proxy, Server};
 use prometheus::{IntGauge, Registry};
 
@@ -48,7 +48,7 @@ impl Ticks {
         Arc::new(move || {
             let n = ticks.count.fetch_add(1, Ordering::SeqCst) + 1;
             ticks.gauge.set(n as i64);
-            ticks.registry.gather()
+            Snapshot::from_families(&ticks.registry.gather())
         })
     }
 }

@@ -14,7 +14,7 @@ use codex_proxy::push::pushgateway::{
 };
 use codex_proxy::push::text;
 use codex_proxy::push::transport::{Transport, TransportSettings};
-use codex_proxy::push::Pushers;
+use codex_proxy::push::{Pushers, Snapshot};
 use common::{http, start_pushgateway, wait_until, Server};
 use prometheus::proto::MetricFamily;
 use serde_json::Value;
@@ -268,7 +268,7 @@ impl Running {
         registry.register(Box::new(gauge.clone())).unwrap();
         let source = {
             let registry = registry.clone();
-            Arc::new(move || registry.gather())
+            Arc::new(move || Snapshot::from_families(&registry.gather()))
         };
         let pushers = Pushers::start(&[], &[config], source, &registry, "127.0.0.1:1")
             .expect("pushers start");

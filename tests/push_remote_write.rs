@@ -17,7 +17,7 @@ use axum::Router;
 use bytes::Bytes;
 use codex_proxy::config::Config;
 use codex_proxy::push::encode::{decode, STALE_NAN_BITS};
-use codex_proxy::push::Pushers;
+use codex_proxy::push::{Pushers, Snapshot};
 use common::wait_until;
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary};
 use prometheus::{CounterVec, Gauge, HistogramOpts, HistogramVec, Opts, Registry};
@@ -207,7 +207,7 @@ impl App {
         let source = Arc::new(move || {
             let mut families = registry.gather();
             families.push(summary_family());
-            families
+            Snapshot::from_families(&families)
         });
         Pushers::start(
             &config.remote_write,

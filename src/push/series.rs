@@ -221,7 +221,10 @@ fn family_series<'x, E>(
             Kind::Summary => {
                 let (sum, count) = (values[n], values[n + 1]);
                 for (quantile, &v) in generated.bounds.iter().zip(values) {
-                    emit(labels.series(&generated.plain, Some(("quantile", quantile))), v)?;
+                    emit(
+                        labels.series(&generated.plain, Some(("quantile", quantile))),
+                        v,
+                    )?;
                 }
                 emit(labels.series(&generated.sum, None), sum)?;
                 emit(labels.series(&generated.count, None), count)?;
@@ -658,7 +661,11 @@ mod tests {
         m.set_histogram(h);
         f.set_metric(vec![m]);
         let ext = BTreeMap::from([("Zone".to_string(), "z".to_string())]);
-        let s = decoded(&SeriesState::new(&ext, "i", 100).convert(&snap(&[f]), NOW).unwrap());
+        let s = decoded(
+            &SeriesState::new(&ext, "i", 100)
+                .convert(&snap(&[f]), NOW)
+                .unwrap(),
+        );
         let bucket = find(&s, &["le=1"]);
         assert_eq!(
             bucket.0,
