@@ -200,7 +200,7 @@ fn family_series<'x, E>(
     let n = family.bounds.len();
     let mut invalid = 0;
     for (metric_labels, values) in family.metrics() {
-        if !labels.merge(metric_labels, external) {
+        if !labels.merge(metric_labels, external, generated.bound_name) {
             invalid += per_metric;
             continue;
         }
@@ -211,20 +211,19 @@ fn family_series<'x, E>(
             Kind::Histogram => {
                 let (sum, count) = (values[n], values[n + 1]);
                 for (le, &v) in generated.bounds.iter().zip(values) {
-                    emit(labels.series(&generated.bucket, Some(("le", le))), v)?;
+                    emit(labels.series(&generated.bucket, Some(le)), v)?;
                 }
-                let inf = Some(("le", &generated.inf[..]));
-                emit(labels.series(&generated.bucket, inf), count)?;
+                emit(
+                    labels.series(&generated.bucket, Some(&generated.inf)),
+                    count,
+                )?;
                 emit(labels.series(&generated.sum, None), sum)?;
                 emit(labels.series(&generated.count, None), count)?;
             }
             Kind::Summary => {
                 let (sum, count) = (values[n], values[n + 1]);
                 for (quantile, &v) in generated.bounds.iter().zip(values) {
-                    emit(
-                        labels.series(&generated.plain, Some(("quantile", quantile))),
-                        v,
-                    )?;
+                    emit(labels.series(&generated.plain, Some(quantile)), v)?;
                 }
                 emit(labels.series(&generated.sum, None), sum)?;
                 emit(labels.series(&generated.count, None), count)?;
@@ -241,7 +240,9 @@ struct GeneratedLabels {
     bucket: Vec<u8>,
     sum: Vec<u8>,
     count: Vec<u8>,
-    /// `le` of each finite bucket, or `quantile` of each quantile.
+    /// `le` for a histogram, `quantile` for a summary.
+    bound_name: &'static str,
+    /// `bound_name` of each finite bucket or quantile.
     bounds: Vec<Vec<u8>>,
     /// `le="+Inf"`.
     inf: Vec<u8>,
@@ -268,15 +269,17 @@ impl GeneratedLabels {
                 .map(|&b| label(bound_name, &format_float(b)))
                 .collect(),
             inf: label("le", "+Inf"),
+            bound_name,
         }
     }
 }
 
 /// The label bytes of a metric's series, in buffers reused from metric to metric (a
 /// snapshot has hundreds of thousands). The metric's own labels and the external ones are
-/// merged (both are sorted by name already) and encoded once per metric; each series then
-/// splices `__name__` and its `le` or `quantile` in at their places, the only labels that
-/// differ between the series of a histogram or summary.
+/// merged (both are sorted by name already) and encoded once per metric, and the places
+/// of `__name__` and of the family's `le` or `quantile` among them found once; each series
+/// then splices its own `__name__` and `le` or `quantile` in at those places, the only
+/// labels that differ between the series of a histogram or summary.
 #[derive(Default)]
 struct LabelScratch<'x> {
     /// The merged label names, sorted, unique.
@@ -284,6 +287,10 @@ struct LabelScratch<'x> {
     /// End offset in `encoded` of each merged label.
     ends: Vec<usize>,
     encoded: Vec<u8>,
+    /// The bytes of `encoded` that `__name__`, and `le` or `quantile`, replace: empty where
+    /// no merged label has the name, just before the first label that sorts after it.
+    name_cut: (usize, usize),
+    extra_cut: (usize, usize),
     /// The last series' labels.
     out: Vec<u8>,
     /// Label names found valid: the metrics of a family share them, so each is checked once.
@@ -292,8 +299,9 @@ struct LabelScratch<'x> {
 
 impl<'x> LabelScratch<'x> {
     /// Takes the labels of a metric, minus empty values, and the external ones; a label of
-    /// the metric wins over an external one of the same name. False when a name is invalid.
-    fn merge(&mut self, labels: &'x Labels, external: &'x [External]) -> bool {
+    /// the metric wins over an external one of the same name. `extra` is the name of the
+    /// family's generated label (`le`, `quantile`). False when a name is invalid.
+    fn merge(&mut self, labels: &'x Labels, external: &'x [External], extra: &str) -> bool {
         self.names.clear();
         self.ends.clear();
         self.encoded.clear();
@@ -321,6 +329,8 @@ impl<'x> LabelScratch<'x> {
         for e in external {
             self.push_encoded(&e.name, &e.encoded);
         }
+        self.name_cut = self.cut(NAME);
+        self.extra_cut = self.cut(extra);
         true
     }
 
@@ -330,34 +340,34 @@ impl<'x> LabelScratch<'x> {
         self.ends.push(self.encoded.len());
     }
 
-    /// The labels of one series: `name` (an encoded `__name__` label), `extra` (the name and
-    /// the encoded label of an `le` or `quantile`, which replaces a merged label of that
-    /// name) and the merged labels, in name order.
-    fn series(&mut self, name: &[u8], extra: Option<(&str, &[u8])>) -> &[u8] {
-        self.out.clear();
-        // The generated names come in sorted order: "__name__" < "le" < "quantile".
-        let mut next = 0;
-        for (n, encoded) in std::iter::once((NAME, name)).chain(extra) {
-            let at = self.names.partition_point(|&p| p < n).max(next);
-            self.copy_merged(next, at);
-            self.out.extend_from_slice(encoded);
-            next = if self.names.get(at) == Some(&n) {
-                at + 1
-            } else {
-                at
-            };
+    /// The bytes a generated label `name` replaces; empty at its sorted place if none.
+    fn cut(&self, name: &str) -> (usize, usize) {
+        let at = self.names.partition_point(|&n| n < name);
+        let start = if at == 0 { 0 } else { self.ends[at - 1] };
+        match self.names.get(at) {
+            Some(&n) if n == name => (start, self.ends[at]),
+            _ => (start, start),
         }
-        self.copy_merged(next, self.names.len());
-        &self.out
     }
 
-    /// Appends the merged labels `from..to` to the output.
-    fn copy_merged(&mut self, from: usize, to: usize) {
-        if from < to {
-            let start = if from == 0 { 0 } else { self.ends[from - 1] };
-            self.out
-                .extend_from_slice(&self.encoded[start..self.ends[to - 1]]);
+    /// The labels of one series: `name` (an encoded `__name__` label), `extra` (the encoded
+    /// `le` or `quantile` label) and the merged labels, in name order.
+    fn series(&mut self, name: &[u8], extra: Option<&[u8]>) -> &[u8] {
+        // "__name__" sorts before "le" and "quantile": its cut comes first.
+        let ((a, b), (c, d)) = (self.name_cut, self.extra_cut);
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(&self.encoded[..a]);
+        out.extend_from_slice(name);
+        match extra {
+            None => out.extend_from_slice(&self.encoded[b..]),
+            Some(extra) => {
+                out.extend_from_slice(&self.encoded[b..c]);
+                out.extend_from_slice(extra);
+                out.extend_from_slice(&self.encoded[d..]);
+            }
         }
+        out
     }
 }
 
