@@ -57,6 +57,11 @@ fn put_varint(mut n: u64, out: &mut Vec<u8>) {
         out.push(n as u8);
         return;
     }
+    // A series' length: most take two bytes.
+    if n < 0x4000 {
+        out.extend_from_slice(&[(n as u8) | 0x80, (n >> 7) as u8]);
+        return;
+    }
     let mut bytes = [0u8; 10];
     let mut i = 0;
     while n >= 0x80 {

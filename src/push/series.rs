@@ -241,7 +241,7 @@ struct GeneratedLabels {
     sum: Vec<u8>,
     count: Vec<u8>,
     /// `le` for a histogram, `quantile` for a summary.
-    bound_name: &'static str,
+    bound_name: Option<&'static str>,
     /// `bound_name` of each finite bucket or quantile.
     bounds: Vec<Vec<u8>>,
     /// `le="+Inf"`.
@@ -256,8 +256,9 @@ impl GeneratedLabels {
             out
         };
         let bound_name = match family.kind {
-            Kind::Summary => "quantile",
-            _ => "le",
+            Kind::Histogram => Some("le"),
+            Kind::Summary => Some("quantile"),
+            Kind::Counter | Kind::Gauge | Kind::Untyped => None,
         };
         let name = &family.name;
         GeneratedLabels {
@@ -265,9 +266,10 @@ impl GeneratedLabels {
             bucket: label(NAME, &format!("{name}_bucket")),
             sum: label(NAME, &format!("{name}_sum")),
             count: label(NAME, &format!("{name}_count")),
-            bounds: (family.bounds.iter())
-                .map(|&b| label(bound_name, &format_float(b)))
-                .collect(),
+            bounds: bound_name.map_or_else(Vec::new, |n| {
+                let bounds = family.bounds.iter();
+                bounds.map(|&b| label(n, &format_float(b))).collect()
+            }),
             inf: label("le", "+Inf"),
             bound_name,
         }
@@ -300,16 +302,19 @@ struct LabelScratch<'x> {
 impl<'x> LabelScratch<'x> {
     /// Takes the labels of a metric, minus empty values, and the external ones; a label of
     /// the metric wins over an external one of the same name. `extra` is the name of the
-    /// family's generated label (`le`, `quantile`). False when a name is invalid.
-    fn merge(&mut self, labels: &'x Labels, external: &'x [External], extra: &str) -> bool {
+    /// family's generated label (`le`, `quantile`), if any. False when a name is invalid.
+    fn merge(&mut self, labels: &'x Labels, external: &'x [External], extra: Option<&str>) -> bool {
         self.names.clear();
         self.ends.clear();
         self.encoded.clear();
         let mut external = external.iter().peekable();
         // An empty value means no label at all, whatever its name.
-        for (name, value) in labels.iter().filter(|(_, v)| !v.is_empty()) {
+        for (i, (name, value)) in labels.iter().filter(|(_, v)| !v.is_empty()).enumerate() {
             let name: &'x str = name;
-            if !self.valid_names.contains(&name) {
+            // The metrics of a family usually have the same names in the same order: the
+            // name at the same place is the one to try first.
+            let known = self.valid_names.get(i) == Some(&name) || self.valid_names.contains(&name);
+            if !known {
                 if !is_valid_label_name(name) {
                     return false;
                 }
@@ -330,7 +335,9 @@ impl<'x> LabelScratch<'x> {
             self.push_encoded(&e.name, &e.encoded);
         }
         self.name_cut = self.cut(NAME);
-        self.extra_cut = self.cut(extra);
+        if let Some(extra) = extra {
+            self.extra_cut = self.cut(extra);
+        }
         true
     }
 
@@ -342,7 +349,10 @@ impl<'x> LabelScratch<'x> {
 
     /// The bytes a generated label `name` replaces; empty at its sorted place if none.
     fn cut(&self, name: &str) -> (usize, usize) {
-        let at = self.names.partition_point(|&n| n < name);
+        // A few names, and `__name__` sorts before nearly all: a scan beats a search.
+        let at = (self.names.iter())
+            .position(|&n| n >= name)
+            .unwrap_or(self.names.len());
         let start = if at == 0 { 0 } else { self.ends[at - 1] };
         match self.names.get(at) {
             Some(&n) if n == name => (start, self.ends[at]),
