@@ -197,6 +197,7 @@ fn family_series<'x, E>(
         return Ok(family.labels.len() as u64 * per_metric);
     }
     let generated = GeneratedLabels::of(family);
+    labels.next_family();
     let n = family.bounds.len();
     let mut invalid = 0;
     for (metric_labels, values) in family.metrics() {
@@ -295,11 +296,17 @@ struct LabelScratch<'x> {
     extra_cut: (usize, usize),
     /// The last series' labels.
     out: Vec<u8>,
-    /// Label names found valid: the metrics of a family share them, so each is checked once.
+    /// Label names of this family found valid, in the order first seen: its metrics share
+    /// them, so each is checked once.
     valid_names: Vec<&'x str>,
 }
 
 impl<'x> LabelScratch<'x> {
+    /// Starts on the metrics of another family.
+    fn next_family(&mut self) {
+        self.valid_names.clear();
+    }
+
     /// Takes the labels of a metric, minus empty values, and the external ones; a label of
     /// the metric wins over an external one of the same name. `extra` is the name of the
     /// family's generated label (`le`, `quantile`), if any. False when a name is invalid.
