@@ -10,7 +10,7 @@
 //! A snapshot walks the label sets in the order they were created and writes the values
 //! straight into a [`Snapshot`]'s flat vectors, with no per-sample allocation.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,8 @@ pub struct HttpFamilies {
     /// How many values the model label can take (`LabelRules::model_value_bound`).
     model_slots: usize,
     summary_window: Duration,
+    /// Label sets in the last snapshot: the next one sizes its vectors by it.
+    last_snapshot_len: AtomicUsize,
 }
 
 /// The label sets of one route, by the model's place among the model label's values
@@ -115,6 +117,7 @@ impl HttpFamilies {
             routes: LabelMap::new(),
             model_slots,
             summary_window,
+            last_snapshot_len: AtomicUsize::new(0),
         }
     }
 
@@ -183,6 +186,10 @@ impl HttpFamilies {
         let mut latency = Family::new(name, help, Kind::Histogram, bounds);
         let (name, help) = LATENCY_SUMMARY;
         let mut summary = Family::new(name, help, Kind::Summary, quantiles.clone());
+        let expected = self.last_snapshot_len.load(Ordering::Relaxed);
+        for family in [&mut requests, &mut latency, &mut summary] {
+            family.reserve(expected);
+        }
         let mut merged = Vec::new();
         let mut values = Vec::with_capacity(LATENCY_BUCKETS_MS.len() + 2);
         self.for_each(|series| {
@@ -209,6 +216,8 @@ impl HttpFamilies {
                 errors.push(e.labels.clone(), &[n]);
             }
         });
+        self.last_snapshot_len
+            .store(requests.labels.len(), Ordering::Relaxed);
         out.families.extend(
             [errors, latency, summary, requests]
                 .into_iter()

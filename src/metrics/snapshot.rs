@@ -82,6 +82,12 @@ impl Family {
             .zip(self.values.chunks_exact(self.stride()))
     }
 
+    /// Room for `metrics` more metrics.
+    pub fn reserve(&mut self, metrics: usize) {
+        self.labels.reserve(metrics);
+        self.values.reserve(metrics * self.stride());
+    }
+
     /// Adds a metric; `values` must hold [`stride`](Family::stride) values.
     pub fn push(&mut self, labels: Labels, values: &[f64]) {
         debug_assert_eq!(values.len(), self.stride());

@@ -95,7 +95,7 @@ impl SlidingWindow {
         &mut self,
         quantiles: &[f64],
         now: Instant,
-        merged: &mut Vec<u64>,
+        merged: &mut Vec<u32>,
         out: &mut Vec<f64>,
     ) {
         self.rotate(now);
@@ -110,18 +110,18 @@ impl SlidingWindow {
         for s in used {
             let at = usize::from(s.offset.abs_diff(first));
             for (m, &c) in merged[at..].iter_mut().zip(&s.counts) {
-                *m += u64::from(c);
+                *m = m.saturating_add(c);
             }
         }
-        let total: u64 = merged.iter().sum();
+        let total: u64 = merged.iter().map(|&c| u64::from(c)).sum();
         let mut seen = 0u64;
         let mut next = 0usize;
         // `quantiles` is sorted, so one walk over the buckets serves all of them.
         for &q in quantiles {
             // The sample of rank floor(q·(n-1)) (0-based) is the one reported.
             let rank = (q * total.saturating_sub(1) as f64).floor() as u64;
-            while next < merged.len() && seen + merged[next] <= rank {
-                seen += merged[next];
+            while next < merged.len() && seen + u64::from(merged[next]) <= rank {
+                seen += u64::from(merged[next]);
                 next += 1;
             }
             out.push(if next < merged.len() {
@@ -196,8 +196,8 @@ fn bucket_index(value: f64) -> i16 {
 
 /// The middle of bucket `index` (γ^(i-1), γ^i], within α of anything in it.
 fn bucket_value(index: i16) -> f64 {
-    let gamma = LN_GAMMA.exp();
-    2.0 * gamma.powi(i32::from(index)) / (gamma + 1.0)
+    const GAMMA: f64 = (1.0 + RELATIVE_ACCURACY) / (1.0 - RELATIVE_ACCURACY);
+    2.0 * (f64::from(index) * LN_GAMMA).exp() / (GAMMA + 1.0)
 }
 
 #[cfg(test)]
