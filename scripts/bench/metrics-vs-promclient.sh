@@ -3,9 +3,10 @@
 # (scripts/bench/promclient/workload.js: the same families, label sets and observations):
 #   1. record: recording one finished request (counter + histogram + summary);
 #   2. render: GET /metrics for ~2,800 series (Rust: benches/metrics.rs; Node: bench.js);
-#   3. requests/s through the real binary with metrics on vs off: two proxies loaded at
-#      the same time by two wrk (loopback only, bounded: ROUNDS runs of DURATION), and
-#      each proxy process's CPU time per request (from /proc).
+#   3. requests/s through the real binary with metrics on vs off: two proxies loaded one
+#      after the other by wrk, proxy pinned to CPU 0 and wrk to CPU 1 (loopback only,
+#      bounded: ROUNDS runs of DURATION each), and each proxy process's CPU time per
+#      request (from /proc).
 # Prints the figures and their ratios as Markdown for docs/performance.md.
 #
 # Environment: ROUNDS (default 3), DURATION (default 8s), CONNECTIONS (default 8),
@@ -29,6 +30,7 @@ trap cleanup EXIT
 need() { command -v "$1" >/dev/null || { echo "metrics-vs-promclient: needs $1 ($2)" >&2; exit 1; }; }
 need node "Debian: nodejs"
 need curl "Debian: curl"
+need taskset "Debian: util-linux"
 if [ "${SKIP_THROUGHPUT:-0}" != 1 ] && ! command -v wrk >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get install -y -qq --no-install-recommends wrk >/dev/null
@@ -77,10 +79,12 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"model":"codex-demo","messages":[{"role":"user","content":"hello"}]}'
 EOF
-  # Two proxies side by side, metrics off and on, each loaded by its own wrk at the same
-  # time: whatever else the machine is doing slows both alike. Per side it prints
-  # "<requests/s> <proxy CPU µs per request>" (the worker's CPU is left out: it is the
-  # same either way, so leaving it out makes the ratio stricter).
+  # Two proxies, metrics off and on, loaded one after the other (the order alternates
+  # from round to round), each pinned to CPU 0 with its worker while wrk runs on CPU 1:
+  # loading both at once on a 2-core machine made four busy processes share two cores,
+  # and the rounds scattered by ±15 %. Per side it prints "<requests/s> <proxy CPU µs per
+  # request>" (the worker's CPU is left out: it is the same either way, so leaving it out
+  # makes the ratio stricter).
   cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
   start_proxy() { # $1 = on|off; prints "<pid> <port> <dir>"
     local port dir
@@ -90,16 +94,16 @@ EOF
       # CONTROL=1: both sides off, to see how far apart two equal proxies measure.
       echo "[metrics]"; echo "enabled = $([ "$1" = on ] && [ "${CONTROL:-0}" != 1 ] && echo true || echo false)"
     } > "$dir/config.toml"
-    PROXY_LISTEN=127.0.0.1:$port RUST_LOG=warn "$BIN" serve --config "$dir/config.toml" \
+    PROXY_LISTEN=127.0.0.1:$port RUST_LOG=warn taskset -c 0 "$BIN" serve --config "$dir/config.toml" \
       > "$dir/log" 2>&1 &
     echo "$! $port $dir"
   }
   load() { # $1 = port, $2 = path, $3 = output file
     if [ "$2" = chat ]; then
-      wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/chat.lua" \
+      taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/chat.lua" \
         "http://127.0.0.1:$1/v1/chat/completions" > "$3" 2>&1
     else
-      wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$1/v1/models" > "$3" 2>&1
+      taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$1/v1/models" > "$3" 2>&1
     fi
   }
   result() { # $1 = wrk output, $2 = CPU ticks used
@@ -109,8 +113,8 @@ EOF
     rps=$(sed -n 's/^Requests\/sec: *\([0-9.]*\).*/\1/p' "$1")
     node -e "console.log('$rps', ($2 * 1e6 / $(getconf CLK_TCK) / $n).toFixed(2))"
   }
-  round() { # $1 = path; prints "<off result> <on result>"
-    local off on off_t0 on_t0
+  round() { # $1 = path, $2 = round number; prints "<off result> <on result>"
+    local off on off_t0 on_t0 first second
     read -r off_pid off_port off_dir <<< "$(start_proxy off)"
     read -r on_pid on_port on_dir <<< "$(start_proxy on)"
     PIDS+=("$off_pid" "$on_pid")
@@ -120,12 +124,19 @@ EOF
         sleep 0.1
       done
     done
-    off_t0=$(cpu_ticks "$off_pid"); on_t0=$(cpu_ticks "$on_pid")
-    load "$off_port" "$1" "$off_dir/wrk" & local w1=$!
-    load "$on_port" "$1" "$on_dir/wrk" & local w2=$!
-    wait "$w1" "$w2"
-    off=$(result "$off_dir/wrk" $(( $(cpu_ticks "$off_pid") - off_t0 )))
-    on=$(result "$on_dir/wrk" $(( $(cpu_ticks "$on_pid") - on_t0 )))
+    first=off; second=on
+    if [ $(( $2 % 2 )) -eq 0 ]; then first=on; second=off; fi
+    for side in $first $second; do
+      if [ "$side" = off ]; then
+        off_t0=$(cpu_ticks "$off_pid")
+        load "$off_port" "$1" "$off_dir/wrk"
+        off=$(result "$off_dir/wrk" $(( $(cpu_ticks "$off_pid") - off_t0 )))
+      else
+        on_t0=$(cpu_ticks "$on_pid")
+        load "$on_port" "$1" "$on_dir/wrk"
+        on=$(result "$on_dir/wrk" $(( $(cpu_ticks "$on_pid") - on_t0 )))
+      fi
+    done
     kill "$off_pid" "$on_pid"; wait "$off_pid" "$on_pid" 2>/dev/null || true
     echo "$off $on"
   }
@@ -133,7 +144,7 @@ EOF
   for path in models chat; do
     rps_ratios=(); cpu_ratios=()
     for r in $(seq 1 "$ROUNDS"); do
-      read -r off_rps off_cpu on_rps on_cpu <<< "$(round $path)"
+      read -r off_rps off_cpu on_rps on_cpu <<< "$(round $path "$r")"
       rps_ratio=$(node -e "console.log(($on_rps/$off_rps).toFixed(3))")
       cpu_ratio=$(node -e "console.log(($off_cpu/$on_cpu).toFixed(3))")
       echo "   $path round $r: off $off_rps req/s $off_cpu µs CPU/req; on $on_rps req/s $on_cpu µs CPU/req" >&2
