@@ -99,6 +99,17 @@ impl SlidingWindow {
         out: &mut Vec<f64>,
     ) {
         self.rotate(now);
+        let mut used = self.ages.iter().filter(|s| !s.counts.is_empty());
+        let (Some(one), None) = (used.next(), used.next()) else {
+            return self.merged_quantiles(quantiles, merged, out);
+        };
+        // One sub-window holds everything (a label set that was quiet for a while): its
+        // counts are the window's, no merge needed.
+        walk(&one.counts, one.offset, quantiles, out);
+    }
+
+    /// [`quantiles`](Self::quantiles) when several sub-windows (or none) hold counts.
+    fn merged_quantiles(&self, quantiles: &[f64], merged: &mut Vec<u32>, out: &mut Vec<f64>) {
         let used = self.ages.iter().filter(|s| !s.counts.is_empty());
         let Some(first) = used.clone().map(|s| s.offset).min() else {
             out.extend(quantiles.iter().map(|_| f64::NAN));
@@ -113,23 +124,7 @@ impl SlidingWindow {
                 *m = m.saturating_add(c);
             }
         }
-        let total: u64 = merged.iter().map(|&c| u64::from(c)).sum();
-        let mut seen = 0u64;
-        let mut next = 0usize;
-        // `quantiles` is sorted, so one walk over the buckets serves all of them.
-        for &q in quantiles {
-            // The sample of rank floor(q·(n-1)) (0-based) is the one reported.
-            let rank = (q * total.saturating_sub(1) as f64).floor() as u64;
-            while next < merged.len() && seen + u64::from(merged[next]) <= rank {
-                seen += u64::from(merged[next]);
-                next += 1;
-            }
-            out.push(if next < merged.len() {
-                bucket_value(first + next as i16)
-            } else {
-                f64::NAN
-            });
-        }
+        walk(merged, first, quantiles, out);
     }
 
     #[cfg(test)]
@@ -192,6 +187,27 @@ fn bucket_index(value: f64) -> i16 {
     // library call was a tenth of recording a request.
     let truncated = x as i16;
     truncated + i16::from(f64::from(truncated) < x)
+}
+
+/// Appends the value of each of `quantiles` (ascending) for the counts of the buckets
+/// `first..first + counts.len()`: the sample of rank floor(q·(n-1)) (0-based) is reported.
+fn walk(counts: &[u32], first: i16, quantiles: &[f64], out: &mut Vec<f64>) {
+    let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+    let mut seen = 0u64;
+    let mut next = 0usize;
+    // `quantiles` is sorted, so one walk over the buckets serves all of them.
+    for &q in quantiles {
+        let rank = (q * total.saturating_sub(1) as f64).floor() as u64;
+        while next < counts.len() && seen + u64::from(counts[next]) <= rank {
+            seen += u64::from(counts[next]);
+            next += 1;
+        }
+        out.push(if next < counts.len() {
+            bucket_value(first + next as i16)
+        } else {
+            f64::NAN
+        });
+    }
 }
 
 /// The middle of bucket `index` (γ^(i-1), γ^i], within α of anything in it.
