@@ -152,11 +152,16 @@ smoke_check_worker_state() {
   SMOKE_RESTARTS=${restarts%.*}
 }
 
-# A port nothing listens on at the moment (whoever binds it next may still lose a race).
+# A port nothing listens on at the moment, below the kernel's ephemeral range: a port in
+# that range can be taken as the local end of any outgoing connection (curl's, the test
+# servers') between this check and the proxy's bind, which made a CI run fail with
+# "Address already in use".
 smoke_free_port() {
-  local port
+  local port low
+  low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  [ "${low:-0}" -gt 21000 ] 2>/dev/null || low=32768
   for _ in $(seq 100); do
-    port=$((20000 + RANDOM % 40000))
+    port=$((20000 + RANDOM % (low - 20000)))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "$port"
       return 0
