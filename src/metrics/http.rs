@@ -125,6 +125,8 @@ impl HttpFamilies {
     /// (`LabelRules::model_slot`).
     pub fn record(&self, request: &FinishedRequest<'_>, (model_slot, model): (usize, &str)) {
         let family = labels::status_family_index(request.status);
+        // An index past the list counts as the last value, `OTHER`.
+        let method = request.method.min(METHODS.len() - 1);
         let elapsed = request.ended.saturating_duration_since(request.started);
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let make_route = || RouteSeries {
@@ -139,10 +141,10 @@ impl HttpFamilies {
                     slots: std::array::from_fn(|_| OnceLock::new()),
                 })
             });
-            let slot = &by_model.slots[request.method * STATUS_FAMILIES.len() + family];
+            let slot = &by_model.slots[method * STATUS_FAMILIES.len() + family];
             let series = slot.get_or_init(|| {
                 let labels = [
-                    ("method", METHODS[request.method]),
+                    ("method", METHODS[method]),
                     ("model", model),
                     ("route", request.route),
                     ("status_family", STATUS_FAMILIES[family]),
