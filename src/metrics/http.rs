@@ -228,14 +228,11 @@ impl HttpFamilies {
     }
 
     /// Label sets (route, method, status family, model) seen so far.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         let mut n = 0;
         self.for_each(|_| n += 1);
         n
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

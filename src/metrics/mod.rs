@@ -196,11 +196,6 @@ impl Metrics {
             .record(request, self.labels.model_slot(request.model));
     }
 
-    /// HTTP label sets (route, method, status family, model) recorded so far.
-    pub fn http_label_sets(&self) -> usize {
-        self.http.len()
-    }
-
     /// A snapshot of every family, sorted by name: what `/metrics` renders and what the
     /// pushers send.
     pub fn snapshot(&self) -> Snapshot {

@@ -204,9 +204,9 @@ impl Snapshot {
                 current.unwrap_or_else(|| Family::new(mf.name(), mf.help(), kind, Arc::new([]))),
             );
         }
-        let mut snapshot = Snapshot { families: out };
-        snapshot.merge(Snapshot::default());
-        snapshot
+        // Stable: consecutive families of one name keep their order.
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Snapshot { families: out }
     }
 
     /// The crate's form, for code that wants it (tests, the Pushgateway body's checks).
