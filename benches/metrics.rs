@@ -11,157 +11,22 @@
 //! are shared, and CPU time does not count the moments another process had the core.
 //! The prom-client side measures its process CPU time the same way.
 
+mod common {
+    pub mod workload;
+}
+
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::{Method, StatusCode};
-use codex_proxy::config::MetricsConfig;
-use codex_proxy::metrics::labels::method_index;
+use axum::http::StatusCode;
 use codex_proxy::metrics::route::Renderer;
-use codex_proxy::metrics::{AbortReason, ErrorCategory, FinishedRequest, Metrics, ToolBufferEvent};
+use common::workload::Workload;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{black_box, Criterion};
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct Workload {
-    models: Vec<String>,
-    http: Vec<HttpSet>,
-    errors: Vec<ErrorSet>,
-    tool_buffer: Vec<ToolSet>,
-}
-
-#[derive(Deserialize)]
-struct HttpSet {
-    route: String,
-    method: String,
-    status_family: String,
-    model: String,
-    observations: Vec<f64>,
-}
-
-#[derive(Deserialize)]
-struct ErrorSet {
-    route: String,
-    method: String,
-    model: String,
-    category: String,
-}
-
-#[derive(Deserialize)]
-struct ToolSet {
-    family: String,
-    output_mode: String,
-    reason: String,
-    count: u64,
-}
 
 fn load() -> Workload {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench/promclient/workload.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (node workload.js > workload.json)", path.display()));
-    serde_json::from_str(&text).expect("workload.json")
-}
-
-fn status(family: &str) -> StatusCode {
-    match family {
-        "2xx" => StatusCode::OK,
-        "3xx" => StatusCode::NOT_MODIFIED,
-        "4xx" => StatusCode::NOT_FOUND,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
-    }
-}
-
-fn category(name: &str) -> ErrorCategory {
-    [
-        ErrorCategory::WorkerNotReady,
-        ErrorCategory::WorkerBusy,
-        ErrorCategory::WorkerError,
-        ErrorCategory::Timeout,
-        ErrorCategory::Maintenance,
-        ErrorCategory::Internal,
-    ]
-    .into_iter()
-    .find(|c| c.as_str() == name)
-    .unwrap_or(ErrorCategory::Internal)
-}
-
-/// The requests of one label set.
-#[derive(Clone, Copy)]
-struct Request<'a> {
-    set: &'a HttpSet,
-    method: usize,
-    status: StatusCode,
-    category: Option<ErrorCategory>,
-    model: Option<&'a str>,
-}
-
-fn requests(w: &Workload) -> Vec<Request<'_>> {
-    w.http
-        .iter()
-        .map(|set| {
-            let category = w
-                .errors
-                .iter()
-                .find(|e| e.route == set.route && e.method == set.method && e.model == set.model)
-                .filter(|_| set.status_family == "5xx")
-                .map(|e| category(&e.category));
-            let method = Method::from_bytes(set.method.as_bytes()).expect("method");
-            Request {
-                set,
-                method: method_index(&method),
-                status: status(&set.status_family),
-                category,
-                model: (set.model != "unknown").then_some(set.model.as_str()),
-            }
-        })
-        .collect()
-}
-
-fn record(metrics: &Metrics, r: &Request<'_>, i: usize, base: Instant) {
-    let ms = r.set.observations[i % r.set.observations.len()];
-    metrics.record(&FinishedRequest {
-        route: &r.set.route,
-        method: r.method,
-        status: r.status,
-        model: r.model,
-        category: r.category,
-        started: base,
-        ended: base + Duration::from_secs_f64(ms / 1e3),
-    });
-}
-
-/// The registry filled as prom-client's: every observation of every label set once.
-fn filled(w: &Workload) -> Arc<Metrics> {
-    // "other" stays "other": it is not on the allowlist.
-    let config = MetricsConfig {
-        models: w.models.clone(),
-        ..MetricsConfig::default()
-    };
-    let metrics = Metrics::new(&config).expect("metrics");
-    let base = Instant::now();
-    for r in requests(w) {
-        for i in 0..r.set.observations.len() {
-            record(&metrics, &r, i, base);
-        }
-    }
-    for t in &w.tool_buffer {
-        let event = match (t.family.as_str(), t.reason.as_str()) {
-            ("started", _) => ToolBufferEvent::Started,
-            ("flushed", _) => ToolBufferEvent::Flushed,
-            (_, "nested_open") => ToolBufferEvent::Aborted(AbortReason::NestedOpen),
-            (_, "finalize") => ToolBufferEvent::Aborted(AbortReason::Finalize),
-            _ => ToolBufferEvent::Aborted(AbortReason::Disconnect),
-        };
-        for _ in 0..t.count {
-            metrics.tool_buffer(&t.output_mode, event);
-        }
-    }
-    metrics.worker_restarts.inc();
-    metrics.worker_ready.set(1);
-    metrics.streams_active.set(2);
-    metrics
+    Workload::load(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`), shown like wall time.
@@ -204,7 +69,7 @@ impl Measurement for ThreadCpuTime {
 
 fn main() {
     let w = load();
-    let metrics = filled(&w);
+    let metrics = w.registry().unwrap_or_else(|e| panic!("{e}"));
     let renderer = Renderer::new(metrics.clone());
 
     let text = String::from_utf8(renderer.render(false).expect("render")).expect("utf-8");
@@ -223,22 +88,7 @@ fn main() {
         .configure_from_args();
 
     // Every request of the workload, made up front so that only recording is timed.
-    let base = Instant::now();
-    let finished: Vec<FinishedRequest<'_>> = requests(&w)
-        .into_iter()
-        .flat_map(|r| {
-            let set = r.set;
-            set.observations.iter().map(move |ms| FinishedRequest {
-                route: &set.route,
-                method: r.method,
-                status: r.status,
-                model: r.model,
-                category: r.category,
-                started: base,
-                ended: base + Duration::from_secs_f64(ms / 1e3),
-            })
-        })
-        .collect();
+    let finished = w.requests(Instant::now()).unwrap_or_else(|e| panic!("{e}"));
     // Each request in another of the 145 label sets: every record reaches cold cache
     // lines, as prom-client's side does.
     let mut i = 0usize;

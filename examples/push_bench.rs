@@ -14,16 +14,21 @@
 //!
 //! Build with `cargo build --release --example push_bench`.
 
+#[path = "../benches/common/workload.rs"]
+mod workload;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{Method, StatusCode};
 use codex_proxy::config::{Config, MetricsConfig};
 use codex_proxy::metrics::labels::method_index;
-use codex_proxy::metrics::{AbortReason, ErrorCategory, FinishedRequest, Metrics, ToolBufferEvent};
+use codex_proxy::metrics::route::Renderer;
+use codex_proxy::metrics::{ErrorCategory, FinishedRequest, Metrics};
 use codex_proxy::push::series::SeriesState;
 use codex_proxy::push::Pushers;
-use prometheus::{Encoder, TextEncoder};
+use workload::Workload;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -83,100 +88,11 @@ fn registry(fill: &Fill) -> Arc<Metrics> {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Workload {
-    models: Vec<String>,
-    http: Vec<HttpSet>,
-    errors: Vec<ErrorSet>,
-    tool_buffer: Vec<ToolSet>,
-}
-
-#[derive(serde::Deserialize)]
-struct HttpSet {
-    route: String,
-    method: String,
-    status_family: String,
-    model: String,
-    observations: Vec<f64>,
-}
-
-#[derive(serde::Deserialize)]
-struct ErrorSet {
-    route: String,
-    method: String,
-    model: String,
-    category: String,
-}
-
-#[derive(serde::Deserialize)]
-struct ToolSet {
-    family: String,
-    output_mode: String,
-    reason: String,
-    count: u64,
-}
-
-/// The registry filled from the workload as benches/metrics.rs fills it: every
-/// observation of every label set recorded once through the middleware's recorder.
+/// The registry filled from the workload as benches/metrics.rs fills it.
 fn workload_registry(path: &str) -> Arc<Metrics> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| usage(&format!("{path}: {e}")));
-    let w: Workload =
-        serde_json::from_str(&text).unwrap_or_else(|e| usage(&format!("{path}: {e}")));
-    let config = MetricsConfig {
-        models: w.models.clone(),
-        ..MetricsConfig::default()
-    };
-    let metrics = Metrics::new(&config).unwrap_or_else(|e| usage(&e.to_string()));
-    let categories = [
-        ErrorCategory::WorkerNotReady,
-        ErrorCategory::WorkerBusy,
-        ErrorCategory::WorkerError,
-        ErrorCategory::Timeout,
-        ErrorCategory::Maintenance,
-        ErrorCategory::Internal,
-    ];
-    let base = Instant::now();
-    for set in &w.http {
-        let category = w
-            .errors
-            .iter()
-            .find(|e| e.route == set.route && e.method == set.method && e.model == set.model)
-            .filter(|_| set.status_family == "5xx")
-            .and_then(|e| categories.into_iter().find(|c| c.as_str() == e.category));
-        let status = match set.status_family.as_str() {
-            "2xx" => StatusCode::OK,
-            "3xx" => StatusCode::NOT_MODIFIED,
-            "4xx" => StatusCode::NOT_FOUND,
-            _ => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        let method = Method::from_bytes(set.method.as_bytes()).unwrap_or(Method::GET);
-        for ms in &set.observations {
-            metrics.record(&FinishedRequest {
-                route: &set.route,
-                method: method_index(&method),
-                status,
-                model: (set.model != "unknown").then_some(set.model.as_str()),
-                category,
-                started: base,
-                ended: base + Duration::from_secs_f64(ms / 1e3),
-            });
-        }
-    }
-    for t in &w.tool_buffer {
-        let event = match (t.family.as_str(), t.reason.as_str()) {
-            ("started", _) => ToolBufferEvent::Started,
-            ("flushed", _) => ToolBufferEvent::Flushed,
-            (_, "nested_open") => ToolBufferEvent::Aborted(AbortReason::NestedOpen),
-            (_, "finalize") => ToolBufferEvent::Aborted(AbortReason::Finalize),
-            _ => ToolBufferEvent::Aborted(AbortReason::Disconnect),
-        };
-        for _ in 0..t.count {
-            metrics.tool_buffer(&t.output_mode, event);
-        }
-    }
-    metrics.worker_restarts.inc();
-    metrics.worker_ready.set(1);
-    metrics
+    Workload::load(Path::new(path))
+        .and_then(|w| w.registry())
+        .unwrap_or_else(|e| usage(&e))
 }
 
 /// The proxy's families with label combinations added until they make `target` series:
@@ -256,16 +172,13 @@ fn phases(fill: &Fill) {
 }
 
 async fn serve(fill: &Fill, listen: &str) {
-    let metrics = registry(fill);
+    // Rendered as the proxy's own `GET /metrics` renders (uncompressed).
+    let renderer = Arc::new(Renderer::new(registry(fill)));
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let metrics = metrics.clone();
-            async move {
-                let mut body = Vec::new();
-                let _ = TextEncoder::new().encode(&metrics.gather(), &mut body);
-                body
-            }
+            let renderer = renderer.clone();
+            async move { renderer.render(false).unwrap_or_default() }
         }),
     );
     let listener = tokio::net::TcpListener::bind(listen)
@@ -300,11 +213,11 @@ async fn push(fill: &Fill, url: &str, interval: &str, seconds: u64) {
     pushers.shutdown(Duration::from_secs(30)).await;
     let cpu = cpu_seconds() - cpu_start;
     let sent: f64 = metrics
-        .gather()
+        .snapshot()
+        .families
         .iter()
-        .filter(|f| f.name() == "codex_push_samples_sent_total")
-        .flat_map(|f| f.get_metric())
-        .map(|m| m.get_counter().get_value())
+        .filter(|f| f.name == "codex_push_samples_sent_total")
+        .flat_map(|f| f.values.iter())
         .sum();
     println!(
         "{{\"series\": {built_series}, \"cpu_seconds\": {cpu:.3}, \"samples_sent\": {sent}, \

@@ -144,15 +144,10 @@ impl LabelRules {
     }
 
     /// `model`: `unknown` when absent, the value itself when it is on the allowlist or
-    /// among the worker's models, else `other`. The value is borrowed from `raw`, so an
-    /// allowed name costs no allocation.
-    pub fn model<'a>(&self, raw: Option<&'a str>) -> &'a str {
-        self.model_slot(raw).1
-    }
-
-    /// The `model` label value and its place among every value the rule can give, a
-    /// dense index below [`model_value_bound`](Self::model_value_bound): the allowlist
-    /// in order, the worker's models in the order they came, `unknown`, `other`.
+    /// among the worker's models, else `other`; borrowed from `raw`, so an allowed name
+    /// costs no allocation. With it, the value's place among every value the rule can
+    /// give, a dense index below [`model_value_bound`](Self::model_value_bound): the
+    /// allowlist in order, the worker's models in the order they came, `unknown`, `other`.
     pub fn model_slot<'a>(&self, raw: Option<&'a str>) -> (usize, &'a str) {
         let allowed = self.allowed_models.len();
         let Some(raw) = raw else {
@@ -178,6 +173,10 @@ impl LabelRules {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    fn model<'a>(rules: &LabelRules, raw: Option<&'a str>) -> &'a str {
+        rules.model_slot(raw).1
+    }
 
     #[test]
     fn unmatched_requests_get_the_unmatched_route() {
@@ -227,31 +226,31 @@ mod tests {
     #[test]
     fn model_is_unknown_allowed_or_other() {
         let rules = LabelRules::new(&["gpt-5".to_string()]);
-        assert_eq!(rules.model(None), "unknown");
-        assert_eq!(rules.model(Some("gpt-5")), "gpt-5");
-        assert_eq!(rules.model(Some("GPT-5")), "other");
-        assert_eq!(rules.model(Some("my-secret-prompt")), "other");
-        assert_eq!(rules.model(Some("")), "other");
+        assert_eq!(model(&rules, None), "unknown");
+        assert_eq!(model(&rules, Some("gpt-5")), "gpt-5");
+        assert_eq!(model(&rules, Some("GPT-5")), "other");
+        assert_eq!(model(&rules, Some("my-secret-prompt")), "other");
+        assert_eq!(model(&rules, Some("")), "other");
     }
 
     #[test]
     fn worker_models_become_values_up_to_the_cap() {
         let rules = LabelRules::new(&["gpt-5".to_string()]);
         assert_eq!(rules.add_worker_models(["codex-mini", "gpt-5"]), 0);
-        assert_eq!(rules.model(Some("codex-mini")), "codex-mini");
+        assert_eq!(model(&rules, Some("codex-mini")), "codex-mini");
 
         let long = "m".repeat(65);
         assert_eq!(rules.add_worker_models(["", long.as_str()]), 2);
-        assert_eq!(rules.model(Some(long.as_str())), "other");
+        assert_eq!(model(&rules, Some(long.as_str())), "other");
 
         let many: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
         // codex-mini already holds one of the 32 places.
         assert_eq!(rules.add_worker_models(&many), 40 - 31);
-        assert_eq!(rules.model(Some("w30")), "w30");
-        assert_eq!(rules.model(Some("w31")), "other");
+        assert_eq!(model(&rules, Some("w30")), "w30");
+        assert_eq!(model(&rules, Some("w31")), "other");
         // A later worker advertising new names cannot push the count past the cap.
         assert_eq!(rules.add_worker_models(["fresh"]), 1);
-        assert_eq!(rules.model(Some("fresh")), "other");
+        assert_eq!(model(&rules, Some("fresh")), "other");
     }
 
     #[test]
@@ -279,6 +278,7 @@ mod tests {
         rules.add_worker_models(["codex-mini"]);
         let mut rng = fastrand::Rng::with_seed(7);
         let mut seen = HashSet::new();
+        let mut slots = std::collections::HashMap::new();
         for i in 0..10_000 {
             let raw = match i % 10 {
                 0 => None,
@@ -286,9 +286,15 @@ mod tests {
                 2 => Some("codex-mini".to_string()),
                 _ => Some(random_string(&mut rng)),
             };
-            let value = rules.model(raw.as_deref()).to_string();
+            let (slot, value) = rules.model_slot(raw.as_deref());
             assert!(value.len() <= MAX_LABEL_VALUE_LEN);
-            seen.insert(value);
+            assert!(slot < rules.model_value_bound());
+            // One slot per value, one value per slot.
+            assert_eq!(
+                *slots.entry(slot).or_insert_with(|| value.to_string()),
+                value
+            );
+            seen.insert(value.to_string());
         }
         let expected: HashSet<String> = ["unknown", "other", "gpt-5", "codex-mini"]
             .into_iter()
@@ -296,5 +302,6 @@ mod tests {
             .collect();
         assert_eq!(seen, expected);
         assert!(seen.len() <= rules.model_value_bound());
+        assert_eq!(slots.len(), seen.len());
     }
 }

@@ -405,9 +405,8 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(counter(&m, &["/v1/fail", "DELETE", "4xx", "unknown"]), 1);
-        let text = prometheus::TextEncoder::new()
-            .encode_to_string(&m.gather())
-            .unwrap();
+        let mut text = String::new();
+        crate::metrics::text::encode(&m.snapshot(), &mut text);
         assert!(!text.contains("codex_http_errors_total{"), "{text}");
     }
 
@@ -433,19 +432,15 @@ mod tests {
                 .unwrap();
             drop(response);
         }
-        let families = m.gather();
-        let requests = families
+        let snapshot = m.snapshot();
+        let requests = snapshot
+            .families
             .iter()
-            .find(|f| f.name() == "codex_http_requests_total")
+            .find(|f| f.name == "codex_http_requests_total")
             .unwrap();
         let mut total = 0;
-        for metric in requests.get_metric() {
-            let route = metric
-                .get_label()
-                .iter()
-                .find(|l| l.name() == "route")
-                .unwrap()
-                .value();
+        for (labels, values) in requests.metrics() {
+            let route = &*labels.iter().find(|(n, _)| &**n == "route").unwrap().1;
             assert!(
                 [
                     "unmatched",
@@ -457,15 +452,14 @@ mod tests {
                 .contains(&route),
                 "route label {route}"
             );
-            total += metric.get_counter().get_value() as u64;
+            total += values[0] as u64;
         }
         assert_eq!(total, 10_000);
         // routes (4 + unmatched) × 8 methods × 5 families × model values.
         let bound = 5 * 8 * 5 * m.labels.model_value_bound();
-        assert!(requests.get_metric().len() <= bound);
-        let text = prometheus::TextEncoder::new()
-            .encode_to_string(&families)
-            .unwrap();
+        assert!(requests.labels.len() <= bound);
+        let mut text = String::new();
+        crate::metrics::text::encode(&snapshot, &mut text);
         assert!(!text.contains("request_id"));
     }
 }

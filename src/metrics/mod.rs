@@ -14,7 +14,6 @@ mod text;
 use std::sync::Arc;
 
 use axum::Router;
-use prometheus::proto::MetricFamily;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::config::{Config, MetricsConfig};
@@ -203,11 +202,6 @@ impl Metrics {
         self.http.snapshot(std::time::Instant::now(), &mut snapshot);
         snapshot.merge(Snapshot::from_families(&self.registry.gather()));
         snapshot
-    }
-
-    /// The same snapshot in the prometheus crate's form (tests, tools).
-    pub fn gather(&self) -> Vec<MetricFamily> {
-        self.snapshot().to_families()
     }
 
     pub fn tool_buffer(&self, output_mode: &str, event: ToolBufferEvent) {
