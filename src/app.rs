@@ -68,17 +68,20 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 
     let state =
         AppState::new(config.clone(), worker.clone(), metrics.clone()).with_push(pushers.handle());
-    // Last, so that the recording layer wraps every route and the fallback.
-    let app = crate::metrics::attach(proxy::router(state), &metrics, &config);
+    let (router, templates) = proxy::router(state);
+    let app = crate::metrics::attach(router, templates, &metrics, &config);
 
     let (stop_accepting, stopped) = oneshot::channel::<()>();
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
-        let _ = stopped.await;
-    });
+    let server =
+        axum::serve(
+            listener,
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                SocketAddr,
+            >(app),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
     let mut server = tokio::spawn(async move { server.await });
 
     tokio::select! {

@@ -7,7 +7,6 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use axum::extract::MatchedPath;
 use axum::http::{Method, StatusCode};
 
 /// No label value is longer than this many bytes.
@@ -30,9 +29,77 @@ pub const STATUS_FAMILIES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Every value of the `output_mode` label.
 pub const OUTPUT_MODES: [&str; 3] = ["obsidian-xml", "text", "other"];
 
-/// `route`: the matched route template, `unmatched` when no route matched.
-pub fn route(matched: Option<&MatchedPath>) -> &str {
-    matched.map_or(UNMATCHED_ROUTE, |m| truncate(m.as_str()))
+/// The `route` rule: a request's path matched against the router's route templates;
+/// `unmatched` when none matches.
+///
+/// The recording service wraps the whole router once, so it learns the route from the
+/// path before routing rather than from axum's `MatchedPath` after it: reading that one
+/// needs a layer on every route, and axum then clones each route's service for every
+/// request, which on a cheap route cost more than the recording. A template is literal
+/// segments and `{name}` parameters, a parameter matching one non-empty segment; as in
+/// axum, a literal template wins over one with parameters. Wildcards (`{*rest}`) are not
+/// supported: the proxy has none, and such a template matches only itself, literally.
+#[derive(Debug, Clone)]
+pub struct RouteTemplates {
+    literal: Vec<&'static str>,
+    with_parameters: Vec<(&'static str, Vec<Segment>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(&'static str),
+    Parameter,
+}
+
+impl RouteTemplates {
+    /// `templates` are the router's route templates, as given to `Router::route`.
+    pub fn new<I: IntoIterator<Item = &'static str>>(templates: I) -> Self {
+        let mut routes = RouteTemplates {
+            literal: Vec::new(),
+            with_parameters: Vec::new(),
+        };
+        for template in templates {
+            let segments: Vec<Segment> = template
+                .split('/')
+                .map(
+                    |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                        Some(name) if !name.starts_with('*') => Segment::Parameter,
+                        _ => Segment::Literal(s),
+                    },
+                )
+                .collect();
+            if segments.contains(&Segment::Parameter) {
+                routes.with_parameters.push((template, segments));
+            } else {
+                routes.literal.push(template);
+            }
+        }
+        routes
+    }
+
+    /// `route` of a request for `path` (without the query): its template, cut to
+    /// [`MAX_LABEL_VALUE_LEN`], or [`UNMATCHED_ROUTE`].
+    pub fn label(&self, path: &str) -> &'static str {
+        if let Some(template) = self.literal.iter().find(|t| **t == path) {
+            return truncate(template);
+        }
+        self.with_parameters
+            .iter()
+            .find(|(_, segments)| matches(segments, path))
+            .map_or(UNMATCHED_ROUTE, |(template, _)| truncate(template))
+    }
+}
+
+fn matches(segments: &[Segment], path: &str) -> bool {
+    let mut parts = path.split('/');
+    for segment in segments {
+        match (segment, parts.next()) {
+            (Segment::Literal(l), Some(p)) if *l == p => {}
+            (Segment::Parameter, Some(p)) if !p.is_empty() => {}
+            _ => return false,
+        }
+    }
+    parts.next().is_none()
 }
 
 /// `method`, as an index into [`METHODS`]: one of the seven common methods, `OTHER` for
@@ -179,8 +246,39 @@ mod tests {
     }
 
     #[test]
-    fn unmatched_requests_get_the_unmatched_route() {
-        assert_eq!(route(None), "unmatched");
+    fn a_path_gets_its_route_template_or_unmatched() {
+        let routes = RouteTemplates::new(["/v1/models", "/v1/models/{id}", "/healthz", "/"]);
+        assert_eq!(routes.label("/v1/models"), "/v1/models");
+        assert_eq!(routes.label("/v1/models/gpt-5"), "/v1/models/{id}");
+        assert_eq!(routes.label("/healthz"), "/healthz");
+        assert_eq!(routes.label("/"), "/");
+        for path in [
+            "",
+            "/v1/models/",
+            "/v1/models//",
+            "/v1/models/a/b",
+            "/v1/Models",
+            "/healthz/",
+            "//healthz",
+            "/wp-login.php",
+            "*",
+        ] {
+            assert_eq!(routes.label(path), "unmatched", "{path}");
+        }
+    }
+
+    #[test]
+    fn a_literal_template_wins_over_a_parameter() {
+        let routes = RouteTemplates::new(["/v1/models/{id}", "/v1/models/default"]);
+        assert_eq!(routes.label("/v1/models/default"), "/v1/models/default");
+        assert_eq!(routes.label("/v1/models/other"), "/v1/models/{id}");
+    }
+
+    #[test]
+    fn a_wildcard_template_matches_only_itself() {
+        let routes = RouteTemplates::new(["/files/{*rest}"]);
+        assert_eq!(routes.label("/files/a/b"), "unmatched");
+        assert_eq!(routes.label("/files/{*rest}"), "/files/{*rest}");
     }
 
     #[test]

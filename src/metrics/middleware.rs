@@ -1,10 +1,12 @@
 //! HTTP middleware: records the request families when the response body ends.
 //!
 //! The Node proxy took latency when headers were sent, so an SSE stream of two minutes
-//! counted as a few milliseconds. Here the response body is wrapped, and the request is
-//! recorded once, when that body ends: its last frame, an error, or its drop (the client
-//! went away, or hyper finished with it). Status and model are what the handler decided;
-//! a streamed response keeps the status of its headers.
+//! counted as a few milliseconds. Here a streamed response body is wrapped, and the
+//! request is recorded once, when that body ends: its last frame, an error, or its drop
+//! (the client went away, or hyper finished with it). A body already in memory is
+//! recorded when the response is ready, which is its end but for the socket write.
+//! Status and model are what the handler decided; a streamed response keeps the status
+//! of its headers.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,45 +15,50 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
-use tower::{Layer, Service};
+use tower::Service;
 
-use super::labels;
+use super::labels::{self, RouteTemplates};
 use super::{ErrorCategory, FinishedRequest, Metrics, ModelLabel};
 
-/// The middleware as a tower layer: `router.layer(RecordLayer::new(metrics))`.
+/// The recording service, wrapped once around the whole router (routes and fallback).
 ///
-/// Written as a plain `Service` rather than with `axum::middleware::from_fn`, which
-/// clones the inner service and boxes a future for every request: on a cheap route that
-/// was most of what metrics cost.
-#[derive(Clone)]
-pub struct RecordLayer(Arc<Metrics>);
-
-impl RecordLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        RecordLayer(metrics)
-    }
-}
-
-impl<S> Layer<S> for RecordLayer {
-    type Service = Record<S>;
-
-    fn layer(&self, inner: S) -> Record<S> {
-        Record {
-            inner,
-            metrics: self.0.clone(),
-        }
-    }
-}
-
-/// The service [`RecordLayer`] wraps around each route.
+/// Not a per-route layer (`Router::layer`), which would let it read axum's `MatchedPath`
+/// but makes axum clone every route's service again for each request; and a plain
+/// `Service` rather than `axum::middleware::from_fn`, which clones the inner service and
+/// boxes a future per request. On a cheap route those costs were most of what metrics
+/// cost. The route label comes from [`RouteTemplates`] instead.
 #[derive(Clone)]
 pub struct Record<S> {
     inner: S,
+    /// `None`: nothing reads the HTTP families, so nothing is recorded.
+    recorder: Option<Arc<Recorder>>,
+}
+
+struct Recorder {
     metrics: Arc<Metrics>,
+    routes: RouteTemplates,
+}
+
+impl<S> Record<S> {
+    /// Records every request `inner` serves; `routes` are `inner`'s route templates.
+    pub fn new(inner: S, metrics: Arc<Metrics>, routes: RouteTemplates) -> Self {
+        Record {
+            inner,
+            recorder: Some(Arc::new(Recorder { metrics, routes })),
+        }
+    }
+
+    /// Serves `inner` and records nothing.
+    pub fn off(inner: S) -> Self {
+        Record {
+            inner,
+            recorder: None,
+        }
+    }
 }
 
 impl<S> Service<Request> for Record<S>
@@ -68,28 +75,29 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let head = Head {
-            metrics: self.metrics.clone(),
-            route: request.extensions().get::<MatchedPath>().cloned(),
+        let head = self.recorder.as_ref().map(|recorder| Head {
+            route: recorder.routes.label(request.uri().path()),
+            recorder: recorder.clone(),
             method: labels::method_index(request.method()),
             started: Instant::now(),
-        };
+        });
         RecordFuture {
             inner: self.inner.call(request),
-            head: Some(head),
+            head,
         }
     }
 }
 
 /// What is known when the request arrives.
 struct Head {
-    metrics: Arc<Metrics>,
-    route: Option<MatchedPath>,
+    recorder: Arc<Recorder>,
+    route: &'static str,
     method: usize,
     started: Instant,
 }
 
-/// The inner response future; when it resolves, the body gets wrapped.
+/// The inner response future; when it resolves, the request is recorded, or its streamed
+/// body wrapped to be recorded at its end.
 pub struct RecordFuture<F> {
     inner: F,
     head: Option<Head>,
@@ -108,7 +116,7 @@ where
             Poll::Ready(Ok(response)) => response,
         };
         let Some(head) = self.head.take() else {
-            // Polled again after completion: nothing more to record.
+            // Recording is off, or polled again after completion.
             return Poll::Ready(Ok(response));
         };
         let model = response
@@ -121,6 +129,14 @@ where
             model,
             head,
         };
+        // A body already in memory (its size exactly known: JSON, empty) ends as hyper
+        // writes it, microseconds from now: it is recorded now and spared the wrapper,
+        // whose box and per-frame indirection were a quarter of what recording cost a
+        // cheap request. Streams (SSE) have no exact size: they are recorded at their end.
+        if response.body().size_hint().exact().is_some() {
+            pending.record();
+            return Poll::Ready(Ok(response));
+        }
         Poll::Ready(Ok(response.map(|inner| {
             Body::new(RecordOnEnd {
                 inner,
@@ -140,8 +156,8 @@ struct Pending {
 
 impl Pending {
     fn record(self) {
-        self.head.metrics.record(&FinishedRequest {
-            route: labels::route(self.head.route.as_ref()),
+        self.head.recorder.metrics.record(&FinishedRequest {
+            route: self.head.route,
             method: self.head.method,
             status: self.status,
             model: self.model.as_deref(),
@@ -249,7 +265,7 @@ mod tests {
     }
 
     /// A router like the proxy's: a plain JSON route, a streamed route, a failing route.
-    fn app(m: &Arc<Metrics>, release: Arc<tokio::sync::Notify>) -> Router {
+    fn app(m: &Arc<Metrics>, release: Arc<tokio::sync::Notify>) -> Record<Router> {
         let streamed = move || {
             let release = release.clone();
             async move {
@@ -284,12 +300,19 @@ mod tests {
             response
         };
         let panicky = || async { StatusCode::INTERNAL_SERVER_ERROR };
-        Router::new()
-            .route("/v1/models/{id}", get(|| async { "{}" }))
-            .route("/v1/chat/completions", post(streamed))
-            .route("/v1/fail", post(failing))
-            .route("/v1/oops", get(panicky))
-            .layer(RecordLayer::new(m.clone()))
+        let routes = [
+            ("/v1/models/{id}", get(|| async { "{}" })),
+            ("/v1/chat/completions", post(streamed)),
+            ("/v1/fail", post(failing)),
+            ("/v1/oops", get(panicky)),
+        ];
+        let templates = RouteTemplates::new(routes.iter().map(|(t, _)| *t));
+        let router = routes
+            .into_iter()
+            .fold(Router::new(), |router, (t, handler)| {
+                router.route(t, handler)
+            });
+        Record::new(router, m.clone(), templates)
     }
 
     fn request(method: Method, uri: &str) -> Request {
@@ -301,20 +324,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_plain_request_is_counted_under_its_route_template() {
+    async fn a_body_in_memory_is_counted_under_its_route_template_when_ready() {
         let m = metrics();
         let app = app(&m, Arc::default());
         let response = app
             .oneshot(request(Method::GET, "/v1/models/gpt-5?api_key=s3cret"))
             .await
             .unwrap();
-        to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        // Not read yet: the body is whole, so the request is recorded already.
+        let body = response.into_body();
         assert_eq!(
             counter(&m, &["/v1/models/{id}", "GET", "2xx", "unknown"]),
             1
         );
         let (_, count) = latency(&m, &["/v1/models/{id}", "GET", "2xx", "unknown"]);
         assert_eq!(count, 1);
+        to_bytes(body, usize::MAX).await.unwrap();
+        assert_eq!(
+            counter(&m, &["/v1/models/{id}", "GET", "2xx", "unknown"]),
+            1
+        );
     }
 
     #[tokio::test]

@@ -233,22 +233,27 @@ impl Metrics {
     }
 }
 
-/// Adds the metrics to the application's router; call it last, after every route and
-/// the fallback, so that the recording layer wraps them all (unmatched paths included).
+/// Adds the metrics to the application's router, whose route templates are `templates`
+/// (the values of the `route` label), and wraps the router, fallback included, in the
+/// recording service.
 ///
 /// - `GET /metrics` exists only when `metrics.enabled` (otherwise it is a 404 like any
 ///   unknown path). The server must be run with
-///   `into_make_service_with_connect_info::<SocketAddr>()` for the loopback rule to see
-///   the peer; without it no scrape counts as loopback.
+///   `axum::ServiceExt::into_make_service_with_connect_info::<SocketAddr>` for the
+///   loopback rule to see the peer; without it no scrape counts as loopback.
 /// - Requests are recorded only when something reads them: `/metrics` is enabled or a
-///   push destination is configured. Otherwise the layer is left out entirely.
-pub fn attach<S>(router: Router<S>, metrics: &Arc<Metrics>, config: &Config) -> Router<S>
-where
-    S: Clone + Send + Sync + 'static,
-{
+///   push destination is configured.
+pub fn attach(
+    router: Router,
+    templates: Vec<&'static str>,
+    metrics: &Arc<Metrics>,
+    config: &Config,
+) -> middleware::Record<Router> {
+    let mut templates = templates;
     let router = if config.metrics.enabled {
+        templates.push(route::SCRAPE_PATH);
         router.route(
-            "/metrics",
+            route::SCRAPE_PATH,
             route::scrape_route(metrics.clone(), &config.metrics),
         )
     } else {
@@ -257,9 +262,13 @@ where
     let read =
         config.metrics.enabled || !config.remote_write.is_empty() || !config.pushgateway.is_empty();
     if !read {
-        return router;
+        return middleware::Record::off(router);
     }
-    router.layer(middleware::RecordLayer::new(metrics.clone()))
+    middleware::Record::new(
+        router,
+        metrics.clone(),
+        labels::RouteTemplates::new(templates),
+    )
 }
 
 /// Decrements `codex_streams_active` when dropped.

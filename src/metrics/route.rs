@@ -35,6 +35,9 @@ use subtle::ConstantTimeEq;
 use super::{text, Metrics};
 use crate::config::MetricsConfig;
 
+/// Where the scrape route is.
+pub const SCRAPE_PATH: &str = "/metrics";
+
 /// `Content-Type` of the Prometheus text format 0.0.4.
 pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
