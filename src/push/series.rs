@@ -12,12 +12,21 @@
 //!
 //! A series present in the previous snapshot and missing from this one gets a stale
 //! marker; the final snapshot at shutdown is followed by one for every series.
+//!
+//! Pushed once a second, most of a snapshot is the previous one with new values. A metric
+//! whose labels are the same `Arc` as in the previous snapshot, in the same family at the
+//! same place, has the same series as then: they are taken as they were (no merging,
+//! encoding or comparing of labels; `FamilyMemo`), and as long as every series so far
+//! came so, the encoder overwrites only their values and timestamp in the previous
+//! request bodies (`RequestEncoder::replay`). Anything else takes the full path, which
+//! the unit tests hold equal to a conversion from scratch.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::encode::{encode_label, EncodeError, RequestEncoder, STALE_NAN_BITS};
 use super::queue::Batch;
-use super::staleness::Seen;
+use super::staleness::{Seen, Tracking};
 use super::Snapshot;
 use crate::config::is_valid_label_name;
 use crate::metrics::snapshot::{Family, Kind, Labels};
@@ -44,8 +53,13 @@ pub struct SeriesState {
     last_timestamp_ms: Option<i64>,
     /// The series of the previous snapshot.
     seen: Seen,
-    /// Kept for its buffers: a large snapshot costs no fresh memory after the first.
+    /// Kept for its buffers and for the previous conversion's bodies (`RequestEncoder::replay`).
     encoder: RequestEncoder,
+    /// What the previous conversion made of each family, in snapshot order.
+    memo: Vec<FamilyMemo>,
+    /// Whether the encoder's bodies of the previous conversion hold its series in the
+    /// order of `seen` (see [`RequestEncoder::begin`]).
+    replayable: bool,
 }
 
 /// An external label, encoded once: every series carries it.
@@ -84,6 +98,8 @@ impl SeriesState {
             last_timestamp_ms: None,
             seen: Seen::default(),
             encoder: RequestEncoder::default(),
+            memo: Vec::new(),
+            replayable: false,
         }
     }
 
@@ -119,24 +135,37 @@ impl SeriesState {
         final_push: bool,
     ) -> Result<Converted, EncodeError> {
         let ts = self.next_timestamp(now_ms);
-        let mut out = Output {
-            encoder: &mut self.encoder,
-            batches: Vec::new(),
-            max: self.max_series_per_request,
+        self.encoder.begin(ts, std::mem::take(&mut self.replayable));
+        let mut conversion = Conversion {
+            external: &self.external,
+            scratch: LabelScratch::default(),
+            tracking: self.seen.track(),
+            out: Output {
+                encoder: &mut self.encoder,
+                batches: Vec::new(),
+                max: self.max_series_per_request,
+                sent: 0,
+            },
+            ts,
+            invalid_samples: 0,
         };
-        let mut tracking = self.seen.track();
-        let mut invalid_samples = 0;
-        let mut scratch = LabelScratch::default();
+        // Taken out first: if encoding fails half-way, the next conversion starts without
+        // a memo, which is always correct.
+        let mut previous = std::mem::take(&mut self.memo).into_iter();
+        let mut memo = Vec::with_capacity(snapshot.families.len());
         for family in &snapshot.families {
-            invalid_samples += family_series(family, &self.external, &mut scratch, &mut |l, v| {
-                // The same label set twice in one request at one timestamp makes a strict
-                // receiver reject the whole request; keep the first.
-                if tracking.add(l) {
-                    out.push(l, v, ts)?;
-                }
-                Ok::<(), EncodeError>(())
-            })?;
+            let before = previous.next().filter(|m| m.describes(family));
+            memo.push(conversion.family(family, before)?);
         }
+        let Conversion {
+            tracking,
+            mut out,
+            invalid_samples,
+            ..
+        } = conversion;
+        // The encoder's series are this snapshot's, in order, unless a label set was sent
+        // untracked (a hash collision, see staleness.rs): only then can it not replay them.
+        let replayable = out.sent == tracking.position() && !final_push;
         let stale = f64::from_bits(STALE_NAN_BITS);
         tracking.finish(|gone| out.push(gone, stale, ts))?;
         if final_push {
@@ -147,9 +176,13 @@ impl SeriesState {
             }
             self.seen.forget();
             self.last_timestamp_ms = Some(at);
+            memo.clear();
         }
+        let batches = out.finish()?;
+        self.memo = memo;
+        self.replayable = replayable;
         Ok(Converted {
-            batches: out.finish()?,
+            batches,
             invalid_samples,
         })
     }
@@ -160,15 +193,31 @@ struct Output<'e> {
     encoder: &'e mut RequestEncoder,
     batches: Vec<Batch>,
     max: usize,
+    /// Series sent so far.
+    sent: usize,
 }
 
 impl Output<'_> {
     fn push(&mut self, labels: &[u8], value: f64, ts: i64) -> Result<(), EncodeError> {
         self.encoder.push(labels, value, ts);
+        self.sent += 1;
         if self.encoder.len() >= self.max {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// The next series of the previous conversion again, with `value`, if the encoder is
+    /// replaying it; false if not.
+    fn replay(&mut self, value: f64) -> Result<bool, EncodeError> {
+        if !self.encoder.replay(value) {
+            return Ok(false);
+        }
+        self.sent += 1;
+        if self.encoder.len() >= self.max {
+            self.flush()?;
+        }
+        Ok(true)
     }
 
     fn flush(&mut self) -> Result<(), EncodeError> {
@@ -184,55 +233,159 @@ impl Output<'_> {
     }
 }
 
-/// Calls `emit(label_bytes, value)` for every series of `family`; returns the number of
-/// samples left out because a name is not valid.
-fn family_series<'x, E>(
-    family: &'x Family,
-    external: &'x [External],
-    labels: &mut LabelScratch<'x>,
-    emit: &mut impl FnMut(&[u8], f64) -> Result<(), E>,
-) -> Result<u64, E> {
-    let per_metric = family.samples_per_metric() as u64;
-    if !is_valid_metric_name(&family.name) {
-        return Ok(family.labels.len() as u64 * per_metric);
-    }
-    let generated = GeneratedLabels::of(family);
-    labels.next_family();
-    let n = family.bounds.len();
-    let mut invalid = 0;
-    for (metric_labels, values) in family.metrics() {
-        if !labels.merge(metric_labels, external, generated.bound_name) {
-            invalid += per_metric;
-            continue;
-        }
-        match family.kind {
-            Kind::Counter | Kind::Gauge | Kind::Untyped => {
-                emit(labels.series(&generated.plain, None), values[0])?;
-            }
-            Kind::Histogram => {
-                let (sum, count) = (values[n], values[n + 1]);
-                for (le, &v) in generated.bounds.iter().zip(values) {
-                    emit(labels.series(&generated.bucket, Some(le)), v)?;
-                }
-                emit(
-                    labels.series(&generated.bucket, Some(&generated.inf)),
-                    count,
-                )?;
-                emit(labels.series(&generated.sum, None), sum)?;
-                emit(labels.series(&generated.count, None), count)?;
-            }
-            Kind::Summary => {
-                let (sum, count) = (values[n], values[n + 1]);
-                for (quantile, &v) in generated.bounds.iter().zip(values) {
-                    emit(labels.series(&generated.plain, Some(quantile)), v)?;
-                }
-                emit(labels.series(&generated.sum, None), sum)?;
-                emit(labels.series(&generated.count, None), count)?;
-            }
-        }
-    }
-    Ok(invalid)
+/// What a conversion made of one family, kept for the next conversion: a metric whose labels
+/// are the same `Arc` as last time (the live series' own, for the proxy's families) has the
+/// same series as last time, so their encoded labels are taken from the previous snapshot's
+/// series instead of being merged, encoded and compared again. Only valid together with the
+/// series list it points into ([`Seen`]), which is replaced at the same moment.
+struct FamilyMemo {
+    name: String,
+    kind: Kind,
+    bounds: Arc<[f64]>,
+    /// Encoded at the first metric that needs its labels encoded.
+    generated: Option<GeneratedLabels>,
+    /// Per metric, in order; `None` when not every series of it was added (a name not
+    /// valid, a label set already sent in this snapshot).
+    metrics: Vec<Option<MetricMemo>>,
 }
+
+struct MetricMemo {
+    /// A clone: while it is held, no other label set can be allocated at its address, so a
+    /// metric with the same pointer has these very labels.
+    labels: Labels,
+    /// Where its series start in the snapshot's list of series.
+    first: usize,
+}
+
+impl FamilyMemo {
+    /// Whether `family` yields the same generated labels: same name, kind and bounds (by
+    /// bits: `0` and `-0` are written differently).
+    fn describes(&self, family: &Family) -> bool {
+        self.name == family.name
+            && self.kind == family.kind
+            && (Arc::ptr_eq(&self.bounds, &family.bounds)
+                || (self.bounds.len() == family.bounds.len()
+                    && (self.bounds.iter().zip(family.bounds.iter()))
+                        .all(|(a, b)| a.to_bits() == b.to_bits())))
+    }
+}
+
+/// One snapshot's conversion in progress.
+struct Conversion<'t, 'o, 'x> {
+    external: &'x [External],
+    scratch: LabelScratch<'x>,
+    tracking: Tracking<'t>,
+    out: Output<'o>,
+    ts: i64,
+    /// Samples left out because a metric or label name is not valid.
+    invalid_samples: u64,
+}
+
+impl<'x> Conversion<'_, '_, 'x> {
+    /// Emits every series of `family`; `before` is what the previous conversion made of
+    /// it, if it was the same family at the same place.
+    fn family(
+        &mut self,
+        family: &'x Family,
+        before: Option<FamilyMemo>,
+    ) -> Result<FamilyMemo, EncodeError> {
+        let (generated, before) = before.map_or((None, Vec::new()), |b| (b.generated, b.metrics));
+        let mut memo = FamilyMemo {
+            name: family.name.clone(),
+            kind: family.kind,
+            bounds: family.bounds.clone(),
+            generated,
+            metrics: Vec::with_capacity(family.labels.len()),
+        };
+        let per_metric = family.samples_per_metric();
+        if !is_valid_metric_name(&family.name) {
+            self.invalid_samples += (family.labels.len() * per_metric) as u64;
+            return Ok(memo);
+        }
+        self.scratch.next_family();
+        for (i, (labels, values)) in family.metrics().enumerate() {
+            let first = self.tracking.position();
+            let unchanged = (before.get(i))
+                .and_then(Option::as_ref)
+                .filter(|m| Arc::ptr_eq(&m.labels, labels));
+            let repeated = match unchanged {
+                Some(m) => self.repeat(m.first, per_metric, family.kind, values)?,
+                None => false,
+            };
+            if !repeated {
+                let generated = memo
+                    .generated
+                    .get_or_insert_with(|| GeneratedLabels::of(family));
+                if !(self.scratch).merge(labels, self.external, generated.bound_name) {
+                    self.invalid_samples += per_metric as u64;
+                    memo.metrics.push(None);
+                    continue;
+                }
+                let names = generated.series(family.kind);
+                for ((name, extra), v) in names.zip(metric_values(family.kind, values)) {
+                    let l = self.scratch.series(name, extra);
+                    // The same label set twice in one request at one timestamp makes a
+                    // strict receiver reject the whole request; keep the first.
+                    if self.tracking.add(l) {
+                        self.out.push(l, v, self.ts)?;
+                    }
+                }
+            }
+            let complete = self.tracking.position() - first == per_metric;
+            memo.metrics.push(complete.then(|| MetricMemo {
+                labels: labels.clone(),
+                first,
+            }));
+        }
+        Ok(memo)
+    }
+}
+
+impl Conversion<'_, '_, '_> {
+    /// Sends a metric's `values` with the previous snapshot's `count` series from `first`
+    /// on, if they are next in line; false if not.
+    fn repeat(
+        &mut self,
+        first: usize,
+        count: usize,
+        kind: Kind,
+        values: &[f64],
+    ) -> Result<bool, EncodeError> {
+        if !self.tracking.repeat(first, count) {
+            return Ok(false);
+        }
+        for (i, v) in (first..first + count).zip(metric_values(kind, values)) {
+            if !self.out.replay(v)? {
+                self.out.push(self.tracking.previous(i), v, self.ts)?;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// A metric's values in the order of its series (see [`GeneratedLabels::series`]).
+fn metric_values(kind: Kind, values: &[f64]) -> impl Iterator<Item = f64> + '_ {
+    let (bounded, tail) = match kind {
+        Kind::Counter | Kind::Gauge | Kind::Untyped => {
+            (&values[..0], [Some(values[0]), None, None])
+        }
+        Kind::Histogram | Kind::Summary => {
+            let n = values.len() - 2;
+            let (sum, count) = (values[n], values[n + 1]);
+            let tail = if kind == Kind::Histogram {
+                // `le="+Inf"` is the count.
+                [Some(count), Some(sum), Some(count)]
+            } else {
+                [Some(sum), Some(count), None]
+            };
+            (&values[..n], tail)
+        }
+    };
+    bounded.iter().copied().chain(tail.into_iter().flatten())
+}
+
+/// A series' encoded `__name__` label, and its `le` or `quantile` label if it has one.
+type SeriesNames<'g> = (&'g [u8], Option<&'g [u8]>);
 
 /// The labels a family's series get besides the metric's own, encoded once per family:
 /// `__name__` of each kind of series, and `le` or `quantile` of each bound.
@@ -250,6 +403,33 @@ struct GeneratedLabels {
 }
 
 impl GeneratedLabels {
+    /// The `__name__` label and the `le` or `quantile` label of each series of a metric,
+    /// in the order of the text format: counters, gauges one series; histograms a bucket
+    /// per bound, `+Inf`, sum, count; summaries a series per quantile, sum, count.
+    fn series(&self, kind: Kind) -> impl Iterator<Item = SeriesNames<'_>> {
+        let (bounded, tail): (&[u8], [Option<SeriesNames<'_>>; 3]) = match kind {
+            Kind::Counter | Kind::Gauge | Kind::Untyped => {
+                (&self.plain, [Some((&self.plain, None)), None, None])
+            }
+            Kind::Histogram => (
+                &self.bucket,
+                [
+                    Some((&self.bucket, Some(&self.inf))),
+                    Some((&self.sum, None)),
+                    Some((&self.count, None)),
+                ],
+            ),
+            Kind::Summary => (
+                &self.plain,
+                [Some((&self.sum, None)), Some((&self.count, None)), None],
+            ),
+        };
+        let bounds = self.bounds.iter();
+        bounds
+            .map(move |b| (bounded, Some(b.as_slice())))
+            .chain(tail.into_iter().flatten())
+    }
+
     fn of(family: &Family) -> GeneratedLabels {
         let label = |name: &str, value: &str| {
             let mut out = Vec::new();
@@ -714,5 +894,137 @@ mod tests {
         let f = summary_family();
         let out = state().convert(&snap(&[f.clone(), f]), NOW).unwrap();
         assert_eq!(decoded(&out).len(), 4);
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|&(n, v)| (Box::from(n), Box::from(v)))
+            .collect()
+    }
+
+    fn family(name: &str, kind: Kind, bounds: &[f64], metrics: &[(&Labels, &[f64])]) -> Family {
+        let mut f = Family::new(name, "h", kind, bounds.into());
+        for (l, v) in metrics {
+            f.push((*l).clone(), v);
+        }
+        f
+    }
+
+    /// A snapshot of a counter, a histogram and a summary over the same two label sets, the
+    /// way the proxy shares one label set between its families; `k` varies the values.
+    fn shared(a: &Labels, b: &Labels, k: f64) -> Snapshot {
+        Snapshot {
+            families: vec![
+                family(
+                    "req_total",
+                    Kind::Counter,
+                    &[],
+                    &[(a, &[k]), (b, &[2.0 * k])],
+                ),
+                family(
+                    "req_ms",
+                    Kind::Histogram,
+                    &[-0.0, 10.0],
+                    &[(a, &[0.0, k, k, 9.0 * k]), (b, &[1.0, 1.0, 2.0, k])],
+                ),
+                family(
+                    "req_q",
+                    Kind::Summary,
+                    &[0.5, 0.99],
+                    &[(a, &[k, 2.0 * k, 3.0, 4.0]), (b, &[5.0, 6.0, k, 1.0])],
+                ),
+            ],
+        }
+    }
+
+    /// Converts `snapshot` as `state` and as a state that never saw a snapshot before (so
+    /// encodes every label): both must send the same.
+    fn same_as_fresh(state: &mut SeriesState, snapshot: &Snapshot, now: i64) -> Converted {
+        let out = state.convert(snapshot, now).unwrap();
+        let mut fresh = SeriesState::new(&BTreeMap::from([("zone".into(), "z".into())]), "i", 7);
+        let expected = fresh.convert(snapshot, now).unwrap();
+        let fresh_values: Vec<_> = decoded(&expected).into_iter().collect();
+        let values: Vec<_> = decoded(&out)
+            .into_iter()
+            .filter(|(_, v, _)| v.to_bits() != STALE_NAN_BITS)
+            .collect();
+        assert_eq!(format!("{values:?}"), format!("{fresh_values:?}"));
+        out
+    }
+
+    fn memo_state() -> SeriesState {
+        SeriesState::new(&BTreeMap::from([("zone".into(), "z".into())]), "i", 7)
+    }
+
+    #[test]
+    fn unchanged_labels_are_sent_from_the_previous_snapshot_exactly_as_encoded_anew() {
+        let (a, b) = (labels(&[("route", "/a")]), labels(&[("route", "/b")]));
+        let mut st = memo_state();
+        same_as_fresh(&mut st, &shared(&a, &b, 1.0), NOW);
+        for k in 2..5 {
+            let out = same_as_fresh(&mut st, &shared(&a, &b, k as f64), NOW + k);
+            assert_eq!(
+                out.batches.iter().map(|b| b.samples).sum::<u64>(),
+                2 * (1 + 5 + 4)
+            );
+        }
+        // Every metric was taken from the memo, which points at the right series.
+        assert!(st
+            .memo
+            .iter()
+            .all(|f| f.metrics.iter().all(Option::is_some)));
+        assert_eq!(st.memo[1].metrics[1].as_ref().unwrap().first, 2 + 5);
+    }
+
+    #[test]
+    fn changed_labels_and_renamed_families_are_encoded_again() {
+        let (a, b) = (labels(&[("route", "/a")]), labels(&[("route", "/b")]));
+        let mut st = memo_state();
+        same_as_fresh(&mut st, &shared(&a, &b, 1.0), NOW);
+        // Another label set in `a`'s place: its own labels go out, `/a` is marked stale.
+        let c = labels(&[("route", "/c")]);
+        let out = same_as_fresh(&mut st, &shared(&c, &b, 2.0), NOW + 1);
+        let s = decoded(&out);
+        assert_eq!(
+            find(&s, &["route=/a", "__name__=req_total"]).1.to_bits(),
+            STALE_NAN_BITS
+        );
+        assert_eq!(find(&s, &["route=/c", "__name__=req_total"]).1, 2.0);
+        // The same label sets under other family names: new names, old ones stale.
+        let mut renamed = shared(&c, &b, 3.0);
+        renamed.families[0].name = "other_total".into();
+        let s = decoded(&same_as_fresh(&mut st, &renamed, NOW + 2));
+        assert_eq!(find(&s, &["__name__=other_total", "route=/b"]).1, 6.0);
+        let gone = find(&s, &["__name__=req_total", "route=/b"]);
+        assert_eq!(gone.1.to_bits(), STALE_NAN_BITS);
+        // Same name, other bounds (0 is written differently from -0): new `le` labels.
+        let mut rebounded = renamed.clone();
+        rebounded.families[1].bounds = [0.0, 10.0].into();
+        let s = decoded(&same_as_fresh(&mut st, &rebounded, NOW + 3));
+        assert_eq!(find(&s, &["le=0", "route=/c"]).1, 0.0);
+        assert_eq!(find(&s, &["le=-0", "route=/c"]).1.to_bits(), STALE_NAN_BITS);
+    }
+
+    #[test]
+    fn a_vanished_family_gets_stale_markers_and_its_return_is_sent_in_full() {
+        let (a, b) = (labels(&[("route", "/a")]), labels(&[("route", "/b")]));
+        let full = shared(&a, &b, 1.0);
+        let mut st = memo_state();
+        same_as_fresh(&mut st, &full, NOW);
+        same_as_fresh(&mut st, &full, NOW + 1);
+        let mut less = full.clone();
+        less.families.remove(1);
+        let s = decoded(&same_as_fresh(&mut st, &less, NOW + 2));
+        let stale = s.iter().filter(|(_, v, _)| v.to_bits() == STALE_NAN_BITS);
+        assert_eq!(stale.count(), 2 * 5, "the histogram's series");
+        same_as_fresh(&mut st, &less, NOW + 3);
+        let s = decoded(&same_as_fresh(&mut st, &full, NOW + 4));
+        assert_eq!(s.len(), 2 * (1 + 5 + 4));
+        // The final push marks every series, from the memo's series as from any.
+        let out = st.convert_final(&full, NOW + 5).unwrap();
+        let s = decoded(&out);
+        assert_eq!(s.len(), 2 * 2 * (1 + 5 + 4));
+        assert!(st.memo.is_empty());
     }
 }

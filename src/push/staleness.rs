@@ -80,6 +80,36 @@ impl Tracking<'_> {
             .insert(labels)
     }
 
+    /// Series of this snapshot so far: the place the next one takes in its list, which is
+    /// the previous snapshot's list at the next conversion.
+    pub fn position(&self) -> usize {
+        match &self.current {
+            None => self.matched,
+            Some(current) => current.len(),
+        }
+    }
+
+    /// Records the previous snapshot's series `first..first + count` again as this
+    /// snapshot's next ones, when they are next in line (every series so far repeated the
+    /// previous snapshot's, in order): true then, false and nothing recorded otherwise. The
+    /// caller knows they are the series it would add (the same labels, encoded the same
+    /// way): it skips encoding and comparing them, and reads them with [`previous`](Self::previous)
+    /// if it needs their bytes.
+    pub fn repeat(&mut self, first: usize, count: usize) -> bool {
+        let in_line = self.current.is_none()
+            && self.matched == first
+            && first + count <= self.seen.previous.len();
+        if in_line {
+            self.matched += count;
+        }
+        in_line
+    }
+
+    /// The previous snapshot's series `i`.
+    pub fn previous(&self, i: usize) -> &[u8] {
+        self.seen.previous.get(i)
+    }
+
     /// Ends the snapshot: calls `gone` with each series of the previous snapshot that did not
     /// come again; this snapshot becomes the previous one.
     pub fn finish<E>(self, mut gone: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
@@ -267,6 +297,38 @@ mod tests {
         assert_eq!(all, [b"a".as_slice(), b"b"]);
         seen.forget();
         assert_eq!(seen.iter().count(), 0);
+    }
+
+    #[test]
+    fn a_repeat_is_taken_only_in_line_and_counts_as_added() {
+        let mut seen = Seen::default();
+        snapshot(&mut seen, &["a", "b", "c", "d"]);
+        let mut t = seen.track();
+        assert!(t.add(b"a"));
+        // Not next in line, or past the end: nothing taken.
+        assert!(!t.repeat(2, 1));
+        assert!(!t.repeat(1, 4));
+        assert!(t.repeat(1, 2));
+        assert_eq!([t.previous(1), t.previous(2)], [b"b".as_slice(), b"c"]);
+        assert_eq!(t.position(), 3);
+        let mut gone = Vec::new();
+        t.finish(|s| {
+            gone.push(s.to_vec());
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(gone, [b"d".to_vec()]);
+        assert_eq!(
+            seen.iter().collect::<Vec<_>>(),
+            [b"a".as_slice(), b"b", b"c"]
+        );
+
+        // Once the snapshot differs from the previous one, no series is in line.
+        let mut t = seen.track();
+        assert!(t.add(b"x"));
+        assert_eq!(t.position(), 1);
+        assert!(!t.repeat(1, 2));
+        assert!(!t.repeat(0, 1));
     }
 
     #[test]
