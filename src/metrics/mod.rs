@@ -6,6 +6,8 @@ pub mod http;
 mod label_map;
 pub mod labels;
 pub mod middleware;
+#[cfg(target_os = "linux")]
+mod process;
 pub mod route;
 pub mod snapshot;
 pub mod summary;
@@ -163,9 +165,7 @@ impl Metrics {
         registry.register(Box::new(tool_buffer_aborted.clone()))?;
         registry.register(Box::new(maintenance_mode.clone()))?;
         #[cfg(target_os = "linux")]
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+        registry.register(Box::new(process::ProcessCollector::new()?))?;
 
         let labels = LabelRules::new(&config.models);
         Ok(Arc::new(Metrics {
