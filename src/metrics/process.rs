@@ -115,32 +115,32 @@ impl ProcessCollector {
     }
 }
 
+impl ProcessCollector {
+    /// The seven families, in the order the crate's collector listed them.
+    fn families(&self) -> [&dyn Collector; 7] {
+        [
+            &self.cpu_seconds,
+            &self.open_fds,
+            &self.max_fds,
+            &self.virtual_memory,
+            &self.resident_memory,
+            &self.start_time,
+            &self.threads,
+        ]
+    }
+}
+
 impl Collector for ProcessCollector {
     fn desc(&self) -> Vec<&Desc> {
-        [
-            self.cpu_seconds.desc(),
-            self.open_fds.desc(),
-            self.max_fds.desc(),
-            self.virtual_memory.desc(),
-            self.resident_memory.desc(),
-            self.start_time.desc(),
-            self.threads.desc(),
-        ]
-        .concat()
+        self.families().into_iter().flat_map(|f| f.desc()).collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
         self.refresh();
-        [
-            self.cpu_seconds.collect(),
-            self.open_fds.collect(),
-            self.max_fds.collect(),
-            self.virtual_memory.collect(),
-            self.resident_memory.collect(),
-            self.start_time.collect(),
-            self.threads.collect(),
-        ]
-        .concat()
+        self.families()
+            .into_iter()
+            .flat_map(|f| f.collect())
+            .collect()
     }
 }
 
