@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::ServiceExt;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
@@ -72,16 +73,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let app = crate::metrics::attach(router, templates, &metrics, &config);
 
     let (stop_accepting, stopped) = oneshot::channel::<()>();
-    let server =
-        axum::serve(
-            listener,
-            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-                SocketAddr,
-            >(app),
-        )
-        .with_graceful_shutdown(async {
-            let _ = stopped.await;
-        });
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = stopped.await;
+    });
     let mut server = tokio::spawn(async move { server.await });
 
     tokio::select! {

@@ -245,11 +245,10 @@ impl Metrics {
 ///   push destination is configured.
 pub fn attach(
     router: Router,
-    templates: Vec<&'static str>,
+    mut templates: Vec<&'static str>,
     metrics: &Arc<Metrics>,
     config: &Config,
 ) -> middleware::Record<Router> {
-    let mut templates = templates;
     let router = if config.metrics.enabled {
         templates.push(route::SCRAPE_PATH);
         router.route(
