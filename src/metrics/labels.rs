@@ -9,6 +9,8 @@ use std::sync::{Mutex, OnceLock};
 
 use axum::http::{Method, StatusCode};
 
+use super::label_map::same_value;
+
 /// No label value is longer than this many bytes.
 pub const MAX_LABEL_VALUE_LEN: usize = 64;
 /// At most this many model names advertised by the worker become label values over the
@@ -80,7 +82,7 @@ impl RouteTemplates {
     /// `route` of a request for `path` (without the query): its template, cut to
     /// [`MAX_LABEL_VALUE_LEN`], or [`UNMATCHED_ROUTE`].
     pub fn label(&self, path: &str) -> &'static str {
-        if let Some(template) = self.literal.iter().find(|t| **t == path) {
+        if let Some(template) = self.literal.iter().find(|t| same_value(t, path)) {
             return truncate(template);
         }
         self.with_parameters
@@ -94,7 +96,7 @@ fn matches(segments: &[Segment], path: &str) -> bool {
     let mut parts = path.split('/');
     for segment in segments {
         match (segment, parts.next()) {
-            (Segment::Literal(l), Some(p)) if *l == p => {}
+            (Segment::Literal(l), Some(p)) if same_value(l, p) => {}
             (Segment::Parameter, Some(p)) if !p.is_empty() => {}
             _ => return false,
         }
@@ -220,10 +222,10 @@ impl LabelRules {
         let Some(raw) = raw else {
             return (allowed + MAX_WORKER_MODELS, MODEL_UNKNOWN);
         };
-        if let Some(i) = self.allowed_models.iter().position(|a| a == raw) {
+        if let Some(i) = self.allowed_models.iter().position(|a| same_value(a, raw)) {
             return (i, raw);
         }
-        match self.worker_models().position(|w| w == raw) {
+        match self.worker_models().position(|w| same_value(w, raw)) {
             Some(i) => (allowed + i, raw),
             None => (allowed + MAX_WORKER_MODELS + 1, MODEL_OTHER),
         }
