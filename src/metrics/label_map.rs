@@ -2,7 +2,7 @@
 //! and reading a slot or two is all a lookup costs once the value has been seen.
 //!
 //! The table uses open addressing with linear probing. A slot is filled once, under the
-//! `adding` lock, and never emptied, so a reader that meets an empty slot knows the value
+//! `order` lock, and never emptied, so a reader that meets an empty slot knows the value
 //! was absent when it looked, and takes the slow path that adds it. Entries are never
 //! removed: label values are bounded (labels.rs), so the map is too. Past three quarters
 //! of the table, values go to an overflow list behind a read-write lock (a route label has

@@ -339,9 +339,7 @@ impl<'x> Conversion<'_, '_, 'x> {
         }
         Ok(memo)
     }
-}
 
-impl Conversion<'_, '_, '_> {
     /// Sends a metric's `values` with the previous snapshot's `count` series from `first`
     /// on, if they are next in line; false if not.
     fn repeat(
