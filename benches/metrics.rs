@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use codex_proxy::metrics::route::Renderer;
+use codex_proxy::metrics::scrape::Renderer;
 use common::workload::Workload;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{black_box, Criterion};
@@ -33,13 +33,7 @@ fn load() -> Workload {
 struct ThreadCpuTime(WallTime);
 
 fn thread_cpu_now() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec for the call to fill in.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 

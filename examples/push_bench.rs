@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 use axum::http::{Method, StatusCode};
 use codex_proxy::config::{Config, MetricsConfig};
 use codex_proxy::metrics::labels::method_index;
-use codex_proxy::metrics::route::Renderer;
+use codex_proxy::metrics::scrape::Renderer;
 use codex_proxy::metrics::{ErrorCategory, FinishedRequest, Metrics};
-use codex_proxy::push::series::SeriesState;
+use codex_proxy::push::remote_write::series::SeriesState;
 use codex_proxy::push::Pushers;
 use workload::Workload;
 
@@ -228,14 +228,8 @@ async fn push(fill: &Fill, url: &str, interval: &str, seconds: u64) {
 
 /// User + system CPU time of this process so far.
 fn cpu_seconds() -> f64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
 /// A `kB` line of /proc/self/status (VmRSS, VmHWM).

@@ -6,7 +6,9 @@
 //! Pushgateway delivery) → `app` (wires them together for `serve`).
 
 pub mod app;
+pub mod cli;
 pub mod config;
+pub mod exposition;
 pub mod metrics;
 pub mod proxy;
 pub mod push;

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use codex_proxy::cli::push_once;
 use codex_proxy::config::{Config, HumanDuration, PushMethod};
-use codex_proxy::push::oneshot;
 
 #[derive(Parser)]
 #[command(
@@ -106,29 +106,29 @@ fn main() -> ExitCode {
 /// `codex-proxy push`: one delivery, a one-line summary or the destination's message.
 fn push(args: PushArgs) -> ExitCode {
     let target = match (args.gateway, args.remote_write) {
-        (Some(url), _) if args.delete => oneshot::Target::DeleteGroup { url },
-        (Some(url), _) => oneshot::Target::Pushgateway {
+        (Some(url), _) if args.delete => push_once::Target::DeleteGroup { url },
+        (Some(url), _) => push_once::Target::Pushgateway {
             url,
             method: match args.method.as_deref() {
                 Some("post") => PushMethod::Post,
                 _ => PushMethod::Put,
             },
         },
-        (None, Some(url)) => oneshot::Target::RemoteWrite { url },
+        (None, Some(url)) => push_once::Target::RemoteWrite { url },
         (None, None) => {
             eprintln!("codex-proxy: push needs --gateway or --remote-write");
             return ExitCode::from(2);
         }
     };
-    let deleting = matches!(target, oneshot::Target::DeleteGroup { .. });
-    let request = oneshot::labels_from_args(&args.labels).map(|labels| oneshot::Request {
+    let deleting = matches!(target, push_once::Target::DeleteGroup { .. });
+    let request = push_once::labels_from_args(&args.labels).map(|labels| push_once::Request {
         target,
-        input: oneshot::Input::from_arg(args.file),
+        input: push_once::Input::from_arg(args.file),
         job: args.job,
         labels,
         timeout: args.timeout.0,
     });
-    match request.and_then(oneshot::run) {
+    match request.and_then(push_once::run) {
         Ok(_) if deleting => {
             eprintln!("codex-proxy: group deleted");
             ExitCode::SUCCESS

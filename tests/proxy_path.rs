@@ -4,6 +4,8 @@
 
 mod common;
 
+use rustix::process::Signal;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -589,7 +591,7 @@ async fn sigterm_ends_open_streams_stops_the_worker_and_exits_cleanly() {
     proxy.wait_ready().await;
     let open = post(&proxy, &chat(&"word ".repeat(100), true), &[]).await;
     assert_eq!(open.status(), 200);
-    proxy.proc.signal(libc::SIGTERM);
+    proxy.proc.signal(Signal::TERM);
     // The stream is not cut: it ends with an error event and [DONE].
     let events = parse_sse(&open.text().await.expect("stream body"));
     assert_eq!(events.last(), Some(&Sse::Data("[DONE]".into())));

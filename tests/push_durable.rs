@@ -9,6 +9,8 @@
 
 mod common;
 
+use rustix::process::Signal;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -240,7 +242,7 @@ async fn every_snapshot_arrives_once_when_the_proxy_is_killed_during_an_outage()
     let at_stop = snapshots_queued(&first);
     wait_snapshots(&first, at_stop + 8).await;
     let mut proc = first.proc;
-    proc.signal(libc::SIGKILL);
+    proc.signal(Signal::KILL);
     proc.wait_exit(Duration::from_secs(10)).await;
     // Only snapshots that reached the queue are logged: one being taken at the kill is not.
     let made_by_first = proc.logs().matches("snapshot queued").count() as u64;

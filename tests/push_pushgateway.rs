@@ -4,16 +4,18 @@
 
 mod common;
 
+use rustix::process::Signal;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use codex_proxy::config::{PushMethod, PushgatewayConfig};
+use codex_proxy::exposition::parse;
+use codex_proxy::push::http::{HttpClient, HttpSettings};
 use codex_proxy::push::pushgateway::{
     protocol_headers, GroupingKey, Pushgateway, PushgatewayError,
 };
-use codex_proxy::push::text;
-use codex_proxy::push::transport::{Transport, TransportSettings};
 use codex_proxy::push::{Pushers, Snapshot};
 use common::{http, start_pushgateway, wait_until, Server};
 use prometheus::proto::MetricFamily;
@@ -30,20 +32,20 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 fn families(exposition: &str) -> Vec<MetricFamily> {
-    text::parse(exposition).unwrap_or_else(|e| panic!("test exposition: {e}"))
+    parse::parse(exposition).unwrap_or_else(|e| panic!("test exposition: {e}"))
 }
 
 fn gateway(server: &Server, job: &str, grouping: &[(&str, &str)], gzip: bool) -> Pushgateway {
     let key = GroupingKey::new(job, labels(grouping)).expect("grouping key");
     let headers = BTreeMap::new();
-    let settings = TransportSettings {
+    let settings = HttpSettings {
         timeout: Duration::from_secs(5),
         headers: &headers,
         bearer_token_file: None,
         basic_auth: None,
         tls_ca_file: None,
     };
-    let transport = Transport::new(&settings, protocol_headers(gzip)).expect("transport");
+    let transport = HttpClient::new(&settings, protocol_headers(gzip)).expect("transport");
     Pushgateway::new(transport, &server.base, key, gzip).expect("gateway")
 }
 
@@ -733,7 +735,7 @@ async fn sigterm_makes_the_binary_push_its_final_values() {
         "{first}"
     );
 
-    proxy.proc.signal(libc::SIGTERM);
+    proxy.proc.signal(Signal::TERM);
     let status = proxy.proc.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}; log:\n{}", proxy.logs());
     let last = group(&server, &BIN_KEY)
@@ -755,7 +757,7 @@ async fn sigterm_with_delete_on_shutdown_makes_the_binary_delete_its_group() {
     };
     let mut proxy = proxy_pushing_to(&server, "delete_on_shutdown = true\n").await;
     wait_group(&server, &BIN_KEY).await;
-    proxy.proc.signal(libc::SIGTERM);
+    proxy.proc.signal(Signal::TERM);
     let status = proxy.proc.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}; log:\n{}", proxy.logs());
     wait_until("the group to be deleted", DEADLINE, || async {

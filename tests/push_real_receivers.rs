@@ -5,6 +5,8 @@
 
 mod common;
 
+use rustix::process::Signal;
+
 use std::time::Duration;
 
 use common::{http, start_prometheus, start_victoria_metrics, wait_until, Proxy, Server};
@@ -119,7 +121,7 @@ async fn pushed_series_match_metrics_in_both_receivers_and_end_stale_on_sigterm(
     );
 
     // Without stale markers Prometheus would keep answering for 5 minutes.
-    proxy.proc.signal(libc::SIGTERM);
+    proxy.proc.signal(Signal::TERM);
     let status = proxy.proc.wait_exit(DEADLINE).await;
     assert!(status.success(), "{}", proxy.logs());
     for server in [&prometheus, &victoria] {

@@ -16,7 +16,7 @@ use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
 use codex_proxy::config::Config;
-use codex_proxy::push::encode::{decode, STALE_NAN_BITS};
+use codex_proxy::push::remote_write::encode::{decode, STALE_NAN_BITS};
 use codex_proxy::push::{Pushers, Snapshot};
 use common::wait_until;
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary};

@@ -18,9 +18,9 @@ use axum::http::StatusCode;
 
 use super::label_map::LabelMap;
 use super::labels::{self, METHODS, STATUS_FAMILIES};
-use super::snapshot::{Family, Kind, Labels, Snapshot};
 use super::summary::SlidingWindow;
 use super::{ErrorCategory, LATENCY_BUCKETS_MS, SUMMARY_QUANTILES};
+use crate::exposition::snapshot::{Family, Kind, Labels, Snapshot};
 
 const REQUESTS: (&str, &str) = (
     "codex_http_requests_total",

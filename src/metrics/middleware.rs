@@ -435,7 +435,7 @@ mod tests {
         );
         assert_eq!(counter(&m, &["/v1/fail", "DELETE", "4xx", "unknown"]), 1);
         let mut text = String::new();
-        crate::metrics::text::encode(&m.snapshot(), &mut text);
+        crate::exposition::encode::encode(&m.snapshot(), &mut text);
         assert!(!text.contains("codex_http_errors_total{"), "{text}");
     }
 
@@ -488,7 +488,7 @@ mod tests {
         let bound = 5 * 8 * 5 * m.labels.model_value_bound();
         assert!(requests.labels.len() <= bound);
         let mut text = String::new();
-        crate::metrics::text::encode(&snapshot, &mut text);
+        crate::exposition::encode::encode(&snapshot, &mut text);
         assert!(!text.contains("request_id"));
     }
 }

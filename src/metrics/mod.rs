@@ -8,10 +8,8 @@ pub mod labels;
 pub mod middleware;
 #[cfg(target_os = "linux")]
 mod process;
-pub mod route;
-pub mod snapshot;
+pub mod scrape;
 pub mod summary;
-mod text;
 
 use std::sync::Arc;
 
@@ -19,10 +17,10 @@ use axum::Router;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::config::{Config, MetricsConfig};
+use crate::exposition::snapshot::Snapshot;
 pub use http::FinishedRequest;
 use http::HttpFamilies;
 pub use labels::LabelRules;
-use snapshot::Snapshot;
 
 /// Latency buckets in milliseconds, built around the 1500 ms p95 budget.
 pub const LATENCY_BUCKETS_MS: [f64; 9] = [
@@ -250,10 +248,10 @@ pub fn attach(
     config: &Config,
 ) -> middleware::Record<Router> {
     let router = if config.metrics.enabled {
-        templates.push(route::SCRAPE_PATH);
+        templates.push(scrape::SCRAPE_PATH);
         router.route(
-            route::SCRAPE_PATH,
-            route::scrape_route(metrics.clone(), &config.metrics),
+            scrape::SCRAPE_PATH,
+            scrape::scrape_route(metrics.clone(), &config.metrics),
         )
     } else {
         router

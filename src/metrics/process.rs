@@ -43,13 +43,8 @@ struct Stat {
 
 impl ProcessCollector {
     pub fn new() -> prometheus::Result<ProcessCollector> {
-        // SAFETY: sysconf only reads a system constant.
-        let (ticks, page_size) = unsafe {
-            (
-                libc::sysconf(libc::_SC_CLK_TCK),
-                libc::sysconf(libc::_SC_PAGESIZE),
-            )
-        };
+        let ticks = rustix::param::clock_ticks_per_second();
+        let page_size = i64::try_from(rustix::param::page_size()).unwrap_or(4096);
         let collector = ProcessCollector {
             cpu_seconds: Counter::new(
                 "process_cpu_seconds_total",
@@ -101,16 +96,10 @@ impl ProcessCollector {
         if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
             self.open_fds.set(entries.count() as i64);
         }
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into the struct it is given, nothing else.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0
-            && limit.rlim_cur != libc::RLIM_INFINITY
+        // `None` is "unlimited": the gauge keeps its last value rather than a made-up one.
+        if let Some(current) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current
         {
-            self.max_fds
-                .set(i64::try_from(limit.rlim_cur).unwrap_or(i64::MAX));
+            self.max_fds.set(i64::try_from(current).unwrap_or(i64::MAX));
         }
     }
 }

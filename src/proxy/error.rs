@@ -9,7 +9,7 @@ use axum::Json;
 use serde_json::json;
 
 use crate::metrics::ErrorCategory;
-use crate::worker::transport::TransportError;
+use crate::worker::rpc::RpcError;
 use crate::worker::WorkerError;
 
 #[derive(Debug, Clone)]
@@ -215,11 +215,11 @@ impl ApiError {
 impl From<WorkerError> for ApiError {
     fn from(e: WorkerError) -> Self {
         match e {
-            WorkerError::NotReady | WorkerError::Transport(TransportError::Closed) => {
+            WorkerError::NotReady | WorkerError::Rpc(RpcError::Closed) => {
                 ApiError::worker_not_ready("not accepting turns")
             }
             WorkerError::Busy(_) => ApiError::worker_busy(e.to_string()),
-            WorkerError::Transport(TransportError::Rpc { .. }) | WorkerError::Protocol { .. } => {
+            WorkerError::Rpc(RpcError::Rpc { .. }) | WorkerError::Protocol { .. } => {
                 ApiError::worker_failed(e.to_string())
             }
             WorkerError::Aborted(_) => ApiError::internal(e.to_string()),

@@ -10,21 +10,13 @@
 //! Everything runs in its own tokio tasks, snapshots on a thread per destination: a slow or dead
 //! receiver never delays the caller.
 
-pub mod encode;
-pub mod oneshot;
-pub mod proto;
+pub mod http;
 pub mod pushgateway;
-pub mod queue;
 pub mod remote_write;
 pub mod retry;
 pub mod schedule;
 pub mod self_metrics;
-pub mod series;
 mod signal;
-mod snapshot_thread;
-mod staleness;
-pub mod text;
-pub mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +31,7 @@ use self_metrics::PushMetrics;
 use signal::{Ready, Shutdown};
 
 /// What the pusher delivers: the registry's values at one moment.
-pub type Snapshot = crate::metrics::snapshot::Snapshot;
+pub type Snapshot = crate::exposition::snapshot::Snapshot;
 
 /// Where snapshots come from; the application passes a closure over its registry.
 pub trait SnapshotSource: Send + Sync + 'static {

@@ -195,7 +195,7 @@ impl DestinationMetrics {
         self.samples_dropped[reason as usize].inc_by(samples);
     }
 
-    pub fn queue(&self, stats: &super::queue::QueueStats) {
+    pub fn queue(&self, stats: &super::remote_write::queue::QueueStats) {
         self.queue_bytes.set(clamp_i64(stats.bytes));
         self.queue_requests.set(clamp_i64(stats.requests));
         let oldest_secs = stats

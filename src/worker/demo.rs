@@ -338,7 +338,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::transport::Transport;
+    use crate::worker::rpc::Rpc;
     use crate::worker::turn::{TurnEvent, TurnStatus};
     use tokio::io::duplex;
 
@@ -351,15 +351,15 @@ mod tests {
     }
 
     /// A transport talking to an in-process demo worker; the join handle yields its exit code.
-    fn session(k: DemoKnobs) -> (Transport, tokio::task::JoinHandle<i32>) {
+    fn session(k: DemoKnobs) -> (Rpc, tokio::task::JoinHandle<i32>) {
         let (proxy_out, demo_in) = duplex(1 << 16);
         let (demo_out, proxy_in) = duplex(1 << 16);
         let demo = tokio::spawn(run(demo_in, demo_out, k));
-        (Transport::start(proxy_in, proxy_out), demo)
+        (Rpc::start(proxy_in, proxy_out), demo)
     }
 
     /// Handshake, thread and turn by hand; returns the turn and its thread id.
-    async fn start_turn(t: &Transport, prompt: &str) -> (crate::worker::turn::Turn, String) {
+    async fn start_turn(t: &Rpc, prompt: &str) -> (crate::worker::turn::Turn, String) {
         t.request("initialize", json!({})).await.unwrap();
         let thread = t.request("thread/start", json!({})).await.unwrap();
         let thread_id = thread["thread"]["id"].as_str().unwrap().to_string();

@@ -7,8 +7,8 @@
 //! ephemeral thread under the per-worker concurrency cap.
 
 pub mod demo;
+pub mod rpc;
 pub mod supervisor;
-pub mod transport;
 pub mod turn;
 
 use std::sync::{Arc, Mutex};
@@ -17,8 +17,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::{watch, Semaphore};
 
+use rpc::{Rpc, RpcError};
 pub use supervisor::WorkerCommand;
-use transport::{Transport, TransportError};
 pub use turn::{Turn, TurnEvent, TurnStatus};
 
 /// Where the worker is in its life; serialized in `/healthz` as snake_case.
@@ -78,7 +78,7 @@ pub enum WorkerError {
     #[error("the worker is running its maximum of {0} turns")]
     Busy(usize),
     #[error(transparent)]
-    Transport(#[from] TransportError),
+    Rpc(#[from] RpcError),
     #[error("starting the turn failed: {0}")]
     Aborted(String),
     #[error("the worker answered `{method}` without {missing}")]
@@ -99,7 +99,7 @@ pub struct TurnRequest {
 pub(crate) struct Shared {
     pub(crate) status: watch::Sender<WorkerStatus>,
     /// The live connection, present only while the worker is ready.
-    pub(crate) connection: Mutex<Option<Transport>>,
+    pub(crate) connection: Mutex<Option<Rpc>>,
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) max_concurrency: usize,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -121,7 +121,7 @@ impl Shared {
         });
     }
 
-    pub(crate) fn set_connection(&self, transport: Option<Transport>) {
+    pub(crate) fn set_connection(&self, transport: Option<Rpc>) {
         *lock(&self.connection) = transport;
     }
 }
@@ -186,7 +186,7 @@ impl WorkerHandle {
 /// `thread/start` (ephemeral, never asks for approval, read-only sandbox), then
 /// `turn/start` with the prompt as one text input.
 async fn open_turn(
-    transport: Transport,
+    transport: Rpc,
     request: TurnRequest,
     slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<Turn, WorkerError> {

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 use tokio::sync::{watch, Semaphore};
 
-use super::transport::Transport;
+use super::rpc::Rpc;
 use super::{Shared, WorkerHandle, WorkerState, WorkerStatus};
 use crate::config::WorkerConfig;
 
@@ -161,7 +161,7 @@ async fn run_once(
             was_ready: false,
         };
     };
-    let transport = Transport::start(stdout, stdin);
+    let transport = Rpc::start(stdout, stdin);
     shared.update(|s| s.state = WorkerState::HandshakePending);
 
     let limit = Duration::from_millis(config.handshake_timeout_ms.min(config.startup_timeout_ms));
@@ -248,7 +248,7 @@ fn spawn(command: &WorkerCommand) -> std::io::Result<Child> {
         .spawn()
 }
 
-async fn handshake(transport: &Transport) -> Result<(), String> {
+async fn handshake(transport: &Rpc) -> Result<(), String> {
     let params = json!({
         "clientInfo": {
             "name": "codex-proxy",
@@ -267,7 +267,7 @@ async fn handshake(transport: &Transport) -> Result<(), String> {
 }
 
 /// Best effort: `/v1/models` and the model label allowlist use what the worker lists.
-async fn fetch_models(shared: Arc<Shared>, transport: Transport, limit: Duration) {
+async fn fetch_models(shared: Arc<Shared>, transport: Rpc, limit: Duration) {
     let listed = tokio::time::timeout(limit, transport.request("model/list", json!({}))).await;
     let models: Vec<String> = match listed {
         Ok(Ok(result)) => result
@@ -298,7 +298,7 @@ async fn fetch_models(shared: Arc<Shared>, transport: Transport, limit: Duration
 }
 
 /// Closes stdin (the app-server exits on EOF), waits the grace period, then kills.
-async fn stop_child(mut child: Child, transport: &Transport, grace_ms: u64) {
+async fn stop_child(mut child: Child, transport: &Rpc, grace_ms: u64) {
     transport.close_stdin();
     match tokio::time::timeout(Duration::from_millis(grace_ms), child.wait()).await {
         Ok(_) => tracing::info!("worker exited"),

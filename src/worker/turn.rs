@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::transport::{Notification, ThreadSubscription};
+use super::rpc::{Notification, ThreadSubscription};
 
 /// How a turn ended, as the worker reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use rustix::process::{kill_process, Pid, Signal};
+
 pub const PROXY_BIN: &str = env!("CARGO_BIN_EXE_codex-proxy");
 
 /// A port that was free a moment ago on 127.0.0.1.
@@ -84,9 +86,9 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn signal(&self, sig: i32) {
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
+    pub fn signal(&self, sig: Signal) {
+        if let Some(pid) = i32::try_from(self.child.id()).ok().and_then(Pid::from_raw) {
+            let _ = kill_process(pid, sig);
         }
     }
 
@@ -247,7 +249,7 @@ impl Server {
     /// Stops the process (SIGTERM, then waits); the data directory stays for a restart.
     pub async fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
-            p.signal(libc::SIGTERM);
+            p.signal(Signal::TERM);
             p.wait_exit(Duration::from_secs(30)).await;
         }
     }

@@ -7,7 +7,7 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 
 use crate::config::PushMethod;
-use crate::push::transport::{Transport, USER_AGENT};
+use crate::push::http::{HttpClient, USER_AGENT};
 
 use super::group::{render, GroupingKey};
 use super::PushgatewayError;
@@ -35,7 +35,7 @@ pub fn protocol_headers(gzip: bool) -> HeaderMap {
 /// One Pushgateway and one group on it.
 pub struct Pushgateway {
     /// Built with [`protocol_headers`] of the same `gzip`.
-    transport: Transport,
+    transport: HttpClient,
     url: Url,
     key: GroupingKey,
     gzip: bool,
@@ -45,7 +45,7 @@ impl Pushgateway {
     /// `base` is the gateway's address (`http://host:9091`, or with a route prefix);
     /// `transport` must carry [`protocol_headers(gzip)`](protocol_headers).
     pub fn new(
-        transport: Transport,
+        transport: HttpClient,
         base: &str,
         key: GroupingKey,
         gzip: bool,
@@ -161,21 +161,21 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::push::transport::TransportSettings;
+    use crate::push::http::HttpSettings;
 
-    fn transport(gzip: bool) -> Transport {
+    fn transport(gzip: bool) -> HttpClient {
         let headers = BTreeMap::from([
             ("Content-Type".to_string(), "application/json".to_string()),
             ("X-Team".to_string(), "a".to_string()),
         ]);
-        let settings = TransportSettings {
+        let settings = HttpSettings {
             timeout: Duration::from_secs(1),
             headers: &headers,
             bearer_token_file: None,
             basic_auth: None,
             tls_ca_file: None,
         };
-        Transport::new(&settings, protocol_headers(gzip)).unwrap()
+        HttpClient::new(&settings, protocol_headers(gzip)).unwrap()
     }
 
     fn key() -> GroupingKey {

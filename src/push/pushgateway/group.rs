@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn untyped_families_render_with_the_untyped_type_line() {
-        let families = crate::push::text::parse("# HELP u x\nu{a=\"1\"} 3\ng 2\n").unwrap();
+        let families = crate::exposition::parse::parse("# HELP u x\nu{a=\"1\"} 3\ng 2\n").unwrap();
         let body = render(families, &key("j", &[]).unwrap()).unwrap();
         assert_eq!(
             body,
@@ -285,7 +285,7 @@ mod tests {
 
     #[test]
     fn samples_are_counted_per_text_line() {
-        let families = crate::push::text::parse(
+        let families = crate::exposition::parse::parse(
             "a 1\nb 2\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n\
              # TYPE s summary\ns{quantile=\"0.5\"} 1\ns_sum 1\ns_count 1\n",
         )

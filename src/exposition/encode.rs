@@ -136,7 +136,7 @@ fn escape(v: &str, quote: bool, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::snapshot::Family;
+    use crate::exposition::snapshot::Family;
     use prometheus::{
         Counter, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
     };

@@ -239,7 +239,7 @@ fn hash(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::push::encode::encode_label;
+    use crate::push::remote_write::encode::encode_label;
 
     /// Runs one snapshot of `series`; returns (series kept, series gone).
     fn snapshot(seen: &mut Seen, series: &[&str]) -> (Vec<String>, Vec<String>) {

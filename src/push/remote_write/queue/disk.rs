@@ -22,11 +22,12 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use rustix::fs::{flock, FlockOperation};
+use rustix::io::Errno;
 
 use super::ack::{AckFile, Acked, Loaded, Pos};
 use super::flusher::Flusher;
@@ -67,7 +68,7 @@ impl DiskError {
     /// True when the disk is full (ENOSPC, EDQUOT).
     pub fn is_disk_full(&self) -> bool {
         matches!(self, DiskError::Io { source, .. }
-            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+            if matches!(source.raw_os_error(), Some(e) if e == Errno::NOSPC.raw_os_error() || e == Errno::DQUOT.raw_os_error()))
     }
 }
 
@@ -725,13 +726,16 @@ fn lock_dir(dir: &Path) -> Result<File, DiskError> {
         .open(&path)
         .map_err(DiskError::io(&path))?;
     for attempt in 0..LOCK_ATTEMPTS {
-        // SAFETY: flock on a file descriptor we own; it is released when `file` is closed.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(file);
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(DiskError::Io { path, source: err });
+        // Released when `file` is closed.
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(file),
+            Err(Errno::WOULDBLOCK) => {}
+            Err(e) => {
+                return Err(DiskError::Io {
+                    path,
+                    source: e.into(),
+                })
+            }
         }
         if attempt + 1 < LOCK_ATTEMPTS {
             std::thread::sleep(LOCK_RETRY);

@@ -11,6 +11,13 @@
 //! Only the queue is shared: a slow or dead receiver delays nothing but this sender, and
 //! the queue's byte cap bounds what it costs.
 
+pub mod encode;
+pub mod proto;
+pub mod queue;
+pub mod series;
+mod snapshot_thread;
+mod staleness;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -19,18 +26,18 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use tokio::sync::{watch, Notify};
 
-use super::queue::durable::DurableQueue;
-use super::queue::memory::MemoryQueue;
-use super::queue::{Batch, Queue, QueueStats};
+use super::http::{HttpClient, HttpSettings, USER_AGENT};
 use super::retry::{parse_retry_after, Backoff};
 use super::schedule::Schedule;
 use super::self_metrics::{DestinationMetrics, DropReason, Outcome};
-use super::series::SeriesState;
 use super::signal::{Ready, Shutdown};
-use super::snapshot_thread::SnapshotThread;
-use super::transport::{Transport, TransportSettings, USER_AGENT};
 use super::{Context, DestinationStatus, PushError, Started};
 use crate::config::RemoteWriteConfig;
+use queue::durable::DurableQueue;
+use queue::memory::MemoryQueue;
+use queue::{Batch, Queue, QueueStats};
+use series::SeriesState;
+use snapshot_thread::SnapshotThread;
 
 /// The destination kind, in the `kind` label and `/healthz`.
 pub const KIND: &str = "remote_write";
@@ -51,8 +58,8 @@ pub(crate) fn start(
         // Never the URL itself: it may carry credentials.
         message: format!("not a URL: {e}"),
     })?;
-    let transport = Transport::new(
-        &TransportSettings {
+    let transport = HttpClient::new(
+        &HttpSettings {
             timeout: config.timeout.0,
             headers: &config.headers,
             bearer_token_file: config.bearer_token_file.as_deref(),
@@ -165,7 +172,7 @@ type SharedQueue = Arc<Mutex<Box<dyn Queue>>>;
 struct Destination {
     name: String,
     url: Url,
-    transport: Transport,
+    transport: HttpClient,
     retry_on_429: bool,
     min_backoff: Duration,
     max_backoff: Duration,
@@ -273,13 +280,13 @@ async fn snapshot(
             drop(snapshot);
             let converted = converted?;
             let mut q = queue.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut dropped = super::queue::Dropped::default();
+            let mut dropped = queue::Dropped::default();
             for batch in converted.batches {
                 let d = q.push(batch);
                 dropped.requests += d.requests;
                 dropped.samples += d.samples;
             }
-            Ok::<_, super::encode::EncodeError>((converted.invalid_samples, dropped, q.stats()))
+            Ok::<_, encode::EncodeError>((converted.invalid_samples, dropped, q.stats()))
         })
         .await;
     match work {

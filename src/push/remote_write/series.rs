@@ -27,9 +27,9 @@ use std::sync::Arc;
 use super::encode::{encode_label, EncodeError, RequestEncoder, STALE_NAN_BITS};
 use super::queue::Batch;
 use super::staleness::{Seen, Tracking};
-use super::Snapshot;
 use crate::config::is_valid_label_name;
-use crate::metrics::snapshot::{Family, Kind, Labels};
+use crate::exposition::snapshot::{Family, Kind, Labels};
+use crate::push::Snapshot;
 
 /// The label that holds the metric name.
 const NAME: &str = "__name__";
@@ -592,8 +592,8 @@ pub fn is_valid_metric_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::push::encode::decode;
-    use crate::push::proto::TimeSeries;
+    use crate::push::remote_write::encode::decode;
+    use crate::push::remote_write::proto::TimeSeries;
     use prometheus::proto::{
         Bucket, LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary,
     };

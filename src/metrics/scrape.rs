@@ -32,8 +32,9 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use subtle::ConstantTimeEq;
 
-use super::{text, Metrics};
+use super::Metrics;
 use crate::config::MetricsConfig;
+use crate::exposition::encode as text;
 
 /// Where the scrape route is.
 pub const SCRAPE_PATH: &str = "/metrics";

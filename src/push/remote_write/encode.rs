@@ -311,7 +311,7 @@ pub enum DecodeError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::push::proto::{Label, Sample, TimeSeries, WriteRequest};
+    use crate::push::remote_write::proto::{Label, Sample, TimeSeries, WriteRequest};
     use prost::Message;
 
     fn labels(pairs: &[(&str, &str)]) -> Vec<u8> {

@@ -28,7 +28,7 @@ const FRAMING: [HeaderName; 3] = [
 ];
 
 #[derive(Debug, thiserror::Error)]
-pub enum TransportError {
+pub enum HttpError {
     #[error("cannot read {what} file {path}: {source}")]
     ReadFile {
         what: &'static str,
@@ -46,7 +46,7 @@ pub enum TransportError {
 }
 
 /// What a destination's configuration says about HTTP.
-pub struct TransportSettings<'a> {
+pub struct HttpSettings<'a> {
     pub timeout: Duration,
     pub headers: &'a BTreeMap<String, String>,
     pub bearer_token_file: Option<&'a Path>,
@@ -63,20 +63,17 @@ enum Credentials {
     },
 }
 
-pub struct Transport {
+pub struct HttpClient {
     client: reqwest::Client,
     /// The configured headers that survived, then the protocol's.
     headers: HeaderMap,
     credentials: Credentials,
 }
 
-impl Transport {
+impl HttpClient {
     /// Checks the credential files once, so that a typo fails at start-up, not at the first
     /// push. `protocol` are the headers of the protocol, sent on every request.
-    pub fn new(
-        settings: &TransportSettings<'_>,
-        protocol: HeaderMap,
-    ) -> Result<Transport, TransportError> {
+    pub fn new(settings: &HttpSettings<'_>, protocol: HeaderMap) -> Result<HttpClient, HttpError> {
         let credentials = match (settings.bearer_token_file, settings.basic_auth) {
             (Some(path), _) => Credentials::Bearer(path.to_path_buf()),
             (None, Some(b)) => Credentials::Basic {
@@ -90,7 +87,7 @@ impl Transport {
         let mut headers = HeaderMap::new();
         let mut ignored = Vec::new();
         for (name, value) in settings.headers {
-            let bad = || TransportError::BadHeader { name: name.clone() };
+            let bad = || HttpError::BadHeader { name: name.clone() };
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
             let value = HeaderValue::from_str(value).map_err(|_| bad())?;
             let protected = protocol.contains_key(&name)
@@ -109,7 +106,7 @@ impl Transport {
 
         let mut builder = reqwest::Client::builder().timeout(settings.timeout);
         if let Some(path) = settings.tls_ca_file {
-            let pem = std::fs::read(path).map_err(|source| TransportError::ReadFile {
+            let pem = std::fs::read(path).map_err(|source| HttpError::ReadFile {
                 what: "tls_ca_file",
                 path: path.to_path_buf(),
                 source,
@@ -117,7 +114,7 @@ impl Transport {
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .ok()
                 .filter(|c| !c.is_empty())
-                .ok_or_else(|| TransportError::BadCa {
+                .ok_or_else(|| HttpError::BadCa {
                     path: path.to_path_buf(),
                 })?;
             for cert in certs {
@@ -126,8 +123,8 @@ impl Transport {
         }
         let client = builder
             .build()
-            .map_err(|e| TransportError::Client(e.without_url()))?;
-        Ok(Transport {
+            .map_err(|e| HttpError::Client(e.without_url()))?;
+        Ok(HttpClient {
             client,
             headers,
             credentials,
@@ -135,7 +132,7 @@ impl Transport {
     }
 
     /// A request with every header set and the credentials read now.
-    pub fn request(&self, method: Method, url: Url) -> Result<RequestBuilder, TransportError> {
+    pub fn request(&self, method: Method, url: Url) -> Result<RequestBuilder, HttpError> {
         let mut headers = self.headers.clone();
         if let Some(auth) = authorization(&self.credentials)? {
             headers.insert(header::AUTHORIZATION, auth);
@@ -146,13 +143,13 @@ impl Transport {
 
 /// The `Authorization` value of `credentials`, read from their files; marked sensitive so
 /// that no debug output shows it.
-fn authorization(credentials: &Credentials) -> Result<Option<HeaderValue>, TransportError> {
+fn authorization(credentials: &Credentials) -> Result<Option<HeaderValue>, HttpError> {
     let mut value = match credentials {
         Credentials::None => return Ok(None),
         Credentials::Bearer(path) => {
             let token = read_secret("bearer_token_file", path)?;
             HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                TransportError::BadCredential {
+                HttpError::BadCredential {
                     what: "bearer_token_file",
                     path: path.clone(),
                 }
@@ -166,7 +163,7 @@ fn authorization(credentials: &Credentials) -> Result<Option<HeaderValue>, Trans
             let pair =
                 base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
             HeaderValue::from_str(&format!("Basic {pair}")).map_err(|_| {
-                TransportError::BadCredential {
+                HttpError::BadCredential {
                     what: "basic_auth.password_file",
                     path: password_file.clone(),
                 }
@@ -178,15 +175,15 @@ fn authorization(credentials: &Credentials) -> Result<Option<HeaderValue>, Trans
 }
 
 /// A secret file's contents without surrounding whitespace (files usually end in a newline).
-fn read_secret(what: &'static str, path: &Path) -> Result<String, TransportError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TransportError::ReadFile {
+fn read_secret(what: &'static str, path: &Path) -> Result<String, HttpError> {
+    let text = std::fs::read_to_string(path).map_err(|source| HttpError::ReadFile {
         what,
         path: path.to_path_buf(),
         source,
     })?;
     let secret = text.trim();
     if secret.is_empty() {
-        return Err(TransportError::BadCredential {
+        return Err(HttpError::BadCredential {
             what,
             path: path.to_path_buf(),
         });
@@ -198,8 +195,8 @@ fn read_secret(what: &'static str, path: &Path) -> Result<String, TransportError
 mod tests {
     use super::*;
 
-    fn settings<'a>(headers: &'a BTreeMap<String, String>) -> TransportSettings<'a> {
-        TransportSettings {
+    fn settings<'a>(headers: &'a BTreeMap<String, String>) -> HttpSettings<'a> {
+        HttpSettings {
             timeout: Duration::from_secs(1),
             headers,
             bearer_token_file: None,
@@ -227,7 +224,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let t = Transport::new(&settings(&headers), protocol()).unwrap();
+        let t = HttpClient::new(&settings(&headers), protocol()).unwrap();
         let req = t
             .request(Method::POST, Url::parse("http://127.0.0.1:1/").unwrap())
             .unwrap()
@@ -248,9 +245,9 @@ mod tests {
         let headers = BTreeMap::from([("Authorization".to_string(), "Bearer mine".to_string())]);
         let mut s = settings(&headers);
         s.bearer_token_file = Some(&token);
-        let t = Transport::new(&s, protocol()).unwrap();
+        let t = HttpClient::new(&s, protocol()).unwrap();
         let url = Url::parse("http://127.0.0.1:1/").unwrap();
-        let auth = |t: &Transport| {
+        let auth = |t: &HttpClient| {
             let req = t
                 .request(Method::POST, url.clone())
                 .unwrap()
@@ -293,7 +290,7 @@ mod tests {
         let headers = BTreeMap::new();
         let mut s = settings(&headers);
         s.basic_auth = Some(&basic);
-        let t = Transport::new(&s, protocol()).unwrap();
+        let t = HttpClient::new(&s, protocol()).unwrap();
         let req = t
             .request(Method::POST, Url::parse("http://127.0.0.1:1/").unwrap())
             .unwrap()
@@ -312,7 +309,7 @@ mod tests {
         let mut s = settings(&headers);
         let missing = PathBuf::from("/nonexistent/token");
         s.bearer_token_file = Some(&missing);
-        let err = Transport::new(&s, protocol()).err().unwrap().to_string();
+        let err = HttpClient::new(&s, protocol()).err().unwrap().to_string();
         assert!(err.contains("/nonexistent/token"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
@@ -321,8 +318,8 @@ mod tests {
         let mut s = settings(&headers);
         s.tls_ca_file = Some(&ca);
         assert!(matches!(
-            Transport::new(&s, protocol()),
-            Err(TransportError::BadCa { .. })
+            HttpClient::new(&s, protocol()),
+            Err(HttpError::BadCa { .. })
         ));
     }
 }

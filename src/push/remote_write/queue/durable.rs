@@ -279,7 +279,7 @@ mod tests {
         let (mut q, _) = DurableQueue::open(dir.path(), 1 << 20);
         q.push(batch(1));
         q.push(batch(2));
-        fail_appends(&mut q, Some(libc::ENOSPC));
+        fail_appends(&mut q, Some(rustix::io::Errno::NOSPC.raw_os_error()));
         q.push(batch(3));
         assert!(q.stats().degraded);
         assert_eq!(q.stats().requests, 3);
@@ -295,7 +295,7 @@ mod tests {
         let (mut q, _) = DurableQueue::open(dir.path(), 1 << 20);
         q.retry_disk = Duration::ZERO;
         q.push(batch(1));
-        fail_appends(&mut q, Some(libc::ENOSPC));
+        fail_appends(&mut q, Some(rustix::io::Errno::NOSPC.raw_os_error()));
         q.push(batch(2));
         q.push(batch(3));
         fail_appends(&mut q, None);
@@ -315,7 +315,7 @@ mod tests {
         let (mut q, _) = DurableQueue::open(dir.path(), 2 * record + 50);
         q.push(batch(1));
         q.push(batch(2));
-        fail_appends(&mut q, Some(libc::EIO));
+        fail_appends(&mut q, Some(rustix::io::Errno::IO.raw_os_error()));
         assert_eq!(
             q.push(batch(3)),
             Dropped {
@@ -331,7 +331,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut q, _) = DurableQueue::open(dir.path(), 1 << 20);
         q.retry_disk = Duration::ZERO;
-        fail_appends(&mut q, Some(libc::ENOSPC));
+        fail_appends(&mut q, Some(rustix::io::Errno::NOSPC.raw_os_error()));
         q.push(batch(1));
         let sending = q.front();
         fail_appends(&mut q, None);

@@ -18,11 +18,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::http::{HttpClient, HttpSettings};
 use super::retry::Backoff;
 use super::schedule::Schedule;
 use super::self_metrics::{DestinationMetrics, DropReason, Outcome};
 use super::signal::{Ready, Shutdown};
-use super::transport::{Transport, TransportSettings};
 use super::{Context, DestinationStatus, PushError, SnapshotSource, Started};
 use crate::config::{PushMethod, PushgatewayConfig};
 
@@ -109,8 +109,8 @@ pub(crate) fn start(
         };
         invalid(field, e.to_string())
     })?;
-    let transport = Transport::new(
-        &TransportSettings {
+    let transport = HttpClient::new(
+        &HttpSettings {
             timeout: config.timeout.0,
             headers: &config.headers,
             bearer_token_file: config.bearer_token_file.as_deref(),

@@ -15,13 +15,13 @@ use reqwest::{Method, Url};
 
 use crate::config::PushMethod;
 
-use super::encode::EncodeError;
-use super::pushgateway::{self, GroupingKey, Pushgateway, PushgatewayError};
-use super::remote_write;
-use super::series::SeriesState;
-use super::text::{self, ParseError};
-use super::transport::{Transport, TransportSettings};
-use super::Snapshot;
+use crate::exposition::parse::{self as text, ParseError};
+use crate::push::http::{HttpClient, HttpSettings};
+use crate::push::pushgateway::{self, GroupingKey, Pushgateway, PushgatewayError};
+use crate::push::remote_write;
+use crate::push::remote_write::encode::EncodeError;
+use crate::push::remote_write::series::SeriesState;
+use crate::push::Snapshot;
 
 /// Series per remote-write request (the `max_series_per_request` default).
 const REMOTE_WRITE_SERIES_PER_REQUEST: usize = 2000;
@@ -173,16 +173,16 @@ pub fn run(request: Request) -> Result<Delivered, OneShotError> {
     })
 }
 
-fn transport(timeout: Duration, protocol: HeaderMap) -> Result<Transport, OneShotError> {
+fn transport(timeout: Duration, protocol: HeaderMap) -> Result<HttpClient, OneShotError> {
     let no_headers = BTreeMap::new();
-    let settings = TransportSettings {
+    let settings = HttpSettings {
         timeout,
         headers: &no_headers,
         bearer_token_file: None,
         basic_auth: None,
         tls_ca_file: None,
     };
-    Transport::new(&settings, protocol).map_err(|e| OneShotError::Setup(e.to_string()))
+    HttpClient::new(&settings, protocol).map_err(|e| OneShotError::Setup(e.to_string()))
 }
 
 fn pushgateway(

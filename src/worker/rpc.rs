@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum TransportError {
+pub enum RpcError {
     #[error("the worker connection is closed")]
     Closed,
     #[error("`{method}` failed: {message} (code {code})")]
@@ -59,13 +59,13 @@ struct Shared {
 
 /// A cloneable handle on one worker connection.
 #[derive(Clone)]
-pub struct Transport {
+pub struct Rpc {
     shared: Arc<Shared>,
 }
 
-impl Transport {
+impl Rpc {
     /// Starts the reader and writer tasks on the worker's stdout and stdin.
-    pub fn start<R, W>(reader: R, writer: W) -> Transport
+    pub fn start<R, W>(reader: R, writer: W) -> Rpc
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
@@ -81,12 +81,12 @@ impl Transport {
         });
         tokio::spawn(write_loop(writer, out_rx));
         tokio::spawn(read_loop(reader, Arc::downgrade(&shared), closed_tx));
-        Transport { shared }
+        Rpc { shared }
     }
 
     /// Sends a request and waits for its response. Callers bound the wait with a timeout;
     /// a dropped call forgets its pending entry.
-    pub async fn request(&self, method: &str, params: Value) -> Result<Value, TransportError> {
+    pub async fn request(&self, method: &str, params: Value) -> Result<Value, RpcError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.shared.pending).insert(id, tx);
@@ -96,27 +96,27 @@ impl Transport {
         };
         // A transport that closed before the insert would never answer: check after it.
         if self.is_closed() {
-            return Err(TransportError::Closed);
+            return Err(RpcError::Closed);
         }
         self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))?;
         match rx.await {
             Ok(Ok(result)) => Ok(result),
-            Ok(Err((code, message))) => Err(TransportError::Rpc {
+            Ok(Err((code, message))) => Err(RpcError::Rpc {
                 method: method.to_string(),
                 code,
                 message,
             }),
-            Err(_) => Err(TransportError::Closed),
+            Err(_) => Err(RpcError::Closed),
         }
     }
 
     /// Sends a request whose answer nobody waits for (used from `Drop`, which cannot await).
-    pub fn request_detached(&self, method: &str, params: Value) -> Result<(), TransportError> {
+    pub fn request_detached(&self, method: &str, params: Value) -> Result<(), RpcError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
     }
 
-    pub fn notify(&self, method: &str, params: Value) -> Result<(), TransportError> {
+    pub fn notify(&self, method: &str, params: Value) -> Result<(), RpcError> {
         self.send(json!({"jsonrpc": "2.0", "method": method, "params": params}))
     }
 
@@ -149,17 +149,17 @@ impl Transport {
         let _ = rx.wait_for(|closed| *closed).await;
     }
 
-    fn send(&self, message: Value) -> Result<(), TransportError> {
+    fn send(&self, message: Value) -> Result<(), RpcError> {
         self.shared
             .outgoing
             .send(Outgoing::Line(message.to_string()))
-            .map_err(|_| TransportError::Closed)
+            .map_err(|_| RpcError::Closed)
     }
 }
 
 /// Notifications of one thread; unsubscribes when dropped.
 pub struct ThreadSubscription {
-    transport: Transport,
+    transport: Rpc,
     thread_id: String,
     token: u64,
     rx: mpsc::UnboundedReceiver<Notification>,
@@ -171,7 +171,7 @@ impl ThreadSubscription {
         self.rx.recv().await
     }
 
-    pub fn transport(&self) -> &Transport {
+    pub fn transport(&self) -> &Rpc {
         &self.transport
     }
 
@@ -337,13 +337,13 @@ mod tests {
     /// A transport wired to an in-memory peer: returns the transport, the peer's view of
     /// what the proxy writes, and the peer's writer.
     fn pair() -> (
-        Transport,
+        Rpc,
         tokio::io::Lines<BufReader<tokio::io::DuplexStream>>,
         tokio::io::DuplexStream,
     ) {
         let (proxy_out, peer_in) = duplex(1 << 16);
         let (peer_out, proxy_in) = duplex(1 << 16);
-        let t = Transport::start(proxy_in, proxy_out);
+        let t = Rpc::start(proxy_in, proxy_out);
         (t, BufReader::new(peer_in).lines(), peer_out)
     }
 
@@ -392,7 +392,7 @@ mod tests {
         let err = call.await.unwrap().unwrap_err();
         assert_eq!(
             err,
-            TransportError::Rpc {
+            RpcError::Rpc {
                 method: "thread/start".into(),
                 code: -32600,
                 message: "bad".into()
@@ -443,10 +443,10 @@ mod tests {
         });
         next_json(&mut lines).await;
         drop(peer);
-        assert_eq!(call.await.unwrap(), Err(TransportError::Closed));
+        assert_eq!(call.await.unwrap(), Err(RpcError::Closed));
         assert!(sub.recv().await.is_none());
         t.closed().await;
-        assert_eq!(t.request("x", json!({})).await, Err(TransportError::Closed));
+        assert_eq!(t.request("x", json!({})).await, Err(RpcError::Closed));
     }
 
     #[tokio::test]

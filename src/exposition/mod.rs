@@ -1,0 +1,7 @@
+//! The exposition model and its text form, shared by `/metrics`, the pushers and the
+//! one-shot `push` command: [`snapshot::Snapshot`] (a registry's values at one moment),
+//! the text-format 0.0.4 encoder that renders one, and the strict parser that reads one.
+
+pub mod encode;
+pub mod parse;
+pub mod snapshot;
