@@ -10,6 +10,7 @@
 //! Times are the benchmark thread's CPU time, not wall time: the machines this runs on
 //! are shared, and CPU time does not count the moments another process had the core.
 //! The prom-client side measures its process CPU time the same way.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
 
 mod common {
     pub mod workload;

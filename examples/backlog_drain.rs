@@ -10,6 +10,7 @@
 //!   Prints one JSON line: seconds from start to empty, samples delivered, peak memory.
 //!
 //! Build with `cargo build --release --example backlog_drain`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

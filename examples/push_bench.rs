@@ -13,6 +13,7 @@
 //!   steady state: where a push's CPU goes.
 //!
 //! Build with `cargo build --release --example push_bench`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
 
 #[path = "../benches/common/workload.rs"]
 mod workload;

@@ -1,9 +1,13 @@
 //! codex-proxy: an OpenAI-compatible HTTP API in front of a supervised Codex app-server,
 //! observable through a guarded `/metrics` and a background pusher.
 //!
-//! Read top-down: `config` → `worker` (the child process) → `proxy` (HTTP routes) →
-//! `metrics` (registry, labels, middleware, `/metrics`) → `push` (remote-write and
-//! Pushgateway delivery) → `app` (wires them together for `serve`).
+//! Read top-down, in the order a request and its metrics travel (docs/architecture.md
+//! draws it): `config` → `worker` (the child process) → `proxy` (HTTP routes) →
+//! `metrics` (registry, labels, middleware, `/metrics`) → `exposition` (the snapshot and
+//! its text form) → `push` (remote-write and Pushgateway delivery) → `app` (wires them
+//! together for `serve`); `cli` holds the one-shot `push` command.
+
+#![forbid(unsafe_code)]
 
 pub mod app;
 pub mod cli;

@@ -1,5 +1,7 @@
 //! The `codex-proxy` binary: parse the command line, load the configuration, run.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

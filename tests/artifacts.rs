@@ -5,6 +5,7 @@
 //!
 //! The YAML files are read line by line (no YAML crate for a test): the readers below
 //! understand the layout these files use, and fail loudly when they find nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

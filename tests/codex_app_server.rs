@@ -4,6 +4,7 @@
 //!
 //! The binary comes from `CODEX_APP_SERVER_BIN`, else the npm package under tests/npm.
 //! Missing: the test fails under `CODEX_PROXY_REQUIRE_SERVERS=1` (CI), else it is skipped.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
 
 mod common;
 

@@ -5,6 +5,7 @@
 //! Expected counts come from a ledger of what the client itself saw (route, method,
 //! status), so the harness's own polling (`/livez`, `/readyz`, `/healthz`) is counted like
 //! any other request instead of being guessed at; a first scrape is the baseline.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The proxy path end to end: the real `codex-proxy` binary with its built-in demo worker
 //! (its `DEMO_*` knobs set on the proxy, which passes its environment on), driven over
 //! HTTP like any OpenAI client would.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
 
 mod common;
 

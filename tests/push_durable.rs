@@ -6,6 +6,7 @@
 //! (1, 2, 3, ...): reading `durable_test_tick[10m]` back shows which ticks arrived, in
 //! which order, and whether any arrived twice. The real-binary test counts the snapshots
 //! each process logged as queued against the samples the receiver holds.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Pushgateway delivery against the real `prometheus-pushgateway`, read back through its
 //! `/api/v1/metrics` JSON API: grouping keys, PUT/POST semantics, the periodic loop, the
 //! final push or DELETE at shutdown, the gateway's 400 message, and the `push` command.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! (remote-write receiver on) and VictoriaMetrics. After traffic and a few pushes each
 //! answers PromQL over the pushed series with the values `/metrics` shows; on SIGTERM the
 //! series end with stale markers.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
 
 mod common;
 

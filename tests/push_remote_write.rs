@@ -2,6 +2,7 @@
 //! (snappy + protobuf) and answers as each test scripts it: what a real server cannot show
 //! (exact headers, injected failures, retry timing, shutdown markers). The real receivers
 //! are in push_real_receivers.rs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
 
 mod common;
 
