@@ -19,7 +19,7 @@ use crate::worker::{supervisor, WorkerCommand, WorkerStatus};
 pub enum ServeError {
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
         source: std::io::Error,
     },
     #[error(transparent)]

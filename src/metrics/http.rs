@@ -52,6 +52,7 @@ const BOUNDS_NS: [u64; LATENCY_BUCKETS_MS.len()] = {
 };
 
 /// One request whose response body has ended.
+#[derive(Debug)]
 pub struct FinishedRequest<'a> {
     /// A bounded value from `labels::route`.
     pub route: &'a str,
@@ -67,7 +68,7 @@ pub struct FinishedRequest<'a> {
 }
 
 /// Every HTTP label set, found by route, then model, then method and status family.
-pub struct HttpFamilies {
+pub(crate) struct HttpFamilies {
     routes: LabelMap<RouteSeries>,
     /// How many values the model label can take (`LabelRules::model_value_bound`).
     model_slots: usize,
@@ -112,7 +113,7 @@ struct ErrorSeries {
 impl HttpFamilies {
     /// `model_slots` is `LabelRules::model_value_bound`, `summary_window` is
     /// `metrics.summary_window`.
-    pub fn new(model_slots: usize, summary_window: Duration) -> HttpFamilies {
+    pub(crate) fn new(model_slots: usize, summary_window: Duration) -> HttpFamilies {
         HttpFamilies {
             routes: LabelMap::new(),
             model_slots,
@@ -123,7 +124,7 @@ impl HttpFamilies {
 
     /// Records one request; `model` is the bounded label value and its slot
     /// (`LabelRules::model_slot`).
-    pub fn record(&self, request: &FinishedRequest<'_>, (model_slot, model): (usize, &str)) {
+    pub(crate) fn record(&self, request: &FinishedRequest<'_>, (model_slot, model): (usize, &str)) {
         let family = labels::status_family_index(request.status);
         // An index past the list counts as the last value, `OTHER`.
         let method = request.method.min(METHODS.len() - 1);
@@ -177,7 +178,7 @@ impl HttpFamilies {
     }
 
     /// The four families as of `now`, appended to `out` (those without a series left out).
-    pub fn snapshot(&self, now: Instant, out: &mut Snapshot) {
+    pub(crate) fn snapshot(&self, now: Instant, out: &mut Snapshot) {
         let bounds: Arc<[f64]> = LATENCY_BUCKETS_MS.into();
         let quantiles: Arc<[f64]> = SUMMARY_QUANTILES.into();
         let (name, help) = REQUESTS;

@@ -15,7 +15,7 @@ const SLOTS: usize = 256;
 /// Values held in the table; those past it go to the overflow list.
 const TABLE_LIMIT: usize = SLOTS / 4 * 3;
 
-pub struct LabelMap<T> {
+pub(crate) struct LabelMap<T> {
     slots: Box<[OnceLock<Box<Entry<T>>>]>,
     /// Filled slots, in the order they were filled. Held while adding.
     order: Mutex<Vec<usize>>,
@@ -28,7 +28,7 @@ struct Entry<T> {
 }
 
 impl<T> LabelMap<T> {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         LabelMap {
             slots: (0..SLOTS).map(|_| OnceLock::new()).collect(),
             order: Mutex::new(Vec::new()),
@@ -37,7 +37,12 @@ impl<T> LabelMap<T> {
     }
 
     /// Runs `f` on the entry for `key`, creating it with `make` the first time.
-    pub fn with<R>(&self, key: &str, make: impl FnOnce() -> T, f: impl FnOnce(&T) -> R) -> R {
+    pub(crate) fn with<R>(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> T,
+        f: impl FnOnce(&T) -> R,
+    ) -> R {
         let start = hash(key);
         if let Probe::Found(entry) = self.probe(start, key) {
             return f(&entry.value);
@@ -105,7 +110,7 @@ impl<T> LabelMap<T> {
     }
 
     /// Visits every entry in the order they were added.
-    pub fn for_each(&self, mut f: impl FnMut(&str, &T)) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&str, &T)) {
         {
             let order = self.order.lock().unwrap_or_else(|p| p.into_inner());
             for entry in order.iter().filter_map(|&at| self.slots[at].get()) {

@@ -12,24 +12,22 @@ use axum::http::{Method, StatusCode};
 use super::label_map::same_value;
 
 /// No label value is longer than this many bytes.
-pub const MAX_LABEL_VALUE_LEN: usize = 64;
+pub(crate) const MAX_LABEL_VALUE_LEN: usize = 64;
 /// At most this many model names advertised by the worker become label values over the
 /// life of the process; later ones become `other`.
-pub const MAX_WORKER_MODELS: usize = 32;
+pub(crate) const MAX_WORKER_MODELS: usize = 32;
 /// `route` of every request that matched no route (scanners, typos, 404s).
-pub const UNMATCHED_ROUTE: &str = "unmatched";
+pub(crate) const UNMATCHED_ROUTE: &str = "unmatched";
 /// `model` when the request named none.
-pub const MODEL_UNKNOWN: &str = "unknown";
+pub(crate) const MODEL_UNKNOWN: &str = "unknown";
 /// `model` when the request named one that is on neither list.
-pub const MODEL_OTHER: &str = "other";
+pub(crate) const MODEL_OTHER: &str = "other";
 /// Every value of the `method` label.
-pub const METHODS: [&str; 8] = [
+pub(crate) const METHODS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "OTHER",
 ];
 /// Every value of the `status_family` label.
-pub const STATUS_FAMILIES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-/// Every value of the `output_mode` label.
-pub const OUTPUT_MODES: [&str; 3] = ["obsidian-xml", "text", "other"];
+pub(crate) const STATUS_FAMILIES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// The `route` rule: a request's path matched against the router's route templates;
 /// `unmatched` when none matches.
@@ -42,7 +40,7 @@ pub const OUTPUT_MODES: [&str; 3] = ["obsidian-xml", "text", "other"];
 /// axum, a literal template wins over one with parameters. Wildcards (`{*rest}`) are not
 /// supported: the proxy has none, and such a template matches only itself, literally.
 #[derive(Debug, Clone)]
-pub struct RouteTemplates {
+pub(crate) struct RouteTemplates {
     literal: Vec<&'static str>,
     with_parameters: Vec<(&'static str, Vec<Segment>)>,
 }
@@ -55,7 +53,7 @@ enum Segment {
 
 impl RouteTemplates {
     /// `templates` are the router's route templates, as given to `Router::route`.
-    pub fn new<I: IntoIterator<Item = &'static str>>(templates: I) -> Self {
+    pub(crate) fn new<I: IntoIterator<Item = &'static str>>(templates: I) -> Self {
         let mut routes = RouteTemplates {
             literal: Vec::new(),
             with_parameters: Vec::new(),
@@ -81,7 +79,7 @@ impl RouteTemplates {
 
     /// `route` of a request for `path` (without the query): its template, cut to
     /// [`MAX_LABEL_VALUE_LEN`], or [`UNMATCHED_ROUTE`].
-    pub fn label(&self, path: &str) -> &'static str {
+    pub(crate) fn label(&self, path: &str) -> &'static str {
         if let Some(template) = self.literal.iter().find(|t| same_value(t, path)) {
             return truncate(template);
         }
@@ -123,7 +121,7 @@ pub fn method_index(method: &Method) -> usize {
 /// `status_family`, as an index into [`STATUS_FAMILIES`]. The `http` crate admits codes
 /// up to 999; those past 599 are nobody's standard, so they count as server errors
 /// rather than as a sixth family.
-pub fn status_family_index(status: StatusCode) -> usize {
+pub(crate) fn status_family_index(status: StatusCode) -> usize {
     match status.as_u16() {
         100..=199 => 0,
         200..=299 => 1,
@@ -133,8 +131,8 @@ pub fn status_family_index(status: StatusCode) -> usize {
     }
 }
 
-/// The output mode label: one of [`OUTPUT_MODES`].
-pub fn output_mode(raw: &str) -> &'static str {
+/// The output mode label: `obsidian-xml`, `text` (also for no header), else `other`.
+pub(crate) fn output_mode(raw: &str) -> &'static str {
     match raw {
         "obsidian-xml" => "obsidian-xml",
         "text" | "" => "text",
@@ -156,7 +154,7 @@ fn truncate(value: &str) -> &str {
 }
 
 /// The `model` rule: the configured allowlist plus the models the worker advertised.
-pub struct LabelRules {
+pub(crate) struct LabelRules {
     allowed_models: Vec<String>,
     /// Filled in order, never emptied, at most [`MAX_WORKER_MODELS`]: a name that once
     /// was a label value stays one, so the bound holds across worker restarts that
@@ -169,7 +167,7 @@ pub struct LabelRules {
 
 impl LabelRules {
     /// `models` is `metrics.models`; config validation keeps each 1..=64 bytes.
-    pub fn new(models: &[String]) -> Self {
+    pub(crate) fn new(models: &[String]) -> Self {
         LabelRules {
             allowed_models: models.to_vec(),
             worker_models: std::array::from_fn(|_| OnceLock::new()),
@@ -186,7 +184,7 @@ impl LabelRules {
     /// Adds the models the worker advertises (e.g. after its handshake). Names that are
     /// empty, longer than 64 bytes, or beyond the first [`MAX_WORKER_MODELS`] distinct
     /// names ever added are ignored; returns how many were ignored.
-    pub fn add_worker_models<I, S>(&self, models: I) -> usize
+    pub(crate) fn add_worker_models<I, S>(&self, models: I) -> usize
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -217,7 +215,7 @@ impl LabelRules {
     /// costs no allocation. With it, the value's place among every value the rule can
     /// give, a dense index below [`model_value_bound`](Self::model_value_bound): the
     /// allowlist in order, the worker's models in the order they came, `unknown`, `other`.
-    pub fn model_slot<'a>(&self, raw: Option<&'a str>) -> (usize, &'a str) {
+    pub(crate) fn model_slot<'a>(&self, raw: Option<&'a str>) -> (usize, &'a str) {
         let allowed = self.allowed_models.len();
         let Some(raw) = raw else {
             return (allowed + MAX_WORKER_MODELS, MODEL_UNKNOWN);
@@ -233,7 +231,7 @@ impl LabelRules {
 
     /// How many values the `model` label can take: the allowlist, the worker's share,
     /// `unknown` and `other`.
-    pub fn model_value_bound(&self) -> usize {
+    pub(crate) fn model_value_bound(&self) -> usize {
         self.allowed_models.len() + MAX_WORKER_MODELS + 2
     }
 }

@@ -32,7 +32,7 @@ use super::{ErrorCategory, FinishedRequest, Metrics, ModelLabel};
 /// boxes a future per request. On a cheap route those costs were most of what metrics
 /// cost. The route label comes from [`RouteTemplates`] instead.
 #[derive(Clone)]
-pub struct Record<S> {
+pub(crate) struct Record<S> {
     inner: S,
     /// `None`: nothing reads the HTTP families, so nothing is recorded.
     recorder: Option<Arc<Recorder>>,
@@ -45,7 +45,7 @@ struct Recorder {
 
 impl<S> Record<S> {
     /// Records every request `inner` serves; `routes` are `inner`'s route templates.
-    pub fn new(inner: S, metrics: Arc<Metrics>, routes: RouteTemplates) -> Self {
+    pub(crate) fn new(inner: S, metrics: Arc<Metrics>, routes: RouteTemplates) -> Self {
         Record {
             inner,
             recorder: Some(Arc::new(Recorder { metrics, routes })),
@@ -53,7 +53,7 @@ impl<S> Record<S> {
     }
 
     /// Serves `inner` and records nothing.
-    pub fn off(inner: S) -> Self {
+    pub(crate) fn off(inner: S) -> Self {
         Record {
             inner,
             recorder: None,
@@ -98,7 +98,7 @@ struct Head {
 
 /// The inner response future; when it resolves, the request is recorded, or its streamed
 /// body wrapped to be recorded at its end.
-pub struct RecordFuture<F> {
+pub(crate) struct RecordFuture<F> {
     inner: F,
     head: Option<Head>,
 }

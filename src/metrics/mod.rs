@@ -2,14 +2,14 @@
 //! the guarded `/metrics` route. Names, types and labels are a contract (docs/metrics.md):
 //! dashboards and alerts built for the Node proxy query them.
 
-pub mod http;
+pub(crate) mod http;
 mod label_map;
 pub mod labels;
-pub mod middleware;
+pub(crate) mod middleware;
 #[cfg(target_os = "linux")]
 mod process;
 pub mod scrape;
-pub mod summary;
+pub(crate) mod summary;
 
 use std::sync::Arc;
 
@@ -20,14 +20,14 @@ use crate::config::{Config, MetricsConfig};
 use crate::exposition::snapshot::Snapshot;
 pub use http::FinishedRequest;
 use http::HttpFamilies;
-pub use labels::LabelRules;
+pub(crate) use labels::LabelRules;
 
 /// Latency buckets in milliseconds, built around the 1500 ms p95 budget.
-pub const LATENCY_BUCKETS_MS: [f64; 9] = [
+pub(crate) const LATENCY_BUCKETS_MS: [f64; 9] = [
     50.0, 100.0, 200.0, 400.0, 800.0, 1200.0, 2000.0, 5000.0, 10000.0,
 ];
 /// Quantiles of the latency summary.
-pub const SUMMARY_QUANTILES: [f64; 4] = [0.5, 0.9, 0.95, 0.99];
+pub(crate) const SUMMARY_QUANTILES: [f64; 4] = [0.5, 0.9, 0.95, 0.99];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -38,7 +38,7 @@ pub enum MetricsError {
 /// Raw model name a handler attaches to its response (as an extension); the middleware
 /// turns it into a bounded label value with [`LabelRules`].
 #[derive(Debug, Clone)]
-pub struct ModelLabel(pub String);
+pub(crate) struct ModelLabel(pub String);
 
 /// Error category a handler attaches to a 5xx response (as an extension).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +93,7 @@ pub enum AbortReason {
 }
 
 impl AbortReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AbortReason::NestedOpen => "nested_open",
             AbortReason::Finalize => "finalize",
@@ -107,15 +107,22 @@ impl AbortReason {
 pub struct Metrics {
     registry: Registry,
     http: HttpFamilies,
-    pub labels: LabelRules,
+    pub(crate) labels: LabelRules,
     pub worker_restarts: IntCounter,
     pub worker_backoff_ms: IntGauge,
     pub worker_ready: IntGauge,
     pub streams_active: IntGauge,
-    pub tool_buffer_started: IntCounterVec,
-    pub tool_buffer_flushed: IntCounterVec,
-    pub tool_buffer_aborted: IntCounterVec,
-    pub maintenance_mode: IntGauge,
+    pub(crate) tool_buffer_started: IntCounterVec,
+    pub(crate) tool_buffer_flushed: IntCounterVec,
+    pub(crate) tool_buffer_aborted: IntCounterVec,
+    pub(crate) maintenance_mode: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    /// The families are read through `/metrics`; this only says which registry it is.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Metrics {
@@ -220,12 +227,12 @@ impl Metrics {
         }
     }
 
-    pub fn set_maintenance(&self, on: bool) {
+    pub(crate) fn set_maintenance(&self, on: bool) {
         self.maintenance_mode.set(on as i64);
     }
 
     /// Counts one SSE stream until the guard drops (stream ended, failed or client gone).
-    pub fn stream_guard(self: &Arc<Self>) -> StreamGuard {
+    pub(crate) fn stream_guard(self: &Arc<Self>) -> StreamGuard {
         self.streams_active.inc();
         StreamGuard(self.clone())
     }
@@ -241,7 +248,7 @@ impl Metrics {
 ///   loopback rule to see the peer; without it no scrape counts as loopback.
 /// - Requests are recorded only when something reads them: `/metrics` is enabled or a
 ///   push destination is configured.
-pub fn attach(
+pub(crate) fn attach(
     router: Router,
     mut templates: Vec<&'static str>,
     metrics: &Arc<Metrics>,
@@ -269,7 +276,7 @@ pub fn attach(
 }
 
 /// Decrements `codex_streams_active` when dropped.
-pub struct StreamGuard(Arc<Metrics>);
+pub(crate) struct StreamGuard(Arc<Metrics>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {

@@ -16,7 +16,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Counter, IntGauge};
 
-pub struct ProcessCollector {
+pub(crate) struct ProcessCollector {
     cpu_seconds: Counter,
     open_fds: IntGauge,
     max_fds: IntGauge,
@@ -42,7 +42,7 @@ struct Stat {
 }
 
 impl ProcessCollector {
-    pub fn new() -> prometheus::Result<ProcessCollector> {
+    pub(crate) fn new() -> prometheus::Result<ProcessCollector> {
         let ticks = rustix::param::clock_ticks_per_second();
         let page_size = i64::try_from(rustix::param::page_size()).unwrap_or(4096);
         let collector = ProcessCollector {

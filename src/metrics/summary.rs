@@ -23,15 +23,15 @@
 use std::time::{Duration, Instant};
 
 /// Sub-windows per window (prom-client's `ageBuckets`).
-pub const AGES: usize = 5;
+pub(crate) const AGES: usize = 5;
 /// Relative accuracy of every reported quantile.
-pub const RELATIVE_ACCURACY: f64 = 0.01;
+pub(crate) const RELATIVE_ACCURACY: f64 = 0.01;
 /// Smaller values (including 0 and negatives) count as this one.
-pub const MIN_VALUE: f64 = 0.01;
+pub(crate) const MIN_VALUE: f64 = 0.01;
 /// Larger values count as this one.
-pub const MAX_VALUE: f64 = 1e7;
+pub(crate) const MAX_VALUE: f64 = 1e7;
 /// Buckets between MIN_VALUE and MAX_VALUE: ln(1e9) / ln(γ) ≈ 1036, plus one.
-pub const MAX_BUCKETS: usize = 1037;
+pub(crate) const MAX_BUCKETS: usize = 1037;
 
 /// ln γ with γ = (1+α)/(1-α) = 1.01/0.99 (checked by a test against RELATIVE_ACCURACY).
 const LN_GAMMA: f64 = 0.020000666706669435;
@@ -39,7 +39,7 @@ const LN_GAMMA: f64 = 0.020000666706669435;
 const INV_LN_GAMMA: f64 = 1.0 / LN_GAMMA;
 
 /// The ring of sub-windows of one series.
-pub struct SlidingWindow {
+pub(crate) struct SlidingWindow {
     ages: [Sketch; AGES],
     /// Index in `ages` of the sub-window receiving observations.
     current: usize,
@@ -51,7 +51,7 @@ pub struct SlidingWindow {
 
 impl SlidingWindow {
     /// `window` is split into [`AGES`] sub-windows (of at least a millisecond).
-    pub fn new(window: Duration, now: Instant) -> Self {
+    pub(crate) fn new(window: Duration, now: Instant) -> Self {
         let age = (window / AGES as u32).max(Duration::from_millis(1));
         SlidingWindow {
             ages: Default::default(),
@@ -63,7 +63,7 @@ impl SlidingWindow {
     }
 
     /// A NaN has no rank: it is not an observation.
-    pub fn observe(&mut self, value: f64, now: Instant) {
+    pub(crate) fn observe(&mut self, value: f64, now: Instant) {
         if value.is_nan() {
             return;
         }
@@ -91,7 +91,7 @@ impl SlidingWindow {
     /// Appends the value of each of `quantiles` (ascending) over the window at `now` to
     /// `out`: `NaN` for all when the window holds nothing. `merged` is scratch space, kept
     /// by the caller so that a snapshot of many series allocates once.
-    pub fn quantiles(
+    pub(crate) fn quantiles(
         &mut self,
         quantiles: &[f64],
         now: Instant,

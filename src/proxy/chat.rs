@@ -25,57 +25,57 @@ use crate::metrics::ModelLabel;
 use crate::worker::{TurnEvent, TurnRequest, TurnStatus};
 
 /// The request header that selects the output mode (contract).
-pub const OUTPUT_MODE_HEADER: &str = "x-proxy-output-mode";
+pub(crate) const OUTPUT_MODE_HEADER: &str = "x-proxy-output-mode";
 /// The output mode that turns the tool buffer on.
-pub const OBSIDIAN_XML: &str = "obsidian-xml";
+pub(crate) const OBSIDIAN_XML: &str = "obsidian-xml";
 
 /// The fields of an OpenAI chat request the proxy uses; others are accepted and ignored.
 #[derive(Debug, Deserialize)]
-pub struct ChatRequest {
+pub(crate) struct ChatRequest {
     #[serde(default)]
-    pub model: Option<String>,
-    pub messages: Vec<Message>,
+    pub(crate) model: Option<String>,
+    pub(crate) messages: Vec<Message>,
     #[serde(default)]
-    pub stream: Option<bool>,
+    pub(crate) stream: Option<bool>,
     #[serde(default)]
-    pub stream_options: Option<StreamOptions>,
+    pub(crate) stream_options: Option<StreamOptions>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct Message {
-    pub role: String,
+pub(crate) struct Message {
+    pub(crate) role: String,
     #[serde(default)]
-    pub content: Option<Content>,
+    pub(crate) content: Option<Content>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum Content {
+pub(crate) enum Content {
     Text(String),
     Parts(Vec<Part>),
 }
 
 #[derive(Debug, Deserialize)]
-pub struct Part {
+pub(crate) struct Part {
     #[serde(rename = "type")]
-    pub kind: String,
+    pub(crate) kind: String,
     #[serde(default)]
-    pub text: Option<String>,
+    pub(crate) text: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct StreamOptions {
+pub(crate) struct StreamOptions {
     #[serde(default)]
-    pub include_usage: bool,
+    pub(crate) include_usage: bool,
 }
 
 impl ChatRequest {
     /// The model asked for; an empty string counts as none.
-    pub fn model(&self) -> Option<&str> {
+    pub(crate) fn model(&self) -> Option<&str> {
         self.model.as_deref().filter(|m| !m.is_empty())
     }
 
-    pub fn prompt(&self) -> Result<String, ApiError> {
+    pub(crate) fn prompt(&self) -> Result<String, ApiError> {
         let mut sections = Vec::new();
         for message in &self.messages {
             let text = match &message.content {
@@ -103,7 +103,7 @@ impl ChatRequest {
 }
 
 /// 415 unless the request says it is JSON (`application/json`, parameters allowed).
-pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -120,7 +120,7 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Reads and checks the body: 413, 415 or 400, each as JSON.
-pub fn parse(
+pub(crate) fn parse(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     limit: u64,
@@ -145,7 +145,7 @@ pub fn parse(
 }
 
 /// Whether the client chose the `obsidian-xml` output mode.
-pub fn wants_tool_buffer(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_tool_buffer(headers: &HeaderMap) -> bool {
     headers
         .get(OUTPUT_MODE_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -153,7 +153,7 @@ pub fn wants_tool_buffer(headers: &HeaderMap) -> bool {
 }
 
 /// A tool buffer reporting to the metrics, when the output mode asks for one.
-pub fn tool_buffer(state: &AppState, headers: &HeaderMap) -> Option<ToolBuffer> {
+pub(crate) fn tool_buffer(state: &AppState, headers: &HeaderMap) -> Option<ToolBuffer> {
     wants_tool_buffer(headers).then(|| {
         let metrics = state.metrics.clone();
         ToolBuffer::new(Box::new(move |event| {
@@ -163,7 +163,7 @@ pub fn tool_buffer(state: &AppState, headers: &HeaderMap) -> Option<ToolBuffer> 
     })
 }
 
-pub async fn completions(
+pub(crate) async fn completions(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -254,7 +254,7 @@ async fn run_to_end(
 }
 
 /// The error for a turn that did not complete.
-pub fn turn_failed(status: TurnStatus, error: Option<String>) -> ApiError {
+pub(crate) fn turn_failed(status: TurnStatus, error: Option<String>) -> ApiError {
     let message = match (status, error) {
         (_, Some(e)) => format!("the worker's turn failed: {e}"),
         (TurnStatus::Interrupted, None) => "the worker's turn was interrupted".to_string(),
@@ -264,15 +264,15 @@ pub fn turn_failed(status: TurnStatus, error: Option<String>) -> ApiError {
 }
 
 /// The model named in responses: the client's, else the worker's, else `codex`.
-pub fn response_model(asked: Option<&str>, worker: Option<&str>) -> String {
+pub(crate) fn response_model(asked: Option<&str>, worker: Option<&str>) -> String {
     asked.or(worker).unwrap_or("codex").to_string()
 }
 
-pub fn completion_id() -> String {
+pub(crate) fn completion_id() -> String {
     format!("chatcmpl-{:016x}", fastrand::u64(..))
 }
 
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -13,15 +13,15 @@ use crate::worker::rpc::RpcError;
 use crate::worker::WorkerError;
 
 #[derive(Debug, Clone)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
     /// OpenAI's `type`, e.g. `invalid_request_error`.
-    pub kind: &'static str,
-    pub code: &'static str,
-    pub retryable: Option<bool>,
-    pub category: Option<ErrorCategory>,
-    pub retry_after_secs: Option<u64>,
+    pub(crate) kind: &'static str,
+    pub(crate) code: &'static str,
+    pub(crate) retryable: Option<bool>,
+    pub(crate) category: Option<ErrorCategory>,
+    pub(crate) retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -47,7 +47,7 @@ impl ApiError {
         self
     }
 
-    pub fn invalid_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
@@ -56,7 +56,7 @@ impl ApiError {
         )
     }
 
-    pub fn unauthorized() -> Self {
+    pub(crate) fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
             "invalid_request_error",
@@ -65,7 +65,7 @@ impl ApiError {
         )
     }
 
-    pub fn forbidden(message: &str) -> Self {
+    pub(crate) fn forbidden(message: &str) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
             "permission_error",
@@ -74,7 +74,7 @@ impl ApiError {
         )
     }
 
-    pub fn not_found() -> Self {
+    pub(crate) fn not_found() -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -83,7 +83,7 @@ impl ApiError {
         )
     }
 
-    pub fn method_not_allowed() -> Self {
+    pub(crate) fn method_not_allowed() -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "invalid_request_error",
@@ -92,7 +92,7 @@ impl ApiError {
         )
     }
 
-    pub fn too_large(limit: u64) -> Self {
+    pub(crate) fn too_large(limit: u64) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",
@@ -101,7 +101,7 @@ impl ApiError {
         )
     }
 
-    pub fn unsupported_media_type() -> Self {
+    pub(crate) fn unsupported_media_type() -> Self {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "invalid_request_error",
@@ -110,7 +110,7 @@ impl ApiError {
         )
     }
 
-    pub fn maintenance(retry_after_secs: u64) -> Self {
+    pub(crate) fn maintenance(retry_after_secs: u64) -> Self {
         let mut e = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "service_unavailable",
@@ -123,7 +123,7 @@ impl ApiError {
         e
     }
 
-    pub fn worker_not_ready(why: &str) -> Self {
+    pub(crate) fn worker_not_ready(why: &str) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "backend_unavailable",
@@ -134,7 +134,7 @@ impl ApiError {
         .category(ErrorCategory::WorkerNotReady)
     }
 
-    pub fn worker_busy(message: String) -> Self {
+    pub(crate) fn worker_busy(message: String) -> Self {
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
@@ -144,7 +144,7 @@ impl ApiError {
         .retryable()
     }
 
-    pub fn too_many_streams(max: usize) -> Self {
+    pub(crate) fn too_many_streams(max: usize) -> Self {
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
@@ -155,7 +155,7 @@ impl ApiError {
     }
 
     /// The worker ran the turn and it failed.
-    pub fn worker_failed(message: String) -> Self {
+    pub(crate) fn worker_failed(message: String) -> Self {
         Self::new(
             StatusCode::BAD_GATEWAY,
             "backend_error",
@@ -165,7 +165,7 @@ impl ApiError {
         .category(ErrorCategory::WorkerError)
     }
 
-    pub fn timeout(after: std::time::Duration) -> Self {
+    pub(crate) fn timeout(after: std::time::Duration) -> Self {
         Self::new(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout_error",
@@ -179,7 +179,7 @@ impl ApiError {
         .category(ErrorCategory::Timeout)
     }
 
-    pub fn internal(message: String) -> Self {
+    pub(crate) fn internal(message: String) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
@@ -190,7 +190,7 @@ impl ApiError {
     }
 
     /// The body of this error as it goes into JSON or an SSE event.
-    pub fn body(&self) -> serde_json::Value {
+    pub(crate) fn body(&self) -> serde_json::Value {
         let mut error = json!({
             "message": self.message,
             "type": self.kind,
@@ -203,7 +203,7 @@ impl ApiError {
     }
 
     /// A body that could not be read: too large, or cut off.
-    pub fn from_body_rejection(rejection: BytesRejection, limit: u64) -> Self {
+    pub(crate) fn from_body_rejection(rejection: BytesRejection, limit: u64) -> Self {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Self::too_large(limit)
         } else {

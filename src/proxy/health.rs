@@ -15,32 +15,32 @@ use crate::worker::WorkerStatus;
 
 /// The `/healthz` body. A new section is one field here and one line in [`report`].
 #[derive(Debug, Serialize)]
-pub struct HealthReport {
+pub(crate) struct HealthReport {
     /// `ok` when the worker is ready, else `degraded`.
-    pub status: &'static str,
-    pub worker: WorkerHealth,
-    pub maintenance: bool,
-    pub streams: StreamsHealth,
+    pub(crate) status: &'static str,
+    pub(crate) worker: WorkerHealth,
+    pub(crate) maintenance: bool,
+    pub(crate) streams: StreamsHealth,
     /// Each push destination: queued requests and bytes, last accepted push.
-    pub push: Vec<crate::push::DestinationStatus>,
+    pub(crate) push: Vec<crate::push::DestinationStatus>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct WorkerHealth {
+pub(crate) struct WorkerHealth {
     #[serde(flatten)]
-    pub status: WorkerStatus,
+    pub(crate) status: WorkerStatus,
     /// Turns running now, and the cap (`worker.max_concurrency`).
-    pub in_flight: usize,
-    pub max_concurrency: usize,
+    pub(crate) in_flight: usize,
+    pub(crate) max_concurrency: usize,
 }
 
 #[derive(Debug, Serialize)]
-pub struct StreamsHealth {
-    pub active: usize,
-    pub max: usize,
+pub(crate) struct StreamsHealth {
+    pub(crate) active: usize,
+    pub(crate) max: usize,
 }
 
-pub fn report(state: &AppState) -> HealthReport {
+pub(crate) fn report(state: &AppState) -> HealthReport {
     let status = state.worker.status();
     let max_streams = state.config.streams.max_concurrency;
     HealthReport {
@@ -59,11 +59,11 @@ pub fn report(state: &AppState) -> HealthReport {
     }
 }
 
-pub async fn healthz(State(state): State<AppState>) -> Json<HealthReport> {
+pub(crate) async fn healthz(State(state): State<AppState>) -> Json<HealthReport> {
     Json(report(&state))
 }
 
-pub async fn readyz(State(state): State<AppState>) -> Response {
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let status = state.worker.status();
     let code = if status.ready {
         StatusCode::OK
@@ -84,6 +84,6 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     response
 }
 
-pub async fn livez() -> Json<serde_json::Value> {
+pub(crate) async fn livez() -> Json<serde_json::Value> {
     Json(json!({"live": true}))
 }

@@ -25,7 +25,7 @@ struct Toggle {
     enabled: bool,
 }
 
-pub async fn toggle(
+pub(crate) async fn toggle(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,

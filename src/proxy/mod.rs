@@ -4,14 +4,14 @@
 //! `/readyz`, `/livez`, and `POST /internal/maintenance`. Every error is OpenAI-shaped
 //! JSON (see [`error`]), including the framework's own rejections.
 
-pub mod chat;
-pub mod error;
-pub mod guards;
-pub mod health;
-pub mod maintenance;
-pub mod models;
-pub mod stream;
-pub mod tool_buffer;
+pub(crate) mod chat;
+pub(crate) mod error;
+pub(crate) mod guards;
+pub(crate) mod health;
+pub(crate) mod maintenance;
+pub(crate) mod models;
+pub(crate) mod stream;
+pub(crate) mod tool_buffer;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -30,20 +30,24 @@ use error::ApiError;
 
 /// Everything a handler needs. Cheap to clone.
 #[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub worker: WorkerHandle,
-    pub metrics: Arc<Metrics>,
+pub(crate) struct AppState {
+    pub(crate) config: Arc<Config>,
+    pub(crate) worker: WorkerHandle,
+    pub(crate) metrics: Arc<Metrics>,
     /// Maintenance mode; starts from `maintenance.enabled`, toggled at runtime.
-    pub maintenance: Arc<AtomicBool>,
+    pub(crate) maintenance: Arc<AtomicBool>,
     /// One permit per open SSE stream (`streams.max_concurrency`).
-    pub streams: Arc<Semaphore>,
+    pub(crate) streams: Arc<Semaphore>,
     /// The pushers' status, for `/healthz`; `None` when no pushers were started.
-    pub push: Option<crate::push::PushersHandle>,
+    pub(crate) push: Option<crate::push::PushersHandle>,
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>, worker: WorkerHandle, metrics: Arc<Metrics>) -> AppState {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        worker: WorkerHandle,
+        metrics: Arc<Metrics>,
+    ) -> AppState {
         let maintenance = config.maintenance.enabled;
         metrics.set_maintenance(maintenance);
         AppState {
@@ -57,7 +61,7 @@ impl AppState {
     }
 
     /// Shows the pushers' destinations in `/healthz`.
-    pub fn with_push(mut self, push: crate::push::PushersHandle) -> AppState {
+    pub(crate) fn with_push(mut self, push: crate::push::PushersHandle) -> AppState {
         self.push = Some(push);
         self
     }
@@ -67,7 +71,7 @@ impl AppState {
 /// label (see `metrics::labels::RouteTemplates`). Both come from one table, so a route
 /// added here is labelled without more work. `app::serve` wraps the router with the
 /// metrics.
-pub fn router(state: AppState) -> (Router, Vec<&'static str>) {
+pub(crate) fn router(state: AppState) -> (Router, Vec<&'static str>) {
     let v1_guard = || from_fn_with_state(state.clone(), guards::v1_guard);
     let routes: [(&'static str, MethodRouter<AppState>); 6] = [
         (

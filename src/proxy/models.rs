@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::AppState;
 
-pub async fn list(State(state): State<AppState>) -> Json<Value> {
+pub(crate) async fn list(State(state): State<AppState>) -> Json<Value> {
     let data: Vec<Value> = state
         .worker
         .status()

@@ -25,7 +25,11 @@ use super::AppState;
 use crate::metrics::StreamGuard;
 use crate::worker::{Turn, TurnEvent, TurnRequest, TurnStatus};
 
-pub async fn respond(state: &AppState, headers: &HeaderMap, request: ChatRequest) -> Response {
+pub(crate) async fn respond(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: ChatRequest,
+) -> Response {
     match open(state, headers, request).await {
         Ok(response) => response,
         Err(e) => e.into_response(),

@@ -23,7 +23,7 @@ enum Opener {
     None,
 }
 
-pub struct ToolBuffer {
+pub(crate) struct ToolBuffer {
     /// Passing through: only a tail that may begin an opener. In a block: the whole
     /// block so far, opener included.
     pending: String,
@@ -36,7 +36,7 @@ pub struct ToolBuffer {
 
 impl ToolBuffer {
     /// `report` receives every started/flushed/aborted event (the metrics counters).
-    pub fn new(report: Box<dyn FnMut(ToolBufferEvent) + Send>) -> ToolBuffer {
+    pub(crate) fn new(report: Box<dyn FnMut(ToolBufferEvent) + Send>) -> ToolBuffer {
         ToolBuffer {
             pending: String::new(),
             in_block: false,
@@ -47,7 +47,7 @@ impl ToolBuffer {
     }
 
     /// Takes the next piece of the reply; returns the text that may go out now.
-    pub fn push(&mut self, chunk: &str) -> String {
+    pub(crate) fn push(&mut self, chunk: &str) -> String {
         self.pending.push_str(chunk);
         let mut out = String::new();
         loop {
@@ -76,7 +76,7 @@ impl ToolBuffer {
     }
 
     /// The end of the turn: whatever is still held goes out verbatim.
-    pub fn finish(&mut self) -> String {
+    pub(crate) fn finish(&mut self) -> String {
         self.finished = true;
         if self.in_block {
             self.in_block = false;

@@ -7,14 +7,14 @@ use std::time::{Duration, SystemTime};
 /// `max_backoff`, each drawn at random from the upper half of that step so that many
 /// senders cut off together do not come back together.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     min: Duration,
     max: Duration,
     failures: u32,
 }
 
 impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Backoff {
+    pub(crate) fn new(min: Duration, max: Duration) -> Backoff {
         Backoff {
             min,
             max: max.max(min),
@@ -23,14 +23,14 @@ impl Backoff {
     }
 
     /// The wait after one more failure.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let step = self.step(self.failures);
         self.failures = self.failures.saturating_add(1);
         jittered(step, self.min, fastrand::f64())
     }
 
     /// Back to `min_backoff`, after a request went through.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.failures = 0;
     }
 
@@ -49,7 +49,7 @@ fn jittered(step: Duration, min: Duration, unit: f64) -> Duration {
 
 /// `Retry-After` as a delay: delta-seconds (`120`) or an HTTP date (a past date is 0).
 /// `None` when absent or malformed, and the backoff applies instead.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));

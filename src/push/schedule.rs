@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ScheduleError {
+pub(crate) enum ScheduleError {
     #[error("invalid cron expression `{expr}`: {message}")]
     Cron { expr: String, message: String },
     #[error("the push interval must be greater than zero")]
@@ -25,7 +25,7 @@ enum Cadence {
     Cron(Box<cron::Schedule>),
 }
 
-pub struct Schedule {
+pub(crate) struct Schedule {
     cadence: Cadence,
     jitter: Duration,
     started: bool,
@@ -33,7 +33,7 @@ pub struct Schedule {
 
 impl Schedule {
     /// `cron`, when given, wins over `interval`. Must be called inside a tokio runtime.
-    pub fn new(
+    pub(crate) fn new(
         interval: Duration,
         cron: Option<&str>,
         jitter: Duration,
@@ -63,7 +63,7 @@ impl Schedule {
 
     /// Waits until the next push is due: at once on the first call. A cron expression with
     /// no future match never fires again (only shutdown ends the loop then).
-    pub async fn tick(&mut self) {
+    pub(crate) async fn tick(&mut self) {
         if !self.started {
             self.started = true;
             return;

@@ -7,12 +7,12 @@
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// `outcome` values of `codex_push_requests_total`.
-pub const OUTCOMES: [&str; 6] = [
+pub(crate) const OUTCOMES: [&str; 6] = [
     "success", "http_4xx", "http_429", "http_5xx", "timeout", "network",
 ];
 
 /// `reason` values of `codex_push_samples_dropped_total`.
-pub const DROP_REASONS: [&str; 5] = [
+pub(crate) const DROP_REASONS: [&str; 5] = [
     "rejected",     // a 4xx other than 429: the receiver will never take it
     "rate_limited", // a 429 with retry_on_429 = false
     "queue_full",   // the oldest requests, pushed out by max_queue_bytes
@@ -21,25 +21,25 @@ pub const DROP_REASONS: [&str; 5] = [
 ];
 
 #[derive(Clone)]
-pub struct PushMetrics {
+pub(crate) struct PushMetrics {
     /// HTTP requests to destinations, by outcome.
-    pub requests: IntCounterVec,
-    pub samples_sent: IntCounterVec,
-    pub samples_retried: IntCounterVec,
-    pub samples_dropped: IntCounterVec,
-    pub queue_bytes: IntGaugeVec,
-    pub queue_requests: IntGaugeVec,
+    pub(crate) requests: IntCounterVec,
+    pub(crate) samples_sent: IntCounterVec,
+    pub(crate) samples_retried: IntCounterVec,
+    pub(crate) samples_dropped: IntCounterVec,
+    pub(crate) queue_bytes: IntGaugeVec,
+    pub(crate) queue_requests: IntGaugeVec,
     /// Timestamp (seconds) of the oldest sample still queued; 0 when the queue is empty.
-    pub queue_oldest_sample_timestamp: IntGaugeVec,
+    pub(crate) queue_oldest_sample_timestamp: IntGaugeVec,
     /// 1 when a durable queue fell back to memory (unwritable or full disk).
-    pub queue_degraded: IntGaugeVec,
+    pub(crate) queue_degraded: IntGaugeVec,
     /// Requests found in the durable queue at start and sent again.
-    pub replayed_requests: IntCounterVec,
-    pub last_success_timestamp: IntGaugeVec,
+    pub(crate) replayed_requests: IntCounterVec,
+    pub(crate) last_success_timestamp: IntGaugeVec,
 }
 
 impl PushMetrics {
-    pub fn register(registry: &Registry) -> Result<PushMetrics, prometheus::Error> {
+    pub(crate) fn register(registry: &Registry) -> Result<PushMetrics, prometheus::Error> {
         let dest = &["destination", "kind"];
         let counter =
             |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
@@ -101,7 +101,7 @@ impl PushMetrics {
 
 /// How one push request ended; the `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Success,
     Http4xx,
     Http429,
@@ -111,14 +111,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         OUTCOMES[self as usize]
     }
 }
 
 /// Why samples were given up on; the `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
+pub(crate) enum DropReason {
     Rejected,
     RateLimited,
     QueueFull,
@@ -126,15 +126,9 @@ pub enum DropReason {
     Shutdown,
 }
 
-impl DropReason {
-    pub fn as_str(self) -> &'static str {
-        DROP_REASONS[self as usize]
-    }
-}
-
 /// The children of one destination, bound once: every outcome and reason shows from the
 /// start (as 0), and recording costs no label lookup.
-pub struct DestinationMetrics {
+pub(crate) struct DestinationMetrics {
     requests: Vec<IntCounter>,
     samples_sent: IntCounter,
     samples_retried: IntCounter,
@@ -142,14 +136,14 @@ pub struct DestinationMetrics {
     queue_bytes: IntGauge,
     queue_requests: IntGauge,
     queue_oldest_sample_timestamp: IntGauge,
-    pub queue_degraded: IntGauge,
-    pub replayed_requests: IntCounter,
+    pub(crate) queue_degraded: IntGauge,
+    pub(crate) replayed_requests: IntCounter,
     last_success_timestamp: IntGauge,
 }
 
 impl PushMetrics {
     /// `destination` is the configured name or `<kind>[<index>]`.
-    pub fn destination(&self, destination: &str, kind: &str) -> DestinationMetrics {
+    pub(crate) fn destination(&self, destination: &str, kind: &str) -> DestinationMetrics {
         let d = [destination, kind];
         DestinationMetrics {
             requests: OUTCOMES
@@ -176,26 +170,26 @@ impl PushMetrics {
 }
 
 impl DestinationMetrics {
-    pub fn request(&self, outcome: Outcome) {
+    pub(crate) fn request(&self, outcome: Outcome) {
         self.requests[outcome as usize].inc();
     }
 
     /// Samples the destination accepted, now.
-    pub fn sent(&self, samples: u64) {
+    pub(crate) fn sent(&self, samples: u64) {
         self.samples_sent.inc_by(samples);
         self.last_success_timestamp
             .set(chrono::Utc::now().timestamp());
     }
 
-    pub fn retried(&self, samples: u64) {
+    pub(crate) fn retried(&self, samples: u64) {
         self.samples_retried.inc_by(samples);
     }
 
-    pub fn dropped(&self, reason: DropReason, samples: u64) {
+    pub(crate) fn dropped(&self, reason: DropReason, samples: u64) {
         self.samples_dropped[reason as usize].inc_by(samples);
     }
 
-    pub fn queue(&self, stats: &super::remote_write::queue::QueueStats) {
+    pub(crate) fn queue(&self, stats: &super::remote_write::queue::QueueStats) {
         self.queue_bytes.set(clamp_i64(stats.bytes));
         self.queue_requests.set(clamp_i64(stats.requests));
         let oldest_secs = stats
@@ -243,7 +237,6 @@ mod tests {
         d.request(Outcome::Http429);
         d.dropped(DropReason::QueueFull, 7);
         assert_eq!(Outcome::Http429.as_str(), "http_429");
-        assert_eq!(DropReason::QueueFull.as_str(), "queue_full");
         let requests = |o| value(&registry, "codex_push_requests_total", ("outcome", o));
         assert_eq!(requests("http_429"), Some(1.0));
         assert_eq!(requests("http_4xx"), Some(0.0));

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 pub(crate) struct Ready(pub(crate) watch::Receiver<bool>);
 
 impl Ready {
-    pub async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         let said_ready = self.0.wait_for(|ready| *ready).await.is_ok();
         if !said_ready {
             // `Pushers` is gone without saying ready; its drop aborts this task.
@@ -26,7 +26,7 @@ pub(crate) struct Shutdown(pub(crate) watch::Receiver<Option<Instant>>);
 
 impl Shutdown {
     /// Resolves when shutdown is requested, with its deadline.
-    pub async fn requested(&mut self) -> Instant {
+    pub(crate) async fn requested(&mut self) -> Instant {
         let deadline = match self.0.wait_for(Option::is_some).await {
             Ok(deadline) => *deadline,
             Err(_) => None,
@@ -39,7 +39,7 @@ impl Shutdown {
     }
 
     /// Runs `fut` to completion, unless a shutdown deadline passes first (`None`).
-    pub async fn before_deadline<F: Future>(&mut self, fut: F) -> Option<F::Output> {
+    pub(crate) async fn before_deadline<F: Future>(&mut self, fut: F) -> Option<F::Output> {
         tokio::pin!(fut);
         let deadline = tokio::select! {
             out = &mut fut => return Some(out),

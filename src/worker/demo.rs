@@ -24,12 +24,12 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::sync::{mpsc, watch};
 
 /// The only model the demo worker advertises.
-pub const DEMO_MODEL: &str = "codex-demo";
+pub(crate) const DEMO_MODEL: &str = "codex-demo";
 /// Characters per delta: small, so that `<use_tool ...>` spans several deltas.
 const DELTA_CHARS: usize = 6;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToolBlocks {
+pub(crate) enum ToolBlocks {
     None,
     Complete,
     Nested,
@@ -39,11 +39,11 @@ pub enum ToolBlocks {
 /// The `DEMO_*` knobs.
 #[derive(Debug, Clone)]
 pub struct DemoKnobs {
-    pub delta_delay: Duration,
-    pub crash_after_turns: Option<u64>,
-    pub fail_handshake: bool,
-    pub tool_blocks: ToolBlocks,
-    pub turn_fail: bool,
+    pub(crate) delta_delay: Duration,
+    pub(crate) crash_after_turns: Option<u64>,
+    pub(crate) fail_handshake: bool,
+    pub(crate) tool_blocks: ToolBlocks,
+    pub(crate) turn_fail: bool,
 }
 
 impl DemoKnobs {
@@ -67,7 +67,7 @@ impl DemoKnobs {
 }
 
 /// The full reply to `prompt`; what the deltas add up to.
-pub fn reply_text(prompt: &str, tool_blocks: ToolBlocks) -> String {
+pub(crate) fn reply_text(prompt: &str, tool_blocks: ToolBlocks) -> String {
     let echo = format!("Echo: {prompt}");
     match tool_blocks {
         ToolBlocks::None => echo,
@@ -82,7 +82,7 @@ pub fn reply_text(prompt: &str, tool_blocks: ToolBlocks) -> String {
 }
 
 /// Splits `text` into deltas of at most `DELTA_CHARS` characters.
-pub fn deltas(text: &str) -> Vec<String> {
+pub(crate) fn deltas(text: &str) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
     chars
         .chunks(DELTA_CHARS)

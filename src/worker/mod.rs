@@ -7,9 +7,9 @@
 //! ephemeral thread under the per-worker concurrency cap.
 
 pub mod demo;
-pub mod rpc;
-pub mod supervisor;
-pub mod turn;
+pub(crate) mod rpc;
+pub(crate) mod supervisor;
+pub(crate) mod turn;
 
 use std::sync::{Arc, Mutex};
 
@@ -18,13 +18,13 @@ use serde_json::{json, Value};
 use tokio::sync::{watch, Semaphore};
 
 use rpc::{Rpc, RpcError};
-pub use supervisor::WorkerCommand;
-pub use turn::{Turn, TurnEvent, TurnStatus};
+pub(crate) use supervisor::WorkerCommand;
+pub(crate) use turn::{Turn, TurnEvent, TurnStatus};
 
 /// Where the worker is in its life; serialized in `/healthz` as snake_case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum WorkerState {
+pub(crate) enum WorkerState {
     NotStarted,
     Launching,
     HandshakePending,
@@ -41,19 +41,19 @@ pub enum WorkerState {
 
 /// A snapshot of the worker, published on every change.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct WorkerStatus {
-    pub state: WorkerState,
-    pub ready: bool,
+pub(crate) struct WorkerStatus {
+    pub(crate) state: WorkerState,
+    pub(crate) ready: bool,
     /// Launches after the first one, since the proxy started (cumulative).
-    pub restarts: u64,
+    pub(crate) restarts: u64,
     /// Delay before the pending restart; 0 when none is pending.
-    pub backoff_ms: u64,
+    pub(crate) backoff_ms: u64,
     /// Failed starts or exits since the worker was last ready.
-    pub consecutive_failures: u32,
+    pub(crate) consecutive_failures: u32,
     /// Why the worker last stopped or failed to start.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
     /// Models the worker advertised (`model/list`), empty until known.
-    pub models: Vec<String>,
+    pub(crate) models: Vec<String>,
 }
 
 impl Default for WorkerStatus {
@@ -72,7 +72,7 @@ impl Default for WorkerStatus {
 
 /// Why a turn could not start.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum WorkerError {
+pub(crate) enum WorkerError {
     #[error("the worker is not ready")]
     NotReady,
     #[error("the worker is running its maximum of {0} turns")]
@@ -90,9 +90,9 @@ pub enum WorkerError {
 
 /// One request for the worker: the prompt and, optionally, the model to use.
 #[derive(Debug, Clone)]
-pub struct TurnRequest {
-    pub prompt: String,
-    pub model: Option<String>,
+pub(crate) struct TurnRequest {
+    pub(crate) prompt: String,
+    pub(crate) model: Option<String>,
 }
 
 /// State shared by the handle and the supervisor task.
@@ -128,27 +128,27 @@ impl Shared {
 
 /// The proxy's view of the worker. Cheap to clone.
 #[derive(Clone)]
-pub struct WorkerHandle {
+pub(crate) struct WorkerHandle {
     shared: Arc<Shared>,
 }
 
 impl WorkerHandle {
-    pub fn status(&self) -> WorkerStatus {
+    pub(crate) fn status(&self) -> WorkerStatus {
         self.shared.status.borrow().clone()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<WorkerStatus> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<WorkerStatus> {
         self.shared.status.subscribe()
     }
 
     /// Turns running right now.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.shared.max_concurrency - self.shared.slots.available_permits()
     }
 
     /// Starts one turn on a fresh thread, within the per-worker concurrency cap. Callers
     /// bound the wait with their own timeout.
-    pub async fn start_turn(&self, request: TurnRequest) -> Result<Turn, WorkerError> {
+    pub(crate) async fn start_turn(&self, request: TurnRequest) -> Result<Turn, WorkerError> {
         let transport = lock(&self.shared.connection)
             .clone()
             .ok_or(WorkerError::NotReady)?;
@@ -169,7 +169,7 @@ impl WorkerHandle {
 
     /// Stops the worker: no new turns, stdin closed, `shutdown_grace_ms` to exit, then
     /// killed. Returns once the child is gone.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         self.shared.update(|s| {
             s.state = WorkerState::ShuttingDown;
             s.backoff_ms = 0;

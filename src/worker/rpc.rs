@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum RpcError {
+pub(crate) enum RpcError {
     #[error("the worker connection is closed")]
     Closed,
     #[error("`{method}` failed: {message} (code {code})")]
@@ -33,9 +33,9 @@ pub enum RpcError {
 
 /// A notification from the worker.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Notification {
-    pub method: String,
-    pub params: Value,
+pub(crate) struct Notification {
+    pub(crate) method: String,
+    pub(crate) params: Value,
 }
 
 enum Outgoing {
@@ -59,13 +59,13 @@ struct Shared {
 
 /// A cloneable handle on one worker connection.
 #[derive(Clone)]
-pub struct Rpc {
+pub(crate) struct Rpc {
     shared: Arc<Shared>,
 }
 
 impl Rpc {
     /// Starts the reader and writer tasks on the worker's stdout and stdin.
-    pub fn start<R, W>(reader: R, writer: W) -> Rpc
+    pub(crate) fn start<R, W>(reader: R, writer: W) -> Rpc
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
@@ -86,7 +86,7 @@ impl Rpc {
 
     /// Sends a request and waits for its response. Callers bound the wait with a timeout;
     /// a dropped call forgets its pending entry.
-    pub async fn request(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+    pub(crate) async fn request(&self, method: &str, params: Value) -> Result<Value, RpcError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.shared.pending).insert(id, tx);
@@ -111,18 +111,18 @@ impl Rpc {
     }
 
     /// Sends a request whose answer nobody waits for (used from `Drop`, which cannot await).
-    pub fn request_detached(&self, method: &str, params: Value) -> Result<(), RpcError> {
+    pub(crate) fn request_detached(&self, method: &str, params: Value) -> Result<(), RpcError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
     }
 
-    pub fn notify(&self, method: &str, params: Value) -> Result<(), RpcError> {
+    pub(crate) fn notify(&self, method: &str, params: Value) -> Result<(), RpcError> {
         self.send(json!({"jsonrpc": "2.0", "method": method, "params": params}))
     }
 
     /// Routes every later notification carrying `threadId == thread_id` to the receiver,
     /// until the [`ThreadSubscription`] is dropped.
-    pub fn subscribe_thread(&self, thread_id: &str) -> ThreadSubscription {
+    pub(crate) fn subscribe_thread(&self, thread_id: &str) -> ThreadSubscription {
         let (tx, rx) = mpsc::unbounded_channel();
         let token = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         lock(&self.shared.threads).insert(thread_id.to_string(), (token, tx));
@@ -135,16 +135,16 @@ impl Rpc {
     }
 
     /// Closes the worker's stdin once the lines already queued are written.
-    pub fn close_stdin(&self) {
+    pub(crate) fn close_stdin(&self) {
         let _ = self.shared.outgoing.send(Outgoing::Close);
     }
 
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         *self.shared.closed.borrow()
     }
 
     /// Resolves once the worker's stdout has ended.
-    pub async fn closed(&self) {
+    pub(crate) async fn closed(&self) {
         let mut rx = self.shared.closed.clone();
         let _ = rx.wait_for(|closed| *closed).await;
     }
@@ -158,7 +158,7 @@ impl Rpc {
 }
 
 /// Notifications of one thread; unsubscribes when dropped.
-pub struct ThreadSubscription {
+pub(crate) struct ThreadSubscription {
     transport: Rpc,
     thread_id: String,
     token: u64,
@@ -167,15 +167,15 @@ pub struct ThreadSubscription {
 
 impl ThreadSubscription {
     /// The next notification, or `None` once the worker connection is gone.
-    pub async fn recv(&mut self) -> Option<Notification> {
+    pub(crate) async fn recv(&mut self) -> Option<Notification> {
         self.rx.recv().await
     }
 
-    pub fn transport(&self) -> &Rpc {
+    pub(crate) fn transport(&self) -> &Rpc {
         &self.transport
     }
 
-    pub fn thread_id(&self) -> &str {
+    pub(crate) fn thread_id(&self) -> &str {
         &self.thread_id
     }
 }

@@ -16,14 +16,14 @@ use crate::config::WorkerConfig;
 
 /// The program and arguments that start one worker.
 #[derive(Debug, Clone)]
-pub struct WorkerCommand {
-    pub program: std::path::PathBuf,
-    pub args: Vec<String>,
+pub(crate) struct WorkerCommand {
+    pub(crate) program: std::path::PathBuf,
+    pub(crate) args: Vec<String>,
 }
 
 impl WorkerCommand {
     /// The configured command, or this same binary's `demo-worker` when none is set.
-    pub fn from_config(config: &WorkerConfig) -> std::io::Result<WorkerCommand> {
+    pub(crate) fn from_config(config: &WorkerConfig) -> std::io::Result<WorkerCommand> {
         match config.command.split_first() {
             Some((program, args)) => Ok(WorkerCommand {
                 program: program.into(),
@@ -38,7 +38,7 @@ impl WorkerCommand {
 }
 
 /// Starts supervising; the first launch begins at once.
-pub fn start(config: WorkerConfig, command: WorkerCommand) -> WorkerHandle {
+pub(crate) fn start(config: WorkerConfig, command: WorkerCommand) -> WorkerHandle {
     let (status, _) = watch::channel(WorkerStatus::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -55,7 +55,7 @@ pub fn start(config: WorkerConfig, command: WorkerCommand) -> WorkerHandle {
 }
 
 /// Delay before restart number `failures` (1-based): initial, doubling, capped.
-pub fn backoff_delay(config: &WorkerConfig, failures: u32) -> Duration {
+pub(crate) fn backoff_delay(config: &WorkerConfig, failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(63);
     let ms = config
         .backoff_initial_ms

@@ -9,14 +9,14 @@ use super::rpc::{Notification, ThreadSubscription};
 
 /// How a turn ended, as the worker reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TurnStatus {
+pub(crate) enum TurnStatus {
     Completed,
     Failed,
     Interrupted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TurnEvent {
+pub(crate) enum TurnEvent {
     /// A piece of the assistant's reply.
     Delta(String),
     /// Token counts of the turn so far.
@@ -30,7 +30,7 @@ pub enum TurnEvent {
     },
 }
 
-pub struct Turn {
+pub(crate) struct Turn {
     subscription: ThreadSubscription,
     turn_id: String,
     model: Option<String>,
@@ -56,13 +56,13 @@ impl Turn {
     }
 
     /// The model the worker chose for the thread, when it said.
-    pub fn model(&self) -> Option<&str> {
+    pub(crate) fn model(&self) -> Option<&str> {
         self.model.as_deref()
     }
 
     /// The next event; `None` after `Completed`. A worker that dies mid-turn yields a
     /// `Completed { status: Failed }` so every turn has an end.
-    pub async fn next_event(&mut self) -> Option<TurnEvent> {
+    pub(crate) async fn next_event(&mut self) -> Option<TurnEvent> {
         while !self.finished {
             let Some(n) = self.subscription.recv().await else {
                 self.finished = true;

@@ -16,7 +16,7 @@ pub(crate) struct SnapshotThread {
 
 impl SnapshotThread {
     /// The thread ends when this handle is dropped.
-    pub fn spawn(name: String) -> std::io::Result<SnapshotThread> {
+    pub(crate) fn spawn(name: String) -> std::io::Result<SnapshotThread> {
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new().name(name).spawn(move || {
             for job in queue {
@@ -29,7 +29,7 @@ impl SnapshotThread {
     }
 
     /// Runs `work` on the thread; `None` if it panicked.
-    pub async fn run<R: Send + 'static>(
+    pub(crate) async fn run<R: Send + 'static>(
         &self,
         work: impl FnOnce() -> R + Send + 'static,
     ) -> Option<R> {
