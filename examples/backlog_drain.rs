@@ -133,7 +133,7 @@ async fn fill(series: usize, config: Config, target: u64) {
     };
     let pushers = Pushers::start(&config.remote_write, &[], source, &registry, instance)
         .unwrap_or_else(|e| usage(&e.to_string()));
-    pushers.mark_ready();
+    pushers.handle().mark_ready();
     while samples.load(Ordering::SeqCst) < target {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -159,7 +159,7 @@ async fn drain(queue_dir: &str, url: &str) {
     let source = Arc::new(Snapshot::default);
     let pushers = Pushers::start(&config.remote_write, &[], source, &registry, "bench")
         .unwrap_or_else(|e| usage(&e.to_string()));
-    pushers.mark_ready();
+    pushers.handle().mark_ready();
     let mut peak = 0;
     loop {
         peak = peak.max(rss_kb("VmRSS:"));

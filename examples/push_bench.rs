@@ -209,7 +209,7 @@ async fn push(fill: &Fill, url: &str, interval: &str, seconds: u64) {
         "bench:1",
     )
     .unwrap_or_else(|e| usage(&e.to_string()));
-    pushers.mark_ready();
+    pushers.handle().mark_ready();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     pushers.shutdown(Duration::from_secs(30)).await;
     let cpu = cpu_seconds() - cpu_start;

@@ -81,7 +81,7 @@ fn start_pushers(config: &Config, ticks: &Arc<Ticks>, registry: &Registry) -> Pu
         "test",
     )
     .unwrap();
-    pushers.mark_ready();
+    pushers.handle().mark_ready();
     pushers
 }
 
@@ -106,7 +106,12 @@ fn push_metric(registry: &Registry, name: &str, reason: Option<&str>) -> u64 {
 }
 
 fn queued(pushers: &Pushers) -> u64 {
-    pushers.status().iter().map(|s| s.queued_requests).sum()
+    pushers
+        .handle()
+        .status()
+        .iter()
+        .map(|s| s.queued_requests)
+        .sum()
 }
 
 /// Waits until Prometheus holds exactly `expected(ticks so far)` with nothing queued.

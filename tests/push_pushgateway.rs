@@ -318,7 +318,7 @@ async fn the_first_push_comes_at_ready_not_after_an_interval() {
     };
     let running = Running::start(&server, "interval = \"1h\"\n");
     running.gauge.set(4.0);
-    running.pushers.mark_ready();
+    running.pushers.handle().mark_ready();
     let g = wait_group(&server, &LOOP_KEY).await;
     assert_eq!(value(&g, "work_in_progress"), Some(4.0));
     assert_eq!(
@@ -334,7 +334,7 @@ async fn push_time_seconds_advances_on_each_push() {
         return;
     };
     let running = Running::start(&server, "interval = \"200ms\"\n");
-    running.pushers.mark_ready();
+    running.pushers.handle().mark_ready();
     let mut last = value(&wait_group(&server, &LOOP_KEY).await, "push_time_seconds")
         .expect("push_time_seconds");
     for _ in 0..2 {
@@ -353,7 +353,7 @@ async fn the_cron_schedule_pushes_repeatedly() {
         return;
     };
     let running = Running::start(&server, "cron = \"* * * * * *\"\n");
-    running.pushers.mark_ready();
+    running.pushers.handle().mark_ready();
     let first = value(&wait_group(&server, &LOOP_KEY).await, "push_time_seconds")
         .expect("push_time_seconds");
     wait_until(
@@ -374,7 +374,7 @@ async fn shutdown_leaves_the_final_values_on_the_gateway() {
     };
     let running = Running::start(&server, "interval = \"1h\"\n");
     running.gauge.set(1.0);
-    running.pushers.mark_ready();
+    running.pushers.handle().mark_ready();
     wait_group(&server, &LOOP_KEY).await;
     running.gauge.set(42.0);
     running.shut_down(Duration::from_secs(10)).await;
@@ -394,7 +394,7 @@ async fn shutdown_with_delete_on_shutdown_removes_the_group() {
         return;
     };
     let running = Running::start(&server, "interval = \"1h\"\ndelete_on_shutdown = true\n");
-    running.pushers.mark_ready();
+    running.pushers.handle().mark_ready();
     wait_group(&server, &LOOP_KEY).await;
     running.shut_down(Duration::from_secs(10)).await;
     wait_until("the group to be deleted", DEADLINE, || async {
@@ -409,7 +409,7 @@ async fn the_final_push_is_retried_until_the_gateway_is_back() {
         return;
     };
     let running = Running::start(&server, "interval = \"1h\"\n");
-    running.pushers.mark_ready();
+    running.pushers.handle().mark_ready();
     wait_group(&server, &LOOP_KEY).await;
     running.gauge.set(7.0);
     server.stop().await;
@@ -455,7 +455,7 @@ async fn a_rejected_push_is_counted_and_later_pushes_continue() {
         .unwrap();
     let running = Running::start(&server, "interval = \"200ms\"\n");
     running.gauge.set(5.0);
-    running.pushers.mark_ready();
+    running.pushers.handle().mark_ready();
     wait_until("a rejected push", DEADLINE, || async {
         (running.self_metric("codex_push_requests_total", &[("outcome", "http_4xx")]) >= 1.0)
             .then_some(())

@@ -288,7 +288,7 @@ async fn requests_carry_the_protocol_headers_and_well_formed_series() {
         "name = \"primary\"\ninterval = \"100ms\"\n\
          headers = { \"Content-Type\" = \"text/plain\", \"X-Scope-OrgID\" = \"team-a\" }",
     ));
-    pushers.mark_ready();
+    pushers.handle().mark_ready();
     let log = rx.wait_for_requests(3).await;
 
     for r in &log {
@@ -393,7 +393,7 @@ async fn a_batch_answered_500_is_resent_byte_identical_and_one_answered_400_neve
         &rx.url,
         "interval = \"150ms\"\nmin_backoff = \"10ms\"\nmax_backoff = \"20ms\"",
     ));
-    pushers.mark_ready();
+    pushers.handle().mark_ready();
     let log = rx.wait_for_requests(6).await;
 
     assert_eq!(log[0].status, 500);
@@ -438,7 +438,7 @@ async fn a_dead_receiver_keeps_the_backlog_and_it_drains_in_order_when_back() {
         &rx.url,
         "interval = \"50ms\"\nmin_backoff = \"40ms\"\nmax_backoff = \"80ms\"",
     ));
-    pushers.mark_ready();
+    pushers.handle().mark_ready();
     // Snapshots pile up behind the failing one while the receiver is down.
     wait_until("a backlog", WAIT, || async {
         (pushers.status()[0].queued_requests >= 3).then_some(())
@@ -472,7 +472,7 @@ async fn status_429_is_retried_no_sooner_than_retry_after() {
         &rx.url,
         "interval = \"1h\"\nmin_backoff = \"1ms\"\nmax_backoff = \"2ms\"",
     ));
-    pushers.mark_ready();
+    pushers.handle().mark_ready();
     let log = rx.wait_for_requests(2).await;
     assert_eq!(log[0].status, 429);
     assert_eq!(log[1].body, log[0].body);
@@ -492,7 +492,7 @@ async fn status_429_is_dropped_when_retry_on_429_is_off() {
         &rx.url,
         "interval = \"100ms\"\nretry_on_429 = false\nmin_backoff = \"1ms\"\nmax_backoff = \"2ms\"",
     ));
-    pushers.mark_ready();
+    pushers.handle().mark_ready();
     let log = rx.wait_for_requests(2).await;
     assert_ne!(log[1].body, log[0].body);
     let reason = [
@@ -511,7 +511,7 @@ async fn shutdown_pushes_a_final_snapshot_then_stale_markers_for_every_series() 
     let rx = Receiver::start(vec![]).await;
     let app = App::new();
     let pushers = app.start(&destination(&rx.url, "interval = \"1h\""));
-    pushers.mark_ready();
+    pushers.handle().mark_ready();
     rx.wait_for_requests(1).await;
     app.requests
         .with_label_values(&["/v1/chat/completions", "gpt"])
@@ -578,7 +578,7 @@ async fn bearer_token_and_basic_auth_credentials_reach_the_receiver() {
         ),
     );
     let pushers = app.start(&config);
-    pushers.mark_ready();
+    pushers.handle().mark_ready();
     let bearer = bearer_rx.wait_for_requests(1).await;
     let basic = basic_rx.wait_for_requests(1).await;
     assert_eq!(bearer[0].headers["authorization"], "Bearer tok-123");

@@ -4,7 +4,7 @@
 //! snapshot ([`Snapshot`], flat values per family) and a registry for its own
 //! `codex_push_*` families, and delivers snapshots to each configured destination.
 //!
-//! [`Pushers::start`] spawns one independent loop per destination; [`Pushers::mark_ready`]
+//! [`Pushers::start`] spawns one independent loop per destination; [`PushersHandle::mark_ready`]
 //! allows the first push; [`Pushers::shutdown`] makes every loop push a final snapshot
 //! (remote-write: with stale markers) and waits for delivery up to a grace deadline.
 //! Everything runs in its own tokio tasks, snapshots on a thread per destination: a slow or dead
@@ -141,7 +141,7 @@ impl PushersHandle {
 
 impl Pushers {
     /// Registers the `codex_push_*` families in `registry` and starts one loop per
-    /// destination; none pushes before [`mark_ready`](Self::mark_ready). `instance` is the
+    /// destination; none pushes before [`PushersHandle::mark_ready`]. `instance` is the
     /// default `instance` label (the listen address). Must be called inside a tokio runtime.
     pub fn start(
         remote_write: &[RemoteWriteConfig],
@@ -190,16 +190,6 @@ impl Pushers {
     /// A handle to mark readiness and read the status from elsewhere.
     pub fn handle(&self) -> PushersHandle {
         self.handle.clone()
-    }
-
-    /// Same as [`PushersHandle::mark_ready`].
-    pub fn mark_ready(&self) {
-        self.handle.mark_ready();
-    }
-
-    /// Same as [`PushersHandle::status`].
-    pub fn status(&self) -> Vec<DestinationStatus> {
-        self.handle.status()
     }
 
     /// Final push of every destination, delivered within `grace`; loops still running
