@@ -163,7 +163,12 @@ async fn drain(queue_dir: &str, url: &str) {
     let mut peak = 0;
     loop {
         peak = peak.max(rss_kb("VmRSS:"));
-        let queued: u64 = pushers.status().iter().map(|s| s.queued_requests).sum();
+        let queued: u64 = pushers
+            .handle()
+            .status()
+            .iter()
+            .map(|s| s.queued_requests)
+            .sum();
         if queued == 0 {
             break;
         }
