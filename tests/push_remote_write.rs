@@ -381,7 +381,9 @@ async fn requests_carry_the_protocol_headers_and_well_formed_series() {
         .iter()
         .any(|s| s.name() == "codex_push_samples_sent_total"
             && s.label("destination") == Some("primary")));
-    assert!(pushers.status()[0].last_success_unix_seconds.is_some());
+    assert!(pushers.handle().status()[0]
+        .last_success_unix_seconds
+        .is_some());
     pushers.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -441,7 +443,7 @@ async fn a_dead_receiver_keeps_the_backlog_and_it_drains_in_order_when_back() {
     pushers.handle().mark_ready();
     // Snapshots pile up behind the failing one while the receiver is down.
     wait_until("a backlog", WAIT, || async {
-        (pushers.status()[0].queued_requests >= 3).then_some(())
+        (pushers.handle().status()[0].queued_requests >= 3).then_some(())
     })
     .await;
     let log = wait_until("the backlog drained", WAIT, || async {
