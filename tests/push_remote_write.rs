@@ -587,6 +587,7 @@ async fn bearer_token_and_basic_auth_credentials_reach_the_receiver() {
     // base64("ops:pa55")
     assert_eq!(basic[0].headers["authorization"], "Basic b3BzOnBhNTU=");
     let names: Vec<String> = pushers
+        .handle()
         .status()
         .into_iter()
         .map(|s| s.destination)
