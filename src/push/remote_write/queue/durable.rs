@@ -247,6 +247,10 @@ mod tests {
         out
     }
 
+    fn dropped(requests: u64, samples: u64) -> Dropped {
+        Dropped { requests, samples }
+    }
+
     fn fail_appends(q: &mut DurableQueue, errno: Option<i32>) {
         q.disk.as_mut().unwrap().fail_appends = errno;
     }
@@ -262,13 +266,7 @@ mod tests {
         assert!(q.stats().degraded);
         q.push(batch(1));
         q.push(batch(2));
-        assert_eq!(
-            q.push(batch(3)),
-            Dropped {
-                requests: 1,
-                samples: 1
-            }
-        );
+        assert_eq!(q.push(batch(3)), dropped(1, 1));
         assert_eq!(drain(&mut q), vec![2, 3]);
         assert!(q.stats().degraded, "stays degraded until a restart");
     }
@@ -316,13 +314,7 @@ mod tests {
         q.push(batch(1));
         q.push(batch(2));
         fail_appends(&mut q, Some(rustix::io::Errno::IO.raw_os_error()));
-        assert_eq!(
-            q.push(batch(3)),
-            Dropped {
-                requests: 1,
-                samples: 1
-            }
-        );
+        assert_eq!(q.push(batch(3)), dropped(1, 1));
         assert_eq!(drain(&mut q), vec![2, 3]);
     }
 
@@ -385,12 +377,7 @@ mod tests {
             assert!(n < 100, "a 256 KiB disk never filled up");
         }
         q.push(big(n + 1));
-        let mut delivered = Vec::new();
-        while let Some(b) = q.front() {
-            delivered.push(b.samples);
-            q.ack();
-        }
-        assert_eq!(delivered, (1..=n + 1).collect::<Vec<_>>());
+        assert_eq!(drain(&mut q), (1..=n + 1).collect::<Vec<_>>());
         // The flusher thread may still hold a deleted segment open for a moment (its space
         // is freed only then): push until a batch lands on disk again.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -411,12 +398,6 @@ mod tests {
             Dropped::default(),
             "a failed write left a torn record"
         );
-        let replayed: Vec<u64> = std::iter::from_fn(|| {
-            let b = q.front()?;
-            q.ack();
-            Some(b.samples)
-        })
-        .collect();
-        assert_eq!(replayed, (n + 2..=last).collect::<Vec<_>>());
+        assert_eq!(drain(&mut q), (n + 2..=last).collect::<Vec<_>>());
     }
 }

@@ -1,5 +1,12 @@
 //! Queues of encoded remote-write requests, one per destination. A request is encoded
 //! once, queued in order, and acknowledged only after delivery or a deliberate drop.
+//!
+//! - `memory.rs`: the queue of a destination without `queue_dir`.
+//! - `durable.rs`: the queue of a destination with `queue_dir`: on disk, in memory while
+//!   the disk refuses writes.
+//! - `disk/`: the on-disk FIFO it is built on (opening and recovery, the writing tail, the
+//!   reading head), with `segment.rs` (the record format and its scan), `ack.rs` (where
+//!   delivery stands) and `flusher.rs` (the thread that fdatasyncs appended records).
 
 mod ack;
 pub mod disk;
