@@ -86,7 +86,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         result = &mut server => {
             // The server only ends by itself on an error.
             worker.shutdown().await;
-            pushers.shutdown(Duration::from_millis(config.worker.shutdown_grace_ms)).await;
+            pushers.shutdown(config.server.shutdown_grace.0).await;
             return match result {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(ServeError::Http(e)),
@@ -99,7 +99,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let _ = stop_accepting.send(());
     // Closing the worker ends every running turn, so open streams finish promptly.
     worker.shutdown().await;
-    let grace = Duration::from_millis(config.worker.shutdown_grace_ms);
+    // The worker has had its own grace; connections and then the final push get this one.
+    let grace = config.server.shutdown_grace.0;
     if tokio::time::timeout(grace, &mut server).await.is_err() {
         tracing::warn!(
             "connections still open after {} ms; closing them",

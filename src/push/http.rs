@@ -15,7 +15,7 @@ use base64::Engine;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, RequestBuilder, Url};
 
-use crate::config::BasicAuthConfig;
+use crate::config::{BasicAuthConfig, HttpDestination};
 
 /// `User-Agent` of every push.
 pub const USER_AGENT: &str = concat!("codex-proxy/", env!("CARGO_PKG_VERSION"));
@@ -71,6 +71,21 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
+    /// The client of a configured destination; `protocol` as in [`HttpClient::new`].
+    pub fn for_destination(
+        destination: &HttpDestination,
+        protocol: HeaderMap,
+    ) -> Result<HttpClient, HttpError> {
+        let settings = HttpSettings {
+            timeout: destination.timeout.0,
+            headers: &destination.headers,
+            bearer_token_file: destination.bearer_token_file.as_deref(),
+            basic_auth: destination.basic_auth.as_ref(),
+            tls_ca_file: destination.tls_ca_file.as_deref(),
+        };
+        HttpClient::new(&settings, protocol)
+    }
+
     /// Checks the credential files once, so that a typo fails at start-up, not at the first
     /// push. `protocol` are the headers of the protocol, sent on every request.
     pub fn new(settings: &HttpSettings<'_>, protocol: HeaderMap) -> Result<HttpClient, HttpError> {

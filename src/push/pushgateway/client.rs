@@ -50,15 +50,31 @@ impl Pushgateway {
         key: GroupingKey,
         gzip: bool,
     ) -> Result<Pushgateway, PushgatewayError> {
-        let joined = format!("{}{}", base.trim_end_matches('/'), key.path());
         // Never echo the URL: it may carry credentials.
-        let url = Url::parse(&joined).map_err(|e| PushgatewayError::Url(e.to_string()))?;
-        if !matches!(url.scheme(), "http" | "https") {
+        let base = Url::parse(base).map_err(|e| PushgatewayError::Url(e.to_string()))?;
+        Pushgateway::with_base(transport, &base, key, gzip)
+    }
+
+    /// [`Pushgateway::new`] for a base already parsed (the configuration's): the group's
+    /// path follows the base's own.
+    pub fn with_base(
+        transport: HttpClient,
+        base: &Url,
+        key: GroupingKey,
+        gzip: bool,
+    ) -> Result<Pushgateway, PushgatewayError> {
+        if !matches!(base.scheme(), "http" | "https") {
             return Err(PushgatewayError::Url(format!(
                 "scheme `{}` is not http or https",
-                url.scheme()
+                base.scheme()
             )));
         }
+        let mut url = base.clone();
+        url.set_path(&format!(
+            "{}{}",
+            base.path().trim_end_matches('/'),
+            key.path()
+        ));
         Ok(Pushgateway {
             transport,
             url,
@@ -187,6 +203,21 @@ mod tests {
         let pg = Pushgateway::new(transport(false), "http://h:9091/pgw/", key(), false).unwrap();
         assert_eq!(pg.url.as_str(), "http://h:9091/pgw/metrics/job/j");
         assert!(Pushgateway::new(transport(false), "ftp://h", key(), false).is_err());
+    }
+
+    #[test]
+    fn a_parsed_base_gets_the_same_group_url_as_the_joined_text() {
+        let key = GroupingKey::new(
+            "job/with/slash",
+            BTreeMap::from([("name".to_string(), "Προ μ?#%".to_string())]),
+        )
+        .unwrap();
+        for base in ["http://h:9091", "http://h:9091/pgw/", "https://u:p@h/a//"] {
+            let joined = format!("{}{}", base.trim_end_matches('/'), key.path());
+            let parsed = Url::parse(base).unwrap();
+            let pg = Pushgateway::with_base(transport(false), &parsed, key.clone(), false).unwrap();
+            assert_eq!(pg.url, Url::parse(&joined).unwrap(), "{base}");
+        }
     }
 
     #[test]

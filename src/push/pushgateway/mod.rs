@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::http::{HttpClient, HttpSettings};
+use super::http::HttpClient;
 use super::retry::Backoff;
 use super::schedule::Schedule;
 use super::self_metrics::{DestinationMetrics, DropReason, Outcome};
@@ -96,7 +96,7 @@ pub(crate) fn start(
     config: &PushgatewayConfig,
     ctx: &Context,
 ) -> Result<Started, PushError> {
-    let name = super::destination_name(config.name.as_deref(), KIND, index);
+    let name = super::destination_name(config.destination.name.as_deref(), KIND, index);
     let invalid = |field: &str, message: String| PushError::Config {
         key: format!("pushgateway[{index}]{field}"),
         message,
@@ -109,28 +109,22 @@ pub(crate) fn start(
         };
         invalid(field, e.to_string())
     })?;
-    let transport = HttpClient::new(
-        &HttpSettings {
-            timeout: config.timeout.0,
-            headers: &config.headers,
-            bearer_token_file: config.bearer_token_file.as_deref(),
-            basic_auth: config.basic_auth.as_ref(),
-            tls_ca_file: config.tls_ca_file.as_deref(),
-        },
-        protocol_headers(config.gzip),
+    let transport = HttpClient::for_destination(&config.destination, protocol_headers(config.gzip))
+        .map_err(|e| invalid("", e.to_string()))?;
+    let gateway =
+        Pushgateway::with_base(transport, config.destination.url.as_url(), key, config.gzip)
+            .map_err(|e| invalid(".url", e.to_string()))?;
+    let schedule = Schedule::new(
+        config.destination.interval.0,
+        config.destination.cron.as_deref(),
+        Duration::ZERO,
     )
-    .map_err(|e| invalid("", e.to_string()))?;
-    let gateway = Pushgateway::new(transport, &config.url, key, config.gzip)
-        .map_err(|e| invalid(".url", e.to_string()))?;
-    let schedule = Schedule::new(config.interval.0, config.cron.as_deref(), Duration::ZERO)
-        .map_err(|e| {
-            let field = if config.cron.is_some() {
-                ".cron"
-            } else {
-                ".interval"
-            };
-            invalid(field, e.to_string())
-        })?;
+    .map_err(|e| {
+        invalid(
+            &format!(".{}", config.destination.schedule_key()),
+            e.to_string(),
+        )
+    })?;
     let (status, status_rx) = watch::channel(DestinationStatus::new(&name, KIND));
     let dest = Destination {
         metrics: ctx.metrics.destination(&name, KIND),

@@ -26,7 +26,7 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use tokio::sync::{watch, Notify};
 
-use super::http::{HttpClient, HttpSettings, USER_AGENT};
+use super::http::{HttpClient, USER_AGENT};
 use super::retry::{parse_retry_after, Backoff};
 use super::schedule::Schedule;
 use super::self_metrics::{DestinationMetrics, DropReason, Outcome};
@@ -51,36 +51,24 @@ pub(crate) fn start(
     config: &RemoteWriteConfig,
     ctx: &Context,
 ) -> Result<Started, PushError> {
-    let name = super::destination_name(config.name.as_deref(), KIND, index);
+    let name = super::destination_name(config.destination.name.as_deref(), KIND, index);
     let key = |field: &str| format!("remote_write[{index}].{field}");
-    let url = Url::parse(&config.url).map_err(|e| PushError::Config {
-        key: key("url"),
-        // Never the URL itself: it may carry credentials.
-        message: format!("not a URL: {e}"),
-    })?;
-    let transport = HttpClient::new(
-        &HttpSettings {
-            timeout: config.timeout.0,
-            headers: &config.headers,
-            bearer_token_file: config.bearer_token_file.as_deref(),
-            basic_auth: config.basic_auth.as_ref(),
-            tls_ca_file: config.tls_ca_file.as_deref(),
-        },
-        protocol_headers(),
+    let transport =
+        HttpClient::for_destination(&config.destination, protocol_headers()).map_err(|e| {
+            PushError::Config {
+                key: format!("remote_write[{index}]"),
+                message: e.to_string(),
+            }
+        })?;
+    let schedule = Schedule::new(
+        config.destination.interval.0,
+        config.destination.cron.as_deref(),
+        config.jitter.0,
     )
     .map_err(|e| PushError::Config {
-        key: format!("remote_write[{index}]"),
+        key: key(config.destination.schedule_key()),
         message: e.to_string(),
     })?;
-    let schedule = Schedule::new(config.interval.0, config.cron.as_deref(), config.jitter.0)
-        .map_err(|e| PushError::Config {
-            key: key(if config.cron.is_some() {
-                "cron"
-            } else {
-                "interval"
-            }),
-            message: e.to_string(),
-        })?;
     let series = SeriesState::new(
         &config.external_labels,
         &ctx.instance,
@@ -101,7 +89,7 @@ pub(crate) fn start(
     });
     let dest = Arc::new(Destination {
         name,
-        url,
+        url: config.destination.url.as_url().clone(),
         transport,
         retry_on_429: config.retry_on_429,
         min_backoff: config.min_backoff.0,

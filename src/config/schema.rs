@@ -1,0 +1,170 @@
+//! The sections that configure the proxy itself: `[server]`, `[worker]`, `[streams]`,
+//! `[maintenance]`, `[metrics]`. Push destinations are in `destinations.rs`.
+//!
+//! Each default is written once, on its field (`#[serde(default = "secs::<300>")]` reads
+//! "300 seconds"); `Default` parses an empty table, so it cannot drift from the fields.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::units::{ByteSize, HumanDuration};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the HTTP API listens on.
+    #[serde(default = "listen")]
+    pub listen: SocketAddr,
+    /// When non-empty, `/v1/*` requires `Authorization: Bearer <api_key>`.
+    #[serde(default, serialize_with = "mask")]
+    pub api_key: String,
+    /// Largest accepted request body; larger bodies get 413.
+    #[serde(default = "mib::<1>")]
+    pub max_body_bytes: ByteSize,
+    /// Longest a non-streaming completion may take before it fails with 504.
+    #[serde(default = "secs::<300>")]
+    pub request_timeout: HumanDuration,
+    /// Bearer token for `POST /internal/maintenance`; empty means loopback-only.
+    #[serde(default, serialize_with = "mask")]
+    pub admin_token: String,
+    /// On SIGTERM/SIGINT, how long open connections get to finish, and then how long the
+    /// push destinations get for their final push. The worker has its own
+    /// (`worker.shutdown_grace_ms`).
+    #[serde(default = "secs::<5>")]
+    pub shutdown_grace: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Worker command line, e.g. `["codex", "app-server"]`; empty runs the built-in demo worker.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Turns one worker runs at once; beyond it a request gets a retryable 429.
+    #[serde(default = "num::<usize, 4>")]
+    pub max_concurrency: usize,
+    /// First restart delay; it doubles after each failed start.
+    #[serde(default = "num::<u64, 500>")]
+    pub backoff_initial_ms: u64,
+    /// Cap of the restart delay.
+    #[serde(default = "num::<u64, 5000>")]
+    pub backoff_max_ms: u64,
+    /// Restarts without reaching ready in between before the supervisor gives up.
+    #[serde(default = "num::<u32, 25>")]
+    pub restart_max: u32,
+    /// Time from spawn to a ready worker (spawn plus handshake).
+    #[serde(default = "num::<u64, 15000>")]
+    pub startup_timeout_ms: u64,
+    /// Time the worker has to answer `initialize`.
+    #[serde(default = "num::<u64, 10000>")]
+    pub handshake_timeout_ms: u64,
+    /// After closing the worker's stdin on shutdown, how long to wait before killing it.
+    #[serde(default = "num::<u64, 5000>")]
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamsConfig {
+    /// SSE streams served at once; beyond it: 429.
+    #[serde(default = "num::<usize, 4>")]
+    pub max_concurrency: usize,
+    /// Interval of `: keepalive` comments on an SSE stream.
+    #[serde(default = "num::<u64, 15000>")]
+    pub keepalive_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// Start in maintenance mode: `/v1/*` answers 503 with `Retry-After`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Seconds sent in `Retry-After` while in maintenance.
+    #[serde(default = "num::<u64, 120>")]
+    pub retry_after_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics`; when false the route does not exist (404).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Bearer token that admits a scrape from anywhere.
+    #[serde(default, serialize_with = "mask")]
+    pub token: String,
+    /// Admit scrapes from 127.0.0.0/8 and ::1 without a token.
+    #[serde(default = "yes")]
+    pub allow_loopback: bool,
+    /// Admit everyone (development only).
+    #[serde(default)]
+    pub allow_unauth: bool,
+    /// Allowlist for the `model` label; other values become `other`.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Peers whose `X-Forwarded-For` is believed (e.g. the ForwardAuth proxy in front).
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Sliding window of the latency summary.
+    #[serde(default = "secs::<600>")]
+    pub summary_window: HumanDuration,
+}
+
+/// `Default` for a section = the section parsed from an empty table, so that the field
+/// attributes stay the single source of each default.
+macro_rules! default_from_empty_table {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            // The input is a constant and every field of the section has a default: this
+            // cannot fail at run time (`empty_file_gives_documented_defaults` proves it).
+            #[allow(clippy::expect_used)]
+            fn default() -> Self {
+                toml::from_str("").expect("every field of this section has a default")
+            }
+        }
+    )*};
+}
+pub(super) use default_from_empty_table;
+
+default_from_empty_table!(
+    ServerConfig,
+    WorkerConfig,
+    StreamsConfig,
+    MaintenanceConfig,
+    MetricsConfig
+);
+
+// Default values, named so that the attribute reads as the value: `num::<u64, 500>` is the
+// u64 500 (up to 65535), `secs::<15>` fifteen seconds, `mib::<256>` 256 MiB.
+
+pub(super) fn num<T: From<u16>, const N: u16>() -> T {
+    T::from(N)
+}
+
+pub(super) fn secs<const N: u64>() -> HumanDuration {
+    HumanDuration(Duration::from_secs(N))
+}
+
+pub(super) fn millis<const N: u64>() -> HumanDuration {
+    HumanDuration(Duration::from_millis(N))
+}
+
+pub(super) fn mib<const N: u64>() -> ByteSize {
+    ByteSize(N << 20)
+}
+
+pub(super) fn yes() -> bool {
+    true
+}
+
+fn listen() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 11435))
+}
+
+/// Renders a secret as `***` (or empty when unset) in `check-config`'s output.
+pub(super) fn mask<S: Serializer>(secret: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if secret.is_empty() { "" } else { "***" })
+}

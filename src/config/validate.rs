@@ -1,0 +1,211 @@
+//! What serde cannot check: ranges, cron expressions, header and label names. Every error
+//! names the key (`remote_write[0].max_backoff`). URLs are checked as they are parsed
+//! (`HttpUrl`), units likewise (`units.rs`).
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::destinations::HttpDestination;
+use super::{Config, ConfigError};
+
+impl Config {
+    /// Checks what serde cannot: ranges, cron expressions, header and label names.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let w = &self.worker;
+        positive("worker.max_concurrency", w.max_concurrency as u64)?;
+        positive("worker.backoff_initial_ms", w.backoff_initial_ms)?;
+        if w.backoff_max_ms < w.backoff_initial_ms {
+            return Err(ConfigError::invalid(
+                "worker.backoff_max_ms",
+                "must be at least worker.backoff_initial_ms",
+            ));
+        }
+        positive("worker.handshake_timeout_ms", w.handshake_timeout_ms)?;
+        positive("worker.startup_timeout_ms", w.startup_timeout_ms)?;
+        positive(
+            "streams.max_concurrency",
+            self.streams.max_concurrency as u64,
+        )?;
+        positive("streams.keepalive_ms", self.streams.keepalive_ms)?;
+        positive("server.max_body_bytes", self.server.max_body_bytes.0)?;
+        if self.metrics.summary_window.0 < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "metrics.summary_window",
+                "must be at least 1s",
+            ));
+        }
+        for (i, m) in self.metrics.models.iter().enumerate() {
+            if m.is_empty() || m.len() > 64 {
+                return Err(ConfigError::invalid(
+                    format!("metrics.models[{i}]"),
+                    "must be 1 to 64 characters",
+                ));
+            }
+        }
+        for (i, rw) in self.remote_write.iter().enumerate() {
+            let k = |f: &str| format!("remote_write[{i}].{f}");
+            destination(&k, &rw.destination)?;
+            positive(&k("max_queue_bytes"), rw.max_queue_bytes.0)?;
+            positive(
+                &k("max_series_per_request"),
+                rw.max_series_per_request as u64,
+            )?;
+            if rw.max_backoff.0 < rw.min_backoff.0 {
+                return Err(ConfigError::invalid(
+                    k("max_backoff"),
+                    "must be at least min_backoff",
+                ));
+            }
+            for (name, value) in &rw.external_labels {
+                require_label_name(&k("external_labels"), name)?;
+                if value.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("{}.{name}", k("external_labels")),
+                        "empty label values are not allowed in remote-write",
+                    ));
+                }
+            }
+        }
+        for (i, pg) in self.pushgateway.iter().enumerate() {
+            let k = |f: &str| format!("pushgateway[{i}].{f}");
+            destination(&k, &pg.destination)?;
+            if pg.job.is_empty() {
+                return Err(ConfigError::invalid(k("job"), "must not be empty"));
+            }
+            for name in pg.grouping.keys() {
+                require_label_name(&k("grouping"), name)?;
+                if name == "job" {
+                    return Err(ConfigError::invalid(
+                        k("grouping"),
+                        "`job` is set by pushgateway.job, not in grouping",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The keys every destination shares; `key` turns a field into its dotted key.
+fn destination(key: &dyn Fn(&str) -> String, d: &HttpDestination) -> Result<(), ConfigError> {
+    match &d.cron {
+        Some(expr) => {
+            cron::Schedule::from_str(expr)
+                .map_err(|e| ConfigError::invalid(key("cron"), format!("`{expr}`: {e}")))?;
+        }
+        None => positive(&key("interval"), d.interval.0.as_millis() as u64)?,
+    }
+    positive(&key("timeout"), d.timeout.0.as_millis() as u64)?;
+    header_names(&key("headers"), &d.headers)
+}
+
+fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::invalid(key, "must be greater than zero"));
+    }
+    Ok(())
+}
+
+/// Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`, not reserved (`__` prefix).
+///
+/// The exposition parser and the push destinations use it too, until the naming rules
+/// have a module of their own.
+pub fn is_valid_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    match chars.next() {
+        Some(c) if c.is_ascii_alphabetic() || c == '_' => {}
+        _ => return false,
+    }
+    !name.starts_with("__") && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A label name configured under `key` (`external_labels`, `grouping`); the error names it.
+fn require_label_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    if is_valid_label_name(name) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            format!("{key}.{name}"),
+            "not a valid label name",
+        ))
+    }
+}
+
+fn header_names(key: &str, headers: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for (name, value) in headers {
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(ConfigError::invalid(
+                format!("{key}.{name}"),
+                "not a valid header name",
+            ));
+        }
+        if reqwest::header::HeaderValue::from_str(value).is_err() {
+            return Err(ConfigError::invalid(
+                format!("{key}.{name}"),
+                "not a valid header value",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, ConfigError> {
+        let c = Config::parse(text)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn validation_rejects_cron_and_url_errors_by_key() {
+        let err = check("[[pushgateway]]\nurl = \"ftp://x\"\n").unwrap_err();
+        assert!(err.to_string().contains("pushgateway[0].url"), "{err}");
+        let c = Config::parse("[[remote_write]]\nurl = \"http://x/\"\ncron = \"nope\"\n").unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("remote_write[0].cron"), "{err}");
+    }
+
+    #[test]
+    fn shared_destination_keys_are_checked_under_each_kind() {
+        for kind in ["remote_write", "pushgateway"] {
+            let cases = [
+                ("interval = \"0s\"", "interval"),
+                ("timeout = \"0s\"", "timeout"),
+                ("headers = { \"bad header\" = \"x\" }", "headers.bad header"),
+            ];
+            for (line, key) in cases {
+                let text = format!("[[{kind}]]\nurl = \"http://x/\"\n{line}\n");
+                let err = check(&text).unwrap_err().to_string();
+                assert!(err.contains(&format!("`{kind}[0].{key}`")), "{text}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_url_that_is_not_one_is_named_and_never_echoed() {
+        let err = check("[[remote_write]]\nurl = \"https//user:s3cret@host\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("remote_write[0].url"), "{err}");
+        assert!(err.contains("not a URL"), "{err}");
+    }
+
+    #[test]
+    fn label_names_follow_prometheus() {
+        assert!(is_valid_label_name("instance"));
+        assert!(is_valid_label_name("_x1"));
+        for bad in ["", "1a", "a-b", "__name__", "é"] {
+            assert!(!is_valid_label_name(bad), "{bad}");
+        }
+        let err = check("[[pushgateway]]\nurl = \"http://x/\"\ngrouping = { \"a-b\" = \"1\" }\n")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("pushgateway[0].grouping.a-b"),
+            "{err}"
+        );
+    }
+}
