@@ -6,6 +6,7 @@
 //! Pushgateway delivery) → `app` (wires them together for `serve`).
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod exposition;
