@@ -2,11 +2,11 @@
 
 use std::io::Write;
 
-use prometheus::proto::MetricFamily;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 
 use crate::config::PushMethod;
+use crate::exposition::snapshot::Snapshot;
 use crate::push::http::{HttpClient, USER_AGENT};
 
 use super::group::{render, GroupingKey};
@@ -71,13 +71,13 @@ impl Pushgateway {
         &self.key
     }
 
-    /// Renders and sends `families`: PUT replaces the group, POST only the families sent.
+    /// Renders and sends `snapshot`: PUT replaces the group, POST only the families sent.
     pub async fn push(
         &self,
         method: PushMethod,
-        families: Vec<MetricFamily>,
+        snapshot: &Snapshot,
     ) -> Result<(), PushgatewayError> {
-        let body = render(families, &self.key)?;
+        let body = render(snapshot, &self.key)?;
         self.send_body(method, &body).await
     }
 
