@@ -15,7 +15,7 @@ use reqwest::{Method, Url};
 use crate::config::PushMethod;
 
 use crate::exposition::parse::{self as text, ParseError};
-use crate::push::http::{HttpClient, HttpSettings};
+use crate::push::http::{error_body, HttpClient, HttpSettings, ERROR_BODY_LIMIT};
 use crate::push::pushgateway::{self, GroupingKey, Pushgateway, PushgatewayError};
 use crate::push::remote_write;
 use crate::push::remote_write::encode::EncodeError;
@@ -220,10 +220,9 @@ async fn remote_write(
         })?;
         let status = response.status();
         if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
             return Err(OneShotError::RemoteWriteRejected {
                 status: status.as_u16(),
-                message: body.trim().chars().take(512).collect(),
+                message: error_body(response, ERROR_BODY_LIMIT).await,
             });
         }
     }

@@ -7,16 +7,13 @@ use reqwest::{Method, StatusCode, Url};
 
 use crate::config::PushMethod;
 use crate::exposition::snapshot::Snapshot;
-use crate::push::http::{HttpClient, USER_AGENT};
+use crate::push::http::{error_body, HttpClient, ERROR_BODY_LIMIT, USER_AGENT};
 
 use super::group::{render, GroupingKey};
 use super::PushgatewayError;
 
 /// The exact Content-Type of a text-format 0.0.4 push.
 pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// How much of a gateway's error body is kept in the error and the log.
-const MAX_MESSAGE_CHARS: usize = 512;
 
 /// The headers of every request; configured headers never override them.
 pub fn protocol_headers(gzip: bool) -> HeaderMap {
@@ -120,10 +117,9 @@ async fn answer(
     if status == StatusCode::OK || status == StatusCode::ACCEPTED {
         return Ok(());
     }
-    let body = response.text().await.unwrap_or_default();
     Err(PushgatewayError::Rejected {
         status: status.as_u16(),
-        message: truncate(body.trim(), MAX_MESSAGE_CHARS),
+        message: error_body(response, ERROR_BODY_LIMIT).await,
     })
 }
 
@@ -146,13 +142,6 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
-}
-
-fn truncate(s: &str, max_chars: usize) -> String {
-    match s.char_indices().nth(max_chars) {
-        Some((cut, _)) => format!("{}…", &s[..cut]),
-        None => s.to_string(),
-    }
 }
 
 #[cfg(test)]
@@ -202,11 +191,5 @@ mod tests {
             .to_str()
             .unwrap()
             .starts_with("codex-proxy/"));
-    }
-
-    #[test]
-    fn long_messages_are_truncated_on_a_char_boundary() {
-        assert_eq!(truncate("ééé", 2), "éé…");
-        assert_eq!(truncate("ab", 2), "ab");
     }
 }
