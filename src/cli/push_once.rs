@@ -314,6 +314,18 @@ mod tests {
     }
 
     #[test]
+    fn a_family_split_by_its_buckets_counts_as_one_family() {
+        let snapshot = text::parse(
+            "# TYPE h histogram\nh_bucket{a=\"1\",le=\"1\"} 1\nh_bucket{a=\"1\",le=\"+Inf\"} 1\n\
+             h_sum{a=\"1\"} 1\nh_count{a=\"1\"} 1\nh_bucket{a=\"2\",le=\"+Inf\"} 0\n\
+             h_sum{a=\"2\"} 0\nh_count{a=\"2\"} 0\ng 1\n",
+        )
+        .unwrap();
+        assert_eq!(snapshot.families.len(), 3);
+        assert_eq!(family_count(&snapshot), 2);
+    }
+
+    #[test]
     fn a_dash_means_stdin() {
         assert_eq!(Input::from_arg(Some("-".into())), Input::Stdin);
         assert_eq!(Input::from_arg(None), Input::Stdin);
