@@ -19,7 +19,6 @@ use codex_proxy::push::pushgateway::{
 };
 use codex_proxy::push::{Pushers, Snapshot};
 use common::{http, start_pushgateway, wait_until, Server};
-use prometheus::proto::MetricFamily;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
@@ -32,7 +31,7 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn families(exposition: &str) -> Vec<MetricFamily> {
+fn snapshot(exposition: &str) -> Snapshot {
     parse::parse(exposition).unwrap_or_else(|e| panic!("test exposition: {e}"))
 }
 
@@ -102,7 +101,7 @@ async fn pushed_values_appear_under_their_grouping_labels() {
             &[("zone", "eu"), ("instance", instance)],
             gzip,
         );
-        pg.push(PushMethod::Put, families(body))
+        pg.push(PushMethod::Put, &snapshot(body))
             .await
             .expect("push accepted");
     }
@@ -141,7 +140,7 @@ async fn slash_and_empty_grouping_values_arrive_intact() {
         &[("path", "/var/tmp"), ("empty", ""), ("name", "a b:c%")],
         false,
     );
-    pg.push(PushMethod::Put, families("files_removed 3\n"))
+    pg.push(PushMethod::Put, &snapshot("files_removed 3\n"))
         .await
         .expect("push accepted");
     let g = group(
@@ -166,10 +165,12 @@ async fn put_replaces_the_group_while_post_keeps_other_families() {
     let key = [("job", "batch")];
     let pg = gateway(&server, "batch", &[], false);
 
-    pg.push(PushMethod::Put, families("a 1\nb 2\n"))
+    pg.push(PushMethod::Put, &snapshot("a 1\nb 2\n"))
         .await
         .unwrap();
-    pg.push(PushMethod::Post, families("a 10\n")).await.unwrap();
+    pg.push(PushMethod::Post, &snapshot("a 10\n"))
+        .await
+        .unwrap();
     let g = group(&server, &key).await.expect("group");
     assert_eq!(
         value(&g, "a"),
@@ -182,7 +183,7 @@ async fn put_replaces_the_group_while_post_keeps_other_families() {
         "POST keeps a family it does not carry"
     );
 
-    pg.push(PushMethod::Put, families("a 11\n")).await.unwrap();
+    pg.push(PushMethod::Put, &snapshot("a 11\n")).await.unwrap();
     let g = group(&server, &key).await.expect("group");
     assert_eq!(value(&g, "a"), Some(11.0));
     assert!(
@@ -199,12 +200,15 @@ async fn a_type_conflict_surfaces_the_gateways_400_message() {
     gateway(&server, "first", &[], false)
         .push(
             PushMethod::Put,
-            families("# TYPE shared counter\nshared 1\n"),
+            &snapshot("# TYPE shared counter\nshared 1\n"),
         )
         .await
         .unwrap();
     let err = gateway(&server, "second", &[], false)
-        .push(PushMethod::Put, families("# TYPE shared gauge\nshared 1\n"))
+        .push(
+            PushMethod::Put,
+            &snapshot("# TYPE shared gauge\nshared 1\n"),
+        )
         .await
         .unwrap_err();
     match &err {
@@ -236,7 +240,7 @@ async fn delete_removes_the_group() {
         return;
     };
     let pg = gateway(&server, "gone", &[("instance", "x")], false);
-    pg.push(PushMethod::Put, families("a 1\n")).await.unwrap();
+    pg.push(PushMethod::Put, &snapshot("a 1\n")).await.unwrap();
     assert!(group(&server, &[("job", "gone"), ("instance", "x")])
         .await
         .is_some());
@@ -449,7 +453,7 @@ async fn a_rejected_push_is_counted_and_later_pushes_continue() {
     other
         .push(
             PushMethod::Put,
-            families("# TYPE work_in_progress counter\nwork_in_progress 1\n"),
+            &snapshot("# TYPE work_in_progress counter\nwork_in_progress 1\n"),
         )
         .await
         .unwrap();

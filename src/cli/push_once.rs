@@ -9,14 +9,13 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use prometheus::proto::MetricFamily;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, Url};
 
 use crate::config::PushMethod;
 
 use crate::exposition::parse::{self as text, ParseError};
-use crate::push::http::{HttpClient, HttpSettings};
+use crate::push::http::{error_body, HttpClient, HttpSettings, ERROR_BODY_LIMIT};
 use crate::push::pushgateway::{self, GroupingKey, Pushgateway, PushgatewayError};
 use crate::push::remote_write;
 use crate::push::remote_write::encode::EncodeError;
@@ -140,16 +139,15 @@ pub fn run(request: Request) -> Result<Delivered, OneShotError> {
     // The same rules for both targets: `job` must be set, label names valid, and no
     // metric may carry a label that the command line sets.
     let key = GroupingKey::new(&request.job, request.labels.clone())?;
-    let families = match request.target {
-        Target::DeleteGroup { .. } => Vec::new(),
+    let snapshot = match request.target {
+        Target::DeleteGroup { .. } => Snapshot::default(),
         _ => load(&request.input)?,
     };
-    for family in &families {
+    for family in &snapshot.families {
         key.check_labels(family)?;
     }
-    let snapshot = Snapshot::from_families(&families);
     let delivered = Delivered {
-        families: families.len(),
+        families: family_count(&snapshot),
         samples: snapshot.sample_count() as u64,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -160,7 +158,7 @@ pub fn run(request: Request) -> Result<Delivered, OneShotError> {
         match &request.target {
             Target::Pushgateway { url, method } => {
                 let gateway = pushgateway(url, key, request.timeout)?;
-                gateway.push(*method, families).await?;
+                gateway.push(*method, &snapshot).await?;
             }
             Target::DeleteGroup { url } => {
                 pushgateway(url, key, request.timeout)?.delete().await?;
@@ -222,18 +220,27 @@ async fn remote_write(
         })?;
         let status = response.status();
         if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
             return Err(OneShotError::RemoteWriteRejected {
                 status: status.as_u16(),
-                message: body.trim().chars().take(512).collect(),
+                message: error_body(response, ERROR_BODY_LIMIT).await,
             });
         }
     }
     Ok(())
 }
 
+/// Families as the input names them: the parts of one family that the snapshot split
+/// by their bounds (they sit side by side) count once.
+fn family_count(snapshot: &Snapshot) -> usize {
+    let names = snapshot.families.iter().map(|f| f.name.as_str());
+    let mut previous = None;
+    names
+        .filter(|&name| previous.replace(name) != Some(name))
+        .count()
+}
+
 /// The input, parsed strictly; an input without samples is refused.
-pub fn load(input: &Input) -> Result<Vec<MetricFamily>, OneShotError> {
+pub fn load(input: &Input) -> Result<Snapshot, OneShotError> {
     let what = input.describe();
     let read_error = |source| OneShotError::Read {
         what: what.clone(),
@@ -253,14 +260,14 @@ pub fn load(input: &Input) -> Result<Vec<MetricFamily>, OneShotError> {
             format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
         ))
     })?;
-    let families = text::parse(&text).map_err(|source| OneShotError::Parse {
+    let snapshot = text::parse(&text).map_err(|source| OneShotError::Parse {
         what: what.clone(),
         source,
     })?;
-    if families.is_empty() {
+    if snapshot.families.is_empty() {
         return Err(OneShotError::Empty { what });
     }
-    Ok(families)
+    Ok(snapshot)
 }
 
 #[cfg(test)]
@@ -304,6 +311,18 @@ mod tests {
             .contains("not UTF-8"));
         let missing = load(&Input::File(dir.path().join("missing"))).unwrap_err();
         assert_eq!(missing.exit_code(), 2);
+    }
+
+    #[test]
+    fn a_family_split_by_its_buckets_counts_as_one_family() {
+        let snapshot = text::parse(
+            "# TYPE h histogram\nh_bucket{a=\"1\",le=\"1\"} 1\nh_bucket{a=\"1\",le=\"+Inf\"} 1\n\
+             h_sum{a=\"1\"} 1\nh_count{a=\"1\"} 1\nh_bucket{a=\"2\",le=\"+Inf\"} 0\n\
+             h_sum{a=\"2\"} 0\nh_count{a=\"2\"} 0\ng 1\n",
+        )
+        .unwrap();
+        assert_eq!(snapshot.families.len(), 3);
+        assert_eq!(family_count(&snapshot), 2);
     }
 
     #[test]

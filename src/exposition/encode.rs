@@ -6,29 +6,36 @@
 
 use std::fmt::Write;
 
-use super::snapshot::{Kind, Snapshot};
+use super::snapshot::{Family, Kind, Snapshot};
 
 /// Appends `snapshot` to `out` in the text format.
 pub fn encode(snapshot: &Snapshot, out: &mut String) {
-    let mut labels = String::new();
+    let mut encoder = Encoder::default();
     for family in &snapshot.families {
+        encoder.family(family, out);
+    }
+}
+
+/// Writes families one at a time, for callers that choose which ones (the Pushgateway
+/// body skips empty families); one family after another gives what [`encode`] gives.
+#[derive(Debug, Default)]
+pub struct Encoder<'a> {
+    /// The name of the last family written: the next one of that name (a family split by
+    /// its bounds) continues it without a second HELP and TYPE, which parsers refuse.
+    last_name: Option<&'a str>,
+    /// One series' label block, reused.
+    labels: String,
+}
+
+impl<'a> Encoder<'a> {
+    /// Appends `family` to `out`.
+    pub fn family(&mut self, family: &'a Family, out: &mut String) {
         let name = family.name.as_str();
-        if !family.help.is_empty() {
-            out.push_str("# HELP ");
-            out.push_str(name);
-            out.push(' ');
-            escape(&family.help, false, out);
-            out.push('\n');
+        if self.last_name != Some(name) {
+            header(family, out);
         }
-        out.push_str("# TYPE ");
-        out.push_str(name);
-        out.push_str(match family.kind {
-            Kind::Counter => " counter\n",
-            Kind::Gauge => " gauge\n",
-            Kind::Summary => " summary\n",
-            Kind::Histogram => " histogram\n",
-            Kind::Untyped => " untyped\n",
-        });
+        self.last_name = Some(name);
+        let labels = &mut self.labels;
         let n = family.bounds.len();
         for (pairs, values) in family.metrics() {
             labels.clear();
@@ -38,18 +45,17 @@ pub fn encode(snapshot: &Snapshot, out: &mut String) {
                 }
                 labels.push_str(label);
                 labels.push_str("=\"");
-                escape(value, true, &mut labels);
+                escape(value, true, labels);
                 labels.push('"');
             }
             let sample = Sample {
                 name,
-                labels: &labels,
+                labels: labels.as_str(),
             };
             match family.kind {
-                Kind::Counter | Kind::Gauge => sample.write(out, "", None, values[0]),
-                // Nothing registered here is untyped (the crate's encoder cannot write it
-                // either); its samples are left out rather than guessed at.
-                Kind::Untyped => {}
+                Kind::Counter | Kind::Gauge | Kind::Untyped => {
+                    sample.write(out, "", None, values[0])
+                }
                 Kind::Histogram => {
                     for (&bound, &count) in family.bounds.iter().zip(values) {
                         sample.write(out, "_bucket", Some(("le", bound)), count);
@@ -68,6 +74,27 @@ pub fn encode(snapshot: &Snapshot, out: &mut String) {
             }
         }
     }
+}
+
+/// `# HELP` (when there is help) and `# TYPE`.
+fn header(family: &Family, out: &mut String) {
+    let name = family.name.as_str();
+    if !family.help.is_empty() {
+        out.push_str("# HELP ");
+        out.push_str(name);
+        out.push(' ');
+        escape(&family.help, false, out);
+        out.push('\n');
+    }
+    out.push_str("# TYPE ");
+    out.push_str(name);
+    out.push_str(match family.kind {
+        Kind::Counter => " counter\n",
+        Kind::Gauge => " gauge\n",
+        Kind::Summary => " summary\n",
+        Kind::Histogram => " histogram\n",
+        Kind::Untyped => " untyped\n",
+    });
 }
 
 struct Sample<'a> {
@@ -136,7 +163,6 @@ fn escape(v: &str, quote: bool, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exposition::snapshot::Family;
     use prometheus::{
         Counter, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
     };
@@ -186,6 +212,37 @@ mod tests {
         let mut got = String::new();
         encode(&snapshot, &mut got);
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn untyped_samples_are_written_like_gauges_under_an_untyped_type_line() {
+        let mut u = Family::new("u", "", Kind::Untyped, Arc::new([]));
+        u.push(Arc::new([("a".into(), "1".into())]), &[3.0]);
+        let mut out = String::new();
+        encode(&Snapshot { families: vec![u] }, &mut out);
+        assert_eq!(out, "# TYPE u untyped\nu{a=\"1\"} 3\n");
+    }
+
+    #[test]
+    fn a_family_split_by_its_bounds_is_written_under_one_header() {
+        let mut wide = Family::new("h", "H.", Kind::Histogram, Arc::new([1.0, 2.0]));
+        wide.push(Arc::new([("r".into(), "a".into())]), &[0.0, 1.0, 1.5, 1.0]);
+        let mut narrow = Family::new("h", "H.", Kind::Histogram, Arc::new([]));
+        narrow.push(Arc::new([("r".into(), "b".into())]), &[0.5, 1.0]);
+        let mut out = String::new();
+        encode(
+            &Snapshot {
+                families: vec![wide, narrow],
+            },
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            "# HELP h H.\n# TYPE h histogram\n\
+             h_bucket{r=\"a\",le=\"1\"} 0\nh_bucket{r=\"a\",le=\"2\"} 1\n\
+             h_bucket{r=\"a\",le=\"+Inf\"} 1\nh_sum{r=\"a\"} 1.5\nh_count{r=\"a\"} 1\n\
+             h_bucket{r=\"b\",le=\"+Inf\"} 1\nh_sum{r=\"b\"} 0.5\nh_count{r=\"b\"} 1\n"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The exposition model and its text form, shared by `/metrics`, the pushers and the
 //! one-shot `push` command: [`snapshot::Snapshot`] (a registry's values at one moment),
-//! the text-format 0.0.4 encoder that renders one, and the strict parser that reads one.
+//! the text-format 0.0.4 encoder that renders one (for `/metrics` and the Pushgateway
+//! body alike), the strict parser that reads one, and the Prometheus naming rules.
 
 pub mod encode;
+pub mod names;
 pub mod parse;
 pub mod snapshot;

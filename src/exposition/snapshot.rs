@@ -13,10 +13,7 @@
 
 use std::sync::Arc;
 
-use prometheus::proto::{
-    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType, Quantile,
-    Summary,
-};
+use prometheus::proto::{MetricFamily, MetricType};
 
 /// One metric's labels, sorted by name. Values may be empty (the text format keeps them;
 /// remote-write leaves such labels out).
@@ -208,96 +205,109 @@ impl Snapshot {
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Snapshot { families: out }
     }
-
-    /// The crate's form, for code that wants it (tests, the Pushgateway body's checks).
-    pub fn to_families(&self) -> Vec<MetricFamily> {
-        self.families
-            .iter()
-            .map(|f| {
-                let mut mf = MetricFamily::default();
-                mf.set_name(f.name.clone());
-                mf.set_help(f.help.clone());
-                mf.set_field_type(match f.kind {
-                    Kind::Counter => MetricType::COUNTER,
-                    Kind::Gauge => MetricType::GAUGE,
-                    Kind::Histogram => MetricType::HISTOGRAM,
-                    Kind::Summary => MetricType::SUMMARY,
-                    Kind::Untyped => MetricType::UNTYPED,
-                });
-                let metrics = f
-                    .metrics()
-                    .map(|(labels, values)| proto_metric(f, labels, values));
-                mf.set_metric(metrics.collect());
-                mf
-            })
-            .collect()
-    }
 }
 
-fn proto_metric(family: &Family, labels: &Labels, values: &[f64]) -> Metric {
-    let mut m = Metric::default();
-    m.set_label(
-        labels
-            .iter()
-            .map(|(n, v)| {
-                let mut pair = LabelPair::default();
-                pair.set_name(n.to_string());
-                pair.set_value(v.to_string());
-                pair
-            })
-            .collect(),
-    );
-    let n = family.bounds.len();
-    match family.kind {
-        Kind::Counter => {
-            let mut c = Counter::default();
-            c.set_value(values[0]);
-            m.set_counter(c);
-        }
-        Kind::Gauge => {
-            let mut g = Gauge::default();
-            g.set_value(values[0]);
-            m.set_gauge(g);
-        }
-        #[allow(deprecated)] // the only setters in prometheus 0.14
-        Kind::Untyped => {
-            let mut u = prometheus::proto::Untyped::default();
-            u.set_value(values[0]);
-            m.set_untyped(u);
-        }
-        Kind::Histogram => {
-            let mut h = Histogram::default();
-            let buckets = family.bounds.iter().zip(values).map(|(&bound, &count)| {
-                let mut b = Bucket::default();
-                b.set_upper_bound(bound);
-                b.set_cumulative_count(count as u64);
-                b
-            });
-            h.set_bucket(buckets.collect());
-            h.set_sample_sum(values[n]);
-            h.set_sample_count(values[n + 1] as u64);
-            m.set_histogram(h);
-        }
-        Kind::Summary => {
-            let mut s = Summary::default();
-            let quantiles = family.bounds.iter().zip(values).map(|(&q, &v)| {
-                let mut quantile = Quantile::default();
-                quantile.set_quantile(q);
-                quantile.set_value(v);
-                quantile
-            });
-            s.set_quantile(quantiles.collect());
-            s.set_sample_sum(values[n]);
-            s.set_sample_count(values[n + 1] as u64);
-            m.set_summary(s);
+/// The crate's form of a snapshot, for tests that compare against the crate's own
+/// encoder or build input the crate's way.
+#[cfg(test)]
+mod crate_form {
+    use super::*;
+    use prometheus::proto::{
+        Bucket, Counter, Gauge, Histogram, LabelPair, Metric, Quantile, Summary,
+    };
+
+    impl Snapshot {
+        /// The crate's form.
+        pub fn to_families(&self) -> Vec<MetricFamily> {
+            self.families
+                .iter()
+                .map(|f| {
+                    let mut mf = MetricFamily::default();
+                    mf.set_name(f.name.clone());
+                    mf.set_help(f.help.clone());
+                    mf.set_field_type(match f.kind {
+                        Kind::Counter => MetricType::COUNTER,
+                        Kind::Gauge => MetricType::GAUGE,
+                        Kind::Histogram => MetricType::HISTOGRAM,
+                        Kind::Summary => MetricType::SUMMARY,
+                        Kind::Untyped => MetricType::UNTYPED,
+                    });
+                    let metrics = f
+                        .metrics()
+                        .map(|(labels, values)| proto_metric(f, labels, values));
+                    mf.set_metric(metrics.collect());
+                    mf
+                })
+                .collect()
         }
     }
-    m
+
+    fn proto_metric(family: &Family, labels: &Labels, values: &[f64]) -> Metric {
+        let mut m = Metric::default();
+        m.set_label(
+            labels
+                .iter()
+                .map(|(n, v)| {
+                    let mut pair = LabelPair::default();
+                    pair.set_name(n.to_string());
+                    pair.set_value(v.to_string());
+                    pair
+                })
+                .collect(),
+        );
+        let n = family.bounds.len();
+        match family.kind {
+            Kind::Counter => {
+                let mut c = Counter::default();
+                c.set_value(values[0]);
+                m.set_counter(c);
+            }
+            Kind::Gauge => {
+                let mut g = Gauge::default();
+                g.set_value(values[0]);
+                m.set_gauge(g);
+            }
+            #[allow(deprecated)] // the only setters in prometheus 0.14
+            Kind::Untyped => {
+                let mut u = prometheus::proto::Untyped::default();
+                u.set_value(values[0]);
+                m.set_untyped(u);
+            }
+            Kind::Histogram => {
+                let mut h = Histogram::default();
+                let buckets = family.bounds.iter().zip(values).map(|(&bound, &count)| {
+                    let mut b = Bucket::default();
+                    b.set_upper_bound(bound);
+                    b.set_cumulative_count(count as u64);
+                    b
+                });
+                h.set_bucket(buckets.collect());
+                h.set_sample_sum(values[n]);
+                h.set_sample_count(values[n + 1] as u64);
+                m.set_histogram(h);
+            }
+            Kind::Summary => {
+                let mut s = Summary::default();
+                let quantiles = family.bounds.iter().zip(values).map(|(&q, &v)| {
+                    let mut quantile = Quantile::default();
+                    quantile.set_quantile(q);
+                    quantile.set_value(v);
+                    quantile
+                });
+                s.set_quantile(quantiles.collect());
+                s.set_sample_sum(values[n]);
+                s.set_sample_count(values[n + 1] as u64);
+                m.set_summary(s);
+            }
+        }
+        m
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus::proto::Bucket;
     use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
     fn registry() -> Registry {

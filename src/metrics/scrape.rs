@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{
-    HeaderMap, HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, VARY,
+    HeaderMap, HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, VARY,
 };
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -30,9 +30,9 @@ use axum::routing::{get, MethodRouter};
 use axum::Json;
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use subtle::ConstantTimeEq;
 
 use super::Metrics;
+use crate::auth::{bearer_token, is_loopback, token_matches};
 use crate::config::MetricsConfig;
 use crate::exposition::encode as text;
 
@@ -86,19 +86,11 @@ impl Guard {
         if self.allow_unauth {
             return Ok(());
         }
-        let presented = bearer(headers);
-        if !self.token.is_empty() {
-            if let Some(presented) = presented {
-                if bool::from(presented.ct_eq(&self.token)) {
-                    return Ok(());
-                }
-            }
+        let presented = bearer_token(headers);
+        if presented.is_some_and(|token| token_matches(token, &self.token)) {
+            return Ok(());
         }
-        if self.allow_loopback
-            && self
-                .client(peer, headers)
-                .is_some_and(|ip| ip.is_loopback())
-        {
+        if self.allow_loopback && self.client(peer, headers).is_some_and(is_loopback) {
             return Ok(());
         }
         if presented.is_some() && !self.token.is_empty() {
@@ -138,15 +130,6 @@ impl Guard {
                 .any(|t| t.to_canonical() == *hop)
         })
     }
-}
-
-/// The credentials of `Authorization: Bearer <token>` (the scheme is case-insensitive).
-fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
-    let value = headers.get(AUTHORIZATION)?.as_bytes();
-    let (scheme, rest) = value.split_at(value.iter().position(|&b| b == b' ')?);
-    scheme
-        .eq_ignore_ascii_case(b"bearer")
-        .then(|| rest.trim_ascii())
 }
 
 /// Whether `Accept-Encoding` admits gzip (`gzip`, `x-gzip` or `*`, with a q above 0).

@@ -16,8 +16,8 @@ use serde_json::json;
 
 use super::chat::require_json;
 use super::error::ApiError;
-use super::guards::{bearer_matches, is_loopback};
 use super::AppState;
+use crate::auth::{bearer_matches, is_loopback};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

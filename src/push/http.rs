@@ -1,6 +1,7 @@
 //! The HTTP side of a destination, shared by remote-write and Pushgateway: one reqwest
 //! client per destination (timeout, extra CA certificates over rustls), the configured
-//! extra headers, and credentials read from files.
+//! extra headers, credentials read from files, and the bounded reading of a receiver's
+//! error message.
 //!
 //! Protocol headers always win: a configured header with the same name (say a
 //! `Content-Type`) is ignored with a warning, as are framing headers and, when credentials
@@ -19,6 +20,9 @@ use crate::config::{BasicAuthConfig, HttpDestination};
 
 /// `User-Agent` of every push.
 pub const USER_AGENT: &str = concat!("codex-proxy/", env!("CARGO_PKG_VERSION"));
+
+/// How much of a receiver's error body is kept for an error or a log line.
+pub const ERROR_BODY_LIMIT: usize = 512;
 
 /// Headers only the HTTP stack may set.
 const FRAMING: [HeaderName; 3] = [
@@ -206,6 +210,62 @@ fn read_secret(what: &'static str, path: &Path) -> Result<String, HttpError> {
     Ok(secret.to_string())
 }
 
+/// The start of a response body, for an error or a log line: at most `limit` bytes,
+/// read chunk by chunk and the rest never read, so that a receiver answering with a huge
+/// (or endless) body costs no more than one chunk of memory. Decoded lossily, blanks
+/// trimmed, `…` appended when cut; a read error keeps what came before it.
+pub async fn error_body(mut response: reqwest::Response, limit: usize) -> String {
+    let mut kept = Vec::new();
+    let mut cut = false;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = limit - kept.len();
+        if chunk.len() > room {
+            kept.extend_from_slice(&chunk[..room]);
+            cut = true;
+            break;
+        }
+        kept.extend_from_slice(&chunk);
+    }
+    excerpt(&kept, cut)
+}
+
+/// `bytes` as text; `cut` when they are the start of something longer.
+fn excerpt(bytes: &[u8], cut: bool) -> String {
+    let bytes = if cut {
+        without_split_char(bytes)
+    } else {
+        bytes
+    };
+    let mut text = String::from_utf8_lossy(bytes).trim().to_string();
+    if cut {
+        text.push('…');
+    }
+    text
+}
+
+/// `bytes` without a UTF-8 sequence that the cut left incomplete at its end.
+fn without_split_char(bytes: &[u8]) -> &[u8] {
+    let tail = bytes.len().saturating_sub(3);
+    for start in (tail..bytes.len()).rev() {
+        let lead = bytes[start];
+        if lead & 0xC0 == 0x80 {
+            continue; // a continuation byte: the sequence starts further back
+        }
+        let len = match lead {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            0xC0.. => 2,
+            _ => 1,
+        };
+        return if bytes.len() - start < len {
+            &bytes[..start]
+        } else {
+            bytes
+        };
+    }
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,5 +396,88 @@ mod tests {
             HttpClient::new(&s, protocol()),
             Err(HttpError::BadCa { .. })
         ));
+    }
+
+    #[test]
+    fn an_excerpt_is_cut_on_a_char_boundary_and_marked() {
+        let text = "ééé".as_bytes();
+        assert_eq!(excerpt(&text[..4], true), "éé…");
+        assert_eq!(excerpt(&text[..5], true), "éé…");
+        assert_eq!(excerpt("€".as_bytes(), false), "€");
+        assert_eq!(excerpt(&"a€".as_bytes()[..3], true), "a…");
+        assert_eq!(excerpt(&"a😀".as_bytes()[..4], true), "a…");
+        assert_eq!(excerpt("  no room\n".as_bytes(), false), "no room");
+        assert_eq!(excerpt(b"bad \xff byte", false), "bad \u{FFFD} byte");
+    }
+
+    /// Answers one request with a 400 whose chunked body never ends; how many body bytes
+    /// it managed to write before the client went away.
+    async fn endless_error_server(listener: tokio::net::TcpListener) -> u64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request ended early");
+            request.extend_from_slice(&buf[..n]);
+        }
+        let head = "HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n";
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+        let mut written = 0u64;
+        // Bounded, should the client read on regardless: 4 GiB is far past any socket buffer.
+        while written < 4 << 30 {
+            if socket.write_all(chunk.as_bytes()).await.is_err() {
+                break;
+            }
+            written += 64 * 1024;
+        }
+        written
+    }
+
+    #[tokio::test]
+    async fn an_endless_error_body_is_read_only_up_to_the_limit() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let server = tokio::spawn(endless_error_server(listener));
+        let response = reqwest::Client::new().post(url).send().await.unwrap();
+        assert_eq!(response.status(), 400);
+        let read = tokio::time::timeout(
+            Duration::from_secs(20),
+            error_body(response, ERROR_BODY_LIMIT),
+        )
+        .await
+        .expect("the reader stops at the limit instead of reading the endless body");
+        assert_eq!(read, format!("{}…", "x".repeat(ERROR_BODY_LIMIT)));
+        let written = tokio::time::timeout(Duration::from_secs(20), server)
+            .await
+            .expect("the server sees the client go away")
+            .unwrap();
+        assert!(written < 64 << 20, "the server wrote {written} bytes");
+    }
+
+    #[tokio::test]
+    async fn a_short_error_body_is_kept_whole() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await.unwrap();
+            let body = " out of order: sample too old \n";
+            let answer = format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            socket.write_all(answer.as_bytes()).await.unwrap();
+        });
+        let response = reqwest::Client::new().post(url).send().await.unwrap();
+        assert_eq!(
+            error_body(response, ERROR_BODY_LIMIT).await,
+            "out of order: sample too old"
+        );
+        server.await.unwrap();
     }
 }

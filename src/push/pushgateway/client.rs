@@ -2,21 +2,18 @@
 
 use std::io::Write;
 
-use prometheus::proto::MetricFamily;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 
 use crate::config::PushMethod;
-use crate::push::http::{HttpClient, USER_AGENT};
+use crate::exposition::snapshot::Snapshot;
+use crate::push::http::{error_body, HttpClient, ERROR_BODY_LIMIT, USER_AGENT};
 
 use super::group::{render, GroupingKey};
 use super::PushgatewayError;
 
 /// The exact Content-Type of a text-format 0.0.4 push.
 pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// How much of a gateway's error body is kept in the error and the log.
-const MAX_MESSAGE_CHARS: usize = 512;
 
 /// The headers of every request; configured headers never override them.
 pub fn protocol_headers(gzip: bool) -> HeaderMap {
@@ -87,13 +84,13 @@ impl Pushgateway {
         &self.key
     }
 
-    /// Renders and sends `families`: PUT replaces the group, POST only the families sent.
+    /// Renders and sends `snapshot`: PUT replaces the group, POST only the families sent.
     pub async fn push(
         &self,
         method: PushMethod,
-        families: Vec<MetricFamily>,
+        snapshot: &Snapshot,
     ) -> Result<(), PushgatewayError> {
-        let body = render(families, &self.key)?;
+        let body = render(snapshot, &self.key)?;
         self.send_body(method, &body).await
     }
 
@@ -136,10 +133,9 @@ async fn answer(
     if status == StatusCode::OK || status == StatusCode::ACCEPTED {
         return Ok(());
     }
-    let body = response.text().await.unwrap_or_default();
     Err(PushgatewayError::Rejected {
         status: status.as_u16(),
-        message: truncate(body.trim(), MAX_MESSAGE_CHARS),
+        message: error_body(response, ERROR_BODY_LIMIT).await,
     })
 }
 
@@ -162,13 +158,6 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
-}
-
-fn truncate(s: &str, max_chars: usize) -> String {
-    match s.char_indices().nth(max_chars) {
-        Some((cut, _)) => format!("{}…", &s[..cut]),
-        None => s.to_string(),
-    }
 }
 
 #[cfg(test)]
@@ -233,11 +222,5 @@ mod tests {
             .to_str()
             .unwrap()
             .starts_with("codex-proxy/"));
-    }
-
-    #[test]
-    fn long_messages_are_truncated_on_a_char_boundary() {
-        assert_eq!(truncate("ééé", 2), "éé…");
-        assert_eq!(truncate("ab", 2), "ab");
     }
 }

@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use prometheus::proto::{MetricFamily, MetricType};
 
-use crate::config::is_valid_label_name;
+use crate::exposition::encode::Encoder;
+use crate::exposition::names::is_valid_label_name;
+use crate::exposition::snapshot::{Family, Snapshot};
 
 use super::PushgatewayError;
 
@@ -61,16 +62,15 @@ impl GroupingKey {
 
     /// Refuses a metric that carries `job` or a grouping label: the gateway would
     /// silently overwrite it with the key's value.
-    pub fn check_labels(&self, family: &MetricFamily) -> Result<(), PushgatewayError> {
-        for metric in family.get_metric() {
-            if let Some(label) = metric
-                .get_label()
+    pub fn check_labels(&self, family: &Family) -> Result<(), PushgatewayError> {
+        for labels in &family.labels {
+            if let Some((name, _)) = labels
                 .iter()
-                .find(|l| self.labels().any(|(n, _)| n == l.name()))
+                .find(|(name, _)| self.labels().any(|(n, _)| n == &**name))
             {
                 return Err(PushgatewayError::LabelCollision {
-                    family: family.name().to_string(),
-                    label: label.name().to_string(),
+                    family: family.name.clone(),
+                    label: name.to_string(),
                 });
             }
         }
@@ -101,68 +101,32 @@ fn push_segment(path: &mut String, name: &str, value: &str) {
     }
 }
 
-/// The text-format body of a push: no timestamps, LF endings, a final newline.
+/// The text-format body of a push, written by the same encoder as `/metrics`: no
+/// timestamps (a snapshot has none), LF endings, a final newline.
 ///
 /// Refuses a metric that carries `job` or a grouping label, and the gateway's own
 /// `push_time_seconds`/`push_failure_time_seconds`. Families without metrics are skipped.
-pub fn render(families: Vec<MetricFamily>, key: &GroupingKey) -> Result<String, PushgatewayError> {
-    let encoder = prometheus::TextEncoder::new();
+pub fn render(snapshot: &Snapshot, key: &GroupingKey) -> Result<String, PushgatewayError> {
+    let mut encoder = Encoder::default();
     let mut body = String::new();
-    for mut family in families {
-        if family.get_metric().is_empty() {
+    for family in &snapshot.families {
+        if family.labels.is_empty() {
             continue;
         }
-        if RESERVED_FAMILIES.contains(&family.name()) {
-            return Err(PushgatewayError::ReservedFamily(family.name().to_string()));
+        if RESERVED_FAMILIES.contains(&family.name.as_str()) {
+            return Err(PushgatewayError::ReservedFamily(family.name.clone()));
         }
-        key.check_labels(&family)?;
-        for metric in family.mut_metric() {
-            // The gateway rejects pushes with timestamps.
-            metric.set_timestamp_ms(0);
-        }
-        let render = |families: &[MetricFamily], body: &mut String| {
-            encoder
-                .encode_utf8(families, body)
-                .map_err(|e| PushgatewayError::Render(e.to_string()))
-        };
-        if family.get_field_type() == MetricType::UNTYPED {
-            // The crate's encoder has no untyped case (it panics): render the values as a
-            // gauge, then put the type line right.
-            family.set_field_type(MetricType::GAUGE);
-            for metric in family.mut_metric() {
-                let mut gauge = prometheus::proto::Gauge::default();
-                #[allow(deprecated)] // the only accessor of an untyped value in prometheus 0.14
-                gauge.set_value(metric.get_untyped().get_value());
-                metric.set_gauge(gauge);
-            }
-            let mut text = String::new();
-            render(&[family], &mut text)?;
-            let name = text_type_name(&text);
-            body.push_str(&text.replacen(
-                &format!("# TYPE {name} gauge\n"),
-                &format!("# TYPE {name} untyped\n"),
-                1,
-            ));
-        } else {
-            render(&[family], &mut body)?;
-        }
+        key.check_labels(family)?;
+        encoder.family(family, &mut body);
     }
     Ok(body)
-}
-
-/// The metric name of the first `# TYPE` line of a rendered family.
-fn text_type_name(text: &str) -> &str {
-    text.lines()
-        .find_map(|l| l.strip_prefix("# TYPE "))
-        .and_then(|l| l.split(' ').next())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::push::Snapshot;
-    use prometheus::proto::{Gauge, LabelPair, Metric};
+    use crate::exposition::parse::parse;
+    use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
     fn key(job: &str, labels: &[(&str, &str)]) -> Result<GroupingKey, PushgatewayError> {
         GroupingKey::new(
@@ -195,6 +159,11 @@ mod tests {
         mf.set_field_type(MetricType::GAUGE);
         mf.set_metric(vec![m]);
         mf
+    }
+
+    /// The body of the crate's families, read the way the metrics registry is read.
+    fn body_of(families: Vec<MetricFamily>, key: &GroupingKey) -> Result<String, PushgatewayError> {
+        render(&Snapshot::from_families(&families), key)
     }
 
     #[test]
@@ -242,7 +211,7 @@ mod tests {
     fn body_is_text_format_with_lf_final_newline_and_no_timestamps() {
         let mut family = gauge_family("temp", &[("room", "a")], 21.5);
         family.mut_metric()[0].set_timestamp_ms(1_700_000_000_000);
-        let body = render(vec![family], &key("j", &[]).unwrap()).unwrap();
+        let body = body_of(vec![family], &key("j", &[]).unwrap()).unwrap();
         assert_eq!(
             body,
             "# HELP temp help\n# TYPE temp gauge\ntemp{room=\"a\"} 21.5\n"
@@ -252,11 +221,12 @@ mod tests {
 
     #[test]
     fn untyped_families_render_with_the_untyped_type_line() {
-        let families = crate::exposition::parse::parse("# HELP u x\nu{a=\"1\"} 3\ng 2\n").unwrap();
-        let body = render(families, &key("j", &[]).unwrap()).unwrap();
+        let snapshot = parse("# HELP u x\nu{a=\"1\"} 3\ng 2\n").unwrap();
+        let body = render(&snapshot, &key("j", &[]).unwrap()).unwrap();
+        // Families in name order, as in every snapshot.
         assert_eq!(
             body,
-            "# HELP u x\n# TYPE u untyped\nu{a=\"1\"} 3\n# TYPE g untyped\ng 2\n"
+            "# TYPE g untyped\ng 2\n# HELP u x\n# TYPE u untyped\nu{a=\"1\"} 3\n"
         );
     }
 
@@ -264,15 +234,15 @@ mod tests {
     fn metrics_carrying_job_or_a_grouping_label_are_refused() {
         let k = key("j", &[("instance", "a")]).unwrap();
         for label in ["job", "instance"] {
-            let e = render(vec![gauge_family("m", &[(label, "x")], 1.0)], &k).unwrap_err();
+            let e = body_of(vec![gauge_family("m", &[(label, "x")], 1.0)], &k).unwrap_err();
             assert!(
                 e.to_string()
                     .contains(&format!("metric `m` carries the label `{label}`")),
                 "{e}"
             );
         }
-        assert!(render(vec![gauge_family("m", &[("other", "x")], 1.0)], &k).is_ok());
-        let e = render(vec![gauge_family("push_time_seconds", &[], 1.0)], &k).unwrap_err();
+        assert!(body_of(vec![gauge_family("m", &[("other", "x")], 1.0)], &k).is_ok());
+        let e = body_of(vec![gauge_family("push_time_seconds", &[], 1.0)], &k).unwrap_err();
         assert!(matches!(e, PushgatewayError::ReservedFamily(_)), "{e}");
     }
 
@@ -280,18 +250,18 @@ mod tests {
     fn empty_families_are_skipped() {
         let mut empty = gauge_family("e", &[], 0.0);
         empty.set_metric(vec![]);
-        assert_eq!(render(vec![empty], &key("j", &[]).unwrap()).unwrap(), "");
+        assert_eq!(body_of(vec![empty], &key("j", &[]).unwrap()).unwrap(), "");
     }
 
     #[test]
     fn samples_are_counted_per_text_line() {
-        let families = crate::exposition::parse::parse(
+        let snapshot = parse(
             "a 1\nb 2\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n\
              # TYPE s summary\ns{quantile=\"0.5\"} 1\ns_sum 1\ns_count 1\n",
         )
         .unwrap();
-        let samples = Snapshot::from_families(&families).sample_count() as u64;
-        let body = render(families, &key("j", &[]).unwrap()).unwrap();
+        let samples = snapshot.sample_count() as u64;
+        let body = render(&snapshot, &key("j", &[]).unwrap()).unwrap();
         let lines = body.lines().filter(|l| !l.starts_with('#')).count() as u64;
         assert_eq!(samples, lines);
         assert_eq!(lines, 2 + 4 + 3);

@@ -213,7 +213,7 @@ impl Destination {
         let work = tokio::task::spawn_blocking(move || {
             let snapshot = source.snapshot();
             let samples = snapshot.sample_count() as u64;
-            (samples, render(snapshot.to_families(), gateway.key()))
+            (samples, render(&snapshot, gateway.key()))
         })
         .await;
         match work {

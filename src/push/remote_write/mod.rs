@@ -26,7 +26,7 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use tokio::sync::{watch, Notify};
 
-use super::http::{HttpClient, USER_AGENT};
+use super::http::{error_body, HttpClient, ERROR_BODY_LIMIT, USER_AGENT};
 use super::retry::{parse_retry_after, Backoff};
 use super::schedule::Schedule;
 use super::self_metrics::{DestinationMetrics, DropReason, Outcome};
@@ -41,9 +41,6 @@ use snapshot_thread::SnapshotThread;
 
 /// The destination kind, in the `kind` label and `/healthz`.
 pub const KIND: &str = "remote_write";
-
-/// How much of a receiver's error message is logged.
-const MAX_LOGGED_BODY: usize = 512;
 
 /// Starts the destination's tasks; the first snapshot waits for `ctx.ready`.
 pub(crate) fn start(
@@ -429,7 +426,7 @@ async fn attempt(dest: &Destination, batch: &Batch) -> Verdict {
         .get(header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    let message = body_excerpt(response).await;
+    let message = error_body(response, ERROR_BODY_LIMIT).await;
     let (outcome, verdict) = if status == StatusCode::TOO_MANY_REQUESTS {
         if dest.retry_on_429 {
             (Outcome::Http429, Verdict::Retry(retry_after))
@@ -452,22 +449,4 @@ async fn attempt(dest: &Destination, batch: &Batch) -> Verdict {
         }
     }
     verdict
-}
-
-/// The start of a response body, as the receiver wrote it, cut at `MAX_LOGGED_BODY` bytes.
-async fn body_excerpt(mut response: reqwest::Response) -> String {
-    let mut bytes = Vec::new();
-    while bytes.len() < MAX_LOGGED_BODY {
-        match response.chunk().await {
-            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
-            _ => break,
-        }
-    }
-    let cut = bytes.len() > MAX_LOGGED_BODY;
-    bytes.truncate(MAX_LOGGED_BODY);
-    let mut text = String::from_utf8_lossy(&bytes).trim_end().to_string();
-    if cut {
-        text.push('…');
-    }
-    text
 }

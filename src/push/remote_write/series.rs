@@ -27,7 +27,7 @@ use std::sync::Arc;
 use super::encode::{encode_label, EncodeError, RequestEncoder, STALE_NAN_BITS};
 use super::queue::Batch;
 use super::staleness::{Seen, Tracking};
-use crate::config::is_valid_label_name;
+use crate::exposition::names::{is_valid_label_name, is_valid_metric_name};
 use crate::exposition::snapshot::{Family, Kind, Labels};
 use crate::push::Snapshot;
 
@@ -577,16 +577,6 @@ fn format_float(v: f64) -> String {
     } else {
         v.to_string()
     }
-}
-
-/// Metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
-pub fn is_valid_metric_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    match chars.next() {
-        Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':' => {}
-        _ => return false,
-    }
-    chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
 #[cfg(test)]

@@ -1,0 +1,126 @@
+//! The credential checks shared by every guarded route (`/v1/*`, the maintenance admin
+//! route, `/metrics`): one reading of `Authorization: Bearer <token>` and one loopback
+//! rule, so that the routes cannot drift apart in what they admit.
+
+use std::net::IpAddr;
+
+use axum::http::header::{HeaderMap, AUTHORIZATION};
+use subtle::ConstantTimeEq;
+
+/// The token of `Authorization: Bearer <token>`, blanks around it removed. The scheme is
+/// case-insensitive (RFC 7235 §2.1, RFC 6750 §2.1). `None` when the header is missing or
+/// names another scheme; `Some(b"")` for a Bearer header without a token, so that a
+/// caller can tell a wrong token from no token at all.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = value.split_at(value.iter().position(|&b| b == b' ')?);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| rest.trim_ascii())
+}
+
+/// Whether `presented` is `secret`, compared in constant time so that response timing
+/// does not reveal how much of a guess was right. An empty secret matches nothing: an
+/// unset token must never be satisfied by an empty `Bearer ` header.
+pub fn token_matches(presented: &[u8], secret: &[u8]) -> bool {
+    !secret.is_empty() && bool::from(presented.ct_eq(secret))
+}
+
+/// Whether the request carries `Authorization: Bearer <secret>`.
+pub fn bearer_matches(headers: &HeaderMap, secret: &str) -> bool {
+    bearer_token(headers).is_some_and(|token| token_matches(token, secret.as_bytes()))
+}
+
+/// The TCP peer is loopback (127.0.0.0/8, ::1, or ::ffff:127.x). Callers pass the
+/// socket's own peer address (or one a trusted proxy vouched for), never a header.
+pub fn is_loopback(peer: IpAddr) -> bool {
+    peer.to_canonical().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn auth(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn the_scheme_is_accepted_in_any_case() {
+        for value in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER s3cret",
+            "bEaReR s3cret",
+        ] {
+            assert_eq!(bearer_token(&auth(value)), Some(&b"s3cret"[..]), "{value}");
+            assert!(bearer_matches(&auth(value), "s3cret"), "{value}");
+        }
+    }
+
+    #[test]
+    fn blanks_around_the_token_are_ignored() {
+        for value in ["Bearer   s3cret", "Bearer s3cret  ", "Bearer \t s3cret\t"] {
+            assert!(bearer_matches(&auth(value), "s3cret"), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_header_or_another_scheme_carries_no_token() {
+        assert_eq!(bearer_token(&HeaderMap::new()), None);
+        for value in [
+            "Basic s3cret",
+            "s3cret",
+            "Bearer",
+            "Bearers s3cret",
+            "Bearer\ts3cret",
+        ] {
+            assert_eq!(bearer_token(&auth(value)), None, "{value:?}");
+            assert!(!bearer_matches(&auth(value), "s3cret"), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn an_empty_token_is_present_but_matches_nothing() {
+        for value in ["Bearer ", "Bearer    "] {
+            assert_eq!(bearer_token(&auth(value)), Some(&b""[..]), "{value:?}");
+            assert!(!bearer_matches(&auth(value), "s3cret"), "{value:?}");
+            assert!(!bearer_matches(&auth(value), ""), "{value:?}");
+        }
+        assert!(!token_matches(b"", b""));
+    }
+
+    #[test]
+    fn a_wrong_token_is_refused() {
+        for value in [
+            "Bearer s3cre",
+            "Bearer s3cret!",
+            "Bearer S3CRET",
+            "Bearer s3 cret",
+        ] {
+            assert!(!bearer_matches(&auth(value), "s3cret"), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn bearer_must_match_exactly() {
+        assert!(bearer_matches(&auth("Bearer s3cret"), "s3cret"));
+        assert!(!bearer_matches(&auth("Bearer s3cre"), "s3cret"));
+        assert!(!bearer_matches(&auth("Bearer s3cret!"), "s3cret"));
+        assert!(!bearer_matches(&auth("Basic s3cret"), "s3cret"));
+        assert!(!bearer_matches(&HeaderMap::new(), "s3cret"));
+    }
+
+    #[test]
+    fn loopback_includes_mapped_v4_and_excludes_others() {
+        assert!(is_loopback("127.0.0.1".parse().unwrap()));
+        assert!(is_loopback("127.8.9.10".parse().unwrap()));
+        assert!(is_loopback("::1".parse().unwrap()));
+        assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!is_loopback("10.0.0.1".parse().unwrap()));
+        assert!(!is_loopback("::ffff:10.0.0.1".parse().unwrap()));
+    }
+}
