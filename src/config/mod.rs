@@ -25,7 +25,6 @@ pub use destinations::{
 pub use env::{EnvOverride, ENV_OVERRIDES};
 pub use schema::{MaintenanceConfig, MetricsConfig, ServerConfig, StreamsConfig, WorkerConfig};
 pub use units::{ByteSize, HumanDuration};
-pub use validate::is_valid_label_name;
 
 /// A configuration problem; `key` is the dotted path of the offending key or the env var.
 #[derive(Debug, thiserror::Error)]
