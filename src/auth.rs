@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 /// case-insensitive (RFC 7235 §2.1, RFC 6750 §2.1). `None` when the header is missing or
 /// names another scheme; `Some(b"")` for a Bearer header without a token, so that a
 /// caller can tell a wrong token from no token at all.
-pub fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
     let value = headers.get(AUTHORIZATION)?.as_bytes();
     let (scheme, rest) = value.split_at(value.iter().position(|&b| b == b' ')?);
     scheme
@@ -22,18 +22,18 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
 /// Whether `presented` is `secret`, compared in constant time so that response timing
 /// does not reveal how much of a guess was right. An empty secret matches nothing: an
 /// unset token must never be satisfied by an empty `Bearer ` header.
-pub fn token_matches(presented: &[u8], secret: &[u8]) -> bool {
+pub(crate) fn token_matches(presented: &[u8], secret: &[u8]) -> bool {
     !secret.is_empty() && bool::from(presented.ct_eq(secret))
 }
 
 /// Whether the request carries `Authorization: Bearer <secret>`.
-pub fn bearer_matches(headers: &HeaderMap, secret: &str) -> bool {
+pub(crate) fn bearer_matches(headers: &HeaderMap, secret: &str) -> bool {
     bearer_token(headers).is_some_and(|token| token_matches(token, secret.as_bytes()))
 }
 
 /// The TCP peer is loopback (127.0.0.0/8, ::1, or ::ffff:127.x). Callers pass the
 /// socket's own peer address (or one a trusted proxy vouched for), never a header.
-pub fn is_loopback(peer: IpAddr) -> bool {
+pub(crate) fn is_loopback(peer: IpAddr) -> bool {
     peer.to_canonical().is_loopback()
 }
 

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use codex_proxy::cli::push_once;
-use codex_proxy::config::{Config, HumanDuration, PushMethod};
+use codex_proxy::cli::{self, PushArgs};
+use codex_proxy::config::Config;
 
 #[derive(Parser)]
 #[command(
@@ -38,35 +38,6 @@ enum Command {
     /// Validate a text-format exposition (FILE, or stdin) and push it once to a Pushgateway,
     /// or by remote-write. Exit 0 when delivered, 1 when refused or unreachable, 2 on bad input.
     Push(PushArgs),
-}
-
-#[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("destination").required(true).args(["gateway", "remote_write"])))]
-struct PushArgs {
-    /// Pushgateway base URL, e.g. http://127.0.0.1:9091
-    #[arg(long, value_name = "URL")]
-    gateway: Option<String>,
-    /// Remote-write URL instead, e.g. http://127.0.0.1:9090/api/v1/write; samples get the current time.
-    #[arg(long, value_name = "URL")]
-    remote_write: Option<String>,
-    /// The `job` of the grouping key (remote-write: the `job` label of every series).
-    #[arg(long)]
-    job: String,
-    /// A further grouping label (remote-write: a label of every series); repeatable.
-    #[arg(long = "label", value_name = "NAME=VALUE")]
-    labels: Vec<String>,
-    /// put replaces the whole group, post only the families in the file.
-    #[arg(long, value_parser = ["put", "post"], conflicts_with = "remote_write")]
-    method: Option<String>,
-    /// Delete the group instead of pushing (no input is read).
-    #[arg(long, conflicts_with_all = ["method", "file", "remote_write"])]
-    delete: bool,
-    /// Timeout of each request, e.g. 10s.
-    #[arg(long, default_value = "10s")]
-    timeout: HumanDuration,
-    /// Exposition file in text format 0.0.4; `-` or nothing reads stdin.
-    #[arg(value_name = "FILE|-")]
-    file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -101,51 +72,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::DemoWorker => run_demo_worker(),
-        Command::Push(args) => push(args),
-    }
-}
-
-/// `codex-proxy push`: one delivery, a one-line summary or the destination's message.
-fn push(args: PushArgs) -> ExitCode {
-    let target = match (args.gateway, args.remote_write) {
-        (Some(url), _) if args.delete => push_once::Target::DeleteGroup { url },
-        (Some(url), _) => push_once::Target::Pushgateway {
-            url,
-            method: match args.method.as_deref() {
-                Some("post") => PushMethod::Post,
-                _ => PushMethod::Put,
-            },
-        },
-        (None, Some(url)) => push_once::Target::RemoteWrite { url },
-        (None, None) => {
-            eprintln!("codex-proxy: push needs --gateway or --remote-write");
-            return ExitCode::from(2);
-        }
-    };
-    let deleting = matches!(target, push_once::Target::DeleteGroup { .. });
-    let request = push_once::labels_from_args(&args.labels).map(|labels| push_once::Request {
-        target,
-        input: push_once::Input::from_arg(args.file),
-        job: args.job,
-        labels,
-        timeout: args.timeout.0,
-    });
-    match request.and_then(push_once::run) {
-        Ok(_) if deleting => {
-            eprintln!("codex-proxy: group deleted");
-            ExitCode::SUCCESS
-        }
-        Ok(d) => {
-            eprintln!(
-                "codex-proxy: pushed {} samples in {} families",
-                d.samples, d.families
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("codex-proxy: {e}");
-            ExitCode::from(e.exit_code())
-        }
+        Command::Push(args) => cli::push(args),
     }
 }
 

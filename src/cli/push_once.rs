@@ -27,14 +27,14 @@ const REMOTE_WRITE_SERIES_PER_REQUEST: usize = 2000;
 
 /// Where the exposition comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Input {
+pub(crate) enum Input {
     Stdin,
     File(PathBuf),
 }
 
 impl Input {
     /// `-` is stdin, anything else a path.
-    pub fn from_arg(arg: Option<PathBuf>) -> Input {
+    pub(crate) fn from_arg(arg: Option<PathBuf>) -> Input {
         match arg {
             Some(p) if p.as_os_str() != "-" => Input::File(p),
             _ => Input::Stdin,
@@ -51,7 +51,7 @@ impl Input {
 
 /// Where it goes, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// PUT or POST the exposition to the group at this Pushgateway.
     Pushgateway { url: String, method: PushMethod },
     /// DELETE the group at this Pushgateway; there is no input.
@@ -62,18 +62,18 @@ pub enum Target {
 
 /// One `push` invocation, as parsed from the command line.
 #[derive(Debug, Clone)]
-pub struct Request {
-    pub target: Target,
-    pub input: Input,
+pub(crate) struct Request {
+    pub(crate) target: Target,
+    pub(crate) input: Input,
     /// The Pushgateway's `job`, or the `job` label of every remote-write series.
-    pub job: String,
+    pub(crate) job: String,
     /// Further grouping labels, or further labels of every remote-write series.
-    pub labels: BTreeMap<String, String>,
-    pub timeout: Duration,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum OneShotError {
+pub(crate) enum OneShotError {
     #[error("cannot read {what}: {source}")]
     Read {
         what: String,
@@ -101,7 +101,7 @@ pub enum OneShotError {
 
 impl OneShotError {
     /// 2 when the input or the arguments are at fault (nothing was sent), else 1.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             // Sent, and refused or lost on the way.
             OneShotError::Pushgateway(e) if e.outcome().is_some() => 1,
@@ -115,13 +115,13 @@ impl OneShotError {
 
 /// What was delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Delivered {
-    pub families: usize,
-    pub samples: u64,
+pub(crate) struct Delivered {
+    pub(crate) families: usize,
+    pub(crate) samples: u64,
 }
 
 /// `--label NAME=VALUE` arguments into a map; a name given twice is an error.
-pub fn labels_from_args(args: &[String]) -> Result<BTreeMap<String, String>, OneShotError> {
+pub(crate) fn labels_from_args(args: &[String]) -> Result<BTreeMap<String, String>, OneShotError> {
     let mut labels = BTreeMap::new();
     for arg in args {
         let (name, value) = arg
@@ -135,7 +135,7 @@ pub fn labels_from_args(args: &[String]) -> Result<BTreeMap<String, String>, One
 }
 
 /// Reads and validates the input, then delivers it; nothing is sent when the input is bad.
-pub fn run(request: Request) -> Result<Delivered, OneShotError> {
+pub(crate) fn run(request: Request) -> Result<Delivered, OneShotError> {
     // The same rules for both targets: `job` must be set, label names valid, and no
     // metric may carry a label that the command line sets.
     let key = GroupingKey::new(&request.job, request.labels.clone())?;
@@ -240,7 +240,7 @@ fn family_count(snapshot: &Snapshot) -> usize {
 }
 
 /// The input, parsed strictly; an input without samples is refused.
-pub fn load(input: &Input) -> Result<Snapshot, OneShotError> {
+pub(crate) fn load(input: &Input) -> Result<Snapshot, OneShotError> {
     let what = input.describe();
     let read_error = |source| OneShotError::Read {
         what: what.clone(),

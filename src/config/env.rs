@@ -9,11 +9,11 @@ use std::str::FromStr;
 use super::{Config, ConfigError};
 
 /// One environment variable and the key it overrides.
-pub struct EnvOverride {
+pub(crate) struct EnvOverride {
     /// The variable's name.
-    pub var: &'static str,
+    pub(crate) var: &'static str,
     /// The dotted key it sets.
-    pub key: &'static str,
+    pub(crate) key: &'static str,
     /// Parses the (trimmed) value into the key; the error says what was expected.
     set: fn(&mut Config, &str) -> Result<(), String>,
 }
@@ -35,7 +35,7 @@ impl fmt::Debug for EnvOverride {
 }
 
 /// Every environment override, in the order they are applied.
-pub const ENV_OVERRIDES: &[EnvOverride] = &[
+pub(crate) const ENV_OVERRIDES: &[EnvOverride] = &[
     EnvOverride::new("PROXY_ENABLE_METRICS", "metrics.enabled", |c, v| {
         boolean(&mut c.metrics.enabled, v)
     }),

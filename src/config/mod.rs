@@ -22,7 +22,6 @@ use serde::{Deserialize, Serialize};
 pub use destinations::{
     BasicAuthConfig, HttpDestination, HttpUrl, PushMethod, PushgatewayConfig, RemoteWriteConfig,
 };
-pub use env::{EnvOverride, ENV_OVERRIDES};
 pub use schema::{MaintenanceConfig, MetricsConfig, ServerConfig, StreamsConfig, WorkerConfig};
 pub use units::{ByteSize, HumanDuration};
 

@@ -8,8 +8,11 @@ use std::fmt::Write;
 
 use super::snapshot::{Family, Kind, Snapshot};
 
+/// `Content-Type` of what [`encode`] writes: a scrape's answer and a Pushgateway body.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// Appends `snapshot` to `out` in the text format.
-pub fn encode(snapshot: &Snapshot, out: &mut String) {
+pub(crate) fn encode(snapshot: &Snapshot, out: &mut String) {
     let mut encoder = Encoder::default();
     for family in &snapshot.families {
         encoder.family(family, out);
@@ -19,7 +22,7 @@ pub fn encode(snapshot: &Snapshot, out: &mut String) {
 /// Writes families one at a time, for callers that choose which ones (the Pushgateway
 /// body skips empty families); one family after another gives what [`encode`] gives.
 #[derive(Debug, Default)]
-pub struct Encoder<'a> {
+pub(crate) struct Encoder<'a> {
     /// The name of the last family written: the next one of that name (a family split by
     /// its bounds) continues it without a second HELP and TYPE, which parsers refuse.
     last_name: Option<&'a str>,
@@ -29,7 +32,7 @@ pub struct Encoder<'a> {
 
 impl<'a> Encoder<'a> {
     /// Appends `family` to `out`.
-    pub fn family(&mut self, family: &'a Family, out: &mut String) {
+    pub(crate) fn family(&mut self, family: &'a Family, out: &mut String) {
         let name = family.name.as_str();
         if self.last_name != Some(name) {
             header(family, out);

@@ -3,7 +3,7 @@
 //! the text-format 0.0.4 encoder that renders one (for `/metrics` and the Pushgateway
 //! body alike), the strict parser that reads one, and the Prometheus naming rules.
 
-pub mod encode;
-pub mod names;
+pub(crate) mod encode;
+pub(crate) mod names;
 pub mod parse;
-pub mod snapshot;
+pub(crate) mod snapshot;

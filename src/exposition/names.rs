@@ -3,22 +3,22 @@
 //! prefix that Prometheus reserves for its own labels (`__name__` among them).
 
 /// A character that may appear in a metric name (the first one has a narrower rule).
-pub fn is_metric_name_char(c: char) -> bool {
+pub(crate) fn is_metric_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == ':'
 }
 
 /// A character that may appear in a label name (the first one has a narrower rule).
-pub fn is_label_name_char(c: char) -> bool {
+pub(crate) fn is_label_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
 }
 
 /// Metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
-pub fn is_valid_metric_name(name: &str) -> bool {
+pub(crate) fn is_valid_metric_name(name: &str) -> bool {
     name.starts_with(|c: char| !c.is_ascii_digit()) && name.chars().all(is_metric_name_char)
 }
 
 /// Label name a user may set: `[a-zA-Z_][a-zA-Z0-9_]*`, not reserved (`__` prefix).
-pub fn is_valid_label_name(name: &str) -> bool {
+pub(crate) fn is_valid_label_name(name: &str) -> bool {
     name.starts_with(|c: char| !c.is_ascii_digit())
         && name.chars().all(is_label_name_char)
         && !name.starts_with("__")

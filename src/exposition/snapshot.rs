@@ -17,7 +17,7 @@ use prometheus::proto::{MetricFamily, MetricType};
 
 /// One metric's labels, sorted by name. Values may be empty (the text format keeps them;
 /// remote-write leaves such labels out).
-pub type Labels = Arc<[(Box<str>, Box<str>)]>;
+pub(crate) type Labels = Arc<[(Box<str>, Box<str>)]>;
 
 /// Every family, sorted by name.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -26,7 +26,7 @@ pub struct Snapshot {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Counter,
     Gauge,
     Histogram,
@@ -38,13 +38,13 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Family {
     pub name: String,
-    pub help: String,
-    pub kind: Kind,
+    pub(crate) help: String,
+    pub(crate) kind: Kind,
     /// Histogram: the finite bucket upper bounds, ascending (the `+Inf` bucket is the
     /// count). Summary: the quantiles, ascending. Empty for the other kinds.
-    pub bounds: Arc<[f64]>,
+    pub(crate) bounds: Arc<[f64]>,
     /// One entry per metric.
-    pub labels: Vec<Labels>,
+    pub(crate) labels: Vec<Labels>,
     /// [`stride`](Family::stride) values per metric, in the order of `labels`. Counter,
     /// gauge, untyped: the value. Histogram: the cumulative count of each bound, then the
     /// sum, then the count. Summary: the value of each quantile, then the sum, the count.
@@ -53,7 +53,7 @@ pub struct Family {
 
 impl Family {
     /// An empty family.
-    pub fn new(name: &str, help: &str, kind: Kind, bounds: Arc<[f64]>) -> Family {
+    pub(crate) fn new(name: &str, help: &str, kind: Kind, bounds: Arc<[f64]>) -> Family {
         Family {
             name: name.to_string(),
             help: help.to_string(),
@@ -65,7 +65,7 @@ impl Family {
     }
 
     /// Values per metric.
-    pub fn stride(&self) -> usize {
+    pub(crate) fn stride(&self) -> usize {
         match self.kind {
             Kind::Histogram | Kind::Summary => self.bounds.len() + 2,
             Kind::Counter | Kind::Gauge | Kind::Untyped => 1,
@@ -73,20 +73,20 @@ impl Family {
     }
 
     /// Each metric's labels and values.
-    pub fn metrics(&self) -> impl Iterator<Item = (&Labels, &[f64])> {
+    pub(crate) fn metrics(&self) -> impl Iterator<Item = (&Labels, &[f64])> {
         self.labels
             .iter()
             .zip(self.values.chunks_exact(self.stride()))
     }
 
     /// Room for `metrics` more metrics.
-    pub fn reserve(&mut self, metrics: usize) {
+    pub(crate) fn reserve(&mut self, metrics: usize) {
         self.labels.reserve(metrics);
         self.values.reserve(metrics * self.stride());
     }
 
     /// Adds a metric; `values` must hold [`stride`](Family::stride) values.
-    pub fn push(&mut self, labels: Labels, values: &[f64]) {
+    pub(crate) fn push(&mut self, labels: Labels, values: &[f64]) {
         debug_assert_eq!(values.len(), self.stride());
         self.labels.push(labels);
         self.values.extend_from_slice(values);
@@ -94,7 +94,7 @@ impl Family {
 
     /// Lines one metric takes in the text format (series in remote-write): histograms
     /// one per bound, `+Inf`, sum and count; summaries one per quantile, sum and count.
-    pub fn samples_per_metric(&self) -> usize {
+    pub(crate) fn samples_per_metric(&self) -> usize {
         match self.kind {
             Kind::Histogram => self.bounds.len() + 3,
             Kind::Summary => self.bounds.len() + 2,
@@ -114,7 +114,8 @@ impl Snapshot {
 
     /// The values of the metric of family `name` with exactly these labels (in name
     /// order), if there is one.
-    pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<&[f64]> {
+    #[cfg(test)]
+    pub(crate) fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<&[f64]> {
         let same = |l: &Labels| {
             l.len() == labels.len()
                 && l.iter()
@@ -131,7 +132,7 @@ impl Snapshot {
 
     /// Adds `other`'s families and keeps the families sorted by name (stable: of two
     /// families with one name, the one already here comes first).
-    pub fn merge(&mut self, other: Snapshot) {
+    pub(crate) fn merge(&mut self, other: Snapshot) {
         self.families.extend(other.families);
         self.families.sort_by(|a, b| a.name.cmp(&b.name));
     }
@@ -218,7 +219,7 @@ mod crate_form {
 
     impl Snapshot {
         /// The crate's form.
-        pub fn to_families(&self) -> Vec<MetricFamily> {
+        pub(crate) fn to_families(&self) -> Vec<MetricFamily> {
             self.families
                 .iter()
                 .map(|f| {

@@ -37,14 +37,11 @@ use crate::config::MetricsConfig;
 use crate::exposition::encode as text;
 
 /// Where the scrape route is.
-pub const SCRAPE_PATH: &str = "/metrics";
-
-/// `Content-Type` of the Prometheus text format 0.0.4.
-pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const SCRAPE_PATH: &str = "/metrics";
 
 /// Who may scrape.
 #[derive(Debug, Clone)]
-pub struct Guard {
+pub(crate) struct Guard {
     /// Empty: no token admits anyone.
     token: Vec<u8>,
     allow_loopback: bool,
@@ -54,7 +51,7 @@ pub struct Guard {
 
 /// Why a scrape was refused; the text goes into the 403 body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     WrongToken,
     NotAllowed,
 }
@@ -71,7 +68,7 @@ impl Refusal {
 }
 
 impl Guard {
-    pub fn new(config: &MetricsConfig) -> Self {
+    pub(crate) fn new(config: &MetricsConfig) -> Self {
         Guard {
             token: config.token.as_bytes().to_vec(),
             allow_loopback: config.allow_loopback,
@@ -82,7 +79,11 @@ impl Guard {
 
     /// Decides on a scrape from socket peer `peer` (None when the server was not given
     /// connection info: then nobody counts as loopback).
-    pub fn admit(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> Result<(), Refusal> {
+    pub(crate) fn admit(
+        &self,
+        peer: Option<SocketAddr>,
+        headers: &HeaderMap,
+    ) -> Result<(), Refusal> {
         if self.allow_unauth {
             return Ok(());
         }
@@ -161,7 +162,7 @@ struct ScrapeState {
 }
 
 /// The `/metrics` route: `GET` (and so `HEAD`) behind the guard.
-pub fn scrape_route<S>(metrics: Arc<Metrics>, config: &MetricsConfig) -> MethodRouter<S>
+pub(crate) fn scrape_route<S>(metrics: Arc<Metrics>, config: &MetricsConfig) -> MethodRouter<S>
 where
     S: Clone + Send + Sync + 'static,
 {
@@ -190,7 +191,7 @@ async fn scrape(State(state): State<Arc<ScrapeState>>, request: Request) -> Resp
         Ok(body) => {
             let mut response = body.into_response();
             let h = response.headers_mut();
-            h.insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
+            h.insert(CONTENT_TYPE, HeaderValue::from_static(text::CONTENT_TYPE));
             h.insert(VARY, HeaderValue::from_static("accept-encoding"));
             if gzip {
                 h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -209,6 +210,7 @@ async fn scrape(State(state): State<Arc<ScrapeState>>, request: Request) -> Resp
 }
 
 /// Renders the registry in the text format.
+#[derive(Debug)]
 pub struct Renderer {
     metrics: Arc<Metrics>,
     /// Size of the last rendering: the next buffer starts that large, instead of
@@ -412,7 +414,7 @@ mod tests {
         metrics.worker_restarts.inc();
         let response = app.oneshot(scrape_request(LOOPBACK, &[])).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(response.headers()[CONTENT_TYPE], TEXT_FORMAT);
+        assert_eq!(response.headers()[CONTENT_TYPE], text::CONTENT_TYPE);
         assert!(response.headers().get(CONTENT_ENCODING).is_none());
         let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
         let text = String::from_utf8(body.to_vec()).unwrap();

@@ -13,7 +13,11 @@ use crate::auth::bearer_matches;
 /// Runs before every `/v1/*` handler, in this order: a wrong or missing API key is 401
 /// (so strangers learn nothing about the backend), maintenance is 503 with
 /// `Retry-After`, a worker that is not ready is 503 `worker_not_ready`.
-pub async fn v1_guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn v1_guard(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let api_key = &state.config.server.api_key;
     if !api_key.is_empty() && !bearer_matches(request.headers(), api_key) {
         return ApiError::unauthorized().into_response();

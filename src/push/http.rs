@@ -19,10 +19,10 @@ use reqwest::{Method, RequestBuilder, Url};
 use crate::config::{BasicAuthConfig, HttpDestination};
 
 /// `User-Agent` of every push.
-pub const USER_AGENT: &str = concat!("codex-proxy/", env!("CARGO_PKG_VERSION"));
+pub(crate) const USER_AGENT: &str = concat!("codex-proxy/", env!("CARGO_PKG_VERSION"));
 
 /// How much of a receiver's error body is kept for an error or a log line.
-pub const ERROR_BODY_LIMIT: usize = 512;
+pub(crate) const ERROR_BODY_LIMIT: usize = 512;
 
 /// Headers only the HTTP stack may set.
 const FRAMING: [HeaderName; 3] = [
@@ -58,6 +58,25 @@ pub struct HttpSettings<'a> {
     pub tls_ca_file: Option<&'a Path>,
 }
 
+/// Header values and credentials stay out of `Debug`: a configured header may carry a
+/// token, and `Debug` output ends up in logs.
+impl std::fmt::Debug for HttpSettings<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSettings")
+            .field("timeout", &self.timeout)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
 enum Credentials {
     None,
     Bearer(PathBuf),
@@ -76,7 +95,7 @@ pub struct HttpClient {
 
 impl HttpClient {
     /// The client of a configured destination; `protocol` as in [`HttpClient::new`].
-    pub fn for_destination(
+    pub(crate) fn for_destination(
         destination: &HttpDestination,
         protocol: HeaderMap,
     ) -> Result<HttpClient, HttpError> {
@@ -151,7 +170,7 @@ impl HttpClient {
     }
 
     /// A request with every header set and the credentials read now.
-    pub fn request(&self, method: Method, url: Url) -> Result<RequestBuilder, HttpError> {
+    pub(crate) fn request(&self, method: Method, url: Url) -> Result<RequestBuilder, HttpError> {
         let mut headers = self.headers.clone();
         if let Some(auth) = authorization(&self.credentials)? {
             headers.insert(header::AUTHORIZATION, auth);
@@ -214,7 +233,7 @@ fn read_secret(what: &'static str, path: &Path) -> Result<String, HttpError> {
 /// read chunk by chunk and the rest never read, so that a receiver answering with a huge
 /// (or endless) body costs no more than one chunk of memory. Decoded lossily, blanks
 /// trimmed, `…` appended when cut; a read error keeps what came before it.
-pub async fn error_body(mut response: reqwest::Response, limit: usize) -> String {
+pub(crate) async fn error_body(mut response: reqwest::Response, limit: usize) -> String {
     let mut kept = Vec::new();
     let mut cut = false;
     while let Ok(Some(chunk)) = response.chunk().await {

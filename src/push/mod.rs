@@ -13,9 +13,9 @@
 pub mod http;
 pub mod pushgateway;
 pub mod remote_write;
-pub mod retry;
-pub mod schedule;
-pub mod self_metrics;
+pub(crate) mod retry;
+pub(crate) mod schedule;
+pub(crate) mod self_metrics;
 mod signal;
 
 use std::sync::Arc;
@@ -98,21 +98,22 @@ pub(crate) fn destination_name(configured: Option<&str>, kind: &str, index: usiz
 
 /// What every destination loop is started with.
 pub(crate) struct Context {
-    pub source: Arc<dyn SnapshotSource>,
-    pub metrics: PushMetrics,
+    pub(crate) source: Arc<dyn SnapshotSource>,
+    pub(crate) metrics: PushMetrics,
     /// The proxy's listen address: the default `instance` label.
-    pub instance: String,
-    pub ready: Ready,
-    pub shutdown: Shutdown,
+    pub(crate) instance: String,
+    pub(crate) ready: Ready,
+    pub(crate) shutdown: Shutdown,
 }
 
 /// A running destination loop.
 pub(crate) struct Started {
-    pub status: watch::Receiver<DestinationStatus>,
-    pub task: JoinHandle<()>,
+    pub(crate) status: watch::Receiver<DestinationStatus>,
+    pub(crate) task: JoinHandle<()>,
 }
 
 /// The running destination loops.
+#[derive(Debug)]
 pub struct Pushers {
     tasks: Vec<JoinHandle<()>>,
     handle: PushersHandle,
@@ -121,7 +122,7 @@ pub struct Pushers {
 
 /// A cheap, cloneable view of the pushers for the rest of the application: allow the first
 /// push, read the status for `/healthz`.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct PushersHandle {
     ready: watch::Sender<bool>,
     statuses: Arc<[watch::Receiver<DestinationStatus>]>,

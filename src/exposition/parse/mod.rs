@@ -35,8 +35,8 @@ use cursor::{fmt_value, parse_value, unescape, Cursor, RawLabels};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}: {message}")]
 pub struct ParseError {
-    pub line: usize,
-    pub message: String,
+    pub(crate) line: usize,
+    pub(crate) message: String,
 }
 
 /// Parses a whole exposition.

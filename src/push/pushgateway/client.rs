@@ -6,21 +6,19 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 
 use crate::config::PushMethod;
+use crate::exposition::encode;
 use crate::exposition::snapshot::Snapshot;
 use crate::push::http::{error_body, HttpClient, ERROR_BODY_LIMIT, USER_AGENT};
 
 use super::group::{render, GroupingKey};
 use super::PushgatewayError;
 
-/// The exact Content-Type of a text-format 0.0.4 push.
-pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
 /// The headers of every request; configured headers never override them.
 pub fn protocol_headers(gzip: bool) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(CONTENT_TYPE_TEXT),
+        HeaderValue::from_static(encode::CONTENT_TYPE),
     );
     h.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
     if gzip {
@@ -36,6 +34,16 @@ pub struct Pushgateway {
     url: Url,
     key: GroupingKey,
     gzip: bool,
+}
+
+/// The URL stays out of `Debug`: it may carry credentials.
+impl std::fmt::Debug for Pushgateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pushgateway")
+            .field("key", &self.key)
+            .field("gzip", &self.gzip)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pushgateway {
@@ -54,7 +62,7 @@ impl Pushgateway {
 
     /// [`Pushgateway::new`] for a base already parsed (the configuration's): the group's
     /// path follows the base's own.
-    pub fn with_base(
+    pub(crate) fn with_base(
         transport: HttpClient,
         base: &Url,
         key: GroupingKey,
@@ -80,7 +88,7 @@ impl Pushgateway {
         })
     }
 
-    pub fn key(&self) -> &GroupingKey {
+    pub(crate) fn key(&self) -> &GroupingKey {
         &self.key
     }
 
@@ -95,7 +103,11 @@ impl Pushgateway {
     }
 
     /// Sends an already rendered body (the final push retries the same one).
-    pub async fn send_body(&self, method: PushMethod, body: &str) -> Result<(), PushgatewayError> {
+    pub(crate) async fn send_body(
+        &self,
+        method: PushMethod,
+        body: &str,
+    ) -> Result<(), PushgatewayError> {
         let method = match method {
             PushMethod::Put => Method::PUT,
             PushMethod::Post => Method::POST,
@@ -215,7 +227,7 @@ mod tests {
         let request = pg.request(Method::PUT).unwrap().build().unwrap();
         let h = request.headers();
         assert_eq!(h.get_all(header::CONTENT_TYPE).iter().count(), 1);
-        assert_eq!(h[header::CONTENT_TYPE], CONTENT_TYPE_TEXT);
+        assert_eq!(h[header::CONTENT_TYPE], encode::CONTENT_TYPE);
         assert_eq!(h[header::CONTENT_ENCODING], "gzip");
         assert_eq!(h["x-team"], "a");
         assert!(h[header::USER_AGENT]

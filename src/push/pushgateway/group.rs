@@ -11,7 +11,7 @@ use crate::exposition::snapshot::{Family, Snapshot};
 use super::PushgatewayError;
 
 /// Families the gateway adds to every group itself; a pushed one would be overwritten.
-pub const RESERVED_FAMILIES: [&str; 2] = ["push_time_seconds", "push_failure_time_seconds"];
+pub(crate) const RESERVED_FAMILIES: [&str; 2] = ["push_time_seconds", "push_failure_time_seconds"];
 
 /// `job` plus further grouping labels: which group of the gateway a push replaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +45,7 @@ impl GroupingKey {
     }
 
     /// `/metrics/job/<job>{/<label>/<value>}`: job first, then labels in name order.
-    pub fn path(&self) -> String {
+    pub(crate) fn path(&self) -> String {
         let mut path = String::from("/metrics");
         push_segment(&mut path, "job", &self.job);
         for (name, value) in &self.labels {
@@ -55,14 +55,14 @@ impl GroupingKey {
     }
 
     /// `job` and the grouping labels, in that order.
-    pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub(crate) fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
         std::iter::once(("job", self.job.as_str()))
             .chain(self.labels.iter().map(|(n, v)| (n.as_str(), v.as_str())))
     }
 
     /// Refuses a metric that carries `job` or a grouping label: the gateway would
     /// silently overwrite it with the key's value.
-    pub fn check_labels(&self, family: &Family) -> Result<(), PushgatewayError> {
+    pub(crate) fn check_labels(&self, family: &Family) -> Result<(), PushgatewayError> {
         for labels in &family.labels {
             if let Some((name, _)) = labels
                 .iter()
@@ -106,7 +106,7 @@ fn push_segment(path: &mut String, name: &str, value: &str) {
 ///
 /// Refuses a metric that carries `job` or a grouping label, and the gateway's own
 /// `push_time_seconds`/`push_failure_time_seconds`. Families without metrics are skipped.
-pub fn render(snapshot: &Snapshot, key: &GroupingKey) -> Result<String, PushgatewayError> {
+pub(crate) fn render(snapshot: &Snapshot, key: &GroupingKey) -> Result<String, PushgatewayError> {
     let mut encoder = Encoder::default();
     let mut body = String::new();
     for family in &snapshot.families {

@@ -27,11 +27,12 @@ use super::{Context, DestinationStatus, PushError, SnapshotSource, Started};
 use crate::config::{PushMethod, PushgatewayConfig};
 
 pub(crate) use client::error_chain;
-pub use client::{protocol_headers, Pushgateway, CONTENT_TYPE_TEXT};
-pub use group::{render, GroupingKey, RESERVED_FAMILIES};
+pub use client::{protocol_headers, Pushgateway};
+use group::render;
+pub use group::GroupingKey;
 
 /// The destination kind, in the `kind` label and `/healthz`.
-pub const KIND: &str = "pushgateway";
+pub(crate) const KIND: &str = "pushgateway";
 
 /// Pause before the first retry of the final push; it doubles up to the max.
 const FINAL_RETRY_MIN: Duration = Duration::from_millis(100);
@@ -66,7 +67,7 @@ pub enum PushgatewayError {
 
 impl PushgatewayError {
     /// How the request ended, for `codex_push_requests_total`; `None` if it was never sent.
-    pub fn outcome(&self) -> Option<Outcome> {
+    pub(crate) fn outcome(&self) -> Option<Outcome> {
         match self {
             PushgatewayError::Rejected { status: 429, .. } => Some(Outcome::Http429),
             PushgatewayError::Rejected { status, .. } if *status >= 500 => Some(Outcome::Http5xx),
@@ -79,7 +80,7 @@ impl PushgatewayError {
 
     /// Whether the same request may succeed later: 5xx, timeouts, connection errors, and
     /// a credential file that may be fixed or rotated meanwhile.
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         match self {
             PushgatewayError::Rejected { status, .. } => *status >= 500,
             PushgatewayError::Timeout

@@ -12,8 +12,8 @@
 //! the queue's byte cap bounds what it costs.
 
 pub mod encode;
-pub mod proto;
-pub mod queue;
+pub(crate) mod proto;
+pub(crate) mod queue;
 pub mod series;
 mod snapshot_thread;
 mod staleness;
@@ -40,7 +40,7 @@ use series::SeriesState;
 use snapshot_thread::SnapshotThread;
 
 /// The destination kind, in the `kind` label and `/healthz`.
-pub const KIND: &str = "remote_write";
+pub(crate) const KIND: &str = "remote_write";
 
 /// Starts the destination's tasks; the first snapshot waits for `ctx.ready`.
 pub(crate) fn start(
@@ -122,7 +122,7 @@ pub(crate) fn start(
 }
 
 /// The headers remote-write 1.0 requires on every request; configured ones never override them.
-pub fn protocol_headers() -> HeaderMap {
+pub(crate) fn protocol_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("snappy"));
     h.insert(

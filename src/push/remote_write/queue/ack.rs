@@ -19,28 +19,28 @@ const SLOT_LEN: usize = 64;
 
 /// A place in the queue: a segment and a byte offset in it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Pos {
-    pub seq: u64,
-    pub offset: u64,
+pub(crate) struct Pos {
+    pub(crate) seq: u64,
+    pub(crate) offset: u64,
 }
 
 /// The delivery position: `next` is the first record not handed out yet; `in_flight`, when
 /// set, is a record handed out before `next` and not yet acknowledged (the records between
 /// them were dropped by the cap).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Acked {
-    pub next: Pos,
-    pub in_flight: Option<Pos>,
+pub(crate) struct Acked {
+    pub(crate) next: Pos,
+    pub(crate) in_flight: Option<Pos>,
 }
 
-pub struct AckFile {
+pub(crate) struct AckFile {
     file: File,
     generation: u64,
 }
 
 /// How reading the ack file went.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Loaded {
+pub(crate) enum Loaded {
     /// No position stored yet: nothing was ever delivered.
     Fresh,
     Found(Acked),
@@ -49,7 +49,7 @@ pub enum Loaded {
 }
 
 impl AckFile {
-    pub fn open(path: &Path) -> std::io::Result<(AckFile, Loaded)> {
+    pub(crate) fn open(path: &Path) -> std::io::Result<(AckFile, Loaded)> {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -77,7 +77,7 @@ impl AckFile {
     }
 
     /// Stores `acked` in the slot not holding the current position.
-    pub fn write(&mut self, acked: &Acked) -> std::io::Result<()> {
+    pub(crate) fn write(&mut self, acked: &Acked) -> std::io::Result<()> {
         let generation = self.generation + 1;
         let slot = encode(generation, acked);
         self.file

@@ -21,7 +21,7 @@ use super::{Batch, Dropped, Queue, QueueStats};
 /// How often a degraded queue tries the disk again.
 const RETRY_DISK: Duration = Duration::from_secs(30);
 
-pub struct DurableQueue {
+pub(crate) struct DurableQueue {
     /// `None` when `queue_dir` was unusable at start.
     disk: Option<DiskQueue>,
     /// Batches that could not go to disk, newer than everything on disk.
@@ -37,7 +37,7 @@ pub struct DurableQueue {
 impl DurableQueue {
     /// Opens the queue in `dir`; falls back to memory (logged once) when the directory is
     /// unusable. The recovery says what was found on disk.
-    pub fn open(dir: &Path, max_bytes: u64) -> (DurableQueue, Recovery) {
+    pub(crate) fn open(dir: &Path, max_bytes: u64) -> (DurableQueue, Recovery) {
         let (disk, recovery, degraded_since) = match DiskQueue::open(dir, max_bytes) {
             Ok((disk, recovery)) => {
                 if recovery.replayed.requests > 0 {
@@ -72,7 +72,7 @@ impl DurableQueue {
 
     /// Whether what is queued outlives the process (false when `queue_dir` was unusable at
     /// start; batches queued in memory later are reported lost when the queue is dropped).
-    pub fn is_durable(&self) -> bool {
+    pub(crate) fn is_durable(&self) -> bool {
         self.disk.is_some()
     }
 

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-pub struct Flusher {
+pub(crate) struct Flusher {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
@@ -30,7 +30,7 @@ struct State {
 }
 
 impl Flusher {
-    pub fn start(name: String) -> std::io::Result<Flusher> {
+    pub(crate) fn start(name: String) -> std::io::Result<Flusher> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
@@ -46,7 +46,7 @@ impl Flusher {
     }
 
     /// `file` got writes that must reach the disk.
-    pub fn mark_dirty(&self, file: &Arc<File>) {
+    pub(crate) fn mark_dirty(&self, file: &Arc<File>) {
         let mut state = self.shared.lock();
         if !state.dirty.iter().any(|f| Arc::ptr_eq(f, file)) {
             state.dirty.push(Arc::clone(file));
@@ -55,7 +55,7 @@ impl Flusher {
     }
 
     /// A sync failure since the last call: the disk can no longer be trusted.
-    pub fn take_error(&self) -> Option<std::io::Error> {
+    pub(crate) fn take_error(&self) -> Option<std::io::Error> {
         self.shared.lock().error.take()
     }
 }

@@ -6,14 +6,14 @@ use std::collections::VecDeque;
 
 use super::{Batch, Dropped, Queue, QueueStats};
 
-pub struct MemoryQueue {
+pub(crate) struct MemoryQueue {
     batches: VecDeque<Batch>,
     bytes: u64,
     max_bytes: u64,
 }
 
 impl MemoryQueue {
-    pub fn new(max_bytes: u64) -> MemoryQueue {
+    pub(crate) fn new(max_bytes: u64) -> MemoryQueue {
         MemoryQueue {
             batches: VecDeque::new(),
             bytes: 0,

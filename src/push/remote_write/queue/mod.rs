@@ -9,10 +9,10 @@
 //!   delivery stands) and `flusher.rs` (the thread that fdatasyncs appended records).
 
 mod ack;
-pub mod disk;
-pub mod durable;
+pub(crate) mod disk;
+pub(crate) mod durable;
 mod flusher;
-pub mod memory;
+pub(crate) mod memory;
 mod segment;
 
 use bytes::Bytes;
@@ -21,32 +21,32 @@ use bytes::Bytes;
 /// resent byte-identical on retry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
-    pub body: Bytes,
+    pub(crate) body: Bytes,
     /// Samples it carries, for the sent/dropped counters.
     pub samples: u64,
     /// Timestamp of its oldest sample (ms since the epoch), for the pending-age gauge.
-    pub oldest_timestamp_ms: i64,
+    pub(crate) oldest_timestamp_ms: i64,
 }
 
 /// What a push had to drop to stay under the byte cap.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Dropped {
-    pub requests: u64,
+pub(crate) struct Dropped {
+    pub(crate) requests: u64,
     pub samples: u64,
 }
 
 /// Queue depth, for gauges and `/healthz`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct QueueStats {
-    pub bytes: u64,
-    pub requests: u64,
-    pub oldest_timestamp_ms: Option<i64>,
+pub(crate) struct QueueStats {
+    pub(crate) bytes: u64,
+    pub(crate) requests: u64,
+    pub(crate) oldest_timestamp_ms: Option<i64>,
     /// A durable queue keeping batches in memory because its disk refused them.
-    pub degraded: bool,
+    pub(crate) degraded: bool,
 }
 
 /// A FIFO of batches with a byte cap; past the cap the oldest batches are dropped.
-pub trait Queue: Send {
+pub(crate) trait Queue: Send {
     /// Appends a batch, dropping the oldest ones when over the cap.
     fn push(&mut self, batch: Batch) -> Dropped;
     /// The oldest unacknowledged batch.

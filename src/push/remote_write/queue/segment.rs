@@ -13,15 +13,15 @@
 
 use std::ops::Range;
 
-pub const MAGIC: [u8; 4] = *b"CXQ1";
-pub const HEADER_LEN: usize = 32;
+pub(crate) const MAGIC: [u8; 4] = *b"CXQ1";
+pub(crate) const HEADER_LEN: usize = 32;
 
 /// Segment files are `<sequence, 20 digits>.seg`, so names sort in queue order.
-pub fn file_name(seq: u64) -> String {
+pub(crate) fn file_name(seq: u64) -> String {
     format!("{seq:020}.seg")
 }
 
-pub fn parse_file_name(name: &str) -> Option<u64> {
+pub(crate) fn parse_file_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(".seg")?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -30,15 +30,19 @@ pub fn parse_file_name(name: &str) -> Option<u64> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
-    pub payload_len: u32,
+pub(crate) struct Header {
+    pub(crate) payload_len: u32,
     pub samples: u64,
-    pub oldest_timestamp_ms: i64,
-    pub payload_crc: u32,
+    pub(crate) oldest_timestamp_ms: i64,
+    pub(crate) payload_crc: u32,
 }
 
 impl Header {
-    pub fn for_payload(payload: &[u8], samples: u64, oldest_timestamp_ms: i64) -> Option<Header> {
+    pub(crate) fn for_payload(
+        payload: &[u8],
+        samples: u64,
+        oldest_timestamp_ms: i64,
+    ) -> Option<Header> {
         Some(Header {
             payload_len: u32::try_from(payload.len()).ok()?,
             samples,
@@ -48,11 +52,11 @@ impl Header {
     }
 
     /// Header plus payload.
-    pub fn record_len(&self) -> u64 {
+    pub(crate) fn record_len(&self) -> u64 {
         HEADER_LEN as u64 + u64::from(self.payload_len)
     }
 
-    pub fn encode(&self) -> [u8; HEADER_LEN] {
+    pub(crate) fn encode(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         out[0..4].copy_from_slice(&MAGIC);
         out[4..8].copy_from_slice(&self.payload_len.to_le_bytes());
@@ -65,7 +69,7 @@ impl Header {
     }
 
     /// The header at the start of `bytes`, or `None` when the magic or its checksum is wrong.
-    pub fn decode(bytes: &[u8]) -> Option<Header> {
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Header> {
         let bytes = bytes.get(..HEADER_LEN)?;
         let u32_at =
             |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
@@ -85,14 +89,14 @@ impl Header {
         })
     }
 
-    pub fn payload_matches(&self, payload: &[u8]) -> bool {
+    pub(crate) fn payload_matches(&self, payload: &[u8]) -> bool {
         payload.len() == self.payload_len as usize && crc32fast::hash(payload) == self.payload_crc
     }
 }
 
 /// What a scan finds, in file order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Found {
+pub(crate) enum Found {
     /// A verified record starting at `offset`.
     Record { offset: u64, header: Header },
     /// Bytes that hold no verifiable record: a torn tail, a damaged header or payload.
@@ -101,7 +105,7 @@ pub enum Found {
 }
 
 /// Verifies every record of a segment's contents.
-pub fn scan(buf: &[u8]) -> Vec<Found> {
+pub(crate) fn scan(buf: &[u8]) -> Vec<Found> {
     let mut found = Vec::new();
     let mut offset = 0usize;
     while offset < buf.len() {

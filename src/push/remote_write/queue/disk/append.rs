@@ -13,7 +13,7 @@ impl DiskQueue {
     /// drops the oldest queued requests while over the cap, but never the one in flight (a
     /// batch larger than the whole cap goes at once, like in the memory queue: it could
     /// never fit). On error the batch is not queued and the caller keeps it.
-    pub fn append(&mut self, batch: &Batch) -> Result<Dropped, DiskError> {
+    pub(crate) fn append(&mut self, batch: &Batch) -> Result<Dropped, DiskError> {
         #[cfg(test)]
         if let Some(errno) = self.fail_appends {
             return Err(DiskError::Io {

@@ -42,10 +42,10 @@ use super::flusher::Flusher;
 use super::segment::{self, Header};
 use super::{Batch, Dropped, QueueStats};
 
-pub use open::Recovery;
+pub(crate) use open::Recovery;
 
 #[derive(Debug, thiserror::Error)]
-pub enum DiskError {
+pub(crate) enum DiskError {
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -68,7 +68,7 @@ impl DiskError {
     }
 
     /// True when the disk is full (ENOSPC, EDQUOT).
-    pub fn is_disk_full(&self) -> bool {
+    pub(crate) fn is_disk_full(&self) -> bool {
         matches!(self, DiskError::Io { source, .. }
             if matches!(source.raw_os_error(), Some(e) if e == Errno::NOSPC.raw_os_error() || e == Errno::DQUOT.raw_os_error()))
     }
@@ -106,7 +106,7 @@ struct InFlight {
     batch: Option<Batch>,
 }
 
-pub struct DiskQueue {
+pub(crate) struct DiskQueue {
     dir: PathBuf,
     max_bytes: u64,
     segment_bytes: u64,
@@ -147,7 +147,7 @@ impl std::fmt::Debug for DiskQueue {
 }
 
 impl DiskQueue {
-    pub fn stats(&self) -> QueueStats {
+    pub(crate) fn stats(&self) -> QueueStats {
         QueueStats {
             bytes: self.live_bytes,
             requests: self.live.requests,
@@ -162,7 +162,7 @@ impl DiskQueue {
     }
 
     /// Records found damaged while running, since the last call.
-    pub fn take_lost(&mut self) -> Dropped {
+    pub(crate) fn take_lost(&mut self) -> Dropped {
         std::mem::take(&mut self.lost)
     }
 

@@ -20,19 +20,19 @@ const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
 
 /// What `open` found in the directory.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Recovery {
+pub(crate) struct Recovery {
     /// Pending requests (and their samples) that will be sent again, oldest first.
-    pub replayed: Dropped,
+    pub(crate) replayed: Dropped,
     /// Corrupt regions skipped, and the samples of those whose header was still readable.
-    pub corrupt: Dropped,
+    pub(crate) corrupt: Dropped,
     /// Dropped because the queue held more than `max_bytes` (the cap was lowered).
-    pub over_cap: Dropped,
+    pub(crate) over_cap: Dropped,
 }
 
 impl DiskQueue {
     /// Opens (creating it if needed) the queue in `dir`, verifies every pending record and
     /// positions the queue at the oldest one not yet delivered.
-    pub fn open(dir: &Path, max_bytes: u64) -> Result<(DiskQueue, Recovery), DiskError> {
+    pub(crate) fn open(dir: &Path, max_bytes: u64) -> Result<(DiskQueue, Recovery), DiskError> {
         std::fs::create_dir_all(dir).map_err(DiskError::io(dir))?;
         let lock = lock_dir(dir)?;
         let ack_path = dir.join("ack");

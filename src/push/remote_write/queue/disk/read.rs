@@ -15,7 +15,7 @@ use crate::push::remote_write::queue::{Batch, Dropped};
 
 impl DiskQueue {
     /// The oldest unacknowledged batch; the same one until `ack`.
-    pub fn front(&mut self) -> Option<Batch> {
+    pub(crate) fn front(&mut self) -> Option<Batch> {
         if let Some(f) = &self.in_flight {
             if let Some(batch) = &f.batch {
                 return Some(batch.clone());
@@ -63,7 +63,7 @@ impl DiskQueue {
     }
 
     /// Removes the front batch: delivered, or deliberately dropped.
-    pub fn ack(&mut self) {
+    pub(crate) fn ack(&mut self) {
         if self.in_flight.is_none() && self.front().is_none() {
             return;
         }
@@ -75,7 +75,7 @@ impl DiskQueue {
     }
 
     /// Drops the oldest request that is not in flight; `None` when there is none.
-    pub fn drop_oldest(&mut self) -> Option<Dropped> {
+    pub(crate) fn drop_oldest(&mut self) -> Option<Dropped> {
         let header = self.next_header?;
         // Out of the counts first: moving on may find damage and count what is left.
         self.forget(self.next.seq, header);
