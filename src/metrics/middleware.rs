@@ -346,6 +346,18 @@ mod tests {
         );
     }
 
+    /// A chat completion stream whose first event the client has read.
+    async fn first_event_read(app: Record<Router>) -> Body {
+        let response = app
+            .oneshot(request(Method::POST, "/v1/chat/completions"))
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        let first = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        assert!(first.is_some());
+        body
+    }
+
     #[tokio::test]
     async fn a_streamed_response_is_recorded_when_its_stream_ends() {
         let m = metrics();
@@ -353,14 +365,8 @@ mod tests {
         let app = app(&m, release.clone());
         let labels = ["/v1/chat/completions", "POST", "2xx", "gpt-5"];
 
-        let response = app
-            .oneshot(request(Method::POST, "/v1/chat/completions"))
-            .await
-            .unwrap();
         // Headers are out and the first event is read: nothing is recorded yet.
-        let mut body = response.into_body();
-        let first = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
-        assert!(first.is_some());
+        let body = first_event_read(app).await;
         assert_eq!(counter(&m, &labels), 0);
 
         let held = Duration::from_millis(30);
@@ -379,13 +385,7 @@ mod tests {
         let m = metrics();
         let app = app(&m, Arc::default());
         let labels = ["/v1/chat/completions", "POST", "2xx", "gpt-5"];
-        let response = app
-            .oneshot(request(Method::POST, "/v1/chat/completions"))
-            .await
-            .unwrap();
-        let mut body = response.into_body();
-        let _ = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
-        drop(body);
+        drop(first_event_read(app).await);
         assert_eq!(counter(&m, &labels), 1);
     }
 

@@ -6,6 +6,8 @@ use std::future::Future;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::schedule::Schedule;
+
 /// Becomes true once, when the first push may happen.
 #[derive(Clone)]
 pub(crate) struct Ready(pub(crate) watch::Receiver<bool>);
@@ -35,6 +37,25 @@ impl Shutdown {
             Some(deadline) => deadline,
             // `Pushers` is gone without a shutdown; its drop aborts this task.
             None => std::future::pending().await,
+        }
+    }
+
+    /// Waits for the proxy to be ready; a shutdown before that ends the wait too (the
+    /// final push then still happens).
+    pub(crate) async fn wait_ready(&mut self, ready: &mut Ready) {
+        tokio::select! {
+            _ = ready.wait() => {}
+            _ = self.requested() => {}
+        }
+    }
+
+    /// Waits for the schedule's next tick: true, or false once shutdown is requested
+    /// (which wins over a tick due at the same moment).
+    pub(crate) async fn next_tick(&mut self, schedule: &mut Schedule) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.requested() => false,
+            _ = schedule.tick() => true,
         }
     }
 

@@ -170,16 +170,8 @@ async fn run(
     mut ready: Ready,
     mut shutdown: Shutdown,
 ) {
-    tokio::select! {
-        _ = ready.wait() => {}
-        _ = shutdown.requested() => {}
-    }
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.requested() => break,
-            _ = schedule.tick() => {}
-        }
+    shutdown.wait_ready(&mut ready).await;
+    while shutdown.next_tick(&mut schedule).await {
         // A push still in flight when shutdown begins gives way to the final one.
         tokio::select! {
             biased;

@@ -227,16 +227,9 @@ async fn produce(
     mut shutdown: Shutdown,
 ) {
     let series = Arc::new(Mutex::new(series));
-    tokio::select! {
-        _ = ready.wait() => {}
-        _ = shutdown.requested() => {}
-    }
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.requested() => break,
-            _ = schedule.tick() => snapshot(&dest, &snapshots, &series, &source, false).await,
-        }
+    shutdown.wait_ready(&mut ready).await;
+    while shutdown.next_tick(&mut schedule).await {
+        snapshot(&dest, &snapshots, &series, &source, false).await;
     }
     snapshot(&dest, &snapshots, &series, &source, true).await;
     dest.producer_done.store(true, Ordering::Release);
