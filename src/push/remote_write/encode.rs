@@ -5,12 +5,10 @@
 //! building `proto::WriteRequest` values: a snapshot of 190,000 series would otherwise
 //! allocate two `String`s per label per push. A series' labels are encoded once into the
 //! bytes of its `labels` field; the same bytes serve as its identity for stale markers
-//! (`series.rs`). The unit tests decode the output with the derived `proto` types.
+//! (`staleness.rs`). The unit tests decode the output with the derived `proto` types.
 //!
-//! The encoder keeps the uncompressed bodies of a conversion's requests until the next
-//! one (a snapshot's worth of bytes, about the size of the staleness index): a conversion
-//! that repeats the previous series in order rewrites 8 value bytes and the timestamp of
-//! each in place rather than copying its labels again.
+//! A series written once can be given a new sample in place ([`RequestEncoder::overwrite`]):
+//! when that is allowed is decided in one place, `requests.rs`.
 
 use bytes::Bytes;
 use prost::encoding::{encoded_len_varint, WireType};
@@ -25,7 +23,7 @@ pub const STALE_NAN_BITS: u64 = 0x7ff0000000000002;
 pub struct EncodeError(#[from] snap::Error);
 
 /// Appends one `Label` entry (field 1 of `TimeSeries`) to `out`. Calling it for each label
-/// of a series, in name order, yields the series' label bytes for [`RequestEncoder::push`].
+/// of a series, in name order, yields the series' label bytes for [`RequestEncoder::write`].
 pub fn encode_label(name: &str, value: &str, out: &mut Vec<u8>) {
     let label_len = string_field_len(name) + string_field_len(value);
     out.push(LABEL_KEY);
@@ -78,77 +76,27 @@ fn put_varint(mut n: u64, out: &mut Vec<u8>) {
     out.extend_from_slice(&bytes[..=i]);
 }
 
-/// Builds one `WriteRequest` series by series, then compresses it into a [`Batch`].
-///
-/// It keeps the uncompressed bodies of one conversion's batches for the next one: while a
-/// conversion repeats the previous one's series in the same order (the usual case: same
-/// registry, new values), [`replay`](Self::replay) overwrites just the value and timestamp
-/// of each series in place instead of writing the series again.
+/// Writes series into request bodies and bodies into compressed requests; which body a
+/// series goes into, and when a written series is overwritten rather than written again, is
+/// for `requests.rs` to say.
 pub struct RequestEncoder {
-    /// The uncompressed `WriteRequest` of the current batch.
-    body: Vec<u8>,
-    samples: u64,
-    oldest_timestamp_ms: i64,
     /// The last timestamp and its varint.
     timestamp: (i64, Vec<u8>),
     compressed: Vec<u8>,
     snappy: snap::raw::Encoder,
-    /// The bodies of this conversion's finished batches, in order.
-    finished: Vec<Vec<u8>>,
-    /// The previous conversion's bodies still to come, in reverse order (the next on top).
-    previous: Vec<Vec<u8>>,
-    /// While replaying: where in `body` the next series to overwrite starts.
-    replay: Option<usize>,
-    /// Bytes held by `finished`, and their bound.
-    kept_bytes: usize,
-    max_kept_bytes: usize,
 }
-
-/// At most this many bytes of bodies are kept for the next conversion (about 70,000 series
-/// of the proxy's families); the series after them are written anew each time.
-const MAX_KEPT_BYTES: usize = 16 << 20;
 
 impl Default for RequestEncoder {
     fn default() -> Self {
         RequestEncoder {
-            body: Vec::new(),
-            samples: 0,
-            oldest_timestamp_ms: i64::MAX,
             timestamp: (0, Vec::new()),
             compressed: Vec::new(),
             snappy: snap::raw::Encoder::new(),
-            finished: Vec::new(),
-            previous: Vec::new(),
-            replay: None,
-            kept_bytes: 0,
-            max_kept_bytes: MAX_KEPT_BYTES,
         }
     }
 }
 
 impl RequestEncoder {
-    /// Starts a conversion whose samples are at `timestamp_ms`. With `replayable`, the
-    /// caller vouches that the previous conversion's series, up to the first that was not
-    /// replayed, are the ones it will [`replay`](Self::replay), in order, and that they all
-    /// had one timestamp.
-    pub fn begin(&mut self, timestamp_ms: i64, replayable: bool) {
-        let previous_len = self.timestamp.1.len();
-        self.set_timestamp(timestamp_ms);
-        // The previous bodies are reused as buffers in any case.
-        self.previous = std::mem::take(&mut self.finished);
-        self.previous.reverse();
-        self.kept_bytes = 0;
-        self.body = self.previous.pop().unwrap_or_default();
-        let same_layout = previous_len == self.timestamp.1.len();
-        self.replay = (replayable && same_layout && !self.body.is_empty()).then_some(0);
-        if self.replay.is_none() {
-            self.stop_replay();
-            self.body.clear();
-        }
-        self.samples = 0;
-        self.oldest_timestamp_ms = i64::MAX;
-    }
-
     fn set_timestamp(&mut self, timestamp_ms: i64) {
         if self.timestamp.0 != timestamp_ms || self.timestamp.1.is_empty() {
             // The samples of a snapshot share their timestamp: encode it once.
@@ -158,117 +106,85 @@ impl RequestEncoder {
         }
     }
 
-    /// Gives the next series of the previous conversion `value` and this conversion's
-    /// timestamp, in place; false when not replaying (then [`push`](Self::push) it).
-    pub fn replay(&mut self, value: f64) -> bool {
-        let Some(at) = self.replay else {
-            return false;
-        };
-        let Some(end) = series_end(&self.body, at) else {
-            return false;
-        };
-        let ts = &self.timestamp.1;
-        let ts_at = end - ts.len();
-        let value_at = ts_at - 1 - 8;
-        self.body[value_at..value_at + 8].copy_from_slice(&value.to_bits().to_le_bytes());
-        self.body[ts_at..end].copy_from_slice(ts);
-        self.replay = Some(end);
-        self.samples += 1;
-        self.oldest_timestamp_ms = self.oldest_timestamp_ms.min(self.timestamp.0);
-        true
-    }
-
-    /// Stops replaying: what follows is written anew.
-    fn stop_replay(&mut self) {
-        if let Some(at) = self.replay.take() {
-            self.body.truncate(at);
-        }
-        for body in &mut self.previous {
-            body.clear();
-        }
-    }
-
-    /// Adds a series with one sample; `labels` are bytes from [`encode_label`].
-    pub fn push(&mut self, labels: &[u8], value: f64, timestamp_ms: i64) {
-        self.stop_replay();
+    /// Appends a series with one sample to `body`; `labels` are bytes from [`encode_label`].
+    pub fn write(&mut self, body: &mut Vec<u8>, labels: &[u8], value: f64, timestamp_ms: i64) {
         // Sample { double value = 1; int64 timestamp = 2; }: both fields always written,
         // so that -0.0 and the stale NaN keep their exact bits.
         self.set_timestamp(timestamp_ms);
         let ts = &self.timestamp.1;
         let sample_len = 1 + 8 + 1 + ts.len();
         let series_len = labels.len() + 1 + encoded_len_varint(sample_len as u64) + sample_len;
-        let out = &mut self.body;
-        out.push(SERIES_KEY);
-        put_varint(series_len as u64, out);
-        out.extend_from_slice(labels);
-        out.push(SAMPLE_KEY);
-        put_varint(sample_len as u64, out);
-        out.push(SAMPLE_VALUE_KEY);
-        out.extend_from_slice(&value.to_bits().to_le_bytes());
-        out.push(SAMPLE_TIMESTAMP_KEY);
-        out.extend_from_slice(ts);
-        self.samples += 1;
-        self.oldest_timestamp_ms = self.oldest_timestamp_ms.min(timestamp_ms);
+        body.push(SERIES_KEY);
+        put_varint(series_len as u64, body);
+        body.extend_from_slice(labels);
+        body.push(SAMPLE_KEY);
+        put_varint(sample_len as u64, body);
+        body.push(SAMPLE_VALUE_KEY);
+        body.extend_from_slice(&value.to_bits().to_le_bytes());
+        body.push(SAMPLE_TIMESTAMP_KEY);
+        body.extend_from_slice(ts);
     }
 
-    /// Series added since the last [`finish`](Self::finish).
-    pub fn len(&self) -> usize {
-        self.samples as usize
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.samples == 0
-    }
-
-    /// Compresses what was added into a batch and starts over; `None` when nothing was added.
-    pub fn finish(&mut self) -> Result<Option<Batch>, EncodeError> {
-        if self.samples == 0 {
-            return Ok(None);
+    /// Gives the series that [`write`](Self::write) put at `at` in `body` the sample
+    /// `value` at `timestamp_ms`, in place; returns where the next series starts. The
+    /// caller makes sure that its timestamp's varint has the length of this one's
+    /// ([`timestamp_len`]): the bytes after it cannot move. `None`, and nothing changed,
+    /// when no series with a sample of that length starts at `at`.
+    // Called for nearly every series of a steady push: a call each costs 2 % of a conversion.
+    #[inline]
+    pub fn overwrite(
+        &mut self,
+        body: &mut [u8],
+        at: usize,
+        value: f64,
+        timestamp_ms: i64,
+    ) -> Option<usize> {
+        self.set_timestamp(timestamp_ms);
+        let ts = &self.timestamp.1;
+        let end = series_end(body, at)?;
+        let sample_len = 1 + 8 + 1 + ts.len();
+        // The sample field's key and one-byte length: the length tells the old varint's.
+        let sample_at = end.checked_sub(2 + sample_len).filter(|&s| s > at)?;
+        if body[sample_at..sample_at + 2] != [SAMPLE_KEY, sample_len as u8] {
+            return None;
         }
-        if let Some(at) = self.replay {
-            // The previous batch had more series: they are not part of this one.
-            self.body.truncate(at);
-        }
+        let value_at = sample_at + 3;
+        body[value_at..value_at + 8].copy_from_slice(&value.to_bits().to_le_bytes());
+        body[end - ts.len()..end].copy_from_slice(ts);
+        Some(end)
+    }
+
+    /// Compresses `body`, which holds `samples` series whose oldest sample is at
+    /// `oldest_timestamp_ms`, into a batch.
+    pub fn compress(
+        &mut self,
+        body: &[u8],
+        samples: u64,
+        oldest_timestamp_ms: i64,
+    ) -> Result<Batch, EncodeError> {
         // Grown, never shrunk: resizing it down and up again from batch to batch would
         // zero the difference each time.
-        let room = snap::raw::max_compress_len(self.body.len());
+        let room = snap::raw::max_compress_len(body.len());
         if self.compressed.len() < room {
             self.compressed.resize(room, 0);
         }
-        let n = self.snappy.compress(&self.body, &mut self.compressed)?;
-        let batch = Batch {
+        let n = self.snappy.compress(body, &mut self.compressed)?;
+        Ok(Batch {
             // A copy of exactly `n` bytes, so that a queued batch holds no slack.
             body: Bytes::copy_from_slice(&self.compressed[..n]),
-            samples: self.samples,
-            oldest_timestamp_ms: self.oldest_timestamp_ms,
-        };
-        if self.kept_bytes + self.body.len() > self.max_kept_bytes {
-            // Past the bound, the body is only a buffer for the next batch.
-            self.stop_replay();
-            self.previous = Vec::new();
-            self.body.clear();
-        } else {
-            // Kept until the next conversion: without the slack of growing by doubling.
-            if self.body.capacity() - self.body.len() > self.body.len() / 8 {
-                self.body.shrink_to_fit();
-            }
-            self.kept_bytes += self.body.capacity();
-            let mut next = self.previous.pop().unwrap_or_default();
-            if self.replay.is_some() && !next.is_empty() {
-                self.replay = Some(0);
-            } else {
-                self.replay = None;
-                next.clear();
-            }
-            self.finished.push(std::mem::replace(&mut self.body, next));
-        }
-        self.samples = 0;
-        self.oldest_timestamp_ms = i64::MAX;
-        Ok(Some(batch))
+            samples,
+            oldest_timestamp_ms,
+        })
     }
 }
 
+/// Bytes of a timestamp's varint in a sample.
+pub fn timestamp_len(timestamp_ms: i64) -> usize {
+    encoded_len_varint(timestamp_ms as u64)
+}
+
 /// The end of the series that starts at `at` in `body`, if one does.
+#[inline]
 fn series_end(body: &[u8], at: usize) -> Option<usize> {
     if body.get(at) != Some(&SERIES_KEY) {
         return None;
@@ -325,17 +241,21 @@ mod tests {
     #[test]
     fn encoded_request_decodes_to_the_same_series_with_prost() {
         let mut enc = RequestEncoder::default();
+        let mut body = Vec::new();
         let a = labels(&[("__name__", "up"), ("job", "codex-proxy")]);
         let long_value = "x".repeat(300); // a length that needs a two-byte varint
         let b = labels(&[("__name__", "temp_celsius"), ("room", &long_value)]);
-        enc.push(&a, 1.0, 1_700_000_000_000);
-        enc.push(&b, -0.0, 1_700_000_000_001);
-        enc.push(&a, f64::from_bits(STALE_NAN_BITS), 1_700_000_000_002);
-        assert_eq!(enc.len(), 3);
-        let batch = enc.finish().unwrap().unwrap();
+        enc.write(&mut body, &a, 1.0, 1_700_000_000_000);
+        enc.write(&mut body, &b, -0.0, 1_700_000_000_001);
+        enc.write(
+            &mut body,
+            &a,
+            f64::from_bits(STALE_NAN_BITS),
+            1_700_000_000_002,
+        );
+        let batch = enc.compress(&body, 3, 1_700_000_000_000).unwrap();
         assert_eq!(batch.samples, 3);
         assert_eq!(batch.oldest_timestamp_ms, 1_700_000_000_000);
-        assert!(enc.is_empty());
 
         let req = decode(&batch.body).unwrap();
         let label = |n: &str, v: &str| Label {
@@ -357,131 +277,42 @@ mod tests {
         assert_eq!(stale.timestamp, 1_700_000_000_002);
     }
 
-    /// Decodes batches into (first label value, value, timestamp) per series.
-    fn series(batches: &[Batch]) -> Vec<(String, u64, i64)> {
-        batches
-            .iter()
-            .flat_map(|b| decode(&b.body).unwrap().timeseries)
-            .map(|t| {
-                (
-                    t.labels[0].value.clone(),
-                    t.samples[0].value.to_bits(),
-                    t.samples[0].timestamp,
-                )
-            })
-            .collect()
-    }
-
-    /// Runs one conversion: `replays` values replayed (or pushed when the encoder
-    /// refuses), then `pushes` series pushed, in batches of `max`.
-    fn conversion(
-        enc: &mut RequestEncoder,
-        ts: i64,
-        replayable: bool,
-        replays: &[(&str, f64)],
-        pushes: &[(&str, f64)],
-        max: usize,
-    ) -> (Vec<Batch>, usize) {
-        enc.begin(ts, replayable);
-        let (mut batches, mut replayed) = (Vec::new(), 0);
-        let flush = |enc: &mut RequestEncoder, batches: &mut Vec<Batch>| {
-            if enc.len() >= max {
-                batches.extend(enc.finish().unwrap());
-            }
-        };
-        for &(name, v) in replays {
-            if enc.replay(v) {
-                replayed += 1;
-            } else {
-                enc.push(&labels(&[("__name__", name)]), v, ts);
-            }
-            flush(enc, &mut batches);
-        }
-        for &(name, v) in pushes {
-            enc.push(&labels(&[("__name__", name)]), v, ts);
-            flush(enc, &mut batches);
-        }
-        batches.extend(enc.finish().unwrap());
-        (batches, replayed)
-    }
-
     #[test]
-    fn replayed_series_carry_the_new_values_and_timestamp_across_batches() {
+    fn an_overwritten_series_is_the_series_written_with_the_new_sample() {
         let mut enc = RequestEncoder::default();
-        // "c" long enough for a series length of two varint bytes.
-        let long = "c".repeat(200);
-        let names = ["a", "b", long.as_str(), "d", "e"];
-        let first: Vec<(&str, f64)> = names.iter().map(|&n| (n, 1.0)).collect();
-        let (batches, replayed) = conversion(&mut enc, 1_000, false, &first, &[], 2);
-        assert_eq!((batches.len(), replayed), (3, 0));
-
-        // Same series, new values: all replayed, in batches of 2 as before.
-        let second: Vec<(&str, f64)> = names.iter().map(|&n| (n, 2.0)).collect();
-        let (batches, replayed) = conversion(&mut enc, 1_001, true, &second, &[], 2);
-        assert_eq!(replayed, 5);
-        assert_eq!(
-            batches.iter().map(|b| b.samples).collect::<Vec<_>>(),
-            [2, 2, 1]
-        );
-        let expected: Vec<_> = names
-            .iter()
-            .map(|&n| (n.to_string(), 2f64.to_bits(), 1_001))
-            .collect();
-        assert_eq!(series(&batches), expected);
-
-        // Three repeated, then something new: the rest is written anew, the old tail gone.
-        let (batches, replayed) = conversion(
-            &mut enc,
-            1_002,
-            true,
-            &[("a", 3.0), ("b", 3.0), (long.as_str(), 3.0)],
-            &[("x", 9.0)],
-            2,
-        );
-        assert_eq!(replayed, 3);
-        let got = series(&batches);
-        let names: Vec<&str> = got.iter().map(|(n, _, _)| n.as_str()).collect();
-        assert_eq!(names, ["a", "b", long.as_str(), "x"]);
-        assert!(got.iter().all(|&(_, _, ts)| ts == 1_002));
-
-        // Fewer series than last time: the last batch ends where the replay stopped.
-        let (batches, _) = conversion(&mut enc, 1_003, true, &[("a", 4.0)], &[], 2);
-        assert_eq!(series(&batches), [("a".to_string(), 4f64.to_bits(), 1_003)]);
+        let short = labels(&[("__name__", "a")]);
+        // A series length of two varint bytes.
+        let long = labels(&[("__name__", "b"), ("room", &"x".repeat(200))]);
+        let (mut body, mut expected) = (Vec::new(), Vec::new());
+        for l in [&short, &long, &short] {
+            enc.write(&mut body, l, 1.0, 1_700_000_000_000);
+            enc.write(&mut expected, l, -2.5, 1_700_000_000_999);
+        }
+        let mut at = 0;
+        for _ in 0..3 {
+            at = enc
+                .overwrite(&mut body, at, -2.5, 1_700_000_000_999)
+                .unwrap();
+        }
+        assert_eq!(at, body.len());
+        assert_eq!(body, expected);
+        // Past the end, or not at the start of a series: nothing.
+        assert_eq!(enc.overwrite(&mut body, at, 1.0, 1_700_000_000_999), None);
+        assert_eq!(enc.overwrite(&mut body, 1, 1.0, 1_700_000_000_999), None);
+        assert_eq!(body, expected);
     }
 
     #[test]
-    fn only_the_bodies_within_the_bound_are_kept_and_replayed() {
-        let mut enc = RequestEncoder {
-            max_kept_bytes: 70,
-            ..RequestEncoder::default()
-        };
-        // Series of 31 bytes, two per batch: only the first batch's body fits the bound.
-        let names = ["a", "b", "c", "d", "e"];
-        let first: Vec<(&str, f64)> = names.iter().map(|&n| (n, 1.0)).collect();
-        conversion(&mut enc, 1_000, false, &first, &[], 2);
-        let second: Vec<(&str, f64)> = names.iter().map(|&n| (n, 2.0)).collect();
-        let (batches, replayed) = conversion(&mut enc, 1_001, true, &second, &[], 2);
-        assert_eq!(replayed, 2);
-        let expected: Vec<_> = (names.iter())
-            .map(|&n| (n.to_string(), 2f64.to_bits(), 1_001))
-            .collect();
-        assert_eq!(series(&batches), expected);
-        assert!(enc.kept_bytes <= 70 && enc.finished.len() == 1);
-    }
-
-    #[test]
-    fn no_replay_when_not_vouched_for_or_the_timestamp_changes_length() {
+    fn a_sample_whose_timestamp_has_another_length_is_not_overwritten() {
         let mut enc = RequestEncoder::default();
-        conversion(&mut enc, 100, false, &[("a", 1.0)], &[], 10);
-        // 100 takes one varint byte, 200 two: the old series cannot be overwritten in place.
-        let (batches, replayed) = conversion(&mut enc, 200, true, &[("a", 2.0)], &[], 10);
-        assert_eq!(replayed, 0);
-        assert_eq!(series(&batches), [("a".to_string(), 2f64.to_bits(), 200)]);
-        let (_, replayed) = conversion(&mut enc, 201, false, &[("a", 3.0)], &[], 10);
-        assert_eq!(replayed, 0);
-        let (batches, replayed) = conversion(&mut enc, 202, true, &[("a", 4.0)], &[], 10);
-        assert_eq!(replayed, 1);
-        assert_eq!(series(&batches), [("a".to_string(), 4f64.to_bits(), 202)]);
+        let mut body = Vec::new();
+        enc.write(&mut body, &labels(&[("__name__", "a")]), 1.0, 100);
+        let before = body.clone();
+        // 100 takes one varint byte, 200 two.
+        assert_ne!(timestamp_len(100), timestamp_len(200));
+        assert_eq!(enc.overwrite(&mut body, 0, 2.0, 200), None);
+        assert_eq!(body, before);
+        assert_eq!(enc.overwrite(&mut body, 0, 2.0, 101), Some(body.len()));
     }
 
     #[test]
@@ -499,9 +330,9 @@ mod tests {
                 }],
             }],
         };
-        let mut enc = RequestEncoder::default();
-        enc.push(&labels(&[("__name__", "x")]), 2.5, 42);
-        assert_eq!(enc.body, msg.encode_to_vec());
+        let mut body = Vec::new();
+        RequestEncoder::default().write(&mut body, &labels(&[("__name__", "x")]), 2.5, 42);
+        assert_eq!(body, msg.encode_to_vec());
     }
 
     #[test]
@@ -521,12 +352,12 @@ mod tests {
             put_varint(n, &mut ours);
             prost::encoding::encode_varint(n, &mut theirs);
             assert_eq!(ours, theirs, "{n}");
+            assert_eq!(timestamp_len(n as i64), theirs.len());
         }
     }
 
     #[test]
-    fn empty_encoder_yields_no_batch_and_garbage_does_not_decode() {
-        assert!(RequestEncoder::default().finish().unwrap().is_none());
+    fn garbage_does_not_decode() {
         assert!(decode(b"not snappy at all").is_err());
     }
 }

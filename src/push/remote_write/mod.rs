@@ -14,6 +14,7 @@
 pub mod encode;
 pub(crate) mod proto;
 pub(crate) mod queue;
+mod requests;
 pub mod series;
 mod snapshot_thread;
 mod staleness;

@@ -62,7 +62,7 @@ pub struct Tracking<'s> {
     current: Option<SeriesSet>,
 }
 
-impl Tracking<'_> {
+impl<'s> Tracking<'s> {
     /// Records a series; false when this exact label set already came in this snapshot.
     pub fn add(&mut self, labels: &[u8]) -> bool {
         let previous = &self.seen.previous;
@@ -111,8 +111,11 @@ impl Tracking<'_> {
     }
 
     /// Ends the snapshot: calls `gone` with each series of the previous snapshot that did not
-    /// come again; this snapshot becomes the previous one.
-    pub fn finish<E>(self, mut gone: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    /// come again; this snapshot becomes the previous one, which it returns.
+    pub fn finish<E>(
+        self,
+        mut gone: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<&'s mut Seen, E> {
         let seen = self.seen;
         match self.current {
             // The same series as last time in the same order, perhaps fewer at the end.
@@ -133,7 +136,7 @@ impl Tracking<'_> {
                 seen.previous = current;
             }
         }
-        Ok(())
+        Ok(seen)
     }
 }
 
