@@ -8,6 +8,9 @@
 //! together for `serve`); `cli` holds the one-shot `push` command.
 
 #![forbid(unsafe_code)]
+// Items are `pub(crate)` unless a test, benchmark or example reaches them: a `pub` that
+// nothing outside can reach hides dead code from the compiler.
+#![warn(unreachable_pub)]
 
 pub mod app;
 pub mod auth;

@@ -9,7 +9,7 @@ use std::fmt::Write;
 use super::snapshot::{Family, Kind, Snapshot};
 
 /// `Content-Type` of what [`encode`] writes: a scrape's answer and a Pushgateway body.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Appends `snapshot` to `out` in the text format.
 pub(crate) fn encode(snapshot: &Snapshot, out: &mut String) {

@@ -24,7 +24,7 @@ pub struct EncodeError(#[from] snap::Error);
 
 /// Appends one `Label` entry (field 1 of `TimeSeries`) to `out`. Calling it for each label
 /// of a series, in name order, yields the series' label bytes for [`RequestEncoder::write`].
-pub fn encode_label(name: &str, value: &str, out: &mut Vec<u8>) {
+pub(crate) fn encode_label(name: &str, value: &str, out: &mut Vec<u8>) {
     let label_len = string_field_len(name) + string_field_len(value);
     out.push(LABEL_KEY);
     put_varint(label_len as u64, out);
@@ -79,7 +79,7 @@ fn put_varint(mut n: u64, out: &mut Vec<u8>) {
 /// Writes series into request bodies and bodies into compressed requests; which body a
 /// series goes into, and when a written series is overwritten rather than written again, is
 /// for `requests.rs` to say.
-pub struct RequestEncoder {
+pub(crate) struct RequestEncoder {
     /// The last timestamp and its varint.
     timestamp: (i64, Vec<u8>),
     compressed: Vec<u8>,
@@ -107,7 +107,13 @@ impl RequestEncoder {
     }
 
     /// Appends a series with one sample to `body`; `labels` are bytes from [`encode_label`].
-    pub fn write(&mut self, body: &mut Vec<u8>, labels: &[u8], value: f64, timestamp_ms: i64) {
+    pub(crate) fn write(
+        &mut self,
+        body: &mut Vec<u8>,
+        labels: &[u8],
+        value: f64,
+        timestamp_ms: i64,
+    ) {
         // Sample { double value = 1; int64 timestamp = 2; }: both fields always written,
         // so that -0.0 and the stale NaN keep their exact bits.
         self.set_timestamp(timestamp_ms);
@@ -132,7 +138,7 @@ impl RequestEncoder {
     /// when no series with a sample of that length starts at `at`.
     // Called for nearly every series of a steady push: a call each costs 2 % of a conversion.
     #[inline]
-    pub fn overwrite(
+    pub(crate) fn overwrite(
         &mut self,
         body: &mut [u8],
         at: usize,
@@ -156,7 +162,7 @@ impl RequestEncoder {
 
     /// Compresses `body`, which holds `samples` series whose oldest sample is at
     /// `oldest_timestamp_ms`, into a batch.
-    pub fn compress(
+    pub(crate) fn compress(
         &mut self,
         body: &[u8],
         samples: u64,
@@ -179,7 +185,7 @@ impl RequestEncoder {
 }
 
 /// Bytes of a timestamp's varint in a sample.
-pub fn timestamp_len(timestamp_ms: i64) -> usize {
+pub(crate) fn timestamp_len(timestamp_ms: i64) -> usize {
     encoded_len_varint(timestamp_ms as u64)
 }
 

@@ -12,7 +12,7 @@
 //! the queue's byte cap bounds what it costs.
 
 pub mod encode;
-pub(crate) mod proto;
+pub mod proto;
 pub(crate) mod queue;
 mod requests;
 pub mod series;

@@ -35,7 +35,7 @@ use super::staleness::{Seen, Tracking};
 const MAX_KEPT_BYTES: usize = 16 << 20;
 
 /// What one destination's requests keep between conversions.
-pub struct Requests {
+pub(crate) struct Requests {
     /// The series of the previous snapshot.
     seen: Seen,
     encoder: RequestEncoder,
@@ -61,7 +61,7 @@ struct Kept {
 }
 
 impl Requests {
-    pub fn new(max_series_per_request: usize) -> Requests {
+    pub(crate) fn new(max_series_per_request: usize) -> Requests {
         Requests {
             seen: Seen::default(),
             encoder: RequestEncoder::default(),
@@ -72,18 +72,18 @@ impl Requests {
     }
 
     #[cfg(test)]
-    pub fn set_max_kept_bytes(&mut self, max_kept_bytes: usize) {
+    pub(crate) fn set_max_kept_bytes(&mut self, max_kept_bytes: usize) {
         self.max_kept_bytes = max_kept_bytes;
     }
 
     /// Series the last regular conversion overwrote in place.
     #[cfg(test)]
-    pub fn overwritten(&self) -> usize {
+    pub(crate) fn overwritten(&self) -> usize {
         self.kept.overwritten
     }
 
     /// Starts a conversion whose samples are at `timestamp_ms`.
-    pub fn start(&mut self, timestamp_ms: i64) -> Writer<'_> {
+    pub(crate) fn start(&mut self, timestamp_ms: i64) -> Writer<'_> {
         let Kept {
             mut bodies,
             in_order,
@@ -126,7 +126,7 @@ impl Requests {
 }
 
 /// One conversion's series going into requests.
-pub struct Writer<'r> {
+pub(crate) struct Writer<'r> {
     tracking: Tracking<'r>,
     out: Bodies<'r>,
     /// Every series sent so far was recorded at the place it was sent, and the other way
@@ -138,13 +138,13 @@ pub struct Writer<'r> {
 
 impl Writer<'_> {
     /// Series of this snapshot so far: the place the next one takes in its list.
-    pub fn position(&self) -> usize {
+    pub(crate) fn position(&self) -> usize {
         self.tracking.position()
     }
 
     /// Sends a series, unless this exact label set already came in this snapshot (a strict
     /// receiver rejects a whole request with the same label set twice at one timestamp).
-    pub fn add(&mut self, labels: &[u8], value: f64) -> Result<(), EncodeError> {
+    pub(crate) fn add(&mut self, labels: &[u8], value: f64) -> Result<(), EncodeError> {
         if self.tracking.add(labels) {
             self.out.write(labels, value, self.timestamp_ms)?;
         }
@@ -155,7 +155,7 @@ impl Writer<'_> {
     /// Sends `values` as the previous snapshot's series `first..first + count`, which the
     /// caller knows to have these series' label sets, if they are this snapshot's next
     /// ones: false, and nothing sent or recorded, if not.
-    pub fn repeat(
+    pub(crate) fn repeat(
         &mut self,
         first: usize,
         count: usize,
@@ -177,7 +177,7 @@ impl Writer<'_> {
 
     /// Ends a regular conversion: stale markers for the series gone since the previous
     /// snapshot, then the requests in the order they must be sent.
-    pub fn finish(self) -> Result<Vec<Batch>, EncodeError> {
+    pub(crate) fn finish(self) -> Result<Vec<Batch>, EncodeError> {
         let Writer {
             tracking,
             mut out,
@@ -200,7 +200,7 @@ impl Writer<'_> {
 
     /// Ends the conversion at shutdown: like [`finish`](Self::finish), then a stale marker
     /// for every series at `stale_at`, in requests of their own. Nothing is kept.
-    pub fn finish_final(self, stale_at: i64) -> Result<Vec<Batch>, EncodeError> {
+    pub(crate) fn finish_final(self, stale_at: i64) -> Result<Vec<Batch>, EncodeError> {
         let Writer {
             tracking,
             mut out,

@@ -34,7 +34,7 @@ use crate::push::Snapshot;
 const NAME: &str = "__name__";
 
 /// `job` when the configuration gives none.
-pub const DEFAULT_JOB: &str = "codex-proxy";
+pub(crate) const DEFAULT_JOB: &str = "codex-proxy";
 
 /// The requests one snapshot became, in the order they must be sent.
 #[derive(Debug, Default)]
@@ -54,6 +54,16 @@ pub struct SeriesState {
     /// What the previous conversion made of each family, in snapshot order: valid with
     /// the series list of `requests`, which is replaced at the same moment.
     memo: Vec<FamilyMemo>,
+}
+
+/// The kept series and bodies are megabytes of bytes: `Debug` says only where it stands.
+impl std::fmt::Debug for SeriesState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeriesState")
+            .field("external_labels", &self.external.len())
+            .field("last_timestamp_ms", &self.last_timestamp_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An external label, encoded once: every series carries it.
@@ -102,7 +112,7 @@ impl SeriesState {
 
     /// The push at shutdown: like [`convert`](Self::convert), then a stale marker for every
     /// series, one millisecond later, in requests of their own.
-    pub fn convert_final(
+    pub(crate) fn convert_final(
         &mut self,
         snapshot: &Snapshot,
         now_ms: i64,

@@ -14,13 +14,13 @@ use std::hash::{DefaultHasher, Hasher};
 
 /// The series of the last snapshot, across snapshots.
 #[derive(Default)]
-pub struct Seen {
+pub(crate) struct Seen {
     previous: SeriesSet,
 }
 
 impl Seen {
     /// Starts following a new snapshot.
-    pub fn track(&mut self) -> Tracking<'_> {
+    pub(crate) fn track(&mut self) -> Tracking<'_> {
         Tracking {
             seen: self,
             matched: 0,
@@ -29,12 +29,12 @@ impl Seen {
     }
 
     /// Every series of the last snapshot.
-    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &[u8]> {
         self.previous.iter()
     }
 
     /// Forgets every series (after their stale markers went out).
-    pub fn forget(&mut self) {
+    pub(crate) fn forget(&mut self) {
         self.previous = SeriesSet::default();
     }
 
@@ -54,7 +54,7 @@ impl Seen {
 }
 
 /// One snapshot's series, followed against the previous snapshot's.
-pub struct Tracking<'s> {
+pub(crate) struct Tracking<'s> {
     seen: &'s mut Seen,
     /// Leading series identical, in order, to the previous snapshot's.
     matched: usize,
@@ -64,7 +64,7 @@ pub struct Tracking<'s> {
 
 impl<'s> Tracking<'s> {
     /// Records a series; false when this exact label set already came in this snapshot.
-    pub fn add(&mut self, labels: &[u8]) -> bool {
+    pub(crate) fn add(&mut self, labels: &[u8]) -> bool {
         let previous = &self.seen.previous;
         if self.current.is_none()
             && self.matched < previous.len()
@@ -82,7 +82,7 @@ impl<'s> Tracking<'s> {
 
     /// Series of this snapshot so far: the place the next one takes in its list, which is
     /// the previous snapshot's list at the next conversion.
-    pub fn position(&self) -> usize {
+    pub(crate) fn position(&self) -> usize {
         match &self.current {
             None => self.matched,
             Some(current) => current.len(),
@@ -95,7 +95,7 @@ impl<'s> Tracking<'s> {
     /// caller knows they are the series it would add (the same labels, encoded the same
     /// way): it skips encoding and comparing them, and reads them with [`previous`](Self::previous)
     /// if it needs their bytes.
-    pub fn repeat(&mut self, first: usize, count: usize) -> bool {
+    pub(crate) fn repeat(&mut self, first: usize, count: usize) -> bool {
         let in_line = self.current.is_none()
             && self.matched == first
             && first + count <= self.seen.previous.len();
@@ -106,13 +106,13 @@ impl<'s> Tracking<'s> {
     }
 
     /// The previous snapshot's series `i`.
-    pub fn previous(&self, i: usize) -> &[u8] {
+    pub(crate) fn previous(&self, i: usize) -> &[u8] {
         self.seen.previous.get(i)
     }
 
     /// Ends the snapshot: calls `gone` with each series of the previous snapshot that did not
     /// come again; this snapshot becomes the previous one, which it returns.
-    pub fn finish<E>(
+    pub(crate) fn finish<E>(
         self,
         mut gone: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<&'s mut Seen, E> {
