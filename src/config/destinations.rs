@@ -133,13 +133,30 @@ fn job() -> String {
 }
 
 /// An `http` or `https` URL, parsed once when the configuration is read; the destinations
-/// use it as is. It may carry credentials, so no error message ever shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// use it as is. It may carry credentials, so no error message ever shows it, and its
+/// password is masked wherever it is shown (`check-config`, `Debug`).
+#[derive(Clone, PartialEq, Eq)]
 pub struct HttpUrl(Url);
 
 impl HttpUrl {
     pub fn as_url(&self) -> &Url {
         &self.0
+    }
+
+    /// The URL with its password, if it has one, replaced by `***`.
+    fn masked(&self) -> String {
+        let mut url = self.0.clone();
+        if url.password().is_some() {
+            // Only fails for URLs that cannot have credentials, which this one has.
+            let _ = url.set_password(Some("***"));
+        }
+        url.into()
+    }
+}
+
+impl std::fmt::Debug for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("HttpUrl").field(&self.masked()).finish()
     }
 }
 
@@ -163,6 +180,6 @@ impl<'de> Deserialize<'de> for HttpUrl {
 
 impl Serialize for HttpUrl {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.0.as_str())
+        s.serialize_str(&self.masked())
     }
 }

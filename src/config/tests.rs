@@ -144,6 +144,26 @@ fn secrets_are_masked_in_rendered_config() {
 }
 
 #[test]
+fn a_password_in_a_destination_url_is_masked_when_shown() {
+    let c = Config::parse(
+        "[[remote_write]]\nurl = \"https://team:s3cret@mimir.example/api/v1/push\"\n",
+    )
+    .unwrap();
+    let out = c.to_masked_toml();
+    assert!(!out.contains("s3cret"), "{out}");
+    assert!(
+        out.contains("https://team:***@mimir.example/api/v1/push"),
+        "{out}"
+    );
+    assert!(!format!("{c:?}").contains("s3cret"));
+    // Only what is shown is masked: the destination still sends the real credentials.
+    assert_eq!(
+        c.remote_write[0].destination.url.as_url().password(),
+        Some("s3cret")
+    );
+}
+
+#[test]
 fn the_rendered_config_keeps_destination_keys_flat_and_reads_back() {
     let text = "[[remote_write]]\nname = \"m\"\nurl = \"https://m/api/v1/push\"\n\
                 headers = { X-Scope-OrgID = \"a\" }\nbasic_auth = { username = \"u\", password_file = \"/p\" }\n\
