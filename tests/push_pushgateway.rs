@@ -46,7 +46,12 @@ fn gateway(server: &Server, job: &str, grouping: &[(&str, &str)], gzip: bool) ->
         tls_ca_file: None,
     };
     let transport = HttpClient::new(&settings, protocol_headers(gzip)).expect("transport");
-    Pushgateway::new(transport, &server.base, key, gzip).expect("gateway")
+    Pushgateway::new(
+        transport,
+        &server.base.parse().expect("gateway URL"),
+        key,
+        gzip,
+    )
 }
 
 /// All groups the gateway holds (`data` of `/api/v1/metrics`).

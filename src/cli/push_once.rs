@@ -10,12 +10,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
-use reqwest::{Method, Url};
+use reqwest::Method;
 
-use crate::config::PushMethod;
+use crate::config::{HttpUrl, PushMethod};
 
 use crate::exposition::parse::{self as text, ParseError};
-use crate::push::http::{error_body, HttpClient, HttpSettings, ERROR_BODY_LIMIT};
+use crate::push::http::{error_body, error_chain, HttpClient, HttpSettings, ERROR_BODY_LIMIT};
 use crate::push::pushgateway::{self, GroupingKey, Pushgateway, PushgatewayError};
 use crate::push::remote_write;
 use crate::push::remote_write::encode::EncodeError;
@@ -60,6 +60,19 @@ pub(crate) enum Target {
     RemoteWrite { url: String },
 }
 
+impl Target {
+    /// The destination URL, parsed as every configured one is (http or https); the error
+    /// names the flag, never the URL, which may carry credentials.
+    fn url(&self) -> Result<HttpUrl, OneShotError> {
+        let (flag, url) = match self {
+            Target::Pushgateway { url, .. } | Target::DeleteGroup { url } => ("--gateway", url),
+            Target::RemoteWrite { url } => ("--remote-write", url),
+        };
+        url.parse()
+            .map_err(|message| OneShotError::Url { flag, message })
+    }
+}
+
 /// One `push` invocation, as parsed from the command line.
 #[derive(Debug, Clone)]
 pub(crate) struct Request {
@@ -87,6 +100,8 @@ pub(crate) enum OneShotError {
     DuplicateLabel(String),
     #[error("--label `{0}` is not NAME=VALUE")]
     BadLabel(String),
+    #[error("{flag}: {message}")]
+    Url { flag: &'static str, message: String },
     #[error("cannot start: {0}")]
     Setup(String),
     #[error("{0}")]
@@ -139,6 +154,7 @@ pub(crate) fn run(request: Request) -> Result<Delivered, OneShotError> {
     // The same rules for both targets: `job` must be set, label names valid, and no
     // metric may carry a label that the command line sets.
     let key = GroupingKey::new(&request.job, request.labels.clone())?;
+    let url = request.target.url()?;
     let snapshot = match request.target {
         Target::DeleteGroup { .. } => Snapshot::default(),
         _ => load(&request.input)?,
@@ -156,15 +172,15 @@ pub(crate) fn run(request: Request) -> Result<Delivered, OneShotError> {
         .map_err(|e| OneShotError::Setup(format!("runtime: {e}")))?;
     runtime.block_on(async {
         match &request.target {
-            Target::Pushgateway { url, method } => {
-                let gateway = pushgateway(url, key, request.timeout)?;
+            Target::Pushgateway { method, .. } => {
+                let gateway = pushgateway(&url, key, request.timeout)?;
                 gateway.push(*method, &snapshot).await?;
             }
-            Target::DeleteGroup { url } => {
-                pushgateway(url, key, request.timeout)?.delete().await?;
+            Target::DeleteGroup { .. } => {
+                pushgateway(&url, key, request.timeout)?.delete().await?;
             }
-            Target::RemoteWrite { url } => {
-                remote_write(url, &key, &snapshot, request.timeout).await?;
+            Target::RemoteWrite { .. } => {
+                remote_write(&url, &key, &snapshot, request.timeout).await?;
             }
         }
         Ok(delivered)
@@ -184,23 +200,22 @@ fn transport(timeout: Duration, protocol: HeaderMap) -> Result<HttpClient, OneSh
 }
 
 fn pushgateway(
-    url: &str,
+    url: &HttpUrl,
     key: GroupingKey,
     timeout: Duration,
 ) -> Result<Pushgateway, OneShotError> {
     let transport = transport(timeout, pushgateway::protocol_headers(false))?;
-    Ok(Pushgateway::new(transport, url, key, false)?)
+    Ok(Pushgateway::new(transport, url, key, false))
 }
 
 /// Sends the snapshot by remote-write, `job` and the labels added to every series, in
 /// as many requests as it takes, in order; no stale markers (the series stay visible).
 async fn remote_write(
-    url: &str,
+    url: &HttpUrl,
     key: &GroupingKey,
     snapshot: &Snapshot,
     timeout: Duration,
 ) -> Result<(), OneShotError> {
-    let url = Url::parse(url).map_err(|e| OneShotError::Setup(format!("--remote-write: {e}")))?;
     let labels: BTreeMap<String, String> = key
         .labels()
         .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -211,12 +226,12 @@ async fn remote_write(
     let transport = transport(timeout, remote_write::protocol_headers())?;
     for batch in converted.batches {
         let request = transport
-            .request(Method::POST, url.clone())
+            .request(Method::POST, url.as_url().clone())
             .map_err(|e| OneShotError::Setup(e.to_string()))?
             .body(batch.body);
         let response = request.send().await.map_err(|e| {
             // Without the URL: it may carry credentials.
-            OneShotError::RemoteWriteUnreachable(pushgateway::error_chain(&e.without_url()))
+            OneShotError::RemoteWriteUnreachable(error_chain(e))
         })?;
         let status = response.status();
         if !status.is_success() {
@@ -311,6 +326,25 @@ mod tests {
             .contains("not UTF-8"));
         let missing = load(&Input::File(dir.path().join("missing"))).unwrap_err();
         assert_eq!(missing.exit_code(), 2);
+    }
+
+    #[test]
+    fn a_bad_url_is_bad_input_naming_its_flag_for_every_target() {
+        let url = "ftp://user:s3cret@gateway:9091".to_string();
+        for target in [
+            Target::Pushgateway {
+                url: url.clone(),
+                method: PushMethod::Put,
+            },
+            Target::DeleteGroup { url: url.clone() },
+            Target::RemoteWrite { url: url.clone() },
+        ] {
+            let e = target.url().unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{e}");
+            let message = e.to_string();
+            assert!(message.starts_with("--"), "{message}");
+            assert!(!message.contains("s3cret"), "{message}");
+        }
     }
 
     #[test]

@@ -248,6 +248,20 @@ pub(crate) async fn error_body(mut response: reqwest::Response, limit: usize) ->
     excerpt(&kept, cut)
 }
 
+/// A transport error and its sources, `: `-separated (reqwest's own message is terse),
+/// without the URL, which may carry credentials.
+pub(crate) fn error_chain(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// `bytes` as text; `cut` when they are the start of something longer.
 fn excerpt(bytes: &[u8], cut: bool) -> String {
     let bytes = if cut {

@@ -5,10 +5,11 @@ use std::io::Write;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 
+use crate::config::HttpUrl;
 use crate::config::PushMethod;
 use crate::exposition::encode;
 use crate::exposition::snapshot::Snapshot;
-use crate::push::http::{error_body, HttpClient, ERROR_BODY_LIMIT, USER_AGENT};
+use crate::push::http::{error_body, error_chain, HttpClient, ERROR_BODY_LIMIT, USER_AGENT};
 
 use super::group::{render, GroupingKey};
 use super::PushgatewayError;
@@ -47,45 +48,23 @@ impl std::fmt::Debug for Pushgateway {
 }
 
 impl Pushgateway {
-    /// `base` is the gateway's address (`http://host:9091`, or with a route prefix);
-    /// `transport` must carry [`protocol_headers(gzip)`](protocol_headers).
-    pub fn new(
-        transport: HttpClient,
-        base: &str,
-        key: GroupingKey,
-        gzip: bool,
-    ) -> Result<Pushgateway, PushgatewayError> {
-        // Never echo the URL: it may carry credentials.
-        let base = Url::parse(base).map_err(|e| PushgatewayError::Url(e.to_string()))?;
-        Pushgateway::with_base(transport, &base, key, gzip)
-    }
-
-    /// [`Pushgateway::new`] for a base already parsed (the configuration's): the group's
-    /// path follows the base's own.
-    pub(crate) fn with_base(
-        transport: HttpClient,
-        base: &Url,
-        key: GroupingKey,
-        gzip: bool,
-    ) -> Result<Pushgateway, PushgatewayError> {
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(PushgatewayError::Url(format!(
-                "scheme `{}` is not http or https",
-                base.scheme()
-            )));
-        }
+    /// `base` is the gateway's address (`http://host:9091`, or with a route prefix; the
+    /// group's path follows the prefix); `transport` must carry
+    /// [`protocol_headers(gzip)`](protocol_headers).
+    pub fn new(transport: HttpClient, base: &HttpUrl, key: GroupingKey, gzip: bool) -> Pushgateway {
+        let base = base.as_url();
         let mut url = base.clone();
         url.set_path(&format!(
             "{}{}",
             base.path().trim_end_matches('/'),
             key.path()
         ));
-        Ok(Pushgateway {
+        Pushgateway {
             transport,
             url,
             key,
             gzip,
-        })
+        }
     }
 
     pub(crate) fn key(&self) -> &GroupingKey {
@@ -155,21 +134,8 @@ fn transport_error(e: reqwest::Error) -> PushgatewayError {
     if e.is_timeout() {
         PushgatewayError::Timeout
     } else {
-        // Without the URL: it may carry credentials.
-        PushgatewayError::Network(error_chain(&e.without_url()))
+        PushgatewayError::Network(error_chain(e))
     }
-}
-
-/// An error and its sources, `: `-separated (reqwest's own message is terse).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]
@@ -199,11 +165,15 @@ mod tests {
         GroupingKey::new("j", BTreeMap::new()).unwrap()
     }
 
+    fn base(url: &str) -> HttpUrl {
+        url.parse().unwrap()
+    }
+
     #[test]
     fn url_keeps_a_route_prefix_and_refuses_other_schemes() {
-        let pg = Pushgateway::new(transport(false), "http://h:9091/pgw/", key(), false).unwrap();
+        let pg = Pushgateway::new(transport(false), &base("http://h:9091/pgw/"), key(), false);
         assert_eq!(pg.url.as_str(), "http://h:9091/pgw/metrics/job/j");
-        assert!(Pushgateway::new(transport(false), "ftp://h", key(), false).is_err());
+        assert!("ftp://h".parse::<HttpUrl>().is_err());
     }
 
     #[test]
@@ -213,17 +183,16 @@ mod tests {
             BTreeMap::from([("name".to_string(), "Προ μ?#%".to_string())]),
         )
         .unwrap();
-        for base in ["http://h:9091", "http://h:9091/pgw/", "https://u:p@h/a//"] {
-            let joined = format!("{}{}", base.trim_end_matches('/'), key.path());
-            let parsed = Url::parse(base).unwrap();
-            let pg = Pushgateway::with_base(transport(false), &parsed, key.clone(), false).unwrap();
-            assert_eq!(pg.url, Url::parse(&joined).unwrap(), "{base}");
+        for text in ["http://h:9091", "http://h:9091/pgw/", "https://u:p@h/a//"] {
+            let joined = format!("{}{}", text.trim_end_matches('/'), key.path());
+            let pg = Pushgateway::new(transport(false), &base(text), key.clone(), false);
+            assert_eq!(pg.url, Url::parse(&joined).unwrap(), "{text}");
         }
     }
 
     #[test]
     fn requests_carry_the_exact_content_type_whatever_is_configured() {
-        let pg = Pushgateway::new(transport(true), "http://h:9091", key(), true).unwrap();
+        let pg = Pushgateway::new(transport(true), &base("http://h:9091"), key(), true);
         let request = pg.request(Method::PUT).unwrap().build().unwrap();
         let h = request.headers();
         assert_eq!(h.get_all(header::CONTENT_TYPE).iter().count(), 1);

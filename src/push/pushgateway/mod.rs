@@ -26,7 +26,6 @@ use super::signal::{Ready, Shutdown};
 use super::{Context, DestinationStatus, PushError, SnapshotSource, Started};
 use crate::config::{PushMethod, PushgatewayConfig};
 
-pub(crate) use client::error_chain;
 pub use client::{protocol_headers, Pushgateway};
 use group::render;
 pub use group::GroupingKey;
@@ -50,8 +49,6 @@ pub enum PushgatewayError {
     LabelCollision { family: String, label: String },
     #[error("metric `{0}` is reserved: the Pushgateway sets it for each group")]
     ReservedFamily(String),
-    #[error("invalid Pushgateway URL: {0}")]
-    Url(String),
     #[error("cannot render the text format: {0}")]
     Render(String),
     /// A credential file could not be read: the request was not sent.
@@ -112,9 +109,7 @@ pub(crate) fn start(
     })?;
     let transport = HttpClient::for_destination(&config.destination, protocol_headers(config.gzip))
         .map_err(|e| invalid("", e.to_string()))?;
-    let gateway =
-        Pushgateway::with_base(transport, config.destination.url.as_url(), key, config.gzip)
-            .map_err(|e| invalid(".url", e.to_string()))?;
+    let gateway = Pushgateway::new(transport, &config.destination.url, key, config.gzip);
     let schedule = Schedule::new(
         config.destination.interval.0,
         config.destination.cron.as_deref(),

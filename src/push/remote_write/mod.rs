@@ -27,7 +27,7 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use tokio::sync::{watch, Notify};
 
-use super::http::{error_body, HttpClient, ERROR_BODY_LIMIT, USER_AGENT};
+use super::http::{error_body, error_chain, HttpClient, ERROR_BODY_LIMIT, USER_AGENT};
 use super::retry::{parse_retry_after, Backoff};
 use super::schedule::Schedule;
 use super::self_metrics::{DestinationMetrics, DropReason, Outcome};
@@ -405,8 +405,8 @@ async fn attempt(dest: &Destination, batch: &Batch) -> Verdict {
                 Outcome::Network
             };
             dest.metrics.request(outcome);
-            // without_url: the URL may carry credentials.
-            tracing::warn!(destination = %dest.name, outcome = outcome.as_str(), error = %e.without_url(), "push failed; will retry");
+            let error = error_chain(e);
+            tracing::warn!(destination = %dest.name, outcome = outcome.as_str(), %error, "push failed; will retry");
             return Verdict::Retry(None);
         }
     };
