@@ -1,40 +1,21 @@
-//! The remote-write 1.0 messages of `proto/remote_write.proto`, as prost types derived by
-//! hand (no build script, no protoc): the tags below are the field numbers of the `.proto`
-//! file, and must change with it.
+//! The remote-write messages of `proto/`, as prost types generated at build time (`build.rs`).
 //!
-//! The pusher writes these bytes itself (`encode.rs`, to avoid one `String` per label);
-//! these types are the reference it is tested against, and what a receiver (the tests'
-//! in-process one) decodes with.
+//! The pusher writes these bytes itself (`encode.rs`, `encode_v2.rs`: no `String` per
+//! label); these types are the reference it is tested against, what a receiver (the tests'
+//! in-process one) decodes with, and what a queued 2.0 request is read back with when a
+//! receiver turns out to speak only 1.0 (`transcode.rs`).
 
-/// The body of one POST, before snappy block compression. Fields 2 and 3 are reserved.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct WriteRequest {
-    #[prost(message, repeated, tag = "1")]
-    pub timeseries: Vec<TimeSeries>,
+// Generated code: its doc comments come from the `.proto` files, its `Debug` from prost.
+#![allow(missing_docs, clippy::doc_markdown, unused_qualifications)]
+
+/// Remote-write 1.0: `prometheus.WriteRequest`.
+pub use self::v1::*;
+
+mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/prometheus.rs"));
 }
 
-/// One series: its complete, sorted label set (with `__name__`) and its samples.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct TimeSeries {
-    #[prost(message, repeated, tag = "1")]
-    pub labels: Vec<Label>,
-    #[prost(message, repeated, tag = "2")]
-    pub samples: Vec<Sample>,
-}
-
-#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
-pub struct Label {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(string, tag = "2")]
-    pub value: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Sample {
-    #[prost(double, tag = "1")]
-    pub value: f64,
-    /// Milliseconds since the Unix epoch.
-    #[prost(int64, tag = "2")]
-    pub timestamp: i64,
+/// Remote-write 2.0: `io.prometheus.write.v2.Request`.
+pub mod v2 {
+    include!(concat!(env!("OUT_DIR"), "/io.prometheus.write.v2.rs"));
 }
