@@ -94,6 +94,20 @@ pub struct RemoteWriteConfig {
     /// Retry requests answered 429 (honouring `Retry-After`); when false they are dropped.
     #[serde(default = "yes")]
     pub retry_on_429: bool,
+    /// Wire protocol: `v1` (remote-write 1.0), `v2` (2.0 with metadata), or `auto`: 2.0,
+    /// falling back to 1.0 for good when the receiver turns out not to understand it.
+    #[serde(default)]
+    pub protocol: RemoteWriteProtocol,
+}
+
+/// `[[remote_write]] protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteWriteProtocol {
+    #[default]
+    V1,
+    V2,
+    Auto,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

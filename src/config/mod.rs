@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use destinations::{
     BasicAuthConfig, HttpDestination, HttpUrl, PushMethod, PushgatewayConfig, RemoteWriteConfig,
+    RemoteWriteProtocol,
 };
 pub use schema::{MaintenanceConfig, MetricsConfig, ServerConfig, StreamsConfig, WorkerConfig};
 pub use units::{ByteSize, HumanDuration};

@@ -73,6 +73,9 @@ pub struct DestinationStatus {
     pub replayed_requests: u64,
     /// Unix time of the last accepted push, if any.
     pub last_success_unix_seconds: Option<i64>,
+    /// Remote-write: the protocol requests are made in now, `1.0` or `2.0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<&'static str>,
 }
 
 impl DestinationStatus {
@@ -86,6 +89,7 @@ impl DestinationStatus {
             queue_degraded: false,
             replayed_requests: 0,
             last_success_unix_seconds: None,
+            protocol: None,
         }
     }
 }

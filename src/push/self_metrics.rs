@@ -27,6 +27,9 @@ pub(crate) struct PushMetrics {
     pub(crate) samples_sent: IntCounterVec,
     pub(crate) samples_retried: IntCounterVec,
     pub(crate) samples_dropped: IntCounterVec,
+    /// Samples of requests answered 2xx that the receiver says it did not write
+    /// (remote-write 2.0's `X-Prometheus-Remote-Write-Samples-Written`).
+    pub(crate) samples_rejected: IntCounterVec,
     pub(crate) queue_bytes: IntGaugeVec,
     pub(crate) queue_requests: IntGaugeVec,
     /// Timestamp (seconds) of the oldest sample still queued; 0 when the queue is empty.
@@ -72,6 +75,11 @@ impl PushMetrics {
                 "codex_push_samples_dropped_total",
                 "Samples given up on, by reason.",
                 &["destination", "kind", "reason"],
+            )?,
+            samples_rejected: counter(
+                "codex_push_samples_rejected_total",
+                "Samples of accepted requests that the receiver says it did not write.",
+                dest,
             )?,
             queue_bytes: gauge(
                 "codex_push_queue_bytes",
@@ -133,6 +141,7 @@ pub(crate) struct DestinationMetrics {
     samples_sent: IntCounter,
     samples_retried: IntCounter,
     samples_dropped: Vec<IntCounter>,
+    samples_rejected: IntCounter,
     queue_bytes: IntGauge,
     queue_requests: IntGauge,
     queue_oldest_sample_timestamp: IntGauge,
@@ -159,6 +168,7 @@ impl PushMetrics {
                         .with_label_values(&[destination, kind, r])
                 })
                 .collect(),
+            samples_rejected: self.samples_rejected.with_label_values(&d),
             queue_bytes: self.queue_bytes.with_label_values(&d),
             queue_requests: self.queue_requests.with_label_values(&d),
             queue_oldest_sample_timestamp: self.queue_oldest_sample_timestamp.with_label_values(&d),
@@ -183,6 +193,11 @@ impl DestinationMetrics {
 
     pub(crate) fn retried(&self, samples: u64) {
         self.samples_retried.inc_by(samples);
+    }
+
+    /// Samples a receiver answered 2xx to without writing them.
+    pub(crate) fn rejected(&self, samples: u64) {
+        self.samples_rejected.inc_by(samples);
     }
 
     pub(crate) fn dropped(&self, reason: DropReason, samples: u64) {

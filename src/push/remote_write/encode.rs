@@ -13,7 +13,10 @@
 use bytes::Bytes;
 use prost::encoding::{encoded_len_varint, WireType};
 
+use super::encode_v2::{self, SeriesWriter, Symbols};
+use super::negotiate::Protocol;
 use super::queue::Batch;
+use crate::exposition::snapshot::Family;
 
 /// The stale marker: a NaN that receivers read as "this series ended here".
 pub const STALE_NAN_BITS: u64 = 0x7ff0000000000002;
@@ -37,7 +40,7 @@ pub(crate) fn encode_label(name: &str, value: &str, out: &mut Vec<u8>) {
 }
 
 /// A field key as its single byte: `(field << 3) | wire type`, for fields below 16.
-const fn key(field: u32, wire_type: WireType) -> u8 {
+pub(crate) const fn key(field: u32, wire_type: WireType) -> u8 {
     ((field << 3) | wire_type as u32) as u8
 }
 
@@ -47,15 +50,15 @@ const LABEL_KEY: u8 = key(1, WireType::LengthDelimited);
 /// `Label.name`, `Label.value`.
 const NAME_KEY: u8 = key(1, WireType::LengthDelimited);
 const VALUE_KEY: u8 = key(2, WireType::LengthDelimited);
-/// `TimeSeries.samples`.
-const SAMPLE_KEY: u8 = key(2, WireType::LengthDelimited);
-/// `Sample.value` (double), `Sample.timestamp` (int64).
-const SAMPLE_VALUE_KEY: u8 = key(1, WireType::SixtyFourBit);
-const SAMPLE_TIMESTAMP_KEY: u8 = key(2, WireType::Varint);
+/// `TimeSeries.samples` (field 2 in 1.0 and 2.0 alike).
+pub(crate) const SAMPLE_KEY: u8 = key(2, WireType::LengthDelimited);
+/// `Sample.value` (double), `Sample.timestamp` (int64), in 1.0 and 2.0 alike.
+pub(crate) const SAMPLE_VALUE_KEY: u8 = key(1, WireType::SixtyFourBit);
+pub(crate) const SAMPLE_TIMESTAMP_KEY: u8 = key(2, WireType::Varint);
 
 /// Appends `n` as a protobuf varint: seven bits a byte, low bits first.
 #[inline]
-fn put_varint(mut n: u64, out: &mut Vec<u8>) {
+pub(crate) fn put_varint(mut n: u64, out: &mut Vec<u8>) {
     if n < 0x80 {
         out.push(n as u8);
         return;
@@ -76,12 +79,59 @@ fn put_varint(mut n: u64, out: &mut Vec<u8>) {
     out.extend_from_slice(&bytes[..=i]);
 }
 
-/// Writes series into request bodies and bodies into compressed requests; which body a
-/// series goes into, and when a written series is overwritten rather than written again, is
-/// for `requests.rs` to say.
+/// One request's uncompressed body: its series and, in 2.0, the symbols they refer to.
+#[derive(Default)]
+pub(crate) struct Body {
+    pub(crate) series: Vec<u8>,
+    /// 2.0 only.
+    symbols: Symbols,
+    /// 2.0 only: the symbols in use after each series (`marks[k]` after series `k`), so
+    /// that cutting the body after `k` series cuts the symbols they alone used.
+    marks: Vec<u32>,
+}
+
+impl Body {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.series.clear();
+        self.symbols.clear();
+        self.marks.clear();
+    }
+
+    /// Keeps the first `series` series, which end at byte `at`.
+    pub(crate) fn truncate(&mut self, at: usize, series: usize) {
+        self.series.truncate(at);
+        if let Some(&n) = series.checked_sub(1).and_then(|i| self.marks.get(i)) {
+            self.symbols.truncate(n as usize);
+        } else if series == 0 {
+            self.symbols.clear();
+        }
+        self.marks.truncate(series);
+    }
+
+    /// Bytes it holds on to, including slack.
+    pub(crate) fn capacity(&self) -> usize {
+        self.series.capacity() + self.symbols.capacity() + self.marks.capacity() * 4
+    }
+
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.series.shrink_to_fit();
+    }
+}
+
+/// Writes series into request bodies and bodies into compressed requests, in either
+/// protocol; which body a series goes into, and when a written series is overwritten rather
+/// than written again, is for `requests.rs` to say.
 pub(crate) struct RequestEncoder {
+    protocol: Protocol,
     /// The last timestamp and its varint.
     timestamp: (i64, Vec<u8>),
+    v2: SeriesWriter,
+    /// 2.0: the symbols and the series of a request together, before compression.
+    wire: Vec<u8>,
     compressed: Vec<u8>,
     snappy: snap::raw::Encoder,
 }
@@ -89,7 +139,10 @@ pub(crate) struct RequestEncoder {
 impl Default for RequestEncoder {
     fn default() -> Self {
         RequestEncoder {
+            protocol: Protocol::V1,
             timestamp: (0, Vec::new()),
+            v2: SeriesWriter::default(),
+            wire: Vec::new(),
             compressed: Vec::new(),
             snappy: snap::raw::Encoder::new(),
         }
@@ -97,6 +150,47 @@ impl Default for RequestEncoder {
 }
 
 impl RequestEncoder {
+    pub(crate) fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    pub(crate) fn set_protocol(&mut self, protocol: Protocol) {
+        self.protocol = protocol;
+    }
+
+    /// Learns the type and help of the series of `families` (2.0 sends them).
+    pub(crate) fn describe(&mut self, families: &[Family]) {
+        if self.protocol == Protocol::V2 {
+            self.v2.describe(families);
+        }
+    }
+
+    /// Appends a series with one sample to `body`, in this encoder's protocol.
+    pub(crate) fn write_series(
+        &mut self,
+        body: &mut Body,
+        labels: &[u8],
+        value: f64,
+        timestamp_ms: i64,
+    ) {
+        match self.protocol {
+            Protocol::V1 => self.write(&mut body.series, labels, value, timestamp_ms),
+            Protocol::V2 => {
+                self.set_timestamp(timestamp_ms);
+                let ts = &self.timestamp.1;
+                (self.v2).write(&mut body.series, &mut body.symbols, labels, value, ts);
+                body.marks.push(body.symbols.len() as u32);
+            }
+        }
+    }
+
+    fn series_key(&self) -> u8 {
+        match self.protocol {
+            Protocol::V1 => SERIES_KEY,
+            Protocol::V2 => encode_v2::SERIES_KEY,
+        }
+    }
+
     fn set_timestamp(&mut self, timestamp_ms: i64) {
         if self.timestamp.0 != timestamp_ms || self.timestamp.1.is_empty() {
             // The samples of a snapshot share their timestamp: encode it once.
@@ -147,7 +241,7 @@ impl RequestEncoder {
     ) -> Option<usize> {
         self.set_timestamp(timestamp_ms);
         let ts = &self.timestamp.1;
-        let end = series_end(body, at)?;
+        let end = series_end(body, at, self.series_key())?;
         let sample_len = 1 + 8 + 1 + ts.len();
         // The sample field's key and one-byte length: the length tells the old varint's.
         let sample_at = end.checked_sub(2 + sample_len).filter(|&s| s > at)?;
@@ -161,6 +255,31 @@ impl RequestEncoder {
     }
 
     /// Compresses `body`, which holds `samples` series whose oldest sample is at
+    /// `oldest_timestamp_ms`, into a batch of this encoder's protocol.
+    pub(crate) fn compress_body(
+        &mut self,
+        body: &Body,
+        samples: u64,
+        oldest_timestamp_ms: i64,
+    ) -> Result<Batch, EncodeError> {
+        match self.protocol {
+            Protocol::V1 => self.compress(&body.series, samples, oldest_timestamp_ms),
+            Protocol::V2 => {
+                let mut wire = std::mem::take(&mut self.wire);
+                wire.clear();
+                wire.extend_from_slice(body.symbols.encoded());
+                wire.extend_from_slice(&body.series);
+                let batch = self.compress(&wire, samples, oldest_timestamp_ms);
+                self.wire = wire;
+                Ok(Batch {
+                    protocol: Protocol::V2,
+                    ..batch?
+                })
+            }
+        }
+    }
+
+    /// Compresses the 1.0 `body`, which holds `samples` series whose oldest sample is at
     /// `oldest_timestamp_ms`, into a batch.
     pub(crate) fn compress(
         &mut self,
@@ -178,6 +297,7 @@ impl RequestEncoder {
         Ok(Batch {
             // A copy of exactly `n` bytes, so that a queued batch holds no slack.
             body: Bytes::copy_from_slice(&self.compressed[..n]),
+            protocol: Protocol::V1,
             samples,
             oldest_timestamp_ms,
         })
@@ -191,8 +311,8 @@ pub(crate) fn timestamp_len(timestamp_ms: i64) -> usize {
 
 /// The end of the series that starts at `at` in `body`, if one does.
 #[inline]
-fn series_end(body: &[u8], at: usize) -> Option<usize> {
-    if body.get(at) != Some(&SERIES_KEY) {
+fn series_end(body: &[u8], at: usize, series_key: u8) -> Option<usize> {
+    if body.get(at) != Some(&series_key) {
         return None;
     }
     // Most series' lengths take two varint bytes.

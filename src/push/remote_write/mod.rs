@@ -10,15 +10,23 @@
 //!
 //! Only the queue is shared: a slow or dead receiver delays nothing but this sender, and
 //! the queue's byte cap bounds what it costs.
+//!
+//! Requests are made in the protocol `negotiate.rs` says (1.0 or 2.0, `encode.rs` and
+//! `encode_v2.rs`); a queued 2.0 batch meets a destination that fell back to 1.0 only in
+//! the sender, which converts it (`transcode.rs`) before sending.
 
 pub mod encode;
+mod encode_v2;
+pub mod negotiate;
 pub mod proto;
 pub(crate) mod queue;
 mod requests;
 pub mod series;
 mod snapshot_thread;
 mod staleness;
+mod transcode;
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -34,6 +42,7 @@ use super::self_metrics::{DestinationMetrics, DropReason, Outcome};
 use super::signal::{Ready, Shutdown};
 use super::{Context, DestinationStatus, PushError, Started};
 use crate::config::RemoteWriteConfig;
+use negotiate::{Negotiation, Protocol, Written};
 use queue::durable::DurableQueue;
 use queue::memory::MemoryQueue;
 use queue::{Batch, Queue, QueueStats};
@@ -79,10 +88,17 @@ pub(crate) fn start(
         })?;
     let metrics = ctx.metrics.destination(&name, KIND);
     let (queue, durable) = open_queue(config, &metrics);
+    let negotiation = Negotiation::open(
+        config.protocol,
+        config.queue_dir.as_deref(),
+        config.destination.url.as_url(),
+        &name,
+    );
     let initial = queue.stats();
     metrics.queue(&initial);
     let (status, status_rx) = watch::channel(DestinationStatus {
         replayed_requests: metrics.replayed_requests.get(),
+        protocol: Some(negotiation.current().as_str()),
         ..DestinationStatus::new(&name, KIND)
     });
     let dest = Arc::new(Destination {
@@ -99,6 +115,7 @@ pub(crate) fn start(
         status,
         wake: Notify::new(),
         producer_done: AtomicBool::new(false),
+        negotiation,
     });
     dest.publish(&initial);
     let producer = tokio::spawn(produce(
@@ -172,6 +189,7 @@ struct Destination {
     /// Wakes the sender when the producer queued something or finished.
     wake: Notify,
     producer_done: AtomicBool,
+    negotiation: Negotiation,
 }
 
 impl Destination {
@@ -246,11 +264,13 @@ async fn snapshot(
     final_push: bool,
 ) {
     let (source, series, queue) = (source.clone(), series.clone(), dest.queue.clone());
+    let protocol = dest.negotiation.current();
     let work = snapshots
         .run(move || {
             let snapshot = source.snapshot();
             let now_ms = chrono::Utc::now().timestamp_millis();
             let mut state = series.lock().unwrap_or_else(PoisonError::into_inner);
+            state.set_protocol(protocol);
             let converted = if final_push {
                 state.convert_final(&snapshot, now_ms)
             } else {
@@ -295,6 +315,9 @@ enum Verdict {
     Drop(DropReason),
     /// Send it again, after the receiver's `Retry-After` if it gave one.
     Retry(Option<Duration>),
+    /// The receiver does not understand 2.0 (the reason why): fall back to 1.0 and send
+    /// the same batch again, as 1.0, at once.
+    FallBack(&'static str),
 }
 
 /// The sender task.
@@ -328,7 +351,12 @@ async fn send(dest: Arc<Destination>, mut shutdown: Shutdown) {
         } else {
             backoff.reset();
         }
-        let Some(verdict) = shutdown.before_deadline(attempt(&dest, &batch)).await else {
+        let Some(wire) = in_current_protocol(&dest, &batch) else {
+            dest.metrics.dropped(DropReason::Corrupt, batch.samples);
+            remove_front(&dest, batch).await;
+            continue;
+        };
+        let Some(verdict) = shutdown.before_deadline(attempt(&dest, &wire)).await else {
             break;
         };
         match verdict {
@@ -349,6 +377,12 @@ async fn send(dest: Arc<Destination>, mut shutdown: Shutdown) {
                 if slept.is_none() {
                     break;
                 }
+                continue;
+            }
+            Verdict::FallBack(why) => {
+                dest.negotiation.fall_back(&dest.name, why);
+                let protocol = dest.negotiation.current().as_str();
+                dest.status.send_modify(|s| s.protocol = Some(protocol));
                 continue;
             }
         }
@@ -387,10 +421,25 @@ fn drain(q: &mut dyn Queue) -> u64 {
     samples
 }
 
+/// `batch` as the destination's protocol wants it sent: a 2.0 batch queued before a
+/// fallback to 1.0 is converted; `None` when it cannot be read (it is dropped as corrupt).
+fn in_current_protocol<'b>(dest: &Destination, batch: &'b Batch) -> Option<Cow<'b, Batch>> {
+    if batch.protocol == Protocol::V1 || dest.negotiation.current() == Protocol::V2 {
+        return Some(Cow::Borrowed(batch));
+    }
+    match transcode::to_v1(batch) {
+        Ok(b) => Some(Cow::Owned(b)),
+        Err(e) => {
+            tracing::warn!(destination = %dest.name, error = %e, samples = batch.samples, "queued 2.0 request unreadable; dropped");
+            None
+        }
+    }
+}
+
 /// Sends `batch` once and judges the answer.
 async fn attempt(dest: &Destination, batch: &Batch) -> Verdict {
     let request = match dest.transport.request(Method::POST, dest.url.clone()) {
-        Ok(r) => r.body(batch.body.clone()),
+        Ok(r) => r.headers(batch.protocol.headers()).body(batch.body.clone()),
         Err(e) => {
             tracing::warn!(destination = %dest.name, error = %e, "request not sent");
             return Verdict::Retry(None);
@@ -413,6 +462,9 @@ async fn attempt(dest: &Destination, batch: &Batch) -> Verdict {
     let status = response.status();
     if status.is_success() {
         dest.metrics.request(Outcome::Success);
+        if batch.protocol == Protocol::V2 {
+            return judge_written(dest, batch, response.headers());
+        }
         return Verdict::Delivered;
     }
     let retry_after = response
@@ -421,6 +473,14 @@ async fn attempt(dest: &Destination, batch: &Batch) -> Verdict {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
     let message = error_body(response, ERROR_BODY_LIMIT).await;
+    if batch.protocol == Protocol::V2
+        && dest.negotiation.may_fall_back()
+        && negotiate::unsupported(status, &message)
+    {
+        dest.metrics.request(Outcome::Http4xx);
+        tracing::info!(destination = %dest.name, status = status.as_u16(), receiver_says = %message, "remote-write 2.0 refused");
+        return Verdict::FallBack("the receiver refused the 2.0 content type");
+    }
     let (outcome, verdict) = if status == StatusCode::TOO_MANY_REQUESTS {
         if dest.retry_on_429 {
             (Outcome::Http429, Verdict::Retry(retry_after))
@@ -443,4 +503,26 @@ async fn attempt(dest: &Destination, batch: &Batch) -> Verdict {
         }
     }
     verdict
+}
+
+/// A 2xx to a 2.0 request: what its `*-Written` headers say was written.
+fn judge_written(dest: &Destination, batch: &Batch, headers: &HeaderMap) -> Verdict {
+    match negotiate::written(headers, batch.samples) {
+        Written::All => Verdict::Delivered,
+        Written::Samples(written) => {
+            // The spec forbids this answer; what was not written will not be on a retry.
+            let rejected = batch.samples - written;
+            tracing::warn!(destination = %dest.name, samples = batch.samples, written, rejected, "receiver answered 2xx but did not write every sample");
+            dest.metrics.rejected(rejected);
+            Verdict::Delivered
+        }
+        Written::NotUnderstood if dest.negotiation.may_fall_back() => Verdict::FallBack(
+            "the receiver answered 2xx without any X-Prometheus-Remote-Write-*-Written header",
+        ),
+        Written::NotUnderstood => {
+            // With protocol = "v2" the spec says to take this as a 415: nothing was written.
+            tracing::warn!(destination = %dest.name, samples = batch.samples, "receiver answered a 2.0 request 2xx without any *-Written header: it did not read it (a 1.x receiver?); request dropped");
+            Verdict::Drop(DropReason::Rejected)
+        }
+    }
 }

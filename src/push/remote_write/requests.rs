@@ -26,9 +26,11 @@
 //! Anything else writes the series anew; the unit tests (here and in `series_tests.rs`)
 //! hold both paths to the same bytes as a conversion from scratch.
 
-use super::encode::{timestamp_len, EncodeError, RequestEncoder, STALE_NAN_BITS};
+use super::encode::{timestamp_len, Body, EncodeError, RequestEncoder, STALE_NAN_BITS};
+use super::negotiate::Protocol;
 use super::queue::Batch;
 use super::staleness::{Seen, Tracking};
+use crate::exposition::snapshot::Family;
 
 /// At most this many bytes of bodies are kept for the next conversion (about 70,000 series
 /// of the proxy's families); the series after them are written anew each time.
@@ -49,7 +51,7 @@ pub(crate) struct Requests {
 /// The previous conversion's bodies, in order.
 #[derive(Default)]
 struct Kept {
-    bodies: Vec<Vec<u8>>,
+    bodies: Vec<Body>,
     /// Whether they hold the previous snapshot's series in order (condition 1); if not,
     /// they serve as buffers only.
     in_order: bool,
@@ -69,6 +71,24 @@ impl Requests {
             max_kept_bytes: MAX_KEPT_BYTES,
             kept: Kept::default(),
         }
+    }
+
+    /// The protocol of the requests from the next conversion on; the kept bodies, in the
+    /// other protocol, are let go.
+    pub(crate) fn set_protocol(&mut self, protocol: Protocol) {
+        if self.encoder.protocol() != protocol {
+            self.encoder.set_protocol(protocol);
+            self.kept = Kept::default();
+        }
+    }
+
+    pub(crate) fn protocol(&self) -> Protocol {
+        self.encoder.protocol()
+    }
+
+    /// Learns the type and help of each family's series, for the protocol that sends them.
+    pub(crate) fn describe(&mut self, families: &[Family]) {
+        self.encoder.describe(families);
     }
 
     #[cfg(test)]
@@ -226,7 +246,7 @@ struct Bodies<'r> {
     max_series: usize,
     max_kept_bytes: usize,
     /// The request being written.
-    body: Vec<u8>,
+    body: Body,
     samples: u64,
     oldest_timestamp_ms: i64,
     /// While every series so far was overwritten in place (condition 4): where in `body`
@@ -234,11 +254,11 @@ struct Bodies<'r> {
     cursor: Option<usize>,
     /// The previous conversion's bodies still to come, the next on top; buffers to write
     /// in once the cursor is gone.
-    previous: Vec<Vec<u8>>,
+    previous: Vec<Body>,
     /// False from the first body past the bound on (condition 2).
     keeping: bool,
     /// This conversion's bodies kept for the next one, and their bytes.
-    finished: Vec<Vec<u8>>,
+    finished: Vec<Body>,
     kept_bytes: usize,
     batches: Vec<Batch>,
     /// Series sent so far.
@@ -252,10 +272,10 @@ impl Bodies<'_> {
     fn write(&mut self, labels: &[u8], value: f64, timestamp_ms: i64) -> Result<(), EncodeError> {
         if let Some(at) = self.cursor.take() {
             // The rest of the previous series are not this conversion's.
-            self.body.truncate(at);
+            self.body.truncate(at, self.samples as usize);
         }
         self.encoder
-            .write(&mut self.body, labels, value, timestamp_ms);
+            .write_series(&mut self.body, labels, value, timestamp_ms);
         self.sent_one(timestamp_ms)
     }
 
@@ -264,7 +284,8 @@ impl Bodies<'_> {
         let Some(at) = self.cursor.filter(|_| i == self.sent) else {
             return Ok(false);
         };
-        let Some(end) = (self.encoder).overwrite(&mut self.body, at, value, timestamp_ms) else {
+        let Some(end) = (self.encoder).overwrite(&mut self.body.series, at, value, timestamp_ms)
+        else {
             return Ok(false);
         };
         self.cursor = Some(end);
@@ -293,13 +314,14 @@ impl Bodies<'_> {
         }
         if let Some(at) = self.cursor {
             // The previous body had more series: they are not part of this one.
-            self.body.truncate(at);
+            self.body.truncate(at, self.samples as usize);
         }
-        let batch = (self.encoder).compress(&self.body, self.samples, self.oldest_timestamp_ms)?;
+        let batch =
+            (self.encoder).compress_body(&self.body, self.samples, self.oldest_timestamp_ms)?;
         self.batches.push(batch);
         self.samples = 0;
         self.oldest_timestamp_ms = i64::MAX;
-        self.keeping &= self.kept_bytes + self.body.len() <= self.max_kept_bytes;
+        self.keeping &= self.kept_bytes + self.body.series.len() <= self.max_kept_bytes;
         if !self.keeping {
             // Past the bound, the body is only a buffer for the next batch.
             self.cursor = None;
@@ -308,7 +330,8 @@ impl Bodies<'_> {
             return Ok(());
         }
         // Kept until the next conversion: without the slack of growing by doubling.
-        if self.body.capacity() - self.body.len() > self.body.len() / 8 {
+        let series = &self.body.series;
+        if series.capacity() - series.len() > series.len() / 8 {
             self.body.shrink_to_fit();
         }
         self.kept_bytes += self.body.capacity();

@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::encode::{encode_label, EncodeError};
+use super::negotiate::Protocol;
 use super::queue::Batch;
 use super::requests::{Requests, Writer};
 use crate::exposition::names::{is_valid_label_name, is_valid_metric_name};
@@ -120,6 +121,16 @@ impl SeriesState {
         self.convert_inner(snapshot, now_ms, true)
     }
 
+    /// The protocol of the requests from the next conversion on (1.0 until told otherwise).
+    /// Which series were sent, and so which get stale markers, carries over.
+    pub fn set_protocol(&mut self, protocol: Protocol) {
+        self.requests.set_protocol(protocol);
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.requests.protocol()
+    }
+
     fn next_timestamp(&mut self, now_ms: i64) -> i64 {
         let ts = match self.last_timestamp_ms {
             Some(last) if now_ms <= last => last + 1,
@@ -136,6 +147,7 @@ impl SeriesState {
         final_push: bool,
     ) -> Result<Converted, EncodeError> {
         let ts = self.next_timestamp(now_ms);
+        self.requests.describe(&snapshot.families);
         let mut conversion = Conversion {
             external: &self.external,
             scratch: LabelScratch::default(),

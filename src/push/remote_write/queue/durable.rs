@@ -228,11 +228,13 @@ impl Drop for DurableQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::push::remote_write::negotiate::Protocol;
     use bytes::Bytes;
 
     fn batch(n: u64) -> Batch {
         Batch {
             body: Bytes::from(vec![n as u8; 100]),
+            protocol: Protocol::V1,
             samples: n,
             oldest_timestamp_ms: n as i64,
         }
@@ -373,6 +375,7 @@ mod tests {
         q.retry_disk = Duration::ZERO;
         let big = |n: u64| Batch {
             body: Bytes::from(vec![n as u8; 30_000]),
+            protocol: Protocol::V1,
             samples: n,
             oldest_timestamp_ms: n as i64,
         };

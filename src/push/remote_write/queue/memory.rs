@@ -63,11 +63,13 @@ impl Queue for MemoryQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::push::remote_write::negotiate::Protocol;
     use bytes::Bytes;
 
     fn batch(len: usize, ts: i64) -> Batch {
         Batch {
             body: Bytes::from(vec![0u8; len]),
+            protocol: Protocol::V1,
             samples: len as u64 * 10,
             oldest_timestamp_ms: ts,
         }

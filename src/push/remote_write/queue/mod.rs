@@ -17,11 +17,16 @@ mod segment;
 
 use bytes::Bytes;
 
+use super::negotiate::Protocol;
+
 /// One encoded remote-write request body (snappy-compressed protobuf), sent as-is and
 /// resent byte-identical on retry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     pub(crate) body: Bytes,
+    /// The protocol of `body`: a durable queue may hold 2.0 requests from before a
+    /// fallback to 1.0, to be converted when sent.
+    pub(crate) protocol: Protocol,
     /// Samples it carries, for the sent/dropped counters.
     pub samples: u64,
     /// Timestamp of its oldest sample (ms since the epoch), for the pending-age gauge.

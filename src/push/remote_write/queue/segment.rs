@@ -4,8 +4,12 @@
 //! (little endian):
 //!
 //! ```text
-//! magic "CXQ1" | payload_len u32 | samples u64 | oldest_timestamp_ms i64 | header_crc u32 | payload_crc u32 | payload
+//! magic "CXQ" + format u8 | payload_len u32 | samples u64 | oldest_timestamp_ms i64 | header_crc u32 | payload_crc u32 | payload
 //! ```
+//!
+//! The magic's last byte is the record's format, a small version flag: `1` a remote-write
+//! 1.0 payload (every record written before 2.0 existed), `2` a 2.0 payload; the layout is
+//! the same.
 //!
 //! The header has its own checksum so that a damaged payload behind an intact header still
 //! says how many samples were lost and where the next record starts; a damaged header is
@@ -13,7 +17,12 @@
 
 use std::ops::Range;
 
-pub(crate) const MAGIC: [u8; 4] = *b"CXQ1";
+use crate::push::remote_write::negotiate::Protocol;
+
+/// The magic without its format byte.
+pub(crate) const MAGIC: [u8; 3] = *b"CXQ";
+const FORMAT_V1: u8 = b'1';
+const FORMAT_V2: u8 = b'2';
 pub(crate) const HEADER_LEN: usize = 32;
 
 /// Segment files are `<sequence, 20 digits>.seg`, so names sort in queue order.
@@ -35,6 +44,8 @@ pub(crate) struct Header {
     pub samples: u64,
     pub(crate) oldest_timestamp_ms: i64,
     pub(crate) payload_crc: u32,
+    /// The payload's protocol, in the magic's format byte.
+    pub(crate) protocol: Protocol,
 }
 
 impl Header {
@@ -48,7 +59,12 @@ impl Header {
             samples,
             oldest_timestamp_ms,
             payload_crc: crc32fast::hash(payload),
+            protocol: Protocol::V1,
         })
+    }
+
+    pub(crate) fn with_protocol(self, protocol: Protocol) -> Header {
+        Header { protocol, ..self }
     }
 
     /// Header plus payload.
@@ -58,7 +74,11 @@ impl Header {
 
     pub(crate) fn encode(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
-        out[0..4].copy_from_slice(&MAGIC);
+        out[0..3].copy_from_slice(&MAGIC);
+        out[3] = match self.protocol {
+            Protocol::V1 => FORMAT_V1,
+            Protocol::V2 => FORMAT_V2,
+        };
         out[4..8].copy_from_slice(&self.payload_len.to_le_bytes());
         out[8..16].copy_from_slice(&self.samples.to_le_bytes());
         out[16..24].copy_from_slice(&self.oldest_timestamp_ms.to_le_bytes());
@@ -78,14 +98,20 @@ impl Header {
             b.copy_from_slice(&bytes[i..i + 8]);
             u64::from_le_bytes(b)
         };
-        if bytes[0..4] != MAGIC || u32_at(24) != crc32fast::hash(&bytes[0..24]) {
+        if bytes[0..3] != MAGIC || u32_at(24) != crc32fast::hash(&bytes[0..24]) {
             return None;
         }
+        let protocol = match bytes[3] {
+            FORMAT_V1 => Protocol::V1,
+            FORMAT_V2 => Protocol::V2,
+            _ => return None,
+        };
         Some(Header {
             payload_len: u32_at(4),
             samples: u64_at(8),
             oldest_timestamp_ms: u64_at(16) as i64,
             payload_crc: u32_at(28),
+            protocol,
         })
     }
 
@@ -187,6 +213,29 @@ mod tests {
                 "flip in byte {i} went unnoticed"
             );
         }
+    }
+
+    #[test]
+    fn the_format_byte_carries_the_protocol_and_old_records_read_as_1_0() {
+        let v2 = Header::for_payload(b"p", 1, 2)
+            .unwrap()
+            .with_protocol(Protocol::V2);
+        let bytes = v2.encode();
+        assert_eq!(&bytes[0..4], b"CXQ2");
+        assert_eq!(
+            Header::decode(&bytes).map(|h| h.protocol),
+            Some(Protocol::V2)
+        );
+        // A record written before the format byte meant anything.
+        let old = Header::for_payload(b"p", 1, 2).unwrap().encode();
+        assert_eq!(&old[0..4], b"CXQ1");
+        assert_eq!(Header::decode(&old).map(|h| h.protocol), Some(Protocol::V1));
+        // An unknown format is not a record.
+        let mut unknown = old;
+        unknown[3] = b'9';
+        let crc = crc32fast::hash(&unknown[0..24]);
+        unknown[24..28].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(Header::decode(&unknown), None);
     }
 
     #[test]

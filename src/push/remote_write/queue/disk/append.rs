@@ -29,6 +29,7 @@ impl DiskQueue {
             });
         }
         let header = Header::for_payload(&batch.body, batch.samples, batch.oldest_timestamp_ms)
+            .map(|h| h.with_protocol(batch.protocol))
             .ok_or(DiskError::TooLarge {
                 bytes: batch.body.len(),
             })?;

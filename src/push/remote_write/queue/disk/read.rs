@@ -224,6 +224,7 @@ impl DiskQueue {
 fn batch_of(header: Header, body: Bytes) -> Batch {
     Batch {
         body,
+        protocol: header.protocol,
         samples: header.samples,
         oldest_timestamp_ms: header.oldest_timestamp_ms,
     }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use super::{DiskError, DiskQueue, Recovery};
+use crate::push::remote_write::negotiate::Protocol;
 use crate::push::remote_write::queue::segment;
 use crate::push::remote_write::queue::{Batch, Dropped, QueueStats};
 
@@ -16,6 +17,12 @@ fn batch(n: u64, size: usize) -> Batch {
     body[..8].copy_from_slice(&n.to_le_bytes());
     Batch {
         body: Bytes::from(body),
+        // Both record formats, so that every test also round-trips the protocol.
+        protocol: if n % 2 == 0 {
+            Protocol::V2
+        } else {
+            Protocol::V1
+        },
         samples: n,
         oldest_timestamp_ms: 1_000 * n as i64,
     }
