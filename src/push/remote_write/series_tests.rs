@@ -1,16 +1,22 @@
 use super::*;
 use crate::push::remote_write::encode::{decode, STALE_NAN_BITS};
-use crate::push::remote_write::proto::TimeSeries;
+use crate::push::remote_write::proto::{v2, TimeSeries};
+use crate::push::remote_write::transcode::to_v1;
 use prometheus::proto::{Bucket, LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary};
 use prometheus::{CounterVec, Gauge, HistogramOpts, HistogramVec, Opts, Registry};
+use prost::Message;
 
 const NOW: i64 = 1_700_000_000_000;
 
 /// Decodes every batch into (labels as "name=value" strings, value, timestamp).
+/// 2.0 batches are read through their 1.0 conversion (itself tested in `transcode.rs`).
 fn decoded(c: &Converted) -> Vec<(Vec<String>, f64, i64)> {
     c.batches
         .iter()
-        .flat_map(|b| decode(&b.body).unwrap().timeseries)
+        .flat_map(|b| match b.protocol {
+            Protocol::V1 => decode(&b.body).unwrap().timeseries,
+            Protocol::V2 => decode(&to_v1(b).unwrap().body).unwrap().timeseries,
+        })
         .map(|TimeSeries { labels, samples }| {
             assert_eq!(samples.len(), 1);
             let l = labels
@@ -342,6 +348,7 @@ fn shared(a: &Labels, b: &Labels, k: f64) -> Snapshot {
 fn same_as_fresh(state: &mut SeriesState, snapshot: &Snapshot, now: i64) -> Converted {
     let out = state.convert(snapshot, now).unwrap();
     let mut fresh = SeriesState::new(&BTreeMap::from([("zone".into(), "z".into())]), "i", 7);
+    fresh.set_protocol(state.protocol());
     let expected = fresh.convert(snapshot, now).unwrap();
     let fresh_values: Vec<_> = decoded(&expected).into_iter().collect();
     let values: Vec<_> = decoded(&out)
@@ -559,12 +566,26 @@ impl Churn {
 
 #[test]
 fn random_changes_between_pushes_send_the_bytes_of_the_full_path() {
+    random_changes_between_pushes(Protocol::V1);
+}
+
+/// In 2.0 the overwritten series keep the symbols of their request, and a request cut
+/// short keeps only the symbols of the series before the cut: the bytes are still those of
+/// the full path, and the series and samples those 1.0 sends.
+#[test]
+fn random_changes_between_pushes_send_the_bytes_of_the_full_path_in_2_0() {
+    random_changes_between_pushes(Protocol::V2);
+}
+
+fn random_changes_between_pushes(protocol: Protocol) {
     let mut overwritten = 0;
     for seed in 0..24 {
         let mut churn = Churn::new(seed);
         // The fast path, and the same pushes with no memo (nothing repeated, so nothing
         // overwritten): both must send the same bytes, stale markers and all.
         let (mut fast, mut full) = (memo_state(), memo_state());
+        fast.set_protocol(protocol);
+        full.set_protocol(protocol);
         let max_kept_bytes = [usize::MAX, 150, 400, 1000][seed as usize % 4];
         fast.requests.set_max_kept_bytes(max_kept_bytes);
         // From 2 to 3 varint bytes at 16,384 ms, for some seeds.
@@ -596,4 +617,67 @@ fn random_changes_between_pushes_send_the_bytes_of_the_full_path() {
     }
     // The shortcut was taken, not only refused.
     assert!(overwritten > 1000, "{overwritten}");
+}
+
+/// Every MUST of the 2.0 spec for a sender's series, and the metadata of each family's
+/// series (a histogram's buckets, sum and count are of type histogram).
+#[test]
+fn series_in_2_0_have_refs_in_range_sorted_labels_and_their_family_metadata() {
+    let (r, c, h) = registry();
+    c.with_label_values(&["/v1/chat", "gpt"]).inc_by(3.0);
+    h.with_label_values(&["/v1/chat"]).observe(7.0);
+    let mut st = state();
+    st.set_protocol(Protocol::V2);
+    let out = st.convert(&snap(&r.gather()), NOW).unwrap();
+    assert!(out.batches.iter().all(|b| b.protocol == Protocol::V2));
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(&out.batches[0].body)
+        .unwrap();
+    let req = v2::Request::decode(raw.as_slice()).unwrap();
+    assert_eq!(req.symbols[0], "");
+    let mut types = BTreeMap::new();
+    for ts in &req.timeseries {
+        assert!(ts.labels_refs.len() % 2 == 0);
+        assert!(ts
+            .labels_refs
+            .iter()
+            .all(|&r| (r as usize) < req.symbols.len()));
+        let pairs: Vec<(&str, &str)> = (ts.labels_refs.chunks(2))
+            .map(|p| {
+                (
+                    req.symbols[p[0] as usize].as_str(),
+                    req.symbols[p[1] as usize].as_str(),
+                )
+            })
+            .collect();
+        assert!(
+            pairs.windows(2).all(|w| w[0].0 < w[1].0),
+            "sorted, unique: {pairs:?}"
+        );
+        assert!(pairs.iter().all(|(n, v)| !n.is_empty() && !v.is_empty()));
+        let name = pairs.iter().find(|(n, _)| *n == "__name__").unwrap().1;
+        let meta = ts.metadata.unwrap();
+        assert_eq!(req.symbols[meta.help_ref as usize], "h");
+        assert_eq!(meta.unit_ref, 0);
+        types.insert(name.to_string(), meta.r#type);
+        assert_eq!(ts.samples.len(), 1);
+    }
+    use v2::metadata::MetricType;
+    let t = |n: &str| types[n];
+    assert_eq!(t("requests_total"), MetricType::Counter as i32);
+    assert_eq!(t("ready"), MetricType::Gauge as i32);
+    for n in ["latency_ms_bucket", "latency_ms_sum", "latency_ms_count"] {
+        assert_eq!(t(n), MetricType::Histogram as i32);
+    }
+    let mut quantiles = state();
+    quantiles.set_protocol(Protocol::V2);
+    let out = quantiles.convert(&snap(&[summary_family()]), NOW).unwrap();
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(&out.batches[0].body)
+        .unwrap();
+    let req = v2::Request::decode(raw.as_slice()).unwrap();
+    assert!(req
+        .timeseries
+        .iter()
+        .all(|ts| ts.metadata.unwrap().r#type == MetricType::Summary as i32));
 }
