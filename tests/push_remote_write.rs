@@ -18,10 +18,12 @@ use axum::Router;
 use bytes::Bytes;
 use codex_proxy::config::Config;
 use codex_proxy::push::remote_write::encode::{decode, STALE_NAN_BITS};
+use codex_proxy::push::remote_write::proto::v2;
 use codex_proxy::push::{Pushers, Snapshot};
 use common::wait_until;
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary};
 use prometheus::{CounterVec, Gauge, HistogramOpts, HistogramVec, Opts, Registry};
+use prost::Message;
 
 const INSTANCE: &str = "test-host:11435";
 const WAIT: Duration = Duration::from_secs(20);
@@ -54,9 +56,27 @@ impl Series {
 struct Received {
     headers: HeaderMap,
     body: Bytes,
+    /// The series as the receiver read them (a 1.x receiver reads a 2.0 body as 1.0).
     series: Vec<Series>,
+    /// A 2.0 request: its metadata type per series (same order as `series`), and what it
+    /// breaks of the spec's MUSTs for senders.
+    v2: Option<V2Request>,
     status: StatusCode,
     at: Instant,
+}
+
+#[derive(Debug, Clone, Default)]
+struct V2Request {
+    types: Vec<i32>,
+    helps: Vec<String>,
+    violations: Vec<String>,
+}
+
+impl Received {
+    fn is_v2(&self) -> bool {
+        self.headers["content-type"]
+            == "application/x-protobuf;proto=io.prometheus.write.v2.Request"
+    }
 }
 
 /// An answer the receiver gives to one request instead of 200.
@@ -64,13 +84,28 @@ struct Received {
 struct Reply {
     status: StatusCode,
     retry_after: Option<&'static str>,
+    /// `X-Prometheus-Remote-Write-Samples-Written` lower than the samples received by this.
+    unwritten: u64,
 }
 
 fn reply(status: u16) -> Reply {
     Reply {
         status: StatusCode::from_u16(status).unwrap(),
         retry_after: None,
+        unwritten: 0,
     }
+}
+
+/// Which remote-write the receiver speaks.
+#[derive(Clone, Copy, Default, PartialEq)]
+enum Speaks {
+    /// 1.0 and 2.0, by `Content-Type`, with the `*-Written` headers (Prometheus 3).
+    #[default]
+    Both,
+    /// 1.0 only, `Content-Type` not looked at, no `*-Written` headers (Prometheus 2.x).
+    V1IgnoringType,
+    /// 1.0 only, 415 to anything else.
+    V1Refusing,
 }
 
 #[derive(Default)]
@@ -78,6 +113,7 @@ struct ReceiverState {
     log: Mutex<Vec<Received>>,
     /// Answers for the next requests, in order; 200 when empty.
     script: Mutex<VecDeque<Reply>>,
+    speaks: Speaks,
 }
 
 struct Receiver {
@@ -87,9 +123,14 @@ struct Receiver {
 
 impl Receiver {
     async fn start(script: Vec<Reply>) -> Receiver {
+        Receiver::speaking(Speaks::Both, script).await
+    }
+
+    async fn speaking(speaks: Speaks, script: Vec<Reply>) -> Receiver {
         let state = Arc::new(ReceiverState {
             log: Mutex::default(),
             script: Mutex::new(script.into()),
+            speaks,
         });
         let app = Router::new()
             .route("/api/v1/write", post(receive))
@@ -121,6 +162,25 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let v2_type = headers.get("content-type").is_some_and(|t| {
+        t.to_str()
+            .is_ok_and(|t| t.ends_with(";proto=io.prometheus.write.v2.Request"))
+    });
+    if v2_type && state.speaks == Speaks::V1Refusing {
+        let status = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        state.log.lock().unwrap().push(Received {
+            headers,
+            body,
+            series: Vec::new(),
+            v2: None,
+            status,
+            at: Instant::now(),
+        });
+        return (status, "unsupported content type").into_response();
+    }
+    if v2_type && state.speaks == Speaks::Both {
+        return receive_v2(state, headers, body);
+    }
     let request = match decode(&body) {
         Ok(r) => r,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("undecodable: {e}")).into_response(),
@@ -148,6 +208,7 @@ async fn receive(
         headers,
         body,
         series,
+        v2: None,
         status: answer.status,
         at: Instant::now(),
     });
@@ -157,6 +218,97 @@ async fn receive(
             .headers_mut()
             .insert("retry-after", after.parse().unwrap());
     }
+    response
+}
+
+/// A 2.0 request, read with the generated types, checked against every MUST of the spec
+/// for senders, and answered with the `*-Written` headers.
+fn receive_v2(state: Arc<ReceiverState>, headers: HeaderMap, body: Bytes) -> Response {
+    let request = match snap::raw::Decoder::new()
+        .decompress_vec(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|raw| v2::Request::decode(raw.as_slice()).map_err(|e| e.to_string()))
+    {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("undecodable: {e}")).into_response(),
+    };
+    let mut bad = Vec::new();
+    if request.symbols.first().map(String::as_str) != Some("") {
+        bad.push("symbols[0] is not \"\"".to_string());
+    }
+    let mut unique = request.symbols.clone();
+    unique.sort();
+    unique.dedup();
+    if unique.len() != request.symbols.len() {
+        bad.push("symbols repeat".to_string());
+    }
+    let symbol = |r: u32| request.symbols.get(r as usize).cloned();
+    let (mut series, mut v2) = (Vec::new(), V2Request::default());
+    for ts in &request.timeseries {
+        if ts.labels_refs.len() % 2 != 0 {
+            bad.push(format!("odd labels_refs {:?}", ts.labels_refs));
+        }
+        let Some(labels) = (ts.labels_refs.chunks(2))
+            .map(|p| Some((symbol(p[0])?, symbol(*p.get(1)?)?)))
+            .collect::<Option<Vec<(String, String)>>>()
+        else {
+            bad.push(format!("a ref out of range in {:?}", ts.labels_refs));
+            continue;
+        };
+        if !labels.windows(2).all(|w| w[0].0 < w[1].0) {
+            bad.push(format!("labels not sorted and unique: {labels:?}"));
+        }
+        if labels.iter().any(|(n, v)| n.is_empty() || v.is_empty()) {
+            bad.push(format!("an empty label name or value: {labels:?}"));
+        }
+        if !labels.iter().any(|(n, _)| n == "__name__") {
+            bad.push(format!("no __name__: {labels:?}"));
+        }
+        if ts.samples.is_empty() {
+            bad.push(format!("no sample: {labels:?}"));
+        }
+        if !ts
+            .samples
+            .windows(2)
+            .all(|w| w[0].timestamp <= w[1].timestamp)
+        {
+            bad.push(format!("samples out of timestamp order: {labels:?}"));
+        }
+        let Some(meta) = ts.metadata else {
+            bad.push(format!("no metadata: {labels:?}"));
+            continue;
+        };
+        for r in [meta.help_ref, meta.unit_ref] {
+            if symbol(r).is_none() {
+                bad.push(format!("metadata ref {r} out of range"));
+            }
+        }
+        for s in &ts.samples {
+            v2.types.push(meta.r#type);
+            v2.helps.push(symbol(meta.help_ref).unwrap_or_default());
+            series.push(Series {
+                labels: labels.clone(),
+                value: s.value,
+                ts: s.timestamp,
+            });
+        }
+    }
+    v2.violations = bad;
+    let answer = (state.script.lock().unwrap().pop_front()).unwrap_or(reply(200));
+    let written = (series.len() as u64).saturating_sub(answer.unwritten);
+    state.log.lock().unwrap().push(Received {
+        headers,
+        body,
+        series,
+        v2: Some(v2),
+        status: answer.status,
+        at: Instant::now(),
+    });
+    let mut response = (answer.status, "receiver says: no thanks").into_response();
+    let h = response.headers_mut();
+    h.insert("x-prometheus-remote-write-samples-written", written.into());
+    h.insert("x-prometheus-remote-write-histograms-written", 0.into());
+    h.insert("x-prometheus-remote-write-exemplars-written", 0.into());
     response
 }
 
@@ -464,8 +616,8 @@ async fn a_dead_receiver_keeps_the_backlog_and_it_drains_in_order_when_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_429_is_retried_no_sooner_than_retry_after() {
     let rate_limited = Reply {
-        status: StatusCode::TOO_MANY_REQUESTS,
         retry_after: Some("1"),
+        ..reply(429)
     };
     let rx = Receiver::start(vec![rate_limited]).await;
     let app = App::new();
@@ -614,4 +766,266 @@ async fn a_worker_that_never_gets_ready_is_still_reported_after_its_startup_time
         .find(|s| s.name() == "codex_worker_ready")
         .expect("codex_worker_ready pushed");
     assert_eq!(ready.value, 0.0);
+}
+
+/// The `codex_push_*` counters of destination `remote_write[0]`.
+fn counter(app: &App, name: &str, extra: Option<(&str, &str)>) -> f64 {
+    let mut labels = vec![("destination", "remote_write[0]"), ("kind", "remote_write")];
+    labels.extend(extra);
+    app.self_metric(name, &labels)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_2_0_meet_every_sender_must_of_the_spec_and_carry_metadata() {
+    let rx = Receiver::start(vec![]).await;
+    let app = App::new();
+    let pushers = app.start(&destination(
+        &rx.url,
+        "protocol = \"v2\"\ninterval = \"100ms\"\n\
+         headers = { \"Content-Type\" = \"text/plain\", \"X-Prometheus-Remote-Write-Version\" = \"9\" }",
+    ));
+    pushers.handle().mark_ready();
+    rx.wait_for_requests(2).await;
+    app.latency
+        .remove_label_values(&["/v1/chat/completions"])
+        .unwrap();
+    assert_eq!(pushers.handle().status()[0].protocol, Some("2.0"));
+    pushers.shutdown(Duration::from_secs(10)).await;
+
+    let log = rx.log();
+    for r in &log {
+        let one = |name: &str| {
+            let values: Vec<_> = r.headers.get_all(name).iter().collect();
+            assert_eq!(values.len(), 1, "{name}: {values:?}");
+            values[0].to_str().unwrap().to_string()
+        };
+        assert_eq!(one("content-encoding"), "snappy");
+        assert_eq!(
+            one("content-type"),
+            "application/x-protobuf;proto=io.prometheus.write.v2.Request"
+        );
+        assert_eq!(one("x-prometheus-remote-write-version"), "2.0.0");
+        assert!(one("user-agent").starts_with("codex-proxy/"));
+        let v2 = r.v2.as_ref().expect("read as 2.0");
+        assert_eq!(v2.violations, Vec::<String>::new());
+        for ((s, t), help) in r.series.iter().zip(&v2.types).zip(&v2.helps) {
+            let (want_type, want_help) = match s.name() {
+                "codex_http_requests_total" => (1, "requests"),
+                "codex_worker_ready" => (2, "ready"),
+                n if n.starts_with("codex_http_latency_ms_") => (3, "latency"),
+                n if n.starts_with("codex_http_latency_summary_ms") => (5, "latency summary"),
+                _ => continue,
+            };
+            assert_eq!(
+                (*t, help.as_str()),
+                (want_type, want_help),
+                "{:?}",
+                s.labels
+            );
+        }
+    }
+    // Stale markers as in 1.0: the removed histogram child when it went, then every series.
+    let all: Vec<&Series> = log.iter().flat_map(|r| &r.series).collect();
+    assert!(all
+        .iter()
+        .any(|s| s.is_stale() && s.name() == "codex_http_latency_ms_bucket"));
+    let last = log.last().unwrap();
+    assert!(!last.series.is_empty() && last.series.iter().all(|s| s.is_stale()));
+    let accepted: Vec<&Received> = log.iter().collect();
+    assert_timestamps_increase_per_series(&accepted);
+    // Declared from the start, and nothing rejected.
+    let names: Vec<String> = app
+        .registry
+        .gather()
+        .iter()
+        .map(|f| f.name().to_string())
+        .collect();
+    assert!(names
+        .iter()
+        .any(|n| n == "codex_push_samples_rejected_total"));
+    assert_eq!(
+        counter(&app, "codex_push_samples_rejected_total", None),
+        0.0
+    );
+}
+
+/// `auto` against a receiver that answers `answer` to 2.0: the first request is 2.0, the
+/// same series at the same timestamp come again as 1.0 right after, and everything after
+/// is 1.0, with nothing dropped.
+async fn auto_falls_back_and_resends_the_batch_as_1_0(rx: Receiver) -> Vec<Received> {
+    let app = App::new();
+    let pushers = app.start(&destination(
+        &rx.url,
+        "protocol = \"auto\"\ninterval = \"150ms\"",
+    ));
+    pushers.handle().mark_ready();
+    let log = rx.wait_for_requests(4).await;
+    assert!(log[0].is_v2());
+    assert!(log[1..].iter().all(|r| !r.is_v2()), "1.0 from then on");
+    let first_ts = log[1].series[0].ts;
+    let sent = decode_any(&log[0]);
+    assert_eq!(sent.len(), log[1].series.len());
+    assert!(
+        sent.iter().all(|s| s.ts == first_ts),
+        "the same batch, not the next snapshot"
+    );
+    assert_timestamps_increase_per_series(&log[1..].iter().collect::<Vec<_>>());
+    assert_eq!(pushers.handle().status()[0].protocol, Some("1.0"));
+    for reason in ["rejected", "rate_limited", "queue_full", "corrupt"] {
+        let dropped = counter(
+            &app,
+            "codex_push_samples_dropped_total",
+            Some(("reason", reason)),
+        );
+        assert_eq!(dropped, 0.0, "{reason}");
+    }
+    pushers.shutdown(Duration::from_secs(5)).await;
+    log
+}
+
+/// The series of a 2.0 request whatever the receiver made of it.
+fn decode_any(r: &Received) -> Vec<Series> {
+    let raw = snap::raw::Decoder::new().decompress_vec(&r.body).unwrap();
+    let req = v2::Request::decode(raw.as_slice()).unwrap();
+    (req.timeseries.iter())
+        .map(|ts| Series {
+            labels: (ts.labels_refs.chunks(2))
+                .map(|p| {
+                    let s = |i: u32| req.symbols[i as usize].clone();
+                    (s(p[0]), s(p[1]))
+                })
+                .collect(),
+            value: ts.samples[0].value,
+            ts: ts.samples[0].timestamp,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_falls_back_to_1_0_on_415_and_loses_nothing() {
+    let rx = Receiver::speaking(Speaks::V1Refusing, vec![]).await;
+    let log = auto_falls_back_and_resends_the_batch_as_1_0(rx).await;
+    assert_eq!(log[0].status, 415);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_falls_back_to_1_0_on_a_2xx_without_written_headers_and_loses_nothing() {
+    let rx = Receiver::speaking(Speaks::V1IgnoringType, vec![reply(204)]).await;
+    let log = auto_falls_back_and_resends_the_batch_as_1_0(rx).await;
+    // What a 1.x receiver made of the 2.0 body: an empty request, "written" with a 204.
+    assert_eq!(log[0].status, 204);
+    assert!(log[0].series.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_protocol_v2_a_2xx_without_written_headers_is_a_counted_drop() {
+    let rx = Receiver::speaking(Speaks::V1IgnoringType, vec![]).await;
+    let app = App::new();
+    let pushers = app.start(&destination(
+        &rx.url,
+        "protocol = \"v2\"\ninterval = \"100ms\"",
+    ));
+    pushers.handle().mark_ready();
+    let log = rx.wait_for_requests(2).await;
+    assert!(log.iter().all(Received::is_v2), "never falls back");
+    assert_ne!(log[1].body, log[0].body, "not resent");
+    let dropped = wait_until("the drop counted", WAIT, || async {
+        let d = counter(
+            &app,
+            "codex_push_samples_dropped_total",
+            Some(("reason", "rejected")),
+        );
+        (d >= decode_any(&log[0]).len() as f64).then_some(d)
+    })
+    .await;
+    assert!(dropped > 0.0);
+    assert_eq!(pushers.handle().status()[0].protocol, Some("2.0"));
+    pushers.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2xx_that_wrote_fewer_samples_is_counted_as_rejected_and_not_resent() {
+    let short = Reply {
+        unwritten: 3,
+        ..reply(200)
+    };
+    let rx = Receiver::start(vec![short]).await;
+    let app = App::new();
+    let pushers = app.start(&destination(
+        &rx.url,
+        "protocol = \"auto\"\ninterval = \"100ms\"",
+    ));
+    pushers.handle().mark_ready();
+    let log = rx.wait_for_requests(2).await;
+    assert!(
+        log.iter().all(Received::is_v2),
+        "a short count is no reason to fall back"
+    );
+    assert!(log[1].series[0].ts > log[0].series[0].ts, "not resent");
+    assert_eq!(
+        counter(&app, "codex_push_samples_rejected_total", None),
+        3.0
+    );
+    assert_eq!(pushers.handle().status()[0].protocol, Some("2.0"));
+    pushers.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_2_0_batches_from_disk_are_sent_as_1_0_in_order_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = dir.path().join("queue");
+    let extra = format!(
+        "protocol = \"auto\"\ninterval = \"50ms\"\nmin_backoff = \"20ms\"\nmax_backoff = \"40ms\"\n\
+         queue_dir = \"{}\"",
+        queue.display()
+    );
+    // A receiver that is down for everything: 2.0 batches pile up on disk.
+    let down = Receiver::start(vec![reply(503); 1000]).await;
+    let app = App::new();
+    let pushers = app.start(&destination(&down.url, &extra));
+    pushers.handle().mark_ready();
+    wait_until("a backlog on disk", WAIT, || async {
+        (pushers.handle().status()[0].queued_requests >= 4).then_some(())
+    })
+    .await;
+    pushers.shutdown(Duration::from_millis(200)).await;
+    let tried: Vec<Received> = down.log();
+    assert!(tried.iter().all(Received::is_v2));
+
+    // The next process meets a 1.x receiver: the backlog, all 2.0, arrives as 1.0.
+    let rx = Receiver::speaking(Speaks::V1IgnoringType, vec![]).await;
+    let app = App::new();
+    let pushers = app.start(&destination(&rx.url, &extra));
+    assert!(pushers.handle().status()[0].queued_requests >= 4);
+    pushers.handle().mark_ready();
+    let log = wait_until("the backlog delivered as 1.0", WAIT, || async {
+        let log = rx.log();
+        let v1 = log.iter().filter(|r| !r.is_v2()).count();
+        (v1 >= 5 && pushers.handle().status()[0].queued_requests == 0).then_some(log)
+    })
+    .await;
+    assert!(log[0].is_v2() && log[0].series.is_empty());
+    let v1: Vec<&Received> = log.iter().filter(|r| !r.is_v2()).collect();
+    // The first one tried before the restart comes first: nothing lost, in order.
+    let first = decode_any(&tried[0]);
+    assert_eq!(v1[0].series.len(), first.len());
+    assert_eq!(v1[0].series[0].ts, first[0].ts);
+    assert_timestamps_increase_per_series(&v1);
+    let stored = std::fs::read_to_string(queue.join("protocol")).unwrap();
+    assert!(stored.starts_with("1.0\n"), "{stored}");
+    assert_eq!(
+        counter(
+            &app,
+            "codex_push_samples_dropped_total",
+            Some(("reason", "corrupt"))
+        ),
+        0.0
+    );
+    pushers.shutdown(Duration::from_secs(5)).await;
+
+    // And the start after that does not ask again.
+    let app = App::new();
+    let pushers = app.start(&destination(&rx.url, &extra));
+    assert_eq!(pushers.handle().status()[0].protocol, Some("1.0"));
+    pushers.shutdown(Duration::from_millis(100)).await;
 }
