@@ -67,6 +67,9 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => match load(config) {
             Ok(c) => {
                 print!("{}", c.to_masked_toml());
+                for line in codex_proxy::push::remote_write::protocols_in_use(&c.remote_write) {
+                    println!("# {line}");
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,

@@ -706,6 +706,40 @@ async fn the_push_command_sends_the_same_file_by_remote_write() {
         prometheus.query("batch_duration_seconds_count").await[0]["value"][1],
         "6"
     );
+
+    // Prometheus 2.42 reads a 2.0 body as an empty 1.0 request: `auto` notices (no
+    // *-Written header) and sends it again as 1.0; `v2` alone fails rather than lose it.
+    let with_protocol = |host: &str, protocol: &str| {
+        push_command(
+            &[
+                "--remote-write",
+                &url,
+                "--protocol",
+                protocol,
+                "--job",
+                "nightly",
+                "--label",
+                &format!("host={host}"),
+                file.to_str().unwrap(),
+            ],
+            "",
+        )
+    };
+    let (code, stderr) = with_protocol("db-2", "auto");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("sending 1.0"), "{stderr}");
+    let query = r#"batch_records_total{host="db-2"}"#;
+    let value = wait_until("the auto push in Prometheus", DEADLINE, || async {
+        let r = prometheus.query(query).await;
+        r.as_array()
+            .filter(|a| !a.is_empty())
+            .map(|a| a[0]["value"][1].clone())
+    })
+    .await;
+    assert_eq!(value, "1027");
+    let (code, stderr) = with_protocol("db-3", "v2");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("did not read the 2.0 request"), "{stderr}");
 }
 
 /// The value of the metric of family `name` whose labels include `with`.

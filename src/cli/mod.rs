@@ -6,7 +6,7 @@ mod push_once;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config::{HumanDuration, PushMethod};
+use crate::config::{HumanDuration, PushMethod, RemoteWriteProtocol};
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("destination").required(true).args(["gateway", "remote_write"])))]
@@ -23,6 +23,10 @@ pub struct PushArgs {
     /// A further grouping label (remote-write: a label of every series); repeatable.
     #[arg(long = "label", value_name = "NAME=VALUE")]
     labels: Vec<String>,
+    /// Remote-write protocol: v1, v2 (2.0 with metadata), or auto (2.0, then 1.0 if the
+    /// receiver does not understand it).
+    #[arg(long, value_parser = ["v1", "v2", "auto"], default_value = "v1", requires = "remote_write")]
+    protocol: String,
     /// put replaces the whole group, post only the families in the file.
     #[arg(long, value_parser = ["put", "post"], conflicts_with = "remote_write")]
     method: Option<String>,
@@ -48,7 +52,14 @@ pub fn push(args: PushArgs) -> ExitCode {
                 _ => PushMethod::Put,
             },
         },
-        (None, Some(url)) => push_once::Target::RemoteWrite { url },
+        (None, Some(url)) => push_once::Target::RemoteWrite {
+            url,
+            protocol: match args.protocol.as_str() {
+                "v2" => RemoteWriteProtocol::V2,
+                "auto" => RemoteWriteProtocol::Auto,
+                _ => RemoteWriteProtocol::V1,
+            },
+        },
         (None, None) => {
             eprintln!("codex-proxy: push needs --gateway or --remote-write");
             return ExitCode::from(2);

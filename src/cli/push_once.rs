@@ -12,13 +12,15 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use reqwest::Method;
 
-use crate::config::{HttpUrl, PushMethod};
+use crate::config::{HttpUrl, PushMethod, RemoteWriteProtocol};
 
 use crate::exposition::parse::{self as text, ParseError};
 use crate::push::http::{error_body, error_chain, HttpClient, HttpSettings, ERROR_BODY_LIMIT};
 use crate::push::pushgateway::{self, GroupingKey, Pushgateway, PushgatewayError};
 use crate::push::remote_write;
 use crate::push::remote_write::encode::EncodeError;
+use crate::push::remote_write::negotiate::{self, Protocol, Written};
+use crate::push::remote_write::queue::Batch;
 use crate::push::remote_write::series::SeriesState;
 use crate::push::Snapshot;
 
@@ -56,8 +58,12 @@ pub(crate) enum Target {
     Pushgateway { url: String, method: PushMethod },
     /// DELETE the group at this Pushgateway; there is no input.
     DeleteGroup { url: String },
-    /// POST it by remote-write 1.0, every sample stamped with the current time.
-    RemoteWrite { url: String },
+    /// POST it by remote-write, every sample stamped with the current time; `auto` tries
+    /// 2.0 and sends again as 1.0 if the receiver does not understand it.
+    RemoteWrite {
+        url: String,
+        protocol: RemoteWriteProtocol,
+    },
 }
 
 impl Target {
@@ -66,7 +72,7 @@ impl Target {
     fn url(&self) -> Result<HttpUrl, OneShotError> {
         let (flag, url) = match self {
             Target::Pushgateway { url, .. } | Target::DeleteGroup { url } => ("--gateway", url),
-            Target::RemoteWrite { url } => ("--remote-write", url),
+            Target::RemoteWrite { url, .. } => ("--remote-write", url),
         };
         url.parse()
             .map_err(|message| OneShotError::Url { flag, message })
@@ -112,6 +118,12 @@ pub(crate) enum OneShotError {
     RemoteWriteRejected { status: u16, message: String },
     #[error("cannot reach the remote-write receiver: {0}")]
     RemoteWriteUnreachable(String),
+    #[error("the remote-write receiver wrote {written} of {sent} samples")]
+    RemoteWritePartial { written: u64, sent: u64 },
+    #[error("the remote-write receiver answered 2xx without any X-Prometheus-Remote-Write-*-Written header: it did not read the 2.0 request (a 1.x receiver? try --protocol auto or v1)")]
+    RemoteWriteNotUnderstood,
+    #[error("cannot send the request again as remote-write 1.0: {0}")]
+    Transcode(String),
 }
 
 impl OneShotError {
@@ -122,6 +134,9 @@ impl OneShotError {
             OneShotError::Pushgateway(e) if e.outcome().is_some() => 1,
             OneShotError::RemoteWriteRejected { .. }
             | OneShotError::RemoteWriteUnreachable(_)
+            | OneShotError::RemoteWritePartial { .. }
+            | OneShotError::RemoteWriteNotUnderstood
+            | OneShotError::Transcode(_)
             | OneShotError::Setup(_) => 1,
             _ => 2,
         }
@@ -179,8 +194,8 @@ pub(crate) fn run(request: Request) -> Result<Delivered, OneShotError> {
             Target::DeleteGroup { .. } => {
                 pushgateway(&url, key, request.timeout)?.delete().await?;
             }
-            Target::RemoteWrite { .. } => {
-                remote_write(&url, &key, &snapshot, request.timeout).await?;
+            Target::RemoteWrite { protocol, .. } => {
+                remote_write(&url, &key, &snapshot, request.timeout, *protocol).await?;
             }
         }
         Ok(delivered)
@@ -215,6 +230,7 @@ async fn remote_write(
     key: &GroupingKey,
     snapshot: &Snapshot,
     timeout: Duration,
+    protocol: RemoteWriteProtocol,
 ) -> Result<(), OneShotError> {
     let labels: BTreeMap<String, String> = key
         .labels()
@@ -222,26 +238,76 @@ async fn remote_write(
         .collect();
     // No default `instance`: only what the command line gives.
     let mut series = SeriesState::new(&labels, "", REMOTE_WRITE_SERIES_PER_REQUEST);
+    if protocol != RemoteWriteProtocol::V1 {
+        series.set_protocol(Protocol::V2);
+    }
     let converted = series.convert(snapshot, chrono::Utc::now().timestamp_millis())?;
     let transport = transport(timeout, remote_write::protocol_headers())?;
+    let mut fell_back = false;
     for batch in converted.batches {
-        let request = transport
-            .request(Method::POST, url.as_url().clone())
-            .map_err(|e| OneShotError::Setup(e.to_string()))?
-            .body(batch.body);
-        let response = request.send().await.map_err(|e| {
-            // Without the URL: it may carry credentials.
-            OneShotError::RemoteWriteUnreachable(error_chain(e))
-        })?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(OneShotError::RemoteWriteRejected {
-                status: status.as_u16(),
-                message: error_body(response, ERROR_BODY_LIMIT).await,
-            });
+        let mut batch = batch;
+        loop {
+            if fell_back && batch.protocol == Protocol::V2 {
+                batch = remote_write::to_v1(&batch)
+                    .map_err(|e| OneShotError::Transcode(e.to_string()))?;
+            }
+            match send_once(&transport, url, &batch).await? {
+                Sent::Done => break,
+                Sent::NotUnderstood if protocol == RemoteWriteProtocol::Auto => {
+                    eprintln!("codex-proxy: the receiver does not understand remote-write 2.0; sending 1.0");
+                    fell_back = true;
+                }
+                Sent::NotUnderstood => return Err(OneShotError::RemoteWriteNotUnderstood),
+            }
         }
     }
     Ok(())
+}
+
+/// How one request went, when it did not fail outright.
+enum Sent {
+    Done,
+    /// The receiver does not understand 2.0 (nothing was written).
+    NotUnderstood,
+}
+
+async fn send_once(
+    transport: &HttpClient,
+    url: &HttpUrl,
+    batch: &Batch,
+) -> Result<Sent, OneShotError> {
+    let request = transport
+        .request(Method::POST, url.as_url().clone())
+        .map_err(|e| OneShotError::Setup(e.to_string()))?
+        .headers(batch.protocol.headers())
+        .body(batch.body.clone());
+    let response = request.send().await.map_err(|e| {
+        // Without the URL: it may carry credentials.
+        OneShotError::RemoteWriteUnreachable(error_chain(e))
+    })?;
+    let status = response.status();
+    let v2 = batch.protocol == Protocol::V2;
+    if status.is_success() {
+        if !v2 {
+            return Ok(Sent::Done);
+        }
+        return match negotiate::written(response.headers(), batch.samples) {
+            Written::All => Ok(Sent::Done),
+            Written::Samples(written) => Err(OneShotError::RemoteWritePartial {
+                written,
+                sent: batch.samples,
+            }),
+            Written::NotUnderstood => Ok(Sent::NotUnderstood),
+        };
+    }
+    let message = error_body(response, ERROR_BODY_LIMIT).await;
+    if v2 && negotiate::unsupported(status, &message) {
+        return Ok(Sent::NotUnderstood);
+    }
+    Err(OneShotError::RemoteWriteRejected {
+        status: status.as_u16(),
+        message,
+    })
 }
 
 /// Families as the input names them: the parts of one family that the snapshot split
@@ -337,7 +403,10 @@ mod tests {
                 method: PushMethod::Put,
             },
             Target::DeleteGroup { url: url.clone() },
-            Target::RemoteWrite { url: url.clone() },
+            Target::RemoteWrite {
+                url: url.clone(),
+                protocol: RemoteWriteProtocol::V1,
+            },
         ] {
             let e = target.url().unwrap_err();
             assert_eq!(e.exit_code(), 2, "{e}");
@@ -378,7 +447,10 @@ mod tests {
                 url: url.clone(),
                 method: PushMethod::Put,
             },
-            Target::RemoteWrite { url: url.clone() },
+            Target::RemoteWrite {
+                url: url.clone(),
+                protocol: RemoteWriteProtocol::V1,
+            },
         ] {
             let request = Request {
                 target,

@@ -26,6 +26,8 @@ mod snapshot_thread;
 mod staleness;
 mod transcode;
 
+pub(crate) use transcode::to_v1;
+
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -137,6 +139,37 @@ pub(crate) fn start(
         status: status_rx,
         task,
     })
+}
+
+/// For `check-config`: the protocol each `[[remote_write]]` would make its requests in now,
+/// with `auto`'s choice as kept in its `queue_dir`.
+pub fn protocols_in_use(configs: &[RemoteWriteConfig]) -> Vec<String> {
+    use crate::config::RemoteWriteProtocol as Configured;
+    configs
+        .iter()
+        .enumerate()
+        .map(|(index, config)| {
+            let name = super::destination_name(config.destination.name.as_deref(), KIND, index);
+            let protocol = Negotiation::open(
+                config.protocol,
+                config.queue_dir.as_deref(),
+                config.destination.url.as_url(),
+                &name,
+            )
+            .current();
+            let how = match (config.protocol, protocol) {
+                (Configured::Auto, Protocol::V1) => ", negotiated before (kept in queue_dir)",
+                (Configured::Auto, Protocol::V2) => {
+                    ", until the receiver shows it does not understand 2.0"
+                }
+                _ => "",
+            };
+            format!(
+                "remote_write {name}: protocol in use: remote-write {}{how}",
+                protocol.as_str()
+            )
+        })
+        .collect()
 }
 
 /// The headers remote-write 1.0 requires on every request; configured ones never override them.
@@ -427,7 +460,7 @@ fn in_current_protocol<'b>(dest: &Destination, batch: &'b Batch) -> Option<Cow<'
     if batch.protocol == Protocol::V1 || dest.negotiation.current() == Protocol::V2 {
         return Some(Cow::Borrowed(batch));
     }
-    match transcode::to_v1(batch) {
+    match to_v1(batch) {
         Ok(b) => Some(Cow::Owned(b)),
         Err(e) => {
             tracing::warn!(destination = %dest.name, error = %e, samples = batch.samples, "queued 2.0 request unreadable; dropped");
