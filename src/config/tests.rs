@@ -45,7 +45,7 @@ fn a_destination_without_more_than_its_url_gets_the_documented_defaults() {
     assert_eq!(rw.min_backoff.0, Duration::from_millis(100));
     assert_eq!(rw.max_backoff.0, Duration::from_secs(30));
     assert!(rw.retry_on_429);
-    assert_eq!(rw.protocol, crate::config::RemoteWriteProtocol::V1);
+    assert_eq!(rw.protocol, RemoteWriteProtocol::V1);
     let pg = &c.pushgateway[0];
     assert_eq!(pg.destination.interval.0, Duration::from_secs(15));
     assert_eq!(pg.job, "codex-proxy");
