@@ -468,3 +468,48 @@ impl Write for LogSink {
 fn captured_logs() -> String {
     String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
 }
+
+/// `protocol = "auto"` with a durable queue: ticks queued as 2.0 while Prometheus 2.42 (a
+/// 1.0-only receiver) is down, then the process restarts on that queue. The first 2.0
+/// request comes back 204 without any `*-Written` header (Prometheus read it as an empty
+/// 1.0 request), so the destination falls back to 1.0 and sends every queued 2.0 batch,
+/// from disk, as 1.0: every tick exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_delivers_queued_2_0_ticks_as_1_0_exactly_once_across_a_restart() {
+    let Some(mut prometheus) = start_prometheus("").await else {
+        return;
+    };
+    prometheus.stop().await;
+    let queue_dir = tempfile::tempdir().unwrap();
+    let ticks = Ticks::new();
+    let mut config = remote_write(&prometheus, queue_dir.path(), "200ms", "256MiB");
+    config.remote_write[0].protocol = codex_proxy::config::RemoteWriteProtocol::Auto;
+
+    let registry = Registry::new();
+    let pushers = start_pushers(&config, &ticks, &registry);
+    assert_eq!(pushers.handle().status()[0].protocol, Some("2.0"));
+    wait_ticks(&ticks, 8).await;
+    pushers.shutdown(Duration::from_millis(300)).await;
+    let queued_before = ticks.count();
+    assert!(
+        !queue_dir.path().join("protocol").exists(),
+        "nothing negotiated yet"
+    );
+
+    prometheus.start().await;
+    let registry = Registry::new();
+    let pushers = start_pushers(&config, &ticks, &registry);
+    let stored = wait_delivered(&prometheus, &pushers, || (1..=ticks.count()).collect()).await;
+    assert!(stored.len() as u64 > queued_before);
+    assert_eq!(pushers.handle().status()[0].protocol, Some("1.0"));
+    let kept = std::fs::read_to_string(queue_dir.path().join("protocol")).unwrap();
+    assert!(kept.starts_with("1.0\n"), "{kept}");
+    assert_eq!(
+        push_metric(&registry, "codex_push_samples_dropped_total", None),
+        0,
+        "samples were dropped"
+    );
+    let logs = prometheus.logs();
+    assert!(!logs.contains("out of order"), "{logs}");
+    pushers.shutdown(Duration::from_secs(5)).await;
+}

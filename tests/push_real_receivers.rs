@@ -137,3 +137,141 @@ async fn pushed_series_match_metrics_in_both_receivers_and_end_stale_on_sigterm(
         .await;
     }
 }
+
+/// `/healthz`'s push section, once it answers.
+async fn push_health(proxy: &Proxy) -> Option<Vec<serde_json::Value>> {
+    let health: serde_json::Value = http()
+        .get(proxy.url("/healthz"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    health["push"].as_array().cloned()
+}
+
+async fn chat(proxy: &Proxy, n: usize) {
+    for i in 0..n {
+        let body = json!({"model": "codex-demo",
+                          "messages": [{"role": "user", "content": format!("hi {i}")}]});
+        let status = http()
+            .post(proxy.url(ROUTE))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("chat request")
+            .status();
+        assert_eq!(status, 200);
+    }
+}
+
+/// `protocol = "auto"` with durable queues, into Prometheus 2.42 and VictoriaMetrics, which
+/// speak 1.0 only and answer a 2.0 body 204 without `*-Written` headers: a first process
+/// queues 2.0 requests while both are down and is killed; the next one, on the same
+/// queues, falls back to 1.0 for both and delivers the old process's 2.0 requests as 1.0.
+/// Each receiver then holds the values each process's `/metrics` showed, each sample once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_ends_on_1_0_in_both_receivers_with_queued_2_0_requests_delivered_across_a_restart() {
+    let Some(mut prometheus) = start_prometheus("").await else {
+        return;
+    };
+    let Some(mut victoria) = start_victoria_metrics().await else {
+        return;
+    };
+    prometheus.stop().await;
+    victoria.stop().await;
+    let config = format!(
+        "[metrics]\nenabled = true\n\
+         [[remote_write]]\nname = \"prometheus\"\nurl = \"{}/api/v1/write\"\ninterval = \"300ms\"\n\
+         protocol = \"auto\"\nqueue_dir = \"queue-prometheus\"\nmin_backoff = \"50ms\"\nmax_backoff = \"300ms\"\n\
+         [[remote_write]]\nname = \"victoria\"\nurl = \"{}/api/v1/write\"\ninterval = \"300ms\"\n\
+         protocol = \"auto\"\nqueue_dir = \"queue-victoria\"\nmin_backoff = \"50ms\"\nmax_backoff = \"300ms\"\n",
+        prometheus.base, victoria.base
+    );
+    let mut first = Proxy::start(&config, &[("DEMO_DELTA_DELAY_MS", "20")]).await;
+    first.wait_ready().await;
+    chat(&first, 6).await;
+    assert_eq!(requests_in_metrics(&first).await, 6.0);
+    // Snapshots taken after the traffic are queued, all 2.0.
+    let queued = |min: u64| {
+        let first = &first;
+        async move {
+            let push = push_health(first).await?;
+            let ok = push.iter().all(|d| {
+                d["protocol"] == "2.0" && d["queued_requests"].as_u64().unwrap_or(0) >= min
+            });
+            ok.then_some(())
+        }
+    };
+    wait_until("2.0 requests queued", DEADLINE, || queued(3)).await;
+    let after_traffic = push_health(&first).await.unwrap()[0]["queued_requests"]
+        .as_u64()
+        .unwrap();
+    wait_until("snapshots after the traffic", DEADLINE, || {
+        queued(after_traffic + 2)
+    })
+    .await;
+    let old_instance = format!("127.0.0.1:{}", first.port);
+    first.proc.signal(Signal::KILL);
+    first.proc.wait_exit(DEADLINE).await;
+
+    prometheus.start().await;
+    victoria.start().await;
+    let second = Proxy::start_in(first.dir, &config, &[("DEMO_DELTA_DELAY_MS", "20")]).await;
+    second.wait_ready().await;
+    chat(&second, 3).await;
+    assert_eq!(requests_in_metrics(&second).await, 3.0);
+    let new_instance = format!("127.0.0.1:{}", second.port);
+
+    let sum = |instance: &str| {
+        format!(r#"sum(codex_http_requests_total{{instance="{instance}",route="{ROUTE}"}})"#)
+    };
+    for server in [&prometheus, &victoria] {
+        for (instance, expected) in [(&old_instance, 6.0), (&new_instance, 3.0)] {
+            let q = sum(instance);
+            let what = format!("{q} = {expected} on {}", server.base);
+            wait_until(&what, DEADLINE, || async {
+                (scalar(server, &q).await == Some(expected)).then_some(())
+            })
+            .await;
+        }
+    }
+    let push = wait_until("both on 1.0, queues drained", DEADLINE, || async {
+        let push = push_health(&second).await?;
+        let done = push
+            .iter()
+            .all(|d| d["protocol"] == "1.0" && d["queued_requests"] == 0);
+        done.then_some(push)
+    })
+    .await;
+    assert_eq!(push.len(), 2);
+    // Nothing doubled: VictoriaMetrics keeps a sample sent twice, Prometheus does not.
+    let count = format!(r#"count_over_time(codex_worker_ready{{instance="{old_instance}"}}[10m])"#);
+    let in_prometheus = scalar(&prometheus, &count).await.expect("old samples");
+    let in_victoria = scalar(&victoria, &count).await.expect("old samples");
+    assert_eq!(in_prometheus, in_victoria);
+    assert!(in_prometheus >= (after_traffic + 2) as f64);
+    let metrics = http()
+        .get(second.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("/metrics body");
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("codex_push_samples_dropped_total{")
+            || l.starts_with("codex_push_samples_rejected_total{")
+    }) {
+        assert!(line.ends_with(" 0"), "{line}");
+    }
+    for server in [&prometheus, &victoria] {
+        let logs = server.logs().to_lowercase();
+        assert!(
+            !logs.contains("out of order") && !logs.contains("out-of-order"),
+            "{logs}"
+        );
+    }
+}
