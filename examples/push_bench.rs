@@ -11,6 +11,9 @@
 //! - `phases REGISTRY`: CPU time of a snapshot (`Metrics::snapshot()` and freeing it,
 //!   "gather") and of a conversion (series, encoding, compression) of the registry in the
 //!   steady state: where a push's CPU goes.
+//! - `protocols REGISTRY --rounds N`: remote-write 1.0 against 2.0 on the same registry, N
+//!   steady-state conversions each: bytes per sample before and after snappy, and CPU per
+//!   sample of the conversion (series, encoding, compression: all that differs between them).
 //!
 //! Build with `cargo build --release --example push_bench`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
@@ -27,6 +30,7 @@ use codex_proxy::config::{Config, MetricsConfig};
 use codex_proxy::metrics::labels::method_index;
 use codex_proxy::metrics::scrape::Renderer;
 use codex_proxy::metrics::{ErrorCategory, FinishedRequest, Metrics};
+use codex_proxy::push::remote_write::negotiate::Protocol;
 use codex_proxy::push::remote_write::series::SeriesState;
 use codex_proxy::push::Pushers;
 use workload::Workload;
@@ -52,6 +56,12 @@ fn main() {
     if args.first().map(String::as_str) == Some("phases") {
         return phases(&fill);
     }
+    if args.first().map(String::as_str) == Some("protocols") {
+        let rounds = arg("--rounds")
+            .parse()
+            .unwrap_or_else(|_| usage("--rounds"));
+        return protocols(&fill, rounds);
+    }
     let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| usage(&e.to_string()));
     match args.first().map(String::as_str) {
         Some("serve") => runtime.block_on(serve(&fill, &arg("--listen"))),
@@ -70,7 +80,8 @@ fn usage(problem: &str) -> ! {
         "push_bench: {problem}\n\
          usage: push_bench serve REGISTRY --listen ADDR\n       \
          push_bench push REGISTRY --url URL --interval 5s --seconds 60\n       \
-         push_bench phases REGISTRY\n\
+         push_bench phases REGISTRY\n       \
+         push_bench protocols REGISTRY --rounds N\n\
          REGISTRY: --workload FILE | --series N"
     );
     std::process::exit(2)
@@ -169,6 +180,50 @@ fn phases(fill: &Fill) {
          \"convert_cpu_ns_per_sample\": {:.0}}}",
         per_sample(gather),
         per_sample(convert)
+    );
+}
+
+/// One JSON line per protocol, then the ratios of 2.0 to 1.0.
+fn protocols(fill: &Fill, rounds: i64) {
+    let metrics = registry(fill);
+    let mut results = Vec::new();
+    for protocol in [Protocol::V1, Protocol::V2] {
+        let mut state = SeriesState::new(&Default::default(), "bench:1", 2000);
+        state.set_protocol(protocol);
+        let first = state.convert(&metrics.snapshot(), 1_700_000_000_000);
+        first.unwrap_or_else(|e| usage(&e.to_string()));
+        let (mut cpu, mut samples, mut raw, mut wire) = (0.0, 0u64, 0usize, 0usize);
+        for i in 1..=rounds {
+            let snapshot = metrics.snapshot();
+            let t = cpu_seconds();
+            let out = state
+                .convert(&snapshot, 1_700_000_000_000 + i)
+                .unwrap_or_else(|e| usage(&e.to_string()));
+            cpu += cpu_seconds() - t;
+            for b in &out.batches {
+                samples += b.samples;
+                wire += b.body().len();
+                raw += snap::raw::decompress_len(b.body()).unwrap_or(0);
+            }
+        }
+        let n = samples as f64;
+        let r = (raw as f64 / n, wire as f64 / n, cpu * 1e9 / n);
+        println!(
+            "{{\"protocol\": \"{}\", \"samples\": {samples}, \"uncompressed_bytes_per_sample\": {:.1}, \
+             \"snappy_bytes_per_sample\": {:.1}, \"convert_cpu_ns_per_sample\": {:.0}}}",
+            protocol.as_str(),
+            r.0,
+            r.1,
+            r.2
+        );
+        results.push(r);
+    }
+    let (v1, v2) = (results[0], results[1]);
+    println!(
+        "{{\"v2_to_v1_uncompressed\": {:.2}, \"v2_to_v1_snappy\": {:.2}, \"v2_to_v1_cpu\": {:.2}}}",
+        v2.0 / v1.0,
+        v2.1 / v1.1,
+        v2.2 / v1.2
     );
 }
 

@@ -33,6 +33,18 @@ pub struct Batch {
     pub(crate) oldest_timestamp_ms: i64,
 }
 
+impl Batch {
+    /// The compressed request body, as sent.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// The protocol of the body.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+}
+
 /// What a push had to drop to stay under the byte cap.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Dropped {
