@@ -17,17 +17,22 @@ cargo build --release --example push_bench
 BIN=$PWD/target/release/examples/push_bench
 
 row() { # name rounds registry arguments...
-  local name=$1 rounds=$2
+  local name=$1 rounds=$2 out
   shift 2
-  "$BIN" protocols "$@" --rounds "$rounds" | python3 -c '
+  out=$("$BIN" protocols "$@" --rounds "$rounds")
+  python3 - "$name" "$rounds" "$out" <<'PY'
 import json, sys
-name = sys.argv[1]
-v1, v2, ratio = (json.loads(l) for l in sys.stdin)
-print(f"| {name} | {v1[\"samples\"] // max(1, int(sys.argv[2]))} "
-      f"| {v1[\"uncompressed_bytes_per_sample\"]} | {v2[\"uncompressed_bytes_per_sample\"]} | **{ratio[\"v2_to_v1_uncompressed\"]:.2}** "
-      f"| {v1[\"snappy_bytes_per_sample\"]} | {v2[\"snappy_bytes_per_sample\"]} | {ratio[\"v2_to_v1_snappy\"]:.2} "
-      f"| {v1[\"convert_cpu_ns_per_sample\"]} | {v2[\"convert_cpu_ns_per_sample\"]} | **{ratio[\"v2_to_v1_cpu\"]:.2}** |")
-' "$name" "$rounds"
+name, rounds, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+v1, v2, ratio = (json.loads(l) for l in out.splitlines())
+cells = [name, str(v1["samples"] // max(1, rounds)),
+         str(v1["uncompressed_bytes_per_sample"]), str(v2["uncompressed_bytes_per_sample"]),
+         f"**{ratio['v2_to_v1_uncompressed']:.2f}**",
+         str(v1["snappy_bytes_per_sample"]), str(v2["snappy_bytes_per_sample"]),
+         f"{ratio['v2_to_v1_snappy']:.2f}",
+         str(v1["convert_cpu_ns_per_sample"]), str(v2["convert_cpu_ns_per_sample"]),
+         f"**{ratio['v2_to_v1_cpu']:.2f}**"]
+print("| " + " | ".join(cells) + " |")
+PY
 }
 
 echo "| set | series | 1.0 bytes/sample | 2.0 bytes/sample | 2.0 / 1.0 | 1.0 snappy bytes/sample | 2.0 snappy bytes/sample | 2.0 / 1.0 | 1.0 CPU ns/sample | 2.0 CPU ns/sample | 2.0 / 1.0 |"
