@@ -1023,7 +1023,23 @@ async fn queued_2_0_batches_from_disk_are_sent_as_1_0_in_order_after_a_restart()
     );
     pushers.shutdown(Duration::from_secs(5)).await;
 
-    // And the start after that does not ask again.
+    // And the start after that does not ask again, which check-config tells beforehand.
+    let config = dir.path().join("codex-proxy.toml");
+    std::fs::write(&config, destination(&rx.url, &extra)).unwrap();
+    let out = std::process::Command::new(common::PROXY_BIN)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("protocol = \"auto\""), "{text}");
+    assert!(
+        text.contains(
+            "# remote_write remote_write[0]: protocol in use: remote-write 1.0, negotiated before"
+        ),
+        "{text}"
+    );
     let app = App::new();
     let pushers = app.start(&destination(&rx.url, &extra));
     assert_eq!(pushers.handle().status()[0].protocol, Some("1.0"));
