@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::ServiceExt;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
@@ -69,18 +68,27 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 
     let state =
         AppState::new(config.clone(), worker.clone(), metrics.clone()).with_push(pushers.handle());
+    let secrets = state.secrets.clone();
+    secrets.watch();
     let (router, templates) = proxy::router(state);
-    let app = crate::metrics::attach(router, templates, &metrics, &config);
+    let app = crate::metrics::attach(
+        router,
+        templates,
+        &metrics,
+        &config,
+        secrets.metrics_token.clone(),
+    );
 
     let (stop_accepting, stopped) = oneshot::channel::<()>();
-    let server = axum::serve(
+    let server = crate::server::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
-        let _ = stopped.await;
-    });
-    let mut server = tokio::spawn(async move { server.await });
+        app,
+        crate::server::Limits::from_config(&config.server),
+        async {
+            let _ = stopped.await;
+        },
+    );
+    let mut server = tokio::spawn(server);
 
     tokio::select! {
         result = &mut server => {

@@ -20,4 +20,6 @@ pub mod exposition;
 pub mod metrics;
 pub mod proxy;
 pub mod push;
+pub(crate) mod secrets;
+pub(crate) mod server;
 pub mod worker;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use codex_proxy::cli::{self, PushArgs};
-use codex_proxy::config::Config;
+use codex_proxy::config::{Config, HumanDuration, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -16,6 +16,13 @@ use codex_proxy::config::Config;
     about = "OpenAI-compatible proxy in front of a supervised Codex app-server, with pull and push metrics"
 )]
 struct Cli {
+    /// TOML configuration file; every key is optional. Before or after the subcommand.
+    #[arg(long, global = true, env = "CODEX_PROXY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log lines as `text` or `json` (one object per line); overrides `[log] format`.
+    /// Which events: the `RUST_LOG` directives (default `info`).
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -23,15 +30,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy (the default).
-    Serve {
-        /// TOML configuration file; every key is optional.
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    Serve,
     /// Validate a configuration and print the effective one with secrets masked.
-    CheckConfig {
-        #[arg(long)]
-        config: Option<PathBuf>,
+    CheckConfig,
+    /// Exit 0 when the proxy's /readyz answers 200, else 1 (a container health check
+    /// without curl).
+    Healthcheck {
+        /// The URL to ask; default: /readyz on the configured server.listen (loopback when
+        /// it listens on every address).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// How long to wait for the answer, e.g. 3s.
+        #[arg(long, default_value = "5s")]
+        timeout: HumanDuration,
     },
     /// Run the built-in demo app-server worker on stdin/stdout.
     DemoWorker,
@@ -42,13 +53,18 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve { config: None }) {
-        Command::Serve { config } => {
-            let config = match load(config) {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let config = match load(cli.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            init_logging();
+            let format = match cli.log_format.as_deref() {
+                Some("json") => LogFormat::Json,
+                Some(_) => LogFormat::Text,
+                None => config.log.format,
+            };
+            init_logging(format);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -59,12 +75,12 @@ fn main() -> ExitCode {
             match runtime.block_on(codex_proxy::app::serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("codex-proxy: {:#}", anyhow::Error::from(e));
+                    tracing::error!("{:#}", anyhow::Error::from(e));
                     ExitCode::from(1)
                 }
             }
         }
-        Command::CheckConfig { config } => match load(config) {
+        Command::CheckConfig => match load(cli.config) {
             Ok(c) => {
                 print!("{}", c.to_masked_toml());
                 for line in codex_proxy::push::remote_write::protocols_in_use(&c.remote_write) {
@@ -74,6 +90,16 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Healthcheck { url, timeout } => {
+            let url = match url {
+                Some(url) => url,
+                None => match load(cli.config) {
+                    Ok(c) => cli::readyz_url(c.server.listen),
+                    Err(code) => return code,
+                },
+            };
+            cli::healthcheck(&url, timeout.0)
+        }
         Command::DemoWorker => run_demo_worker(),
         Command::Push(args) => cli::push(args),
     }
@@ -106,14 +132,19 @@ fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
     })
 }
 
-fn init_logging() {
-    let level = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::INFO);
-    tracing_subscriber::fmt()
-        .with_max_level(level)
+/// Logs to stderr through `RUST_LOG`'s directives (`info` when unset; a directive that
+/// does not parse is skipped), as text or one JSON object per line.
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+    let filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::INFO.into())
+        .from_env_lossy();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }

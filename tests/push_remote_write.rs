@@ -481,7 +481,7 @@ async fn requests_carry_the_protocol_headers_and_well_formed_series() {
     let find = |name: &str, label: Option<(&str, &str)>| {
         first
             .iter()
-            .find(|s| s.name() == name && label.map_or(true, |(n, v)| s.label(n) == Some(v)))
+            .find(|s| s.name() == name && label.is_none_or(|(n, v)| s.label(n) == Some(v)))
             .unwrap_or_else(|| panic!("no {name} {label:?} in {first:#?}"))
             .value
     };

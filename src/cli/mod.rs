@@ -1,7 +1,10 @@
 //! Command-line subcommands other than `serve`: the one-shot `push` (its arguments here,
 //! its work in `push_once.rs`).
 
+mod healthcheck;
 mod push_once;
+
+pub use healthcheck::{healthcheck, readyz_url};
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -42,9 +42,18 @@ pub struct HttpDestination {
     /// Basic auth; the password is read from a file.
     #[serde(default)]
     pub basic_auth: Option<BasicAuthConfig>,
-    /// PEM file of extra CA certificates for TLS.
+    /// PEM file of CA certificates trusted in addition to the system's roots.
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for mTLS; needs `tls_key_file`.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// Accept any server certificate (testing only; logged as a warning at start).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 impl HttpDestination {

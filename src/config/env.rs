@@ -103,6 +103,30 @@ pub(crate) const ENV_OVERRIDES: &[EnvOverride] = &[
         "worker.shutdown_grace_ms",
         |c, v| parsed(&mut c.worker.shutdown_grace_ms, v),
     ),
+    EnvOverride::new("PROXY_METRICS_TOKEN_FILE", "metrics.token_file", |c, v| {
+        path(&mut c.metrics.token_file, v)
+    }),
+    EnvOverride::new("PROXY_API_KEY_FILE", "server.api_key_file", |c, v| {
+        path(&mut c.server.api_key_file, v)
+    }),
+    EnvOverride::new(
+        "PROXY_ADMIN_TOKEN_FILE",
+        "server.admin_token_file",
+        |c, v| path(&mut c.server.admin_token_file, v),
+    ),
+    EnvOverride::new("PROXY_LOG_FORMAT", "log.format", |c, v| {
+        parsed(&mut c.log.format, v)
+    }),
+    EnvOverride::new("WORKER_LOG_LEVEL", "worker.log_level", |c, v| {
+        text(&mut c.worker.log_level, v)
+    }),
+];
+
+/// Variables read by the command line rather than a key: documented in the same table.
+#[cfg(test)]
+pub(crate) const COMMAND_LINE_VARIABLES: &[(&str, &str)] = &[
+    ("CODEX_PROXY_CONFIG", "--config"),
+    ("RUST_LOG", "the proxy's log filter"),
 ];
 
 impl Config {
@@ -128,6 +152,12 @@ fn boolean(key: &mut bool, v: &str) -> Result<(), String> {
         "0" | "false" | "no" | "off" | "" => false,
         _ => return Err(format!("`{v}` is not a boolean")),
     };
+    Ok(())
+}
+
+/// A file path; empty unsets it.
+fn path(key: &mut Option<std::path::PathBuf>, v: &str) -> Result<(), String> {
+    *key = (!v.is_empty()).then(|| v.into());
     Ok(())
 }
 
@@ -199,9 +229,10 @@ mod tests {
     fn each_variable_sets_exactly_the_key_its_row_names() {
         let default = rendered_keys(&Config::default());
         // Each row gets the first of these its parser accepts and that changes something.
-        let candidates = ["0", "1", "7", "127.0.0.1:9", "codex"];
+        let candidates = ["0", "1", "7", "127.0.0.1:9", "codex", "json"];
         for row in ENV_OVERRIDES {
-            assert!(default.contains_key(row.key), "{row:?}: no such key");
+            // (An unset optional key, such as a `_file`, is not rendered by default: the
+            // assertion below, on what the variable changed, names any typo.)
             let changed = candidates.iter().find_map(|value| {
                 let mut c = Config::default();
                 c.apply_env(|k| (k == row.var).then(|| value.to_string()))
@@ -242,9 +273,14 @@ mod tests {
             .filter_map(|l| l.strip_prefix("| `"))
             .filter_map(|l| l.split('`').next())
             .filter(|name| name.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
+        for (var, what) in COMMAND_LINE_VARIABLES {
+            let line = format!("| `{var}` | {what} |");
+            assert!(docs.contains(&line), "docs/configuration.md lacks `{line}`");
+        }
         for var in documented {
             assert!(
-                ENV_OVERRIDES.iter().any(|row| row.var == var),
+                ENV_OVERRIDES.iter().any(|row| row.var == var)
+                    || COMMAND_LINE_VARIABLES.iter().any(|(v, _)| *v == var),
                 "docs/configuration.md documents `{var}`, which the code does not read"
             );
         }

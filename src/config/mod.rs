@@ -23,7 +23,10 @@ pub use destinations::{
     BasicAuthConfig, HttpDestination, HttpUrl, PushMethod, PushgatewayConfig, RemoteWriteConfig,
     RemoteWriteProtocol,
 };
-pub use schema::{MaintenanceConfig, MetricsConfig, ServerConfig, StreamsConfig, WorkerConfig};
+pub use schema::{
+    LogConfig, LogFormat, MaintenanceConfig, MetricsConfig, ServerConfig, StreamsConfig,
+    WorkerConfig,
+};
 pub use units::{ByteSize, HumanDuration};
 
 /// A configuration problem; `key` is the dotted path of the offending key or the env var.
@@ -67,6 +70,8 @@ pub struct Config {
     /// Zero or more Pushgateway destinations.
     #[serde(default)]
     pub pushgateway: Vec<PushgatewayConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
 }
 
 schema::default_from_empty_table!(Config);
@@ -89,6 +94,7 @@ impl Config {
         };
         config.apply_env(env)?;
         config.validate()?;
+        config.check_secret_files()?;
         Ok(config)
     }
 

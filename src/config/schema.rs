@@ -5,6 +5,7 @@
 //! "300 seconds"); `Default` parses an empty table, so it cannot drift from the fields.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
@@ -34,6 +35,51 @@ pub struct ServerConfig {
     /// (`worker.shutdown_grace_ms`).
     #[serde(default = "secs::<5>")]
     pub shutdown_grace: HumanDuration,
+    /// File holding `api_key` instead (surrounding blanks trimmed); re-read when it
+    /// changes or on SIGHUP. Setting both is an error.
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// File holding `admin_token` instead, read like `api_key_file`.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+    /// A connection that has not sent a complete request head this long after it opened
+    /// (or after the first byte of a later request) is closed.
+    #[serde(default = "secs::<30>")]
+    pub header_read_timeout: HumanDuration,
+    /// A keep-alive connection with no request in progress is closed after this long.
+    #[serde(default = "secs::<60>")]
+    pub idle_timeout: HumanDuration,
+    /// Open connections at most; beyond it a new connection is refused at once.
+    #[serde(default = "num::<usize, 10000>")]
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (one line per event) or `json` (one object per line, for log shippers);
+    /// `--log-format` wins. Which events: `RUST_LOG` directives, `info` by default.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("`{s}` is not text or json")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -63,6 +109,10 @@ pub struct WorkerConfig {
     /// After closing the worker's stdin on shutdown, how long to wait before killing it.
     #[serde(default = "num::<u64, 5000>")]
     pub shutdown_grace_ms: u64,
+    /// The worker's `RUST_LOG`, set on its command: the proxy's own `RUST_LOG` never
+    /// reaches it, so that debugging the proxy does not make the worker log every turn.
+    #[serde(default = "warn")]
+    pub log_level: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -90,12 +140,16 @@ pub struct MaintenanceConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Serve `GET /metrics`; when false the route does not exist (404).
-    #[serde(default)]
+    /// Serve `GET /metrics` (guarded: loopback or the token); when false the route does
+    /// not exist (404).
+    #[serde(default = "yes")]
     pub enabled: bool,
     /// Bearer token that admits a scrape from anywhere.
     #[serde(default, serialize_with = "mask")]
     pub token: String,
+    /// File holding `token` instead, read like `server.api_key_file`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
     /// Admit scrapes from 127.0.0.0/8 and ::1 without a token.
     #[serde(default = "yes")]
     pub allow_loopback: bool,
@@ -134,7 +188,8 @@ default_from_empty_table!(
     WorkerConfig,
     StreamsConfig,
     MaintenanceConfig,
-    MetricsConfig
+    MetricsConfig,
+    LogConfig
 );
 
 // Default values, named so that the attribute reads as the value: `num::<u64, 500>` is the
@@ -158,6 +213,10 @@ pub(super) fn mib<const N: u64>() -> ByteSize {
 
 pub(super) fn yes() -> bool {
     true
+}
+
+fn warn() -> String {
+    "warn".to_string()
 }
 
 fn listen() -> SocketAddr {

@@ -21,8 +21,138 @@ fn empty_file_gives_documented_defaults() {
     assert_eq!(c.worker.shutdown_grace_ms, 5000);
     assert_eq!(c.streams.max_concurrency, 4);
     assert!(c.metrics.allow_loopback);
-    assert!(!c.metrics.enabled);
+    assert!(
+        c.metrics.enabled,
+        "/metrics is served (on loopback) by default"
+    );
+    assert!(!c.metrics.allow_unauth && c.metrics.token.is_empty());
     assert!(c.worker.command.is_empty(), "the demo worker runs");
+    assert_eq!(c.worker.log_level, "warn");
+    assert_eq!(c.log.format, LogFormat::Text);
+    assert_eq!(c.server.header_read_timeout.0, Duration::from_secs(30));
+    assert_eq!(c.server.idle_timeout.0, Duration::from_secs(60));
+    assert_eq!(c.server.max_connections, 10_000);
+}
+
+#[test]
+fn the_seed_behaviour_without_metrics_is_one_key_away() {
+    let c = Config::parse("[metrics]\nenabled = false\n").unwrap();
+    assert!(!c.metrics.enabled);
+    let c = Config::load(None, |k| {
+        (k == "PROXY_ENABLE_METRICS").then(|| "false".into())
+    })
+    .unwrap();
+    assert!(!c.metrics.enabled);
+}
+
+#[test]
+fn a_secret_file_and_its_inline_key_together_are_an_error_naming_the_file_key() {
+    let cases = [
+        (
+            "[metrics]\ntoken = \"t\"\ntoken_file = \"/f\"\n",
+            "metrics.token_file",
+        ),
+        (
+            "[server]\napi_key = \"k\"\napi_key_file = \"/f\"\n",
+            "server.api_key_file",
+        ),
+        (
+            "[server]\nadmin_token = \"a\"\nadmin_token_file = \"/f\"\n",
+            "server.admin_token_file",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = Config::parse(text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
+        assert!(err.contains("not both"), "{err}");
+    }
+    // The environment counts as inline: a token from it and a file from the file clash.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "t0k3n\n").unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!("[metrics]\ntoken_file = {:?}\n", file.display().to_string()),
+    )
+    .unwrap();
+    let err = Config::load(Some(&path), |k| {
+        (k == "PROXY_METRICS_TOKEN").then(|| "x".into())
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("metrics.token_file"), "{err}");
+    assert!(Config::load(Some(&path), no_env).is_ok());
+}
+
+#[test]
+fn a_missing_or_empty_secret_file_stops_loading_naming_the_key_not_the_contents() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    for (file, why) in [
+        (dir.path().join("missing"), "cannot read"),
+        (empty, "is empty"),
+    ] {
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\napi_key_file = {:?}\n",
+                file.display().to_string()
+            ),
+        )
+        .unwrap();
+        let err = Config::load(Some(&path), no_env).unwrap_err().to_string();
+        assert!(
+            err.contains("`server.api_key_file`") && err.contains(why),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_client_certificate_needs_its_key_and_the_reverse() {
+    for kind in ["remote_write", "pushgateway"] {
+        for (line, key) in [
+            ("tls_cert_file = \"/c.pem\"", "tls_key_file"),
+            ("tls_key_file = \"/k.pem\"", "tls_cert_file"),
+        ] {
+            let text = format!("[[{kind}]]\nurl = \"https://x/\"\n{line}\n");
+            let err = Config::parse(&text)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("`{kind}[0].{key}`")), "{err}");
+        }
+        let text = format!(
+            "[[{kind}]]\nurl = \"https://x/\"\ntls_cert_file = \"/c\"\ntls_key_file = \"/k\"\ninsecure_skip_verify = true\n"
+        );
+        Config::parse(&text).unwrap().validate().unwrap();
+    }
+}
+
+#[test]
+fn connection_limits_must_be_positive() {
+    for (line, key) in [
+        ("max_connections = 0", "server.max_connections"),
+        ("header_read_timeout = \"0s\"", "server.header_read_timeout"),
+        ("idle_timeout = \"0s\"", "server.idle_timeout"),
+    ] {
+        let err = Config::parse(&format!("[server]\n{line}\n"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{err}");
+    }
+    let c = Config::parse("[server]\nheader_read_timeout = \"1m30s\"\n").unwrap();
+    assert_eq!(c.server.header_read_timeout.0, Duration::from_secs(90));
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! (`HttpUrl`), units likewise (`units.rs`).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -30,6 +31,23 @@ impl Config {
         )?;
         positive("streams.keepalive_ms", self.streams.keepalive_ms)?;
         positive("server.max_body_bytes", self.server.max_body_bytes.0)?;
+        positive("server.max_connections", self.server.max_connections as u64)?;
+        positive(
+            "server.header_read_timeout",
+            self.server.header_read_timeout.0.as_millis() as u64,
+        )?;
+        positive(
+            "server.idle_timeout",
+            self.server.idle_timeout.0.as_millis() as u64,
+        )?;
+        for (inline_key, inline, file_key, file) in self.secret_sources() {
+            if !inline.is_empty() && file.is_some() {
+                return Err(ConfigError::invalid(
+                    file_key,
+                    format!("set either {inline_key} or {file_key}, not both"),
+                ));
+            }
+        }
         if self.metrics.summary_window.0 < Duration::from_secs(1) {
             return Err(ConfigError::invalid(
                 "metrics.summary_window",
@@ -98,7 +116,61 @@ fn destination(key: &dyn Fn(&str) -> String, d: &HttpDestination) -> Result<(), 
         None => positive(&key("interval"), d.interval.0.as_millis() as u64)?,
     }
     positive(&key("timeout"), d.timeout.0.as_millis() as u64)?;
+    match (&d.tls_cert_file, &d.tls_key_file) {
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                key("tls_key_file"),
+                "tls_cert_file needs its key",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                key("tls_cert_file"),
+                "tls_key_file needs its certificate",
+            ))
+        }
+        _ => {}
+    }
     header_names(&key("headers"), &d.headers)
+}
+
+impl Config {
+    /// Each secret that may come from a file: its inline key and value, its file key and
+    /// path.
+    pub(crate) fn secret_sources(&self) -> [(&'static str, &str, &'static str, Option<&Path>); 3] {
+        [
+            (
+                "metrics.token",
+                &self.metrics.token,
+                "metrics.token_file",
+                self.metrics.token_file.as_deref(),
+            ),
+            (
+                "server.api_key",
+                &self.server.api_key,
+                "server.api_key_file",
+                self.server.api_key_file.as_deref(),
+            ),
+            (
+                "server.admin_token",
+                &self.server.admin_token,
+                "server.admin_token_file",
+                self.server.admin_token_file.as_deref(),
+            ),
+        ]
+    }
+
+    /// Reads every configured secret file once, so that a missing, unreadable or empty
+    /// one stops start-up (exit 2) naming its key; the contents are never shown.
+    pub(crate) fn check_secret_files(&self) -> Result<(), ConfigError> {
+        for (_, _, file_key, file) in self.secret_sources() {
+            if let Some(path) = file {
+                crate::secrets::read_secret_file(path)
+                    .map_err(|message| ConfigError::invalid(file_key, message))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn positive(key: &str, v: u64) -> Result<(), ConfigError> {

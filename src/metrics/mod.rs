@@ -93,6 +93,13 @@ pub enum AbortReason {
 }
 
 impl AbortReason {
+    /// Every reason, for the series declared at start.
+    pub(crate) const ALL: [AbortReason; 3] = [
+        AbortReason::NestedOpen,
+        AbortReason::Finalize,
+        AbortReason::Disconnect,
+    ];
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             AbortReason::NestedOpen => "nested_open",
@@ -171,6 +178,15 @@ impl Metrics {
         registry.register(Box::new(maintenance_mode.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(process::ProcessCollector::new()?))?;
+        // Every series of a closed label set exists from the start at 0, so that `rate()`
+        // and alerts see 0 before the first event rather than no data. Only the
+        // `obsidian-xml` mode runs the tool buffer.
+        let mode = labels::output_mode("obsidian-xml");
+        tool_buffer_started.with_label_values(&[mode, "open"]);
+        tool_buffer_flushed.with_label_values(&[mode, "closed"]);
+        for reason in AbortReason::ALL {
+            tool_buffer_aborted.with_label_values(&[mode, reason.as_str()]);
+        }
 
         let labels = LabelRules::new(&config.models);
         Ok(Arc::new(Metrics {
@@ -242,10 +258,11 @@ impl Metrics {
 /// (the values of the `route` label), and wraps the router, fallback included, in the
 /// recording service.
 ///
-/// - `GET /metrics` exists only when `metrics.enabled` (otherwise it is a 404 like any
-///   unknown path). The server must be run with
-///   `axum::ServiceExt::into_make_service_with_connect_info::<SocketAddr>` for the
-///   loopback rule to see the peer; without it no scrape counts as loopback.
+/// - `GET /metrics` exists only when `metrics.enabled` (the default; otherwise it is a 404
+///   like any unknown path), admitting what `token` (inline or from its file) and the
+///   guard rules admit. The server must put the peer's `ConnectInfo<SocketAddr>` into
+///   each request (crate::server does) for the loopback rule to see it; without it no
+///   scrape counts as loopback.
 /// - Requests are recorded only when something reads them: `/metrics` is enabled or a
 ///   push destination is configured.
 pub(crate) fn attach(
@@ -253,12 +270,13 @@ pub(crate) fn attach(
     mut templates: Vec<&'static str>,
     metrics: &Arc<Metrics>,
     config: &Config,
+    token: crate::secrets::Secret,
 ) -> middleware::Record<Router> {
     let router = if config.metrics.enabled {
         templates.push(scrape::SCRAPE_PATH);
         router.route(
             scrape::SCRAPE_PATH,
-            scrape::scrape_route(metrics.clone(), &config.metrics),
+            scrape::scrape_route(metrics.clone(), &config.metrics, token),
         )
     } else {
         router

@@ -12,8 +12,12 @@
 //! that is not listed would make every scrape it forwards look like loopback, which is
 //! why docs/metrics.md says to list it or to turn `allow_loopback` off.
 //!
-//! Everyone else gets 403 with a JSON reason. The body is the text format 0.0.4,
-//! gzip-compressed when the scraper accepts gzip (Prometheus does).
+//! Everyone else is refused with a JSON reason: 401 with `WWW-Authenticate: Bearer` when a
+//! token is configured (none or a wrong one was given: the token would admit the scrape),
+//! 403 when no token is configured (the peer is refused by its address, and no credential
+//! can change that). The token may come from `metrics.token_file`, re-read as it rotates
+//! (crate::secrets). The body is the text format 0.0.4, gzip-compressed when the scraper
+//! accepts gzip (Prometheus does).
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -22,7 +26,7 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{
-    HeaderMap, HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, VARY,
+    HeaderMap, HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, VARY, WWW_AUTHENTICATE,
 };
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -35,6 +39,7 @@ use super::Metrics;
 use crate::auth::{bearer_token, is_loopback, token_matches};
 use crate::config::MetricsConfig;
 use crate::exposition::encode as text;
+use crate::secrets::Secret;
 
 /// Where the scrape route is.
 pub(crate) const SCRAPE_PATH: &str = "/metrics";
@@ -42,17 +47,21 @@ pub(crate) const SCRAPE_PATH: &str = "/metrics";
 /// Who may scrape.
 #[derive(Debug, Clone)]
 pub(crate) struct Guard {
-    /// Empty: no token admits anyone.
-    token: Vec<u8>,
+    /// Unset: no token admits anyone.
+    token: Secret,
     allow_loopback: bool,
     allow_unauth: bool,
     trusted_proxies: Vec<IpAddr>,
 }
 
-/// Why a scrape was refused; the text goes into the 403 body.
+/// Why a scrape was refused; the text goes into the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
+    /// A token is configured; this one is wrong (401).
     WrongToken,
+    /// A token is configured and none was given (401).
+    NoToken,
+    /// No token is configured and the peer's address is not admitted (403).
     NotAllowed,
 }
 
@@ -60,17 +69,43 @@ impl Refusal {
     fn reason(self) -> &'static str {
         match self {
             Refusal::WrongToken => "the bearer token does not match metrics.token",
-            Refusal::NotAllowed => {
-                "scrape needs a loopback client (metrics.allow_loopback) or a bearer token (metrics.token)"
+            Refusal::NoToken => {
+                "scrape needs a bearer token (metrics.token) or a loopback client (metrics.allow_loopback)"
             }
+            Refusal::NotAllowed => {
+                "scrape needs a loopback client (metrics.allow_loopback); no metrics.token is configured"
+            }
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Refusal::WrongToken | Refusal::NoToken => StatusCode::UNAUTHORIZED,
+            Refusal::NotAllowed => StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// The challenge of a 401 (RFC 6750 §3): `invalid_token` when one was given.
+    fn challenge(self) -> Option<&'static str> {
+        match self {
+            Refusal::WrongToken => Some(r#"Bearer realm="metrics", error="invalid_token""#),
+            Refusal::NoToken => Some(r#"Bearer realm="metrics""#),
+            Refusal::NotAllowed => None,
         }
     }
 }
 
 impl Guard {
+    /// A guard with the inline `metrics.token`.
+    #[cfg(test)]
     pub(crate) fn new(config: &MetricsConfig) -> Self {
+        Guard::with_token(config, Secret::inline(&config.token))
+    }
+
+    /// A guard whose token is `token` (inline or from `metrics.token_file`).
+    pub(crate) fn with_token(config: &MetricsConfig, token: Secret) -> Self {
         Guard {
-            token: config.token.as_bytes().to_vec(),
+            token,
             allow_loopback: config.allow_loopback,
             allow_unauth: config.allow_unauth,
             trusted_proxies: config.trusted_proxies.clone(),
@@ -88,16 +123,19 @@ impl Guard {
             return Ok(());
         }
         let presented = bearer_token(headers);
-        if presented.is_some_and(|token| token_matches(token, &self.token)) {
-            return Ok(());
+        let token = self.token.get();
+        if let (Some(presented), Some(token)) = (presented, &token) {
+            if token_matches(presented, token.as_bytes()) {
+                return Ok(());
+            }
         }
         if self.allow_loopback && self.client(peer, headers).is_some_and(is_loopback) {
             return Ok(());
         }
-        if presented.is_some() && !self.token.is_empty() {
-            Err(Refusal::WrongToken)
-        } else {
-            Err(Refusal::NotAllowed)
+        match (token, presented) {
+            (None, _) => Err(Refusal::NotAllowed),
+            (Some(_), None) => Err(Refusal::NoToken),
+            (Some(_), Some(_)) => Err(Refusal::WrongToken),
         }
     }
 
@@ -161,14 +199,18 @@ struct ScrapeState {
     guard: Guard,
 }
 
-/// The `/metrics` route: `GET` (and so `HEAD`) behind the guard.
-pub(crate) fn scrape_route<S>(metrics: Arc<Metrics>, config: &MetricsConfig) -> MethodRouter<S>
+/// The `/metrics` route: `GET` (and so `HEAD`) behind the guard, whose token is `token`.
+pub(crate) fn scrape_route<S>(
+    metrics: Arc<Metrics>,
+    config: &MetricsConfig,
+    token: Secret,
+) -> MethodRouter<S>
 where
     S: Clone + Send + Sync + 'static,
 {
     let state = Arc::new(ScrapeState {
         renderer: Renderer::new(metrics),
-        guard: Guard::new(config),
+        guard: Guard::with_token(config, token),
     });
     get(scrape).with_state(state)
 }
@@ -180,11 +222,22 @@ async fn scrape(State(state): State<Arc<ScrapeState>>, request: Request) -> Resp
         .map(|c| c.0);
     let headers = request.headers();
     if let Err(refusal) = state.guard.admit(peer, headers) {
-        return (
-            StatusCode::FORBIDDEN,
-            Json(serde_json::json!({ "error": { "type": "forbidden", "message": refusal.reason() } })),
+        let kind = if refusal.status() == StatusCode::FORBIDDEN {
+            "forbidden"
+        } else {
+            "unauthorized"
+        };
+        let mut response = (
+            refusal.status(),
+            Json(serde_json::json!({ "error": { "type": kind, "message": refusal.reason() } })),
         )
             .into_response();
+        if let Some(challenge) = refusal.challenge() {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        return response;
     }
     let gzip = accepts_gzip(headers);
     match state.renderer.render(gzip) {
@@ -301,7 +354,7 @@ mod tests {
         let g = Guard::new(&config("s3cret", true, false));
         assert_eq!(
             g.admit(peer(REMOTE), &HeaderMap::new()),
-            Err(Refusal::NotAllowed)
+            Err(Refusal::NoToken)
         );
         let good = headers(&[("authorization", "Bearer s3cret")]);
         assert_eq!(g.admit(peer(REMOTE), &good), Ok(()));
@@ -324,6 +377,30 @@ mod tests {
         }
         let h = headers(&[("authorization", "Bearer nope")]);
         assert_eq!(g.admit(peer(LOOPBACK), &h), Err(Refusal::WrongToken));
+        // Another scheme carries no bearer token at all.
+        let h = headers(&[("authorization", "Basic s3cret")]);
+        assert_eq!(g.admit(peer(LOOPBACK), &h), Err(Refusal::NoToken));
+    }
+
+    #[test]
+    fn the_default_guard_admits_loopback_and_refuses_others_by_address() {
+        let g = Guard::new(&MetricsConfig::default());
+        assert_eq!(g.admit(peer(LOOPBACK), &HeaderMap::new()), Ok(()));
+        assert_eq!(g.admit(peer("[::1]:1"), &HeaderMap::new()), Ok(()));
+        for remote in [
+            REMOTE,
+            "10.1.2.3:1",
+            "[2001:db8::1]:1",
+            "[::ffff:10.0.0.1]:1",
+        ] {
+            assert_eq!(
+                g.admit(peer(remote), &HeaderMap::new()),
+                Err(Refusal::NotAllowed),
+                "{remote}"
+            );
+            let h = headers(&[("authorization", "Bearer anything")]);
+            assert_eq!(g.admit(peer(remote), &h), Err(Refusal::NotAllowed));
+        }
     }
 
     #[test]
@@ -392,7 +469,8 @@ mod tests {
 
     fn app(config: &MetricsConfig) -> (Arc<Metrics>, Router) {
         let metrics = Metrics::new(config).unwrap();
-        let router = Router::new().route("/metrics", scrape_route(metrics.clone(), config));
+        let token = Secret::inline(&config.token);
+        let router = Router::new().route("/metrics", scrape_route(metrics.clone(), config, token));
         (metrics, router)
     }
 
@@ -439,20 +517,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_refused_scrape_gets_403_with_a_json_reason_and_no_metrics() {
+    async fn a_wrong_or_missing_token_gets_401_with_a_bearer_challenge_and_no_metrics() {
         let (_, app) = app(&config("s3cret", true, false));
-        let response = app
-            .oneshot(scrape_request(REMOTE, &[("authorization", "Bearer guess")]))
-            .await
-            .unwrap();
+        let cases = [
+            (
+                &[("authorization", "Bearer guess")][..],
+                "does not match",
+                true,
+            ),
+            (&[][..], "needs a bearer token", false),
+        ];
+        for (extra, reason, invalid) in cases {
+            let response = app
+                .clone()
+                .oneshot(scrape_request(REMOTE, extra))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            let challenge = response.headers()[WWW_AUTHENTICATE].to_str().unwrap();
+            assert!(challenge.starts_with("Bearer "), "{challenge}");
+            assert_eq!(challenge.contains("invalid_token"), invalid, "{challenge}");
+            let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["error"]["type"], "unauthorized");
+            assert!(json["error"]["message"].as_str().unwrap().contains(reason));
+            assert!(!String::from_utf8_lossy(&body).contains("s3cret"));
+            assert!(!String::from_utf8_lossy(&body).contains("codex_"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_refused_by_address_gets_403_without_a_challenge() {
+        let (_, app) = app(&config("", true, false));
+        let response = app.oneshot(scrape_request(REMOTE, &[])).await.unwrap();
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert!(response.headers().get(WWW_AUTHENTICATE).is_none());
         let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["error"]["type"], "forbidden");
-        assert!(json["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("does not match"));
-        assert!(!String::from_utf8_lossy(&body).contains("s3cret"));
     }
 }

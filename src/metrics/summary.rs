@@ -150,7 +150,7 @@ impl Sketch {
             // Rare once a label set has seen its range: widen the array downwards.
             let grow = usize::from(self.offset.abs_diff(index));
             self.reserve(self.counts.len() + grow);
-            self.counts.splice(0..0, std::iter::repeat(0).take(grow));
+            self.counts.splice(0..0, std::iter::repeat_n(0, grow));
             self.offset = index;
         }
         let at = usize::from(index.abs_diff(self.offset));

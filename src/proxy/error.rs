@@ -238,6 +238,12 @@ impl IntoResponse for ApiError {
         if let Some(category) = self.category.filter(|_| self.status.is_server_error()) {
             response.extensions_mut().insert(category);
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 7235 §3.1: a 401 names the scheme that would succeed.
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         response
     }
 }

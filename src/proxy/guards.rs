@@ -18,9 +18,10 @@ pub(crate) async fn v1_guard(
     request: Request,
     next: Next,
 ) -> Response {
-    let api_key = &state.config.server.api_key;
-    if !api_key.is_empty() && !bearer_matches(request.headers(), api_key) {
-        return ApiError::unauthorized().into_response();
+    if let Some(api_key) = state.secrets.api_key.get() {
+        if !bearer_matches(request.headers(), &api_key) {
+            return ApiError::unauthorized().into_response();
+        }
     }
     if state.maintenance.load(Ordering::Relaxed) {
         return ApiError::maintenance(state.config.maintenance.retry_after_secs).into_response();

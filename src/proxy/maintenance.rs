@@ -31,9 +31,8 @@ pub(crate) async fn toggle(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let token = &state.config.server.admin_token;
-    if !token.is_empty() {
-        if !bearer_matches(&headers, token) {
+    if let Some(token) = state.secrets.admin_token.get() {
+        if !bearer_matches(&headers, &token) {
             return ApiError::unauthorized().into_response();
         }
     } else if !is_loopback(peer.ip()) {

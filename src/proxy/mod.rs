@@ -40,6 +40,8 @@ pub(crate) struct AppState {
     pub(crate) streams: Arc<Semaphore>,
     /// The pushers' status, for `/healthz`; `None` when no pushers were started.
     pub(crate) push: Option<crate::push::PushersHandle>,
+    /// `server.api_key` and `server.admin_token`, inline or from their files (rotating).
+    pub(crate) secrets: crate::secrets::Secrets,
 }
 
 impl AppState {
@@ -51,6 +53,7 @@ impl AppState {
         let maintenance = config.maintenance.enabled;
         metrics.set_maintenance(maintenance);
         AppState {
+            secrets: crate::secrets::Secrets::from_config(&config),
             streams: Arc::new(Semaphore::new(config.streams.max_concurrency)),
             maintenance: Arc::new(AtomicBool::new(maintenance)),
             config,

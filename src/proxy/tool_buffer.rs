@@ -101,7 +101,7 @@ impl ToolBuffer {
             _ => None,
         };
         match (close, nested) {
-            (Some(j), n) if n.map_or(true, |k| j < k) => {
+            (Some(j), n) if n.is_none_or(|k| j < k) => {
                 out.extend(self.pending.drain(..j + CLOSE.len()));
                 self.in_block = false;
                 (self.report)(ToolBufferEvent::Flushed);

@@ -1,5 +1,6 @@
 //! The HTTP side of a destination, shared by remote-write and Pushgateway: one reqwest
-//! client per destination (timeout, extra CA certificates over rustls), the configured
+//! client per destination (timeout; rustls trusting the system's roots plus
+//! `tls_ca_file`, a client certificate for mTLS, `insecure_skip_verify`), the configured
 //! extra headers, credentials read from files, and the bounded reading of a receiver's
 //! error message.
 //!
@@ -43,6 +44,8 @@ pub enum HttpError {
     BadCredential { what: &'static str, path: PathBuf },
     #[error("no PEM certificate could be read from tls_ca_file {path}")]
     BadCa { path: PathBuf },
+    #[error("no client certificate and key could be read from tls_cert_file {cert} and tls_key_file {key}")]
+    BadIdentity { cert: PathBuf, key: PathBuf },
     #[error("invalid header `{name}`")]
     BadHeader { name: String },
     #[error("cannot build the HTTP client: {0}")]
@@ -67,6 +70,15 @@ impl std::fmt::Debug for HttpSettings<'_> {
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
+}
+
+/// The client side of TLS beyond the trusted roots.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClientTls<'a> {
+    /// PEM certificate (chain) and its PEM private key, for servers that require mTLS.
+    pub cert_and_key: Option<(&'a Path, &'a Path)>,
+    /// Accept any server certificate (testing only).
+    pub insecure_skip_verify: bool,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -106,12 +118,28 @@ impl HttpClient {
             basic_auth: destination.basic_auth.as_ref(),
             tls_ca_file: destination.tls_ca_file.as_deref(),
         };
-        HttpClient::new(&settings, protocol)
+        let tls = ClientTls {
+            cert_and_key: destination
+                .tls_cert_file
+                .as_deref()
+                .zip(destination.tls_key_file.as_deref()),
+            insecure_skip_verify: destination.insecure_skip_verify,
+        };
+        HttpClient::with_tls(&settings, tls, protocol)
     }
 
     /// Checks the credential files once, so that a typo fails at start-up, not at the first
     /// push. `protocol` are the headers of the protocol, sent on every request.
     pub fn new(settings: &HttpSettings<'_>, protocol: HeaderMap) -> Result<HttpClient, HttpError> {
+        HttpClient::with_tls(settings, ClientTls::default(), protocol)
+    }
+
+    /// [`HttpClient::new`] with a client certificate or without certificate checks.
+    pub fn with_tls(
+        settings: &HttpSettings<'_>,
+        tls: ClientTls<'_>,
+        protocol: HeaderMap,
+    ) -> Result<HttpClient, HttpError> {
         let credentials = match (settings.bearer_token_file, settings.basic_auth) {
             (Some(path), _) => Credentials::Bearer(path.to_path_buf()),
             (None, Some(b)) => Credentials::Basic {
@@ -158,6 +186,31 @@ impl HttpClient {
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
+        }
+        if let Some((cert, key)) = tls.cert_and_key {
+            let bad = || HttpError::BadIdentity {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+            };
+            let mut pem = std::fs::read(cert).map_err(|source| HttpError::ReadFile {
+                what: "tls_cert_file",
+                path: cert.to_path_buf(),
+                source,
+            })?;
+            pem.push(b'\n');
+            pem.extend(std::fs::read(key).map_err(|source| HttpError::ReadFile {
+                what: "tls_key_file",
+                path: key.to_path_buf(),
+                source,
+            })?);
+            // reqwest reads the first key and every certificate of one PEM buffer.
+            builder = builder.identity(reqwest::Identity::from_pem(&pem).map_err(|_| bad())?);
+        }
+        if tls.insecure_skip_verify {
+            tracing::warn!(
+                "insecure_skip_verify: server certificates are not checked for this destination"
+            );
+            builder = builder.danger_accept_invalid_certs(true);
         }
         let client = builder
             .build()
@@ -429,6 +482,29 @@ mod tests {
             HttpClient::new(&s, protocol()),
             Err(HttpError::BadCa { .. })
         ));
+
+        let not_pem = dir.path().join("client.pem");
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let tls = ClientTls {
+            cert_and_key: Some((&not_pem, &not_pem)),
+            insecure_skip_verify: false,
+        };
+        assert!(matches!(
+            HttpClient::with_tls(&settings(&headers), tls, protocol()),
+            Err(HttpError::BadIdentity { .. })
+        ));
+        let tls = ClientTls {
+            cert_and_key: Some((&missing, &not_pem)),
+            insecure_skip_verify: false,
+        };
+        let err = HttpClient::with_tls(&settings(&headers), tls, protocol())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("tls_cert_file") && err.contains("/nonexistent/token"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -143,7 +143,7 @@ async fn run_once(
         s.state = WorkerState::Launching;
         s.models.clear();
     });
-    let mut child = match spawn(command) {
+    let mut child = match spawn(command, &config.log_level) {
         Ok(child) => child,
         Err(e) => {
             return Ended::Failed {
@@ -237,9 +237,16 @@ async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-fn spawn(command: &WorkerCommand) -> std::io::Result<Child> {
-    Command::new(&command.program)
-        .args(&command.args)
+/// Starts the worker with `RUST_LOG` set to `log_level` (removed when empty): the
+/// proxy's own filter, meant for the proxy, would otherwise reach the worker too.
+fn spawn(command: &WorkerCommand, log_level: &str) -> std::io::Result<Child> {
+    let mut cmd = Command::new(&command.program);
+    if log_level.is_empty() {
+        cmd.env_remove("RUST_LOG");
+    } else {
+        cmd.env("RUST_LOG", log_level);
+    }
+    cmd.args(&command.args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         // The worker's own log lines join the proxy's stderr.
@@ -419,5 +426,28 @@ mod tests {
         assert_eq!(status.consecutive_failures, 1);
         assert!(status.last_error.unwrap_or_default().contains("exited"));
         handle.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn the_worker_gets_its_own_log_level_not_the_proxys() {
+        use tokio::io::AsyncReadExt;
+        // Whatever the proxy's environment holds, the child sees only `log_level`.
+        for (level, expected) in [
+            ("warn", "warn"),
+            ("codex_core=info", "codex_core=info"),
+            ("", "<unset>"),
+        ] {
+            let mut child = spawn(&sh(r#"printf %s "${RUST_LOG-<unset>}""#), level).unwrap();
+            let mut out = String::new();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .await
+                .unwrap();
+            assert_eq!(out, expected);
+            child.wait().await.unwrap();
+        }
     }
 }

@@ -102,7 +102,7 @@ impl DurableQueue {
     fn try_back_to_disk(&mut self) {
         let due = self
             .last_disk_try
-            .map_or(true, |t| t.elapsed() >= self.retry_disk);
+            .is_none_or(|t| t.elapsed() >= self.retry_disk);
         if self.disk.is_none() || !due {
             return;
         }
