@@ -122,16 +122,14 @@ impl Secrets {
     }
 
     /// Keeps the secrets in step with their files until the runtime ends: every second,
-    /// and at once on SIGHUP. Nothing to do (no task) when no secret comes from a file.
+    /// and at once on SIGHUP. SIGHUP is handled even when no secret comes from a file, so
+    /// that a reload signal never ends the process.
     pub(crate) fn watch(&self) {
-        if self
+        let polling = !self
             .files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
-        {
-            return;
-        }
+            .is_empty();
         let secrets = self.clone();
         tokio::spawn(async move {
             let mut hangup = hangup_signals();
@@ -139,8 +137,8 @@ impl Secrets {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => {}
-                    Some(()) = next_hangup(&mut hangup) => {
+                    _ = tick.tick(), if polling => {}
+                    () = next_hangup(&mut hangup) => {
                         tracing::info!("SIGHUP: reading the secret files again");
                     }
                 }
@@ -194,11 +192,13 @@ fn hangup_signals() -> Hangups {
     None
 }
 
-/// The next SIGHUP; never, where there are none.
-async fn next_hangup(signals: &mut Hangups) -> Option<()> {
+/// The next SIGHUP; never, where there are none (or once the signal driver is gone).
+async fn next_hangup(signals: &mut Hangups) {
     #[cfg(unix)]
     if let Some(s) = signals {
-        return s.recv().await;
+        if s.recv().await.is_some() {
+            return;
+        }
     }
     let _ = signals;
     std::future::pending().await

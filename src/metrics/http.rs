@@ -221,11 +221,9 @@ impl HttpFamilies {
         });
         self.last_snapshot_len
             .store(requests.labels.len(), Ordering::Relaxed);
-        out.families.extend(
-            [errors, latency, summary, requests]
-                .into_iter()
-                .filter(|f| !f.labels.is_empty()),
-        );
+        // Empty families too: every family is declared (HELP and TYPE) from the first
+        // scrape on, before its first series.
+        out.families.extend([errors, latency, summary, requests]);
     }
 
     /// Label sets (route, method, status family, model) seen so far.
@@ -331,10 +329,13 @@ mod tests {
         assert_eq!(summary.len(), SUMMARY_QUANTILES.len() + 2);
         assert!((summary[0] - 150.0).abs() <= 1.5, "p50 {}", summary[0]);
         assert_eq!(summary[4..], histogram[9..]);
-        assert!(s
+        // No 5xx: the error family is declared, without series.
+        let errors = s
             .families
             .iter()
-            .all(|f| f.name != "codex_http_errors_total"));
+            .find(|f| f.name == "codex_http_errors_total")
+            .expect("declared before its first series");
+        assert!(errors.labels.is_empty());
     }
 
     #[test]
