@@ -3,6 +3,7 @@
 //! guarded route, secrets from files rotated while running, every family in the first
 //! scrape, `RUST_LOG` directives, JSON logs without secrets, the worker's own log level,
 //! `--config` before the subcommand and `CODEX_PROXY_CONFIG`, and `healthcheck`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
 
 mod common;
 
