@@ -6,8 +6,12 @@
 #                expression parses (promtool), and names only metrics the proxy or the stack
 #                exports: a real scrape of the built binary, with and without push destinations
 #   scripts/     dev-smoke.sh against the freshly built binary
-#   compose      YAML, promtool check config as the container sees it, Grafana provisioning,
-#                codex-proxy check-config on the mounted configurations
+#   compose      YAML, promtool check config as the container sees it, Grafana provisioning
+#                and its version against @grafana/schema, codex-proxy check-config on the
+#                mounted configurations, health checks on every service and depends_on
+#                waiting for health, the Dockerfile's HEALTHCHECK, cached dependency layer
+#                and Rust image
+#   Cargo.toml   rust-version is the highest the locked dependency tree declares
 # tests/artifacts.rs (cargo test) checks the paths, the runbook links and the test coverage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,7 +64,7 @@ url = "http://127.0.0.1:$CLOSED"
 interval = "1s"
 TOML
 smoke_on_fail() { echo "last lines of the proxy's log:"; tail -40 "$WORK/proxy.log" | sed 's/^/  /'; }
-smoke_start "$WORK" env PROXY_LISTEN="127.0.0.1:$PORT" PROXY_ENABLE_METRICS=1 \
+smoke_start "$WORK" env PROXY_LISTEN="127.0.0.1:$PORT" \
   "$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")" serve --config "$WORK/push.toml"
 smoke_wait_code "http://127.0.0.1:$PORT/livez" 200 20 || smoke_fail "proxy with push destinations did not start"
 deadline=$((SECONDS + 20))
@@ -78,8 +82,11 @@ step "dashboard and alerts: only exported metric names"
 python3 scripts/artifacts/dashboard.py names dashboards/codex-proxy.json --scrape "$WORK/scrape.txt" \
   --rules alerts/codex-proxy.rules.yml --sources src/metrics/mod.rs src/push/self_metrics.rs
 
-step "compose stack (static: Docker does not run here)"
+step "compose stack and Dockerfile (static: Docker does not run here)"
 python3 scripts/artifacts/compose.py docker-compose.yml --proxy-bin "$BIN"
+
+step "rust-version: the true minimum of the locked tree"
+cargo metadata --format-version 1 --locked --offline | python3 scripts/artifacts/rust_version.py Cargo.toml
 
 echo
 echo "check-artifacts: all checks passed"

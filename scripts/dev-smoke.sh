@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Smoke test of a freshly built binary: starts it on embedded defaults (no config file)
-# with metrics on, on a free port of 127.0.0.1, sends a streamed and a non-streamed
+# Smoke test of a freshly built binary: starts it on embedded defaults (no config file;
+# /metrics is on by default) on a free port of 127.0.0.1, with the scrape token in a file, sends a streamed and a non-streamed
 # completion, switches maintenance on and off at run time, scrapes the guarded /metrics and
 # checks the key series, the guard, and that codex_worker_restarts_total agrees with /readyz.
 # Builds nothing: run `cargo build` first.
@@ -30,10 +30,11 @@ TOKEN="smoke-token-$RANDOM$RANDOM"
 # Strings that must never become label values: request id, query string, prompt text.
 MARK="smoke$RANDOM$RANDOM"
 
-# Embedded defaults; only the listen address, metrics and the demo worker's knobs are set.
-# Loopback admission is off so that the bearer token is what admits the scrape.
-smoke_start "$WORK" env PROXY_LISTEN="127.0.0.1:$PORT" PROXY_ENABLE_METRICS=1 \
-  PROXY_METRICS_TOKEN="$TOKEN" PROXY_METRICS_ALLOW_LOOPBACK=0 \
+# Embedded defaults; only the listen address, the token file and the demo worker's knobs
+# are set. Loopback admission is off so that the bearer token is what admits the scrape.
+printf '%s\n' "$TOKEN" >"$WORK/metrics-token"
+smoke_start "$WORK" env PROXY_LISTEN="127.0.0.1:$PORT" \
+  PROXY_METRICS_TOKEN_FILE="$WORK/metrics-token" PROXY_METRICS_ALLOW_LOOPBACK=0 \
   DEMO_CRASH_AFTER_TURNS=2 DEMO_TOOL_BLOCKS=1 "$BIN"
 echo "started $BIN on $BASE (pid $SMOKE_PID)"
 
@@ -42,6 +43,8 @@ smoke_on_fail() { echo "last lines of the proxy's log:"; tail -40 "$WORK/proxy.l
 smoke_wait_code "$BASE/livez" 200 20 || smoke_fail "/livez did not answer 200 within 20s"
 smoke_wait_code "$BASE/readyz" 200 30 || smoke_fail "/readyz did not answer 200 within 30s (worker not ready)"
 smoke_ok "/livez and /readyz answer 200"
+"$BIN" healthcheck --url "$BASE/readyz" || smoke_fail "codex-proxy healthcheck failed on a ready proxy"
+smoke_ok "codex-proxy healthcheck: exit 0"
 
 # Non-streamed completion.
 code=$(curl -sS -o "$WORK/plain.json" -w '%{http_code}' --max-time 30 \
@@ -82,17 +85,19 @@ code=$(maintenance false)
 smoke_expect "$WORK/maint-metrics.txt" codex_maintenance_mode '==' 1
 smoke_ok "maintenance on at run time: 503 with Retry-After, then off"
 
-# The guard: no token and a wrong token are refused, the token admits.
+# The guard: no token and a wrong token get 401 with a Bearer challenge, the token admits.
 code=$(smoke_code "$BASE/metrics")
-[ "$code" = 403 ] || smoke_fail "/metrics without a token answered $code, expected 403"
+[ "$code" = 401 ] || smoke_fail "/metrics without a token answered $code, expected 401"
+curl -s -D - -o /dev/null --max-time 10 "$BASE/metrics" | grep -qi '^www-authenticate: Bearer' ||
+  smoke_fail "the 401 of /metrics has no WWW-Authenticate: Bearer"
 code=$(smoke_code "$BASE/metrics" -H "Authorization: Bearer wrong-$TOKEN")
-[ "$code" = 403 ] || smoke_fail "/metrics with a wrong token answered $code, expected 403"
+[ "$code" = 401 ] || smoke_fail "/metrics with a wrong token answered $code, expected 401"
 ctype=$(curl -s -o /dev/null -w '%{content_type}' --max-time 10 -H "Authorization: Bearer $TOKEN" "$BASE/metrics")
 case "$ctype" in
   text/plain*version=0.0.4*) ;;
   *) smoke_fail "/metrics Content-Type is '$ctype', expected text/plain; version=0.0.4" ;;
 esac
-smoke_ok "/metrics: 403 without or with a wrong token, text 0.0.4 with the token"
+smoke_ok "/metrics: 401 without or with a wrong token, text 0.0.4 with the token"
 
 scrape() { curl -sS --fail --max-time 10 -H "Authorization: Bearer $TOKEN" "$BASE/metrics"; }
 SCRAPE="$WORK/metrics.txt"

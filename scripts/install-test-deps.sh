@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine, skipping what is there:
-# the real receivers (Prometheus, Pushgateway, VictoriaMetrics) and the npm packages
+# the real receivers (Prometheus, Pushgateway, VictoriaMetrics), openssl, and the npm packages
 # (the Codex CLI's app-server, Grafana's dashboard schema with TypeScript).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,8 @@ command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v prometheus-pushgateway >/dev/null || need_apt+=(prometheus-pushgateway)
 command -v victoria-metrics >/dev/null || need_apt+=(victoria-metrics)
+# openssl: tests/push_tls.rs makes its CA, server and client certificates with it.
+command -v openssl >/dev/null || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -6,7 +6,7 @@
 #
 # Checks /livez, that /readyz agrees with codex_worker_ready and the restart count with
 # codex_worker_restarts_total, that /metrics answers with the token (and refuses a wrong
-# one), that the families the proxy always exports are there, that the latency histograms
+# one with 401), that the families the proxy always exports are there, that the latency histograms
 # are consistent, that no label value is over 64 characters, and (with promtool installed)
 # that the exposition lints clean except for the documented parity names.
 # The token is sent only in the Authorization header; it is never printed.
@@ -33,14 +33,15 @@ smoke_ok "/livez answers 200"
 code=$(smoke_code "$BASE/metrics" "${AUTH[@]}")
 case "$code" in
   200) ;;
-  404) smoke_fail "/metrics answered 404: metrics are disabled (PROXY_ENABLE_METRICS)" ;;
-  403) smoke_fail "/metrics answered 403: the token is wrong or missing" ;;
+  404) smoke_fail "/metrics answered 404: metrics are disabled (metrics.enabled = false or PROXY_ENABLE_METRICS=false)" ;;
+  401) smoke_fail "/metrics answered 401: the token is wrong or missing" ;;
+  403) smoke_fail "/metrics answered 403: this address is refused and no metrics.token is configured" ;;
   *) smoke_fail "/metrics answered $code" ;;
 esac
 if [ -n "$TOKEN" ]; then
   code=$(smoke_code "$BASE/metrics" -H "Authorization: Bearer wrong-token-$RANDOM")
   case "$code" in
-    403) smoke_ok "/metrics refuses a wrong token" ;;
+    401) smoke_ok "/metrics refuses a wrong token (401)" ;;
     200) echo "note: /metrics admits a wrong token from here (loopback admission or allow_unauth)" ;;
     *) smoke_fail "/metrics with a wrong token answered $code" ;;
   esac
