@@ -569,16 +569,19 @@ async fn get_metrics(proxy: &Proxy, headers: &[(&str, &str)]) -> reqwest::Respon
     request.send().await.expect("GET /metrics")
 }
 
+/// A refusal where a token would admit: 401 with a Bearer challenge and a JSON reason.
 async fn refusal(response: reqwest::Response) -> String {
-    assert_eq!(response.status(), 403);
-    let body: Value = response.json().await.expect("JSON 403");
-    assert_eq!(body["error"]["type"], "forbidden");
+    assert_eq!(response.status(), 401);
+    let challenge = response.headers()["www-authenticate"].to_str().unwrap();
+    assert!(challenge.starts_with("Bearer"), "{challenge}");
+    let body: Value = response.json().await.expect("JSON 401");
+    assert_eq!(body["error"]["type"], "unauthorized");
     body["error"]["message"].as_str().unwrap().to_string()
 }
 
 #[tokio::test]
 async fn disabled_metrics_have_no_route() {
-    let proxy = Proxy::start("", &[]).await;
+    let proxy = Proxy::start("[metrics]\nenabled = false\n", &[]).await;
     assert_eq!(get_metrics(&proxy, &[]).await.status(), 404);
     assert_eq!(
         get_metrics(&proxy, &[("authorization", "Bearer x")])
