@@ -404,15 +404,28 @@ mod tests {
     async fn start(limits: Limits) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = Router::new().route(
-            "/peer",
-            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
-        );
+        let app = Router::new()
+            .route(
+                "/peer",
+                get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+            )
+            .route("/slow", get(|| async { Body::from_stream(slow_body()) }));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(serve(listener, app, limits, async {
             let _ = rx.await;
         }));
         (addr, tx)
+    }
+
+    /// Ten chunks 100 ms apart: a body that outlives short timeouts several times over.
+    fn slow_body() -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+        futures_util::stream::unfold(0u8, |n| async move {
+            if n == 10 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Some((Ok(Bytes::from(format!("chunk{n};"))), n + 1))
+        })
     }
 
     /// Reads until EOF or error; true when the peer closed the connection within `within`.
@@ -453,6 +466,22 @@ mod tests {
             .unwrap();
         // The header timeout is a minute: only the idle timeout can close it this soon.
         assert!(closed_within(&mut s, Duration::from_secs(10)).await);
+    }
+
+    #[tokio::test]
+    async fn a_response_in_progress_is_never_cut_by_the_timeouts() {
+        // Both timeouts are a fifth of the body's duration.
+        let (addr, _stop) = start(limits(200, 200, 10)).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        for n in 0..10 {
+            assert!(out.contains(&format!("chunk{n};")), "{out}");
+        }
     }
 
     #[tokio::test]

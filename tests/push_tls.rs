@@ -223,7 +223,7 @@ async fn mtls_remote_write_is_refused_without_the_client_certificate_and_deliver
     let key = format!("tls_key_file = {}", path(&pki.client_key));
     let config = [
         destination("mtls", &url, &[ca.clone(), cert.clone(), key.clone()]),
-        destination("no-client-cert", &url, &[ca.clone()]),
+        destination("no-client-cert", &url, std::slice::from_ref(&ca)),
         destination("untrusted-ca", &url, &[cert.clone(), key.clone()]),
     ]
     .concat();
