@@ -6,16 +6,20 @@
 # dependency tree builds with); scripts/check-artifacts.sh holds the two equal.
 FROM rust:1.88-bookworm AS build
 WORKDIR /src
-# Dependencies first, in a layer of their own: it is rebuilt only when Cargo.toml or
-# Cargo.lock change, not on every source edit. Stub targets stand in for the sources.
-COPY Cargo.toml Cargo.lock ./
+# Dependencies first, in a layer of their own: it is rebuilt only when Cargo.toml,
+# Cargo.lock, the build script or the protocol files change, not on every source edit.
+# Stub targets stand in for the sources; the build script runs, so that its own
+# dependencies (prost-build, protox) are cached too.
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto proto
 RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
  && echo 'fn main() {}' > benches/metrics.rs \
  && cargo build --release --locked --bin codex-proxy \
  && rm -rf src benches target/release/codex-proxy* target/release/deps/codex_proxy-* \
-      target/release/.fingerprint/codex-proxy-*
+      target/release/deps/libcodex_proxy-* target/release/.fingerprint/codex-proxy-* \
+      target/release/build/codex-proxy-*
 COPY . .
 RUN cargo build --release --locked --bin codex-proxy
 

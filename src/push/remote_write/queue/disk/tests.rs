@@ -18,7 +18,7 @@ fn batch(n: u64, size: usize) -> Batch {
     Batch {
         body: Bytes::from(body),
         // Both record formats, so that every test also round-trips the protocol.
-        protocol: if n % 2 == 0 {
+        protocol: if n.is_multiple_of(2) {
             Protocol::V2
         } else {
             Protocol::V1
