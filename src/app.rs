@@ -126,7 +126,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 /// Keeps `codex_worker_ready`, `codex_worker_backoff_ms` and `codex_worker_restarts_total`
 /// in step with the supervisor as it changes, not when scraped. The restart counter
 /// grows by the increase of the supervisor's cumulative count. The worker's advertised
-/// models become allowed `model` label values (capped, see metrics::labels).
+/// models become allowed `model` label values (capped, see metrics::labels); its rate
+/// limits become `codex_rate_limit_*`.
 async fn bridge_worker_metrics(mut status: watch::Receiver<WorkerStatus>, metrics: Arc<Metrics>) {
     let mut restarts_seen = 0;
     loop {
@@ -141,6 +142,18 @@ async fn bridge_worker_metrics(mut status: watch::Receiver<WorkerStatus>, metric
                 restarts_seen = s.restarts;
             }
             metrics.labels.add_worker_models(&s.models);
+            for (window, known) in [
+                ("primary", &s.rate_limits.primary),
+                ("secondary", &s.rate_limits.secondary),
+            ] {
+                if let Some(w) = known {
+                    metrics.set_rate_limit(
+                        window,
+                        w.used_percent.map(|p| p / 100.0),
+                        w.resets_at.map(|t| t as f64),
+                    );
+                }
+            }
         }
         if status.changed().await.is_err() {
             return;

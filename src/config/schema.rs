@@ -88,9 +88,17 @@ pub struct WorkerConfig {
     /// Worker command line, e.g. `["codex", "app-server"]`; empty runs the built-in demo worker.
     #[serde(default)]
     pub command: Vec<String>,
-    /// Turns one worker runs at once; beyond it a request gets a retryable 429.
+    /// Turns one worker runs at once; further requests wait in a FIFO queue for a slot.
     #[serde(default = "num::<usize, 4>")]
     pub max_concurrency: usize,
+    /// Requests that may wait for a worker slot; past it a request gets 429 with
+    /// `Retry-After` at once (0: no queue, a busy worker refuses at once).
+    #[serde(default = "num::<usize, 256>")]
+    pub queue_max: usize,
+    /// Longest a request waits in the queue for a worker slot before it gets 429 with
+    /// `Retry-After`.
+    #[serde(default = "secs::<60>")]
+    pub queue_timeout: HumanDuration,
     /// First restart delay; it doubles after each failed start.
     #[serde(default = "num::<u64, 500>")]
     pub backoff_initial_ms: u64,

@@ -28,6 +28,8 @@ fn empty_file_gives_documented_defaults() {
     assert!(!c.metrics.allow_unauth && c.metrics.token.is_empty());
     assert!(c.worker.command.is_empty(), "the demo worker runs");
     assert_eq!(c.worker.log_level, "warn");
+    assert_eq!(c.worker.queue_max, 256);
+    assert_eq!(c.worker.queue_timeout.0, Duration::from_secs(60));
     assert_eq!(c.log.format, LogFormat::Text);
     assert_eq!(c.server.header_read_timeout.0, Duration::from_secs(30));
     assert_eq!(c.server.idle_timeout.0, Duration::from_secs(60));

@@ -6,6 +6,7 @@ pub(crate) mod http;
 mod label_map;
 pub mod labels;
 pub(crate) mod middleware;
+pub mod model_work;
 #[cfg(target_os = "linux")]
 mod process;
 pub mod scrape;
@@ -21,6 +22,8 @@ use crate::exposition::snapshot::Snapshot;
 pub use http::FinishedRequest;
 use http::HttpFamilies;
 pub(crate) use labels::LabelRules;
+use model_work::ModelWork;
+pub use model_work::{FinishedTurn, Outcome, TokenCounts};
 
 /// Latency buckets in milliseconds, built around the 1500 ms p95 budget.
 pub(crate) const LATENCY_BUCKETS_MS: [f64; 9] = [
@@ -123,6 +126,8 @@ pub struct Metrics {
     pub(crate) tool_buffer_flushed: IntCounterVec,
     pub(crate) tool_buffer_aborted: IntCounterVec,
     pub(crate) maintenance_mode: IntGauge,
+    /// Tokens, turns, time to first token, the admission queue, rate limits.
+    pub(crate) model_work: ModelWork,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -189,6 +194,7 @@ impl Metrics {
         }
 
         let labels = LabelRules::new(&config.models);
+        let model_work = ModelWork::new(&registry, &labels, &config.models)?;
         Ok(Arc::new(Metrics {
             registry,
             http: HttpFamilies::new(labels.model_value_bound(), config.summary_window.0),
@@ -201,6 +207,7 @@ impl Metrics {
             tool_buffer_flushed,
             tool_buffer_aborted,
             maintenance_mode,
+            model_work,
         }))
     }
 
@@ -241,6 +248,22 @@ impl Metrics {
                 .with_label_values(&[mode, r.as_str()])
                 .inc(),
         }
+    }
+
+    /// Records one ended turn in the model-work families (once per turn).
+    pub fn record_turn(&self, turn: &FinishedTurn<'_>) {
+        self.model_work.record(&self.labels, turn);
+    }
+
+    /// Sets `codex_rate_limit_*{window}`; an unknown value leaves its series absent.
+    pub(crate) fn set_rate_limit(
+        &self,
+        window: &str,
+        used_ratio: Option<f64>,
+        resets_at: Option<f64>,
+    ) {
+        self.model_work
+            .set_rate_limit(window, used_ratio, resets_at);
     }
 
     pub(crate) fn set_maintenance(&self, on: bool) {

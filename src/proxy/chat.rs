@@ -6,7 +6,7 @@
 //! `"<role>: <text>"`, messages separated by a blank line. Messages without text are
 //! skipped. The worker gets this as one text input on a fresh ephemeral thread.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -20,9 +20,10 @@ use serde_json::json;
 use super::error::ApiError;
 use super::stream;
 use super::tool_buffer::ToolBuffer;
+use super::turn_metrics::{self, TurnTelemetry};
 use super::AppState;
-use crate::metrics::ModelLabel;
-use crate::worker::{TurnEvent, TurnRequest, TurnStatus};
+use crate::metrics::{ModelLabel, Outcome};
+use crate::worker::{Turn, TurnEvent, TurnRequest, TurnStatus, Usage};
 
 /// The request header that selects the output mode (contract).
 pub(crate) const OUTPUT_MODE_HEADER: &str = "x-proxy-output-mode";
@@ -168,15 +169,16 @@ pub(crate) async fn completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let accepted = Instant::now();
     let request = match parse(&headers, body, state.config.server.max_body_bytes.0) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
     let model = request.model().map(str::to_string);
     let mut response = if request.stream == Some(true) {
-        stream::respond(&state, &headers, request).await
+        stream::respond(&state, &headers, request, accepted).await
     } else {
-        complete(&state, &headers, request)
+        complete(&state, &headers, request, accepted)
             .await
             .unwrap_or_else(IntoResponse::into_response)
     };
@@ -186,49 +188,72 @@ pub(crate) async fn completions(
     response
 }
 
-/// The non-streaming answer, bounded by `server.request_timeout` from start to end.
+/// The non-streaming answer, bounded by `server.request_timeout` from start to end
+/// (waiting for a worker slot included).
 async fn complete(
     state: &AppState,
     headers: &HeaderMap,
     request: ChatRequest,
+    accepted: Instant,
 ) -> Result<Response, ApiError> {
     let limit = state.config.server.request_timeout.0;
-    tokio::time::timeout(limit, run_to_end(state, headers, request))
-        .await
-        .map_err(|_| ApiError::timeout(limit))?
+    let mut telemetry = TurnTelemetry::new(state.metrics.clone(), accepted, false);
+    match tokio::time::timeout(limit, run_to_end(state, headers, request, &mut telemetry)).await {
+        Ok(result) => result,
+        Err(_) => {
+            telemetry.finish(Outcome::Timeout);
+            Err(ApiError::timeout(limit))
+        }
+    }
+}
+
+/// Waits for a worker slot in the admission queue, then starts the turn in it.
+pub(crate) async fn admit_and_start(
+    state: &AppState,
+    request: &ChatRequest,
+    telemetry: &mut TurnTelemetry,
+) -> Result<Turn, ApiError> {
+    let prompt = request.prompt()?;
+    let slot = state.admission.admit(&state.worker).await?;
+    let granted = Instant::now();
+    let turn = state
+        .worker
+        .start_turn(
+            TurnRequest {
+                prompt,
+                model: request.model().map(str::to_string),
+            },
+            slot,
+        )
+        .await?;
+    telemetry.started(granted, turn.model().or(request.model()));
+    Ok(turn)
 }
 
 async fn run_to_end(
     state: &AppState,
     headers: &HeaderMap,
     request: ChatRequest,
+    telemetry: &mut TurnTelemetry,
 ) -> Result<Response, ApiError> {
-    let prompt = request.prompt()?;
-    let mut turn = state
-        .worker
-        .start_turn(TurnRequest {
-            prompt,
-            model: request.model().map(str::to_string),
-        })
-        .await?;
+    let mut turn = admit_and_start(state, &request, telemetry).await?;
     let model = response_model(request.model(), turn.model());
     let mut buffer = tool_buffer(state, headers);
     let mut text = String::new();
-    let mut usage = (0, 0, 0);
+    let mut usage = Usage::default();
     let mut last_error = None;
     while let Some(event) = turn.next_event().await {
+        telemetry.observe(&event);
         match event {
             TurnEvent::Delta(d) => match buffer.as_mut() {
                 Some(b) => text.push_str(&b.push(&d)),
                 None => text.push_str(&d),
             },
-            TurnEvent::Usage {
-                input,
-                output,
-                total,
-            } => usage = (input, output, total),
+            TurnEvent::Usage(u) => usage = u,
+            TurnEvent::Item(_) => {}
             TurnEvent::Error(e) => last_error = Some(e),
             TurnEvent::Completed { status, error } => {
+                telemetry.finish(turn_metrics::outcome(status));
                 if let Some(b) = buffer.as_mut() {
                     text.push_str(&b.finish());
                 }
@@ -248,9 +273,18 @@ async fn run_to_end(
             "message": {"role": "assistant", "content": text},
             "finish_reason": "stop",
         }],
-        "usage": {"prompt_tokens": usage.0, "completion_tokens": usage.1, "total_tokens": usage.2},
+        "usage": usage_json(&usage),
     });
     Ok(Json(body).into_response())
+}
+
+/// OpenAI's `usage` object for the worker's counts.
+pub(crate) fn usage_json(usage: &Usage) -> serde_json::Value {
+    json!({
+        "prompt_tokens": usage.input,
+        "completion_tokens": usage.output,
+        "total_tokens": usage.total,
+    })
 }
 
 /// The error for a turn that did not complete.
@@ -258,6 +292,7 @@ pub(crate) fn turn_failed(status: TurnStatus, error: Option<String>) -> ApiError
     let message = match (status, error) {
         (_, Some(e)) => format!("the worker's turn failed: {e}"),
         (TurnStatus::Interrupted, None) => "the worker's turn was interrupted".to_string(),
+        (TurnStatus::WorkerLost, None) => "the worker exited during the turn".to_string(),
         _ => "the worker's turn failed".to_string(),
     };
     ApiError::worker_failed(message)

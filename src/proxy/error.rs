@@ -1,6 +1,6 @@
 //! OpenAI-shaped error responses: `{"error":{"message","type","code","retryable"?}}`.
 //! A 5xx carries its [`ErrorCategory`] as a response extension for the metrics
-//! middleware; a maintenance 503 carries `Retry-After`.
+//! middleware; a maintenance 503 and every 429 carry `Retry-After`.
 
 use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -11,6 +11,10 @@ use serde_json::json;
 use crate::metrics::ErrorCategory;
 use crate::worker::rpc::RpcError;
 use crate::worker::WorkerError;
+
+/// `Retry-After` of a 429: a slot or a stream frees whenever any turn ends, so a second
+/// is a fair first wait; an SDK backs off further on its own if it is still busy.
+pub(crate) const RETRY_AFTER_BUSY_SECS: u64 = 1;
 
 #[derive(Debug, Clone)]
 pub(crate) struct ApiError {
@@ -134,24 +138,45 @@ impl ApiError {
         .category(ErrorCategory::WorkerNotReady)
     }
 
-    pub(crate) fn worker_busy(message: String) -> Self {
-        Self::new(
+    /// A 429: retryable, with `Retry-After`, so that an SDK's retry waits at least that.
+    fn too_many(code: &'static str, message: String) -> Self {
+        let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
-            "worker_busy",
+            code,
             message,
         )
-        .retryable()
+        .retryable();
+        e.retry_after_secs = Some(RETRY_AFTER_BUSY_SECS);
+        e
+    }
+
+    /// Every worker slot is busy and the queue for one holds `queue_max` requests.
+    pub(crate) fn queue_full(queue_max: usize) -> Self {
+        Self::too_many(
+            "worker_busy",
+            format!(
+                "every worker slot is busy and {queue_max} requests are already waiting (worker.queue_max)"
+            ),
+        )
+    }
+
+    /// The request waited `waited` for a worker slot and got none.
+    pub(crate) fn queue_timeout(waited: std::time::Duration) -> Self {
+        Self::too_many(
+            "worker_busy",
+            format!(
+                "no worker slot became free within {} ms (worker.queue_timeout)",
+                waited.as_millis()
+            ),
+        )
     }
 
     pub(crate) fn too_many_streams(max: usize) -> Self {
-        Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
+        Self::too_many(
             "too_many_streams",
             format!("{max} streams are already open (streams.max_concurrency)"),
         )
-        .retryable()
     }
 
     /// The worker ran the turn and it failed.
@@ -218,7 +243,6 @@ impl From<WorkerError> for ApiError {
             WorkerError::NotReady | WorkerError::Rpc(RpcError::Closed) => {
                 ApiError::worker_not_ready("not accepting turns")
             }
-            WorkerError::Busy(_) => ApiError::worker_busy(e.to_string()),
             WorkerError::Rpc(RpcError::Rpc { .. }) | WorkerError::Protocol { .. } => {
                 ApiError::worker_failed(e.to_string())
             }
@@ -269,8 +293,21 @@ mod tests {
             r.extensions().get::<ErrorCategory>(),
             Some(&ErrorCategory::WorkerError)
         );
-        let r = ApiError::worker_busy("busy".into()).into_response();
+        let r = ApiError::queue_full(2).into_response();
         assert!(r.extensions().get::<ErrorCategory>().is_none());
+    }
+
+    #[test]
+    fn every_429_carries_retry_after() {
+        for e in [
+            ApiError::queue_full(2),
+            ApiError::queue_timeout(std::time::Duration::from_secs(60)),
+            ApiError::too_many_streams(4),
+        ] {
+            let r = e.into_response();
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! `/readyz`, `/livez`, and `POST /internal/maintenance`. Every error is OpenAI-shaped
 //! JSON (see [`error`]), including the framework's own rejections.
 
+pub(crate) mod admission;
 pub(crate) mod chat;
 pub(crate) mod error;
 pub(crate) mod guards;
@@ -12,6 +13,7 @@ pub(crate) mod maintenance;
 pub(crate) mod models;
 pub(crate) mod stream;
 pub(crate) mod tool_buffer;
+pub(crate) mod turn_metrics;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -38,6 +40,8 @@ pub(crate) struct AppState {
     pub(crate) maintenance: Arc<AtomicBool>,
     /// One permit per open SSE stream (`streams.max_concurrency`).
     pub(crate) streams: Arc<Semaphore>,
+    /// The bounded FIFO in front of the worker's slots.
+    pub(crate) admission: Arc<admission::Admission>,
     /// The pushers' status, for `/healthz`; `None` when no pushers were started.
     pub(crate) push: Option<crate::push::PushersHandle>,
     /// `server.api_key` and `server.admin_token`, inline or from their files (rotating).
@@ -55,6 +59,7 @@ impl AppState {
         AppState {
             secrets: crate::secrets::Secrets::from_config(&config),
             streams: Arc::new(Semaphore::new(config.streams.max_concurrency)),
+            admission: Arc::new(admission::Admission::new(&config.worker, metrics.clone())),
             maintenance: Arc::new(AtomicBool::new(maintenance)),
             config,
             worker,

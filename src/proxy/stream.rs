@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -21,16 +21,18 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::chat::{self, ChatRequest};
 use super::error::ApiError;
 use super::tool_buffer::ToolBuffer;
+use super::turn_metrics::{self, TurnTelemetry};
 use super::AppState;
 use crate::metrics::StreamGuard;
-use crate::worker::{Turn, TurnEvent, TurnRequest, TurnStatus};
+use crate::worker::{Turn, TurnEvent, TurnStatus, Usage};
 
 pub(crate) async fn respond(
     state: &AppState,
     headers: &HeaderMap,
     request: ChatRequest,
+    accepted: Instant,
 ) -> Response {
-    match open(state, headers, request).await {
+    match open(state, headers, request, accepted).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
@@ -40,21 +42,24 @@ async fn open(
     state: &AppState,
     headers: &HeaderMap,
     request: ChatRequest,
+    accepted: Instant,
 ) -> Result<Response, ApiError> {
-    let prompt = request.prompt()?;
+    request.prompt()?;
     let slot = state
         .streams
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::too_many_streams(state.config.streams.max_concurrency))?;
     let limit = state.config.server.request_timeout.0;
-    let start = state.worker.start_turn(TurnRequest {
-        prompt,
-        model: request.model().map(str::to_string),
-    });
-    let turn = tokio::time::timeout(limit, start)
-        .await
-        .map_err(|_| ApiError::timeout(limit))??;
+    let mut telemetry = TurnTelemetry::new(state.metrics.clone(), accepted, true);
+    let start = chat::admit_and_start(state, &request, &mut telemetry);
+    let turn = match tokio::time::timeout(limit, start).await {
+        Ok(turn) => turn?,
+        Err(_) => {
+            telemetry.finish(crate::metrics::Outcome::Timeout);
+            return Err(ApiError::timeout(limit));
+        }
+    };
 
     let model = chat::response_model(request.model(), turn.model());
     let mut body = StreamBody {
@@ -70,6 +75,7 @@ async fn open(
             .is_some_and(|o| o.include_usage),
         usage: None,
         last_error: None,
+        telemetry,
         _slot: slot,
         _active: state.metrics.stream_guard(),
     };
@@ -88,14 +94,17 @@ struct StreamBody {
     /// `None` once the turn has ended (its worker slot is then free already).
     turn: Option<Turn>,
     buffer: Option<ToolBuffer>,
-    /// Events ready to go out, in order.
-    queue: VecDeque<Event>,
+    /// Events ready to go out, in order, each with whether it carries content.
+    queue: VecDeque<(Event, bool)>,
     id: String,
     created: u64,
     model: String,
     include_usage: bool,
-    usage: Option<(u64, u64, u64)>,
+    usage: Option<Usage>,
     last_error: Option<String>,
+    /// Records the turn when it ends, or as `client_disconnected` when the body is
+    /// dropped first.
+    telemetry: TurnTelemetry,
     _slot: OwnedSemaphorePermit,
     _active: StreamGuard,
 }
@@ -104,11 +113,18 @@ impl StreamBody {
     /// The next event to send; `None` when the stream is over.
     async fn next(&mut self) -> Option<Event> {
         loop {
-            if let Some(event) = self.queue.pop_front() {
+            if let Some((event, content)) = self.queue.pop_front() {
+                if content {
+                    self.telemetry.first_content_sent();
+                }
                 return Some(event);
             }
             let turn = self.turn.as_mut()?;
-            match turn.next_event().await {
+            let event = turn.next_event().await;
+            if let Some(event) = &event {
+                self.telemetry.observe(event);
+            }
+            match event {
                 Some(TurnEvent::Delta(d)) => {
                     let text = match self.buffer.as_mut() {
                         Some(b) => b.push(&d),
@@ -116,39 +132,36 @@ impl StreamBody {
                     };
                     self.queue_text(text);
                 }
-                Some(TurnEvent::Usage {
-                    input,
-                    output,
-                    total,
-                }) => self.usage = Some((input, output, total)),
+                Some(TurnEvent::Usage(usage)) => self.usage = Some(usage),
+                Some(TurnEvent::Item(_)) => {}
                 Some(TurnEvent::Error(e)) => self.last_error = Some(e),
                 Some(TurnEvent::Completed { status, error }) => self.end(status, error),
-                None => self.end(TurnStatus::Failed, None),
+                None => self.end(TurnStatus::WorkerLost, None),
             }
         }
     }
 
     fn end(&mut self, status: TurnStatus, error: Option<String>) {
         self.turn = None;
+        self.telemetry.finish(turn_metrics::outcome(status));
         if let Some(text) = self.buffer.as_mut().map(ToolBuffer::finish) {
             self.queue_text(text);
         }
         if status == TurnStatus::Completed {
             self.queue_chunk(json!({}), Some("stop"));
-            if let (true, Some((input, output, total))) = (self.include_usage, self.usage) {
+            if let (true, Some(usage)) = (self.include_usage, self.usage) {
                 let mut chunk = self.chunk(Vec::new());
-                chunk["usage"] = json!({
-                    "prompt_tokens": input, "completion_tokens": output, "total_tokens": total,
-                });
+                chunk["usage"] = chat::usage_json(&usage);
                 self.queue
-                    .push_back(Event::default().data(chunk.to_string()));
+                    .push_back((Event::default().data(chunk.to_string()), false));
             }
         } else {
             let error = chat::turn_failed(status, error.or(self.last_error.take()));
             self.queue
-                .push_back(Event::default().data(error.body().to_string()));
+                .push_back((Event::default().data(error.body().to_string()), false));
         }
-        self.queue.push_back(Event::default().data("[DONE]"));
+        self.queue
+            .push_back((Event::default().data("[DONE]"), false));
     }
 
     fn queue_text(&mut self, text: String) {
@@ -158,10 +171,11 @@ impl StreamBody {
     }
 
     fn queue_chunk(&mut self, delta: Value, finish_reason: Option<&str>) {
+        let content = delta.get("content").is_some_and(|c| c != "");
         let choice = json!({"index": 0, "delta": delta, "finish_reason": finish_reason});
         let chunk = self.chunk(vec![choice]);
         self.queue
-            .push_back(Event::default().data(chunk.to_string()));
+            .push_back((Event::default().data(chunk.to_string()), content));
     }
 
     fn chunk(&self, choices: Vec<Value>) -> Value {

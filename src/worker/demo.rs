@@ -10,6 +10,12 @@
 //! | `DEMO_FAIL_HANDSHAKE` | `1`: exit before answering `initialize` |
 //! | `DEMO_TOOL_BLOCKS` | `1`: a complete `<use_tool>` block; `nested`: an opener inside an open block; `unterminated`: an opener never closed |
 //! | `DEMO_TURN_FAIL` | `1`: every turn ends with an `error` and status `failed` |
+//! | `DEMO_FIRST_DELTA_DELAY_MS` | sleep this long before the first delta (instead of `DEMO_DELTA_DELAY_MS`) |
+//! | `DEMO_USAGE` | the usage every turn reports: `input=11,cached_input=3,cache_write_input=0,output=7,reasoning_output=2` (missing kinds are 0), or `none` for no usage report; unset: input = the prompt's words, output = the deltas sent |
+//! | `DEMO_ITEMS` | item types each turn reports as `item/completed` before its message, e.g. `commandExecution,fileChange` (the `userMessage` and `agentMessage` items are always reported) |
+//! | `DEMO_RATE_LIMITS` | after each turn, `account/rateLimits/updated` with these windows: `primary=42@1900000000,secondary=91` (used percent, `@` resets-at unix seconds) |
+//! | `DEMO_INTERRUPT_AFTER_DELTAS` | each turn ends `interrupted` after this many deltas, as if stopped by its user |
+//! | `DEMO_CRASH_AFTER_DELTAS` | exit with status 1 after this many deltas of a turn (a crash mid-turn) |
 //!
 //! It logs one line to stderr per interrupted turn (`demo-worker: turn <id> interrupted`),
 //! which is how tests see that an interrupt reached the worker.
@@ -44,6 +50,13 @@ pub struct DemoKnobs {
     pub(crate) fail_handshake: bool,
     pub(crate) tool_blocks: ToolBlocks,
     pub(crate) turn_fail: bool,
+    pub(crate) first_delta_delay: Option<Duration>,
+    /// `None`: derived from the prompt and the reply; `Some(None)`: no usage report.
+    pub(crate) usage: Option<Option<Value>>,
+    pub(crate) items: Vec<String>,
+    pub(crate) rate_limits: Option<Value>,
+    pub(crate) interrupt_after_deltas: Option<u64>,
+    pub(crate) crash_after_deltas: Option<u64>,
 }
 
 impl DemoKnobs {
@@ -62,8 +75,69 @@ impl DemoKnobs {
                 _ => ToolBlocks::None,
             },
             turn_fail: on("DEMO_TURN_FAIL"),
+            first_delta_delay: num("DEMO_FIRST_DELTA_DELAY_MS").map(Duration::from_millis),
+            usage: get("DEMO_USAGE").map(|v| usage_knob(&v)),
+            items: get("DEMO_ITEMS")
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            rate_limits: get("DEMO_RATE_LIMITS").map(|v| rate_limits_knob(&v)),
+            interrupt_after_deltas: num("DEMO_INTERRUPT_AFTER_DELTAS"),
+            crash_after_deltas: num("DEMO_CRASH_AFTER_DELTAS"),
         }
     }
+}
+
+/// `DEMO_USAGE` as a `TokenUsageBreakdown`; `none` gives `None`.
+fn usage_knob(value: &str) -> Option<Value> {
+    if value.trim() == "none" {
+        return None;
+    }
+    let n = |key: &str| {
+        value
+            .split(',')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| k.trim() == key)
+            .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (input, cached, cache_write, output, reasoning) = (
+        n("input"),
+        n("cached_input"),
+        n("cache_write_input"),
+        n("output"),
+        n("reasoning_output"),
+    );
+    Some(json!({
+        "inputTokens": input, "cachedInputTokens": cached, "cacheWriteInputTokens": cache_write,
+        "outputTokens": output, "reasoningOutputTokens": reasoning,
+        "totalTokens": input + output,
+    }))
+}
+
+/// `DEMO_RATE_LIMITS` as the params of `account/rateLimits/updated`.
+fn rate_limits_knob(value: &str) -> Value {
+    let mut limits = json!({"primary": null, "secondary": null});
+    for pair in value.split(',') {
+        let Some((window, spec)) = pair.split_once('=') else {
+            continue;
+        };
+        let (used, resets_at) = match spec.split_once('@') {
+            Some((used, at)) => (used, at.trim().parse::<i64>().ok()),
+            None => (spec, None),
+        };
+        let Ok(used) = used.trim().parse::<i64>() else {
+            continue;
+        };
+        limits[window.trim()] =
+            json!({"usedPercent": used, "resetsAt": resets_at, "windowDurationMins": 300});
+    }
+    json!({"rateLimits": limits})
 }
 
 /// The full reply to `prompt`; what the deltas add up to.
@@ -286,18 +360,40 @@ async fn run_turn(
         );
         complete("failed", error);
     } else {
+        let item = |kind: &str, n: usize| {
+            notify(
+                &state,
+                "item/completed",
+                with_ids(
+                    json!({"item": {"type": kind, "id": format!("item_{n}")}, "completedAtMs": 0}),
+                ),
+            );
+        };
+        item("userMessage", 0);
+        for (n, kind) in state.knobs.items.iter().enumerate() {
+            item(kind, n + 1);
+        }
         let pieces = deltas(&reply_text(&prompt, state.knobs.tool_blocks));
         let mut sent = 0u64;
         let mut stopped = false;
+        let mut ended_by_user = false;
         for piece in &pieces {
-            if !state.knobs.delta_delay.is_zero() {
+            let delay = match (sent, state.knobs.first_delta_delay) {
+                (0, Some(first)) => first,
+                _ => state.knobs.delta_delay,
+            };
+            if !delay.is_zero() {
                 tokio::select! {
-                    _ = tokio::time::sleep(state.knobs.delta_delay) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = interrupted.wait_for(|i| *i) => {}
                 }
             }
             if *interrupted.borrow() {
                 stopped = true;
+                break;
+            }
+            if state.knobs.interrupt_after_deltas == Some(sent) {
+                ended_by_user = true;
                 break;
             }
             notify(
@@ -306,16 +402,36 @@ async fn run_turn(
                 with_ids(json!({"itemId": "msg_1", "delta": piece})),
             );
             sent += 1;
+            if state.knobs.crash_after_deltas == Some(sent) {
+                eprintln!("demo-worker: crashing mid-turn (DEMO_CRASH_AFTER_DELTAS)");
+                let _ = state.out.send(Out::Exit(1));
+                return;
+            }
+        }
+        if !stopped && !ended_by_user {
+            item("agentMessage", state.knobs.items.len() + 1);
         }
         let input = prompt.split_whitespace().count() as u64;
-        let usage = json!({"inputTokens": input, "outputTokens": sent, "totalTokens": input + sent,
-                           "cachedInputTokens": 0, "reasoningOutputTokens": 0});
-        notify(
-            &state,
-            "thread/tokenUsage/updated",
-            with_ids(json!({"tokenUsage": {"last": usage, "total": usage}})),
-        );
-        if stopped {
+        let usage = match &state.knobs.usage {
+            None => Some(
+                json!({"inputTokens": input, "outputTokens": sent, "totalTokens": input + sent,
+                                "cachedInputTokens": 0, "reasoningOutputTokens": 0}),
+            ),
+            Some(fixed) => fixed.clone(),
+        };
+        if let Some(usage) = usage {
+            notify(
+                &state,
+                "thread/tokenUsage/updated",
+                with_ids(json!({"tokenUsage": {"last": usage, "total": usage}})),
+            );
+        }
+        if let Some(limits) = &state.knobs.rate_limits {
+            notify(&state, "account/rateLimits/updated", limits.clone());
+        }
+        if ended_by_user {
+            complete("interrupted", Value::Null);
+        } else if stopped {
             eprintln!("demo-worker: turn {turn_id} interrupted after {sent} deltas");
             complete("interrupted", Value::Null);
         } else {
@@ -404,11 +520,13 @@ mod tests {
             .filter(|e| matches!(e, TurnEvent::Delta(_)))
             .count();
         assert!(deltas > 1);
-        assert!(events.contains(&TurnEvent::Usage {
+        assert!(events.contains(&TurnEvent::Usage(crate::worker::Usage {
             input: 2,
             output: deltas as u64,
-            total: 2 + deltas as u64
-        }));
+            total: 2 + deltas as u64,
+            ..Default::default()
+        })));
+        assert!(events.contains(&TurnEvent::Item("agentMessage".into())));
         assert_eq!(
             events.last(),
             Some(&TurnEvent::Completed {
@@ -419,10 +537,97 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn usage_items_and_rate_limit_knobs_are_reported_as_set() {
+        let (t, _demo) = session(knobs(&[
+            (
+                "DEMO_USAGE",
+                "input=11,cached_input=3,output=7,reasoning_output=2",
+            ),
+            ("DEMO_ITEMS", "commandExecution,fileChange"),
+            ("DEMO_RATE_LIMITS", "primary=42@1900000000,secondary=91"),
+        ]));
+        let mut account = t.subscribe_account();
+        let (mut turn, _) = start_turn(&t, "hi").await;
+        let (_, events) = collect(&mut turn).await;
+        let usage = crate::worker::Usage {
+            input: 11,
+            cached_input: 3,
+            cache_write_input: 0,
+            output: 7,
+            reasoning_output: 2,
+            total: 18,
+        };
+        assert!(events.contains(&TurnEvent::Usage(usage)), "{events:?}");
+        let items: Vec<&str> = events
+            .iter()
+            .filter_map(|e| match e {
+                TurnEvent::Item(k) => Some(k.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            items,
+            [
+                "userMessage",
+                "commandExecution",
+                "fileChange",
+                "agentMessage"
+            ]
+        );
+        let report = account.recv().await.unwrap();
+        assert_eq!(report.method, "account/rateLimits/updated");
+        let mut limits = crate::worker::RateLimits::default();
+        assert!(limits.merge(&report.params));
+        assert_eq!(limits.primary.unwrap().resets_at, Some(1_900_000_000));
+        assert_eq!(limits.secondary.unwrap().used_percent, Some(91.0));
+    }
+
+    #[tokio::test]
+    async fn usage_none_reports_no_usage_and_interrupt_after_deltas_ends_interrupted() {
+        let (t, _demo) = session(knobs(&[
+            ("DEMO_USAGE", "none"),
+            ("DEMO_INTERRUPT_AFTER_DELTAS", "1"),
+        ]));
+        let (mut turn, _) = start_turn(&t, "a longer prompt than six characters").await;
+        let (text, events) = collect(&mut turn).await;
+        assert_eq!(text.chars().count(), DELTA_CHARS);
+        assert!(!events.iter().any(|e| matches!(e, TurnEvent::Usage(_))));
+        assert!(matches!(
+            events.last(),
+            Some(TurnEvent::Completed {
+                status: TurnStatus::Interrupted,
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn crash_after_deltas_loses_the_worker_mid_turn() {
+        let (t, demo) = session(knobs(&[("DEMO_CRASH_AFTER_DELTAS", "2")]));
+        let (mut turn, _) = start_turn(&t, "a longer prompt than twelve characters").await;
+        let (text, events) = collect(&mut turn).await;
+        assert_eq!(text.chars().count(), 2 * DELTA_CHARS);
+        assert!(matches!(
+            events.last(),
+            Some(TurnEvent::Completed {
+                status: TurnStatus::WorkerLost,
+                ..
+            })
+        ));
+        assert_eq!(demo.await.unwrap(), 1);
+    }
+
+    #[tokio::test]
     async fn dropping_a_turn_interrupts_it_in_the_worker() {
         let (t, _demo) = session(knobs(&[("DEMO_DELTA_DELAY_MS", "20")]));
         let (mut turn, thread) = start_turn(&t, &"word ".repeat(200)).await;
-        assert!(matches!(turn.next_event().await, Some(TurnEvent::Delta(_))));
+        loop {
+            match turn.next_event().await {
+                Some(TurnEvent::Delta(_)) => break,
+                Some(TurnEvent::Item(_)) => {}
+                other => panic!("expected a delta, got {other:?}"),
+            }
+        }
         drop(turn);
         // Watch the thread from outside (no await since the drop: nothing is missed).
         let mut watcher = t.subscribe_thread(&thread);

@@ -3,10 +3,12 @@
 //! worker.
 //!
 //! The proxy sees only [`WorkerHandle`]: its status (also as a watch channel, so gauges
-//! stay live without polling), and `start_turn`, which runs one request on a fresh
-//! ephemeral thread under the per-worker concurrency cap.
+//! stay live without polling), its slots (the per-worker concurrency cap, handed out in
+//! arrival order), and `start_turn`, which runs one request on a fresh ephemeral thread
+//! in a slot the caller holds.
 
 pub mod demo;
+pub(crate) mod rate_limits;
 pub(crate) mod rpc;
 pub(crate) mod supervisor;
 pub(crate) mod turn;
@@ -17,9 +19,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::{watch, Semaphore};
 
+pub(crate) use rate_limits::RateLimits;
 use rpc::{Rpc, RpcError};
 pub(crate) use supervisor::WorkerCommand;
-pub(crate) use turn::{Turn, TurnEvent, TurnStatus};
+pub(crate) use turn::{Turn, TurnEvent, TurnStatus, Usage};
 
 /// Where the worker is in its life; serialized in `/healthz` as snake_case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -54,6 +57,9 @@ pub(crate) struct WorkerStatus {
     pub(crate) last_error: Option<String>,
     /// Models the worker advertised (`model/list`), empty until known.
     pub(crate) models: Vec<String>,
+    /// The account's rate limits as last reported (`account/rateLimits/updated`),
+    /// kept across restarts: they belong to the account, not to one worker process.
+    pub(crate) rate_limits: RateLimits,
 }
 
 impl Default for WorkerStatus {
@@ -66,6 +72,7 @@ impl Default for WorkerStatus {
             consecutive_failures: 0,
             last_error: None,
             models: Vec::new(),
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -75,8 +82,6 @@ impl Default for WorkerStatus {
 pub(crate) enum WorkerError {
     #[error("the worker is not ready")]
     NotReady,
-    #[error("the worker is running its maximum of {0} turns")]
-    Busy(usize),
     #[error(transparent)]
     Rpc(#[from] RpcError),
     #[error("starting the turn failed: {0}")]
@@ -146,18 +151,40 @@ impl WorkerHandle {
         self.shared.max_concurrency - self.shared.slots.available_permits()
     }
 
-    /// Starts one turn on a fresh thread, within the per-worker concurrency cap. Callers
-    /// bound the wait with their own timeout.
-    pub(crate) async fn start_turn(&self, request: TurnRequest) -> Result<Turn, WorkerError> {
-        let transport = lock(&self.shared.connection)
-            .clone()
-            .ok_or(WorkerError::NotReady)?;
-        let slot = self
-            .shared
+    /// A free slot, if there is one and nobody is waiting for one already.
+    pub(crate) fn try_slot(&self) -> Option<WorkerSlot> {
+        self.shared
             .slots
             .clone()
             .try_acquire_owned()
-            .map_err(|_| WorkerError::Busy(self.shared.max_concurrency))?;
+            .ok()
+            .map(WorkerSlot)
+    }
+
+    /// Waits for a slot; waiters are served in arrival order (the semaphore is fair), and
+    /// one that is dropped leaves the line at once. `None` only if the slots were closed,
+    /// which nothing does.
+    pub(crate) async fn slot(&self) -> Option<WorkerSlot> {
+        self.shared
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .ok()
+            .map(WorkerSlot)
+    }
+
+    /// Starts one turn on a fresh thread, in `slot`, which the turn holds until it ends.
+    /// Callers bound the wait with their own timeout.
+    pub(crate) async fn start_turn(
+        &self,
+        request: TurnRequest,
+        slot: WorkerSlot,
+    ) -> Result<Turn, WorkerError> {
+        let transport = lock(&self.shared.connection)
+            .clone()
+            .ok_or(WorkerError::NotReady)?;
+        let WorkerSlot(slot) = slot;
 
         // The two requests run in a task of their own: when the caller gives up midway
         // (client gone, timeout), the task still finishes, and dropping the `Turn` it
@@ -182,6 +209,9 @@ impl WorkerHandle {
         }
     }
 }
+
+/// One of the worker's `max_concurrency` turn slots, held until dropped.
+pub(crate) struct WorkerSlot(tokio::sync::OwnedSemaphorePermit);
 
 /// `thread/start` (ephemeral, never asks for approval, read-only sandbox), then
 /// `turn/start` with the prompt as one text input.

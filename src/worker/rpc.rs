@@ -53,6 +53,8 @@ struct Shared {
     /// removes it.
     threads: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<Notification>)>>,
     outgoing: mpsc::UnboundedSender<Outgoing>,
+    /// Where notifications about the account (no `threadId`, method `account/...`) go.
+    account: Mutex<Option<mpsc::UnboundedSender<Notification>>>,
     /// Flips to true once the reader has stopped (worker gone or stdout closed).
     closed: watch::Receiver<bool>,
 }
@@ -76,6 +78,7 @@ impl Rpc {
             next_id: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             threads: Mutex::new(HashMap::new()),
+            account: Mutex::new(None),
             outgoing: out_tx,
             closed: closed_rx,
         });
@@ -132,6 +135,14 @@ impl Rpc {
             token,
             rx,
         }
+    }
+
+    /// Routes every later `account/...` notification (rate limits and the like) to the
+    /// receiver, which ends when the connection does. A later call replaces the earlier.
+    pub(crate) fn subscribe_account(&self) -> mpsc::UnboundedReceiver<Notification> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *lock(&self.shared.account) = Some(tx);
+        rx
     }
 
     /// Closes the worker's stdin once the lines already queued are written.
@@ -261,6 +272,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     if let Some(shared) = shared.upgrade() {
         lock(&shared.pending).clear();
         lock(&shared.threads).clear();
+        lock(&shared.account).take();
     }
 }
 
@@ -318,6 +330,14 @@ fn complete_request(shared: &Shared, id: &Value, msg: &Value) {
 fn route_notification(shared: &Shared, method: &str, msg: &Value) {
     let params = msg.get("params").cloned().unwrap_or(Value::Null);
     let Some(thread_id) = params.get("threadId").and_then(Value::as_str) else {
+        if method.starts_with("account/") {
+            if let Some(tx) = lock(&shared.account).as_ref() {
+                let _ = tx.send(Notification {
+                    method: method.to_string(),
+                    params,
+                });
+            }
+        }
         return;
     };
     let threads = lock(&shared.threads);

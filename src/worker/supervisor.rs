@@ -162,6 +162,10 @@ async fn run_once(
         };
     };
     let transport = Rpc::start(stdout, stdin);
+    tokio::spawn(follow_account(
+        shared.clone(),
+        transport.subscribe_account(),
+    ));
     shared.update(|s| s.state = WorkerState::HandshakePending);
 
     let limit = Duration::from_millis(config.handshake_timeout_ms.min(config.startup_timeout_ms));
@@ -271,6 +275,21 @@ async fn handshake(transport: &Rpc) -> Result<(), String> {
     transport
         .notify("initialized", json!({}))
         .map_err(|e| e.to_string())
+}
+
+/// Keeps the status's rate limits up to date from the worker's reports, until the
+/// connection ends.
+async fn follow_account(
+    shared: Arc<Shared>,
+    mut notifications: tokio::sync::mpsc::UnboundedReceiver<super::rpc::Notification>,
+) {
+    while let Some(n) = notifications.recv().await {
+        if n.method == "account/rateLimits/updated" {
+            shared.update(|s| {
+                s.rate_limits.merge(&n.params);
+            });
+        }
+    }
 }
 
 /// Best effort: `/v1/models` and the model label allowlist use what the worker lists.

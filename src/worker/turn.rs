@@ -13,14 +13,30 @@ pub(crate) enum TurnStatus {
     Completed,
     Failed,
     Interrupted,
+    /// The worker exited or closed its output before reporting the turn's end.
+    WorkerLost,
+}
+
+/// Token counts of a turn, as the app-server reports them (`TokenUsageBreakdown`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub(crate) input: u64,
+    pub(crate) cached_input: u64,
+    pub(crate) cache_write_input: u64,
+    pub(crate) output: u64,
+    pub(crate) reasoning_output: u64,
+    pub(crate) total: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TurnEvent {
     /// A piece of the assistant's reply.
     Delta(String),
-    /// Token counts of the turn so far.
-    Usage { input: u64, output: u64, total: u64 },
+    /// Token counts of the turn so far (each report replaces the previous one).
+    Usage(Usage),
+    /// An item the turn finished (`item/completed`), by its app-server type
+    /// (`agentMessage`, `commandExecution`, ...).
+    Item(String),
     /// The worker reported an error it will not retry.
     Error(String),
     /// The last event of every turn.
@@ -61,13 +77,13 @@ impl Turn {
     }
 
     /// The next event; `None` after `Completed`. A worker that dies mid-turn yields a
-    /// `Completed { status: Failed }` so every turn has an end.
+    /// `Completed { status: WorkerLost }` so every turn has an end.
     pub(crate) async fn next_event(&mut self) -> Option<TurnEvent> {
         while !self.finished {
             let Some(n) = self.subscription.recv().await else {
                 self.finished = true;
                 return Some(TurnEvent::Completed {
-                    status: TurnStatus::Failed,
+                    status: TurnStatus::WorkerLost,
                     error: Some("the worker exited during the turn".to_string()),
                 });
             };
@@ -97,17 +113,26 @@ impl Turn {
                 Some(TurnEvent::Delta(delta.to_string()))
             }
             "thread/tokenUsage/updated" => {
-                // `total` covers every model call of the thread, and the thread holds only
-                // this turn; `last` is only the latest call.
+                // `total` covers every model call of the thread, and the thread (a fresh
+                // ephemeral one per request) holds only this turn: its latest value is the
+                // whole turn however many model calls it made, and a report repeated for
+                // the same call changes nothing. `last` is only the latest call.
                 let usage = p
                     .pointer("/tokenUsage/total")
                     .or_else(|| p.pointer("/tokenUsage/last"))?;
                 let n = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
-                Some(TurnEvent::Usage {
+                Some(TurnEvent::Usage(Usage {
                     input: n("inputTokens"),
+                    cached_input: n("cachedInputTokens"),
+                    cache_write_input: n("cacheWriteInputTokens"),
                     output: n("outputTokens"),
+                    reasoning_output: n("reasoningOutputTokens"),
                     total: n("totalTokens"),
-                })
+                }))
+            }
+            "item/completed" => {
+                let kind = p.pointer("/item/type").and_then(Value::as_str)?;
+                Some(TurnEvent::Item(kind.to_string()))
             }
             "error" if p.get("willRetry").and_then(Value::as_bool) != Some(true) => {
                 Some(TurnEvent::Error(error_message(p.get("error"))))

@@ -1,0 +1,535 @@
+//! The model-work families: what the worker's turns cost and how they went (tokens, time
+//! to first token, time per output token, turn duration and outcome, item kinds), the
+//! admission queue in front of the worker, and the account's rate limits.
+//!
+//! Every family lives in the one prometheus registry, so `/metrics`, remote-write and the
+//! Pushgateway carry it. Label sets that are closed (token kinds, outcomes, item kinds,
+//! the `stream` flag) are created together for a model value the first time that value is
+//! seen (the allowlisted models at start), so `rate()` and alerts see 0 rather than
+//! nothing. A model value's series are kept in a slot of their own (the label rule's
+//! dense index), so recording a turn looks nothing up by name.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
+};
+
+use super::labels::LabelRules;
+
+/// Values of `kind` on `codex_tokens_total`, in [`TokenCounts`]' order.
+pub const TOKEN_KINDS: [&str; 5] = [
+    "input",
+    "cached_input",
+    "cache_write_input",
+    "output",
+    "reasoning_output",
+];
+
+/// Buckets of `codex_time_to_first_token_seconds`: from a cached reply to a minute of
+/// thinking; the bounds an operator's p50/p95 usually fall between are the denser ones.
+pub const TTFT_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+/// Buckets of `codex_time_per_output_token_seconds` (streaming speed 1 000 to 4
+/// tokens/s).
+pub const TPOT_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5,
+];
+/// Buckets of `codex_turn_duration_seconds`: agent turns run from seconds to many minutes.
+pub const TURN_BUCKETS: [f64; 13] = [
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+];
+/// Buckets of `codex_worker_wait_seconds`; the first holds the requests that found a
+/// free slot (wait 0).
+pub const WAIT_BUCKETS: [f64; 12] = [
+    0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// How a turn ended, from the proxy's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The worker reported `completed`.
+    Completed,
+    /// The worker reported `failed`.
+    Failed,
+    /// The worker reported `interrupted` without the proxy asking.
+    Interrupted,
+    /// The client went away before the turn ended (the proxy then interrupts it).
+    ClientDisconnected,
+    /// `server.request_timeout` ran out during the turn.
+    Timeout,
+    /// The worker exited or closed its output during the turn.
+    WorkerLost,
+}
+
+impl Outcome {
+    /// Every outcome, in declaration order (`ALL[o as usize] == o`).
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Completed,
+        Outcome::Failed,
+        Outcome::Interrupted,
+        Outcome::ClientDisconnected,
+        Outcome::Timeout,
+        Outcome::WorkerLost,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Failed => "failed",
+            Outcome::Interrupted => "interrupted",
+            Outcome::ClientDisconnected => "client_disconnected",
+            Outcome::Timeout => "timeout",
+            Outcome::WorkerLost => "worker_lost",
+        }
+    }
+}
+
+/// Values of `kind` on `codex_turn_items_total`: the item kinds an operator asks about
+/// (what the agent did), then `other`. Inputs the turn did not produce (`userMessage`,
+/// `hookPrompt`) are not counted at all.
+pub const ITEM_KINDS: [&str; 11] = [
+    "agent_message",
+    "reasoning",
+    "command_execution",
+    "file_change",
+    "mcp_tool_call",
+    "dynamic_tool_call",
+    "web_search",
+    "image_generation",
+    "plan",
+    "context_compaction",
+    "other",
+];
+
+/// The place in [`ITEM_KINDS`] of an app-server `ThreadItem` type; `None` for the input
+/// items that a turn does not produce.
+pub fn item_kind_index(item_type: &str) -> Option<usize> {
+    let index = match item_type {
+        "userMessage" | "hookPrompt" => return None,
+        "agentMessage" => 0,
+        "reasoning" => 1,
+        "commandExecution" => 2,
+        "fileChange" => 3,
+        "mcpToolCall" => 4,
+        "dynamicToolCall" => 5,
+        "webSearch" => 6,
+        "imageGeneration" => 7,
+        "plan" => 8,
+        "contextCompaction" => 9,
+        _ => ITEM_KINDS.len() - 1,
+    };
+    Some(index)
+}
+
+/// A turn's token usage, in [`TOKEN_KINDS`]' order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenCounts(pub [u64; 5]);
+
+impl TokenCounts {
+    pub fn output(&self) -> u64 {
+        self.0[3]
+    }
+}
+
+/// One turn that has ended, as recorded once.
+#[derive(Debug, Clone)]
+pub struct FinishedTurn<'a> {
+    /// The raw model name; the label rules bound it.
+    pub model: Option<&'a str>,
+    /// Whether the client asked for SSE.
+    pub stream: bool,
+    pub outcome: Outcome,
+    /// From the turn's start (a worker slot held) to its end.
+    pub duration: Duration,
+    /// From the request being accepted to the first content byte (streamed) or the first
+    /// delta (not streamed); `None` when no content came.
+    pub time_to_first_token: Option<Duration>,
+    /// From the first delta to the last one, read from the worker.
+    pub first_to_last_delta: Option<Duration>,
+    /// `None` when the worker reported no usage for the turn.
+    pub tokens: Option<TokenCounts>,
+    /// How many items of each of [`ITEM_KINDS`] the turn produced.
+    pub items: [u32; ITEM_KINDS.len()],
+}
+
+/// The series of one value of the `model` label.
+struct ModelSeries {
+    tokens: [IntCounter; TOKEN_KINDS.len()],
+    /// `stream="false"`, then `stream="true"`.
+    time_to_first_token: [Histogram; 2],
+    time_per_output_token: Histogram,
+    duration: [Histogram; Outcome::ALL.len()],
+    turns: [IntCounter; Outcome::ALL.len()],
+    without_usage: IntCounter,
+    items: [IntCounter; ITEM_KINDS.len()],
+}
+
+/// The model-work families and the admission-queue and rate-limit gauges.
+pub(crate) struct ModelWork {
+    tokens: IntCounterVec,
+    time_to_first_token: HistogramVec,
+    time_per_output_token: HistogramVec,
+    duration: HistogramVec,
+    turns: IntCounterVec,
+    without_usage: IntCounterVec,
+    items: IntCounterVec,
+    /// One slot per value the model label can take (`LabelRules::model_slot`).
+    models: Box<[OnceLock<ModelSeries>]>,
+    pub(crate) worker_wait: Histogram,
+    pub(crate) queue_depth: IntGauge,
+    rate_limit_used: GaugeVec,
+    rate_limit_resets_at: GaugeVec,
+}
+
+/// Values of `window` on the rate-limit gauges.
+pub const RATE_LIMIT_WINDOWS: [&str; 2] = ["primary", "secondary"];
+
+impl ModelWork {
+    pub(crate) fn new(
+        registry: &Registry,
+        labels: &LabelRules,
+        allowed_models: &[String],
+    ) -> Result<ModelWork, prometheus::Error> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+        };
+        let histogram = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )
+        };
+        let work = ModelWork {
+            tokens: counter(
+                "codex_tokens_total",
+                "Tokens the worker's turns used, by model and kind, counted once per turn.",
+                &["model", "kind"],
+            )?,
+            time_to_first_token: histogram(
+                "codex_time_to_first_token_seconds",
+                "From the request being accepted to the first content byte (streamed) or the first delta (not streamed).",
+                &TTFT_BUCKETS,
+                &["model", "stream"],
+            )?,
+            time_per_output_token: histogram(
+                "codex_time_per_output_token_seconds",
+                "(last delta - first delta) / (output tokens - 1), for turns with at least 2 output tokens.",
+                &TPOT_BUCKETS,
+                &["model"],
+            )?,
+            duration: histogram(
+                "codex_turn_duration_seconds",
+                "From a turn's start (a worker slot held) to its end, by outcome.",
+                &TURN_BUCKETS,
+                &["model", "outcome"],
+            )?,
+            turns: counter(
+                "codex_turns_total",
+                "Turns that ended, by outcome.",
+                &["model", "outcome"],
+            )?,
+            without_usage: counter(
+                "codex_turns_without_usage_total",
+                "Turns whose worker reported no token usage.",
+                &["model"],
+            )?,
+            items: counter(
+                "codex_turn_items_total",
+                "Items the worker's turns produced, by kind.",
+                &["model", "kind"],
+            )?,
+            models: (0..labels.model_value_bound())
+                .map(|_| OnceLock::new())
+                .collect(),
+            worker_wait: Histogram::with_opts(
+                HistogramOpts::new(
+                    "codex_worker_wait_seconds",
+                    "Time a request waited for a worker slot before its turn started; 0 when one was free.",
+                )
+                .buckets(WAIT_BUCKETS.to_vec()),
+            )?,
+            queue_depth: IntGauge::new(
+                "codex_worker_queue_depth",
+                "Requests waiting for a worker slot.",
+            )?,
+            rate_limit_used: GaugeVec::new(
+                Opts::new(
+                    "codex_rate_limit_used_ratio",
+                    "Share of the account's rate-limit window used (0-1), from the worker's latest report.",
+                ),
+                &["window"],
+            )?,
+            rate_limit_resets_at: GaugeVec::new(
+                Opts::new(
+                    "codex_rate_limit_resets_at_seconds",
+                    "Unix time at which the account's rate-limit window resets, from the worker's latest report.",
+                ),
+                &["window"],
+            )?,
+        };
+        registry.register(Box::new(work.tokens.clone()))?;
+        registry.register(Box::new(work.time_to_first_token.clone()))?;
+        registry.register(Box::new(work.time_per_output_token.clone()))?;
+        registry.register(Box::new(work.duration.clone()))?;
+        registry.register(Box::new(work.turns.clone()))?;
+        registry.register(Box::new(work.without_usage.clone()))?;
+        registry.register(Box::new(work.items.clone()))?;
+        registry.register(Box::new(work.worker_wait.clone()))?;
+        registry.register(Box::new(work.queue_depth.clone()))?;
+        registry.register(Box::new(work.rate_limit_used.clone()))?;
+        registry.register(Box::new(work.rate_limit_resets_at.clone()))?;
+        for model in allowed_models {
+            work.series(labels.model_slot(Some(model)));
+        }
+        Ok(work)
+    }
+
+    /// The series of one model value, created (every closed label set at 0) on first use.
+    fn series(&self, (slot, model): (usize, &str)) -> &ModelSeries {
+        self.models[slot].get_or_init(|| ModelSeries {
+            tokens: TOKEN_KINDS.map(|k| self.tokens.with_label_values(&[model, k])),
+            time_to_first_token: ["false", "true"]
+                .map(|s| self.time_to_first_token.with_label_values(&[model, s])),
+            time_per_output_token: self.time_per_output_token.with_label_values(&[model]),
+            duration: Outcome::ALL.map(|o| self.duration.with_label_values(&[model, o.as_str()])),
+            turns: Outcome::ALL.map(|o| self.turns.with_label_values(&[model, o.as_str()])),
+            without_usage: self.without_usage.with_label_values(&[model]),
+            items: ITEM_KINDS.map(|k| self.items.with_label_values(&[model, k])),
+        })
+    }
+
+    pub(crate) fn record(&self, labels: &LabelRules, turn: &FinishedTurn<'_>) {
+        let series = self.series(labels.model_slot(turn.model));
+        let outcome = turn.outcome as usize;
+        series.turns[outcome].inc();
+        series.duration[outcome].observe(turn.duration.as_secs_f64());
+        if let Some(ttft) = turn.time_to_first_token {
+            series.time_to_first_token[usize::from(turn.stream)].observe(ttft.as_secs_f64());
+        }
+        match turn.tokens {
+            Some(tokens) => {
+                for (counter, n) in series.tokens.iter().zip(tokens.0) {
+                    if n > 0 {
+                        counter.inc_by(n);
+                    }
+                }
+                if let (Some(span), 2..) = (turn.first_to_last_delta, tokens.output()) {
+                    let per_token = span.as_secs_f64() / (tokens.output() - 1) as f64;
+                    series.time_per_output_token.observe(per_token);
+                }
+            }
+            None => series.without_usage.inc(),
+        }
+        for (counter, n) in series.items.iter().zip(turn.items) {
+            if n > 0 {
+                counter.inc_by(u64::from(n));
+            }
+        }
+    }
+
+    /// Sets one window's gauges; a value still unknown leaves its series absent.
+    pub(crate) fn set_rate_limit(
+        &self,
+        window: &str,
+        used_ratio: Option<f64>,
+        resets_at: Option<f64>,
+    ) {
+        if let Some(used) = used_ratio {
+            self.rate_limit_used.with_label_values(&[window]).set(used);
+        }
+        if let Some(at) = resets_at {
+            self.rate_limit_resets_at
+                .with_label_values(&[window])
+                .set(at);
+        }
+    }
+
+    /// `codex_rate_limit_used_ratio{window}`, when reported (for tests).
+    #[cfg(test)]
+    pub(crate) fn rate_limit_used(&self, window: &str) -> Option<f64> {
+        use prometheus::core::Collector;
+        self.rate_limit_used
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric().iter())
+            .find(|m| m.get_label().iter().any(|l| l.value() == window))
+            .map(|m| m.get_gauge().get_value())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn family_values(registry: &Registry, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter())
+            .map(|m| {
+                let labels = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name().to_string(), l.value().to_string()))
+                    .collect();
+                let value = m.get_counter().get_value()
+                    + m.get_gauge().get_value()
+                    + m.get_histogram().get_sample_count() as f64;
+                (labels, value)
+            })
+            .collect()
+    }
+
+    fn setup(allowed: &[&str]) -> (Registry, LabelRules, ModelWork) {
+        let allowed: Vec<String> = allowed.iter().map(|m| m.to_string()).collect();
+        let registry = Registry::new();
+        let labels = LabelRules::new(&allowed);
+        let work = ModelWork::new(&registry, &labels, &allowed).unwrap();
+        (registry, labels, work)
+    }
+
+    fn turn(outcome: Outcome) -> FinishedTurn<'static> {
+        FinishedTurn {
+            model: Some("gpt-5"),
+            stream: true,
+            outcome,
+            duration: Duration::from_millis(1200),
+            time_to_first_token: Some(Duration::from_millis(300)),
+            first_to_last_delta: Some(Duration::from_millis(600)),
+            tokens: Some(TokenCounts([11, 3, 0, 7, 2])),
+            items: {
+                let mut items = [0; ITEM_KINDS.len()];
+                items[0] = 1;
+                items[2] = 2;
+                items
+            },
+        }
+    }
+
+    #[test]
+    fn an_allowlisted_model_has_every_closed_label_set_at_zero_from_the_start() {
+        let (registry, _, _) = setup(&["gpt-5"]);
+        let turns = family_values(&registry, "codex_turns_total");
+        assert_eq!(turns.len(), Outcome::ALL.len());
+        assert!(turns.iter().all(|(_, v)| *v == 0.0));
+        assert_eq!(
+            family_values(&registry, "codex_tokens_total").len(),
+            TOKEN_KINDS.len()
+        );
+        assert_eq!(
+            family_values(&registry, "codex_turn_items_total").len(),
+            ITEM_KINDS.len()
+        );
+        assert_eq!(
+            family_values(&registry, "codex_time_to_first_token_seconds").len(),
+            2
+        );
+        // Absent until the worker reports: a 0 would claim an unused rate limit.
+        assert!(family_values(&registry, "codex_rate_limit_used_ratio").is_empty());
+    }
+
+    #[test]
+    fn a_turn_counts_its_tokens_outcome_items_and_timings_once() {
+        let (registry, labels, work) = setup(&["gpt-5"]);
+        work.record(&labels, &turn(Outcome::Completed));
+        let value = |name: &str, pairs: &[(&str, &str)]| {
+            family_values(&registry, name)
+                .into_iter()
+                .filter(|(l, _)| {
+                    pairs
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+                })
+                .map(|(_, v)| v)
+                .sum::<f64>()
+        };
+        for (kind, n) in TOKEN_KINDS.iter().zip([11.0, 3.0, 0.0, 7.0, 2.0]) {
+            assert_eq!(value("codex_tokens_total", &[("kind", kind)]), n, "{kind}");
+        }
+        assert_eq!(value("codex_turns_total", &[("outcome", "completed")]), 1.0);
+        assert_eq!(value("codex_turns_total", &[]), 1.0);
+        assert_eq!(
+            value("codex_turn_items_total", &[("kind", "command_execution")]),
+            2.0
+        );
+        assert_eq!(
+            value("codex_time_to_first_token_seconds", &[("stream", "true")]),
+            1.0
+        );
+        assert_eq!(value("codex_time_per_output_token_seconds", &[]), 1.0);
+        // 0.6 s over 7 - 1 tokens.
+        let tpot = registry
+            .gather()
+            .iter()
+            .find(|f| f.name() == "codex_time_per_output_token_seconds")
+            .map(|f| f.get_metric()[0].get_histogram().get_sample_sum())
+            .unwrap();
+        assert!((tpot - 0.1).abs() < 1e-9, "{tpot}");
+        assert_eq!(value("codex_turns_without_usage_total", &[]), 0.0);
+    }
+
+    #[test]
+    fn a_turn_without_usage_counts_no_tokens_and_is_counted_itself() {
+        let (registry, labels, work) = setup(&[]);
+        let mut t = turn(Outcome::Failed);
+        t.tokens = None;
+        t.model = Some("not-allowed");
+        work.record(&labels, &t);
+        let tokens: f64 = family_values(&registry, "codex_tokens_total")
+            .iter()
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(tokens, 0.0);
+        let without = family_values(&registry, "codex_turns_without_usage_total");
+        assert_eq!(
+            without,
+            vec![(vec![("model".to_string(), "other".to_string())], 1.0)]
+        );
+        assert_eq!(
+            family_values(&registry, "codex_time_per_output_token_seconds")[0].1,
+            0.0
+        );
+    }
+
+    #[test]
+    fn one_output_token_gives_no_time_per_output_token() {
+        let (registry, labels, work) = setup(&["gpt-5"]);
+        let mut t = turn(Outcome::Completed);
+        t.tokens = Some(TokenCounts([1, 0, 0, 1, 0]));
+        work.record(&labels, &t);
+        assert_eq!(
+            family_values(&registry, "codex_time_per_output_token_seconds")[0].1,
+            0.0
+        );
+    }
+
+    #[test]
+    fn item_types_map_to_a_bounded_kind_and_inputs_are_not_counted() {
+        assert_eq!(item_kind_index("userMessage"), None);
+        assert_eq!(item_kind_index("hookPrompt"), None);
+        assert_eq!(
+            item_kind_index("commandExecution").map(|i| ITEM_KINDS[i]),
+            Some("command_execution")
+        );
+        for unknown in ["sleep", "imageView", "enteredReviewMode", "<script>", ""] {
+            assert_eq!(
+                item_kind_index(unknown).map(|i| ITEM_KINDS[i]),
+                Some("other")
+            );
+        }
+    }
+
+    #[test]
+    fn rate_limit_windows_appear_when_reported() {
+        let (_, _, work) = setup(&[]);
+        assert_eq!(work.rate_limit_used("primary"), None);
+        work.set_rate_limit("primary", Some(0.42), Some(1.9e9));
+        assert_eq!(work.rate_limit_used("primary"), Some(0.42));
+        assert_eq!(work.rate_limit_used("secondary"), None);
+    }
+}
