@@ -182,7 +182,9 @@ async fn streams_past_the_cap_get_429_json() {
     let open = post(&proxy, &chat(&long, true), &[]).await;
     assert_eq!(open.status(), 200);
 
-    let (status, body) = json_of(post(&proxy, &chat("one more", true), &[]).await).await;
+    let refused = post(&proxy, &chat("one more", true), &[]).await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let (status, body) = json_of(refused).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["code"], "too_many_streams");
     assert_eq!(body["error"]["retryable"], true);
@@ -193,14 +195,16 @@ async fn streams_past_the_cap_get_429_json() {
 }
 
 #[tokio::test]
-async fn turns_past_the_worker_cap_get_retryable_429() {
-    let config = "[worker]\nmax_concurrency = 1\n";
+async fn turns_past_the_worker_cap_without_a_queue_get_retryable_429() {
+    let config = "[worker]\nmax_concurrency = 1\nqueue_max = 0\n";
     let proxy = Proxy::start(config, &[("DEMO_DELTA_DELAY_MS", "100")]).await;
     proxy.wait_ready().await;
     let long = "word ".repeat(100);
     let open = post(&proxy, &chat(&long, true), &[]).await;
     assert_eq!(open.status(), 200);
-    let (status, body) = json_of(post(&proxy, &chat("blocked", false), &[]).await).await;
+    let refused = post(&proxy, &chat("blocked", false), &[]).await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let (status, body) = json_of(refused).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["code"], "worker_busy");
     assert_eq!(body["error"]["retryable"], true);

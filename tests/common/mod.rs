@@ -5,6 +5,8 @@
 //! missing server binary fails the test; without it the test prints why and returns.
 #![allow(dead_code)]
 
+pub mod scrape;
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
