@@ -10,16 +10,19 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use common::{http, Proxy};
+use common::scrape::{scrape, sum};
+use common::{http, wait_until, Proxy};
 
 /// Where scripts/install-test-deps.sh puts the native binary of npm `@openai/codex`.
 const NPM_CODEX_BIN: &str =
@@ -28,11 +31,17 @@ const NPM_CODEX_BIN: &str =
 /// The model's reply, one Responses-API text delta per piece.
 const DELTAS: [&str; 4] = ["Hello", " from", " the", " stub."];
 /// Token counts the stub reports; distinct so that a swapped field shows.
-const INPUT_TOKENS: u64 = 123;
-const OUTPUT_TOKENS: u64 = 45;
-const TOTAL_TOKENS: u64 = 168;
+const INPUT_TOKENS: u64 = 11;
+const CACHED_INPUT_TOKENS: u64 = 3;
+const OUTPUT_TOKENS: u64 = 7;
+const REASONING_OUTPUT_TOKENS: u64 = 2;
+const TOTAL_TOKENS: u64 = 18;
+/// How long the stub waits before its first text delta.
+const FIRST_DELTA_DELAY: Duration = Duration::from_millis(750);
 /// A prompt containing this makes the stub answer 500.
 const FAIL_MARKER: &str = "please-fail-this-turn";
+/// A prompt containing this makes the stub's `response.completed` carry no usage.
+const NO_USAGE_MARKER: &str = "report-no-usage";
 
 /// The real app-server binary, or `None` (test skipped loudly) outside CI.
 fn codex_bin() -> Option<PathBuf> {
@@ -92,7 +101,27 @@ async fn responses(State(prompts): State<Arc<Mutex<Vec<String>>>>, body: Bytes) 
         let error = json!({"error": {"message": "stub failure", "type": "server_error"}});
         return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(error)).into_response();
     }
-    ([(header::CONTENT_TYPE, "text/event-stream")], sse_reply()).into_response()
+    // The events before the first delta go out at once; the rest after the delay, so
+    // the first token reaches codex (and the proxy) no sooner than FIRST_DELTA_DELAY.
+    let (head, tail) = sse_reply(!prompt.contains(NO_USAGE_MARKER));
+    let body = futures_util::stream::iter([0, 1]).then(move |part| {
+        let chunk = if part == 0 {
+            head.clone()
+        } else {
+            tail.clone()
+        };
+        async move {
+            if part == 1 {
+                tokio::time::sleep(FIRST_DELTA_DELAY).await;
+            }
+            Ok::<_, std::convert::Infallible>(Bytes::from(chunk))
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 /// The text of the last `user` message in a Responses-API `input` (codex puts the
@@ -114,8 +143,9 @@ fn last_user_text(request: &Value) -> String {
 }
 
 /// A complete streamed response: created, a message item, its text deltas, the item
-/// done, completed with usage. Codex drops deltas that no `output_item.added` announced.
-fn sse_reply() -> String {
+/// done, completed with usage (or without). Codex drops deltas that no
+/// `output_item.added` announced. Returned in two parts: up to the first delta, and from it.
+fn sse_reply(with_usage: bool) -> (String, String) {
     let item_id = "msg_stub_1";
     let mut events = vec![
         json!({"type": "response.created", "response": {"id": "resp_stub_1"}}),
@@ -133,16 +163,24 @@ fn sse_reply() -> String {
         "item": {"type": "message", "id": item_id, "role": "assistant",
                  "content": [{"type": "output_text", "text": DELTAS.concat()}]}}),
     );
-    events.push(
-        json!({"type": "response.completed", "response": {"id": "resp_stub_1",
-        "usage": {"input_tokens": INPUT_TOKENS, "input_tokens_details": {"cached_tokens": 0},
-                  "output_tokens": OUTPUT_TOKENS, "output_tokens_details": {"reasoning_tokens": 0},
-                  "total_tokens": TOTAL_TOKENS}}}),
-    );
-    events
-        .iter()
-        .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap_or("")))
-        .collect()
+    let mut completed = json!({"type": "response.completed", "response": {"id": "resp_stub_1"}});
+    if with_usage {
+        completed["response"]["usage"] = json!({
+            "input_tokens": INPUT_TOKENS,
+            "input_tokens_details": {"cached_tokens": CACHED_INPUT_TOKENS},
+            "output_tokens": OUTPUT_TOKENS,
+            "output_tokens_details": {"reasoning_tokens": REASONING_OUTPUT_TOKENS},
+            "total_tokens": TOTAL_TOKENS,
+        });
+    }
+    events.push(completed);
+    let text = |events: &[Value]| -> String {
+        events
+            .iter()
+            .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap_or("")))
+            .collect()
+    };
+    (text(&events[..2]), text(&events[2..]))
 }
 
 /// The proxy, its codex worker's home, and the model stub behind it.
@@ -165,7 +203,8 @@ impl Stack {
         )
         .expect("write codex config.toml");
         let config = format!(
-            "[worker]\ncommand = [{}, \"app-server\"]\nstartup_timeout_ms = 60000\nhandshake_timeout_ms = 30000\n",
+            "[worker]\ncommand = [{}, \"app-server\"]\nstartup_timeout_ms = 60000\nhandshake_timeout_ms = 30000\n\
+             [metrics]\nenabled = true\nmodels = [\"stub-model\"]\n",
             toml::Value::String(codex.display().to_string())
         );
         let home = codex_home.path().display().to_string();
@@ -386,5 +425,109 @@ async fn turn_failed_by_the_model_becomes_502_or_an_error_event_and_the_worker_s
         body["choices"][0]["message"]["content"],
         DELTAS.concat(),
         "{body}"
+    );
+}
+
+#[tokio::test]
+async fn model_work_families_equal_the_stubs_usage_and_see_its_first_token_delay() {
+    let Some(stack) = Stack::start().await else {
+        return;
+    };
+    let response = stack.chat("Count my tokens", false).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "proxy log tail:\n{}",
+        stack.log_tail()
+    );
+    response.text().await.unwrap();
+    let samples = wait_until("the turn in /metrics", Duration::from_secs(20), || async {
+        let samples = scrape(&stack.proxy).await;
+        (sum(&samples, "codex_turns_total", &[]) == 1.0).then_some(samples)
+    })
+    .await;
+    let model = ("model", "stub-model");
+    for (kind, n) in [
+        ("input", INPUT_TOKENS),
+        ("cached_input", CACHED_INPUT_TOKENS),
+        ("cache_write_input", 0),
+        ("output", OUTPUT_TOKENS),
+        ("reasoning_output", REASONING_OUTPUT_TOKENS),
+    ] {
+        assert_eq!(
+            sum(&samples, "codex_tokens_total", &[model, ("kind", kind)]),
+            n as f64,
+            "{kind}"
+        );
+    }
+    assert_eq!(
+        sum(
+            &samples,
+            "codex_turns_total",
+            &[model, ("outcome", "completed")]
+        ),
+        1.0
+    );
+    assert_eq!(sum(&samples, "codex_turns_without_usage_total", &[]), 0.0);
+    assert_eq!(
+        sum(
+            &samples,
+            "codex_turn_items_total",
+            &[model, ("kind", "agent_message")]
+        ),
+        1.0
+    );
+    // The first token came after the stub's 750 ms: in the bucket holding 0.75 s
+    // (0.5, 1], not in the one below.
+    let ttft = |le: &str| {
+        sum(
+            &samples,
+            "codex_time_to_first_token_seconds_bucket",
+            &[model, ("stream", "false"), ("le", le)],
+        )
+    };
+    let took = sum(&samples, "codex_time_to_first_token_seconds_sum", &[model]);
+    assert_eq!(
+        (ttft("0.5"), ttft("1")),
+        (0.0, 1.0),
+        "first token after {took} s"
+    );
+    // Seven output tokens over the deltas' span: one observation.
+    assert_eq!(
+        sum(
+            &samples,
+            "codex_time_per_output_token_seconds_count",
+            &[model]
+        ),
+        1.0
+    );
+
+    // A turn whose model call reports no usage adds no tokens and is counted as such.
+    let response = stack
+        .chat(&format!("No usage: {NO_USAGE_MARKER}"), false)
+        .await;
+    assert_eq!(
+        response.status(),
+        200,
+        "proxy log tail:\n{}",
+        stack.log_tail()
+    );
+    response.text().await.unwrap();
+    let after = wait_until(
+        "the second turn in /metrics",
+        Duration::from_secs(20),
+        || async {
+            let samples = scrape(&stack.proxy).await;
+            (sum(&samples, "codex_turns_total", &[]) == 2.0).then_some(samples)
+        },
+    )
+    .await;
+    assert_eq!(
+        sum(&after, "codex_tokens_total", &[]),
+        sum(&samples, "codex_tokens_total", &[])
+    );
+    assert_eq!(
+        sum(&after, "codex_turns_without_usage_total", &[model]),
+        1.0
     );
 }
