@@ -80,7 +80,7 @@ echo "codex_push_* families scraped: $(grep -c '^# TYPE codex_push_' "$WORK/push
 
 step "dashboard and alerts: only exported metric names"
 python3 scripts/artifacts/dashboard.py names dashboards/codex-proxy.json --scrape "$WORK/scrape.txt" \
-  --rules alerts/codex-proxy.rules.yml --sources src/metrics/mod.rs src/push/self_metrics.rs
+  --rules alerts/codex-proxy.rules.yml --sources src/metrics/mod.rs src/metrics/model_work.rs src/push/self_metrics.rs
 
 step "compose stack and Dockerfile (static: Docker does not run here)"
 python3 scripts/artifacts/compose.py docker-compose.yml --proxy-bin "$BIN"

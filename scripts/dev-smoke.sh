@@ -135,6 +135,9 @@ smoke_expect "$SCRAPE" codex_worker_ready '==' 1
 smoke_expect "$SCRAPE" codex_worker_backoff_ms '==' 0
 smoke_expect "$SCRAPE" codex_streams_active '==' 0
 smoke_expect "$SCRAPE" codex_maintenance_mode '==' 0
+smoke_expect "$SCRAPE" codex_turns_total '>=' 2 'outcome="completed"'
+smoke_expect "$SCRAPE" codex_tokens_total '>' 0 'kind="output"'
+smoke_expect "$SCRAPE" codex_worker_queue_depth '==' 0
 smoke_expect "$SCRAPE" codex_http_errors_total '>=' 1 'route="/v1/models"' 'status_family="5xx"' 'category="maintenance"'
 smoke_check_consistency "$SCRAPE"
 if grep -q "$MARK" "$SCRAPE"; then
