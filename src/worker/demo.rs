@@ -16,6 +16,7 @@
 //! | `DEMO_RATE_LIMITS` | after each turn, `account/rateLimits/updated` with these windows: `primary=42@1900000000,secondary=91` (used percent, `@` resets-at unix seconds) |
 //! | `DEMO_INTERRUPT_AFTER_DELTAS` | each turn ends `interrupted` after this many deltas, as if stopped by its user |
 //! | `DEMO_CRASH_AFTER_DELTAS` | exit with status 1 after this many deltas of a turn (a crash mid-turn) |
+//! | `DEMO_DELTA_TIMESTAMPS` | `1`: each delta's text is the `CLOCK_MONOTONIC` time it was sent, in nanoseconds, then `;` (the benchmark of the proxy's own delay reads it) |
 //!
 //! It logs one line to stderr per interrupted turn (`demo-worker: turn <id> interrupted`),
 //! which is how tests see that an interrupt reached the worker.
@@ -57,6 +58,7 @@ pub struct DemoKnobs {
     pub(crate) rate_limits: Option<Value>,
     pub(crate) interrupt_after_deltas: Option<u64>,
     pub(crate) crash_after_deltas: Option<u64>,
+    pub(crate) delta_timestamps: bool,
 }
 
 impl DemoKnobs {
@@ -89,6 +91,7 @@ impl DemoKnobs {
             rate_limits: get("DEMO_RATE_LIMITS").map(|v| rate_limits_knob(&v)),
             interrupt_after_deltas: num("DEMO_INTERRUPT_AFTER_DELTAS"),
             crash_after_deltas: num("DEMO_CRASH_AFTER_DELTAS"),
+            delta_timestamps: on("DEMO_DELTA_TIMESTAMPS"),
         }
     }
 }
@@ -396,10 +399,15 @@ async fn run_turn(
                 ended_by_user = true;
                 break;
             }
+            let delta = if state.knobs.delta_timestamps {
+                format!("{};", monotonic_nanos())
+            } else {
+                piece.clone()
+            };
             notify(
                 &state,
                 "item/agentMessage/delta",
-                with_ids(json!({"itemId": "msg_1", "delta": piece})),
+                with_ids(json!({"itemId": "msg_1", "delta": delta})),
             );
             sent += 1;
             if state.knobs.crash_after_deltas == Some(sent) {
@@ -445,6 +453,13 @@ async fn run_turn(
         eprintln!("demo-worker: crashing after {done} turns (DEMO_CRASH_AFTER_TURNS)");
         let _ = state.out.send(Out::Exit(1));
     }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process of the machine, so a
+/// client can tell how long ago this process stamped a delta.
+fn monotonic_nanos() -> u128 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u128 * 1_000_000_000 + t.tv_nsec as u128
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

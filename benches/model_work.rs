@@ -1,0 +1,223 @@
+//! The model-work families' costs (docs/performance.md, "Model work"):
+//! - `record_turn`: recording one finished turn in every new family (turn counter,
+//!   duration, time to first token, time per output token, five token kinds, two item
+//!   kinds), what the proxy does once per turn; thread CPU time, as in benches/metrics.rs.
+//! - the proxy's own delay between a worker delta and its SSE bytes, at 1 and at 100
+//!   concurrent streams: the release binary with its demo worker, which stamps every
+//!   delta with the `CLOCK_MONOTONIC` time it writes it (`DEMO_DELTA_TIMESTAMPS=1`); the
+//!   client here reads the clock again when the bytes arrive. The figure therefore also
+//!   holds the worker's pipe and the loopback socket, so it bounds the proxy's share from
+//!   above. Printed as p50 / p99 (not a criterion statistic: a distribution is the point).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use codex_proxy::config::MetricsConfig;
+use codex_proxy::metrics::model_work::ITEM_KINDS;
+use codex_proxy::metrics::{FinishedTurn, Metrics, Outcome, TokenCounts};
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::{black_box, Criterion};
+
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`), shown like wall time.
+struct ThreadCpuTime(WallTime);
+
+fn thread_cpu_now() -> Duration {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+impl Measurement for ThreadCpuTime {
+    type Intermediate = Duration;
+    type Value = Duration;
+
+    fn start(&self) -> Duration {
+        thread_cpu_now()
+    }
+    fn end(&self, started: Duration) -> Duration {
+        thread_cpu_now().saturating_sub(started)
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        self.0.formatter()
+    }
+}
+
+fn monotonic_nanos() -> u128 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u128 * 1_000_000_000 + t.tv_nsec as u128
+}
+
+fn bench_record_turn() {
+    let config: MetricsConfig = toml::from_str("models = [\"gpt-5\"]").unwrap();
+    let metrics = Metrics::new(&config).unwrap();
+    let mut items = [0; ITEM_KINDS.len()];
+    items[0] = 1; // agent_message
+    items[2] = 2; // command_execution
+    let turn = FinishedTurn {
+        model: Some("gpt-5"),
+        stream: true,
+        outcome: Outcome::Completed,
+        duration: Duration::from_millis(4200),
+        time_to_first_token: Some(Duration::from_millis(800)),
+        first_to_last_delta: Some(Duration::from_millis(3100)),
+        tokens: Some(TokenCounts([1200, 800, 0, 310, 120])),
+        items,
+    };
+    let mut c = Criterion::default()
+        .with_measurement(ThreadCpuTime(WallTime))
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+        .configure_from_args();
+    c.bench_function("record_turn", |b| {
+        b.iter(|| metrics.record_turn(black_box(&turn)))
+    });
+    c.final_summary();
+}
+
+/// The release binary with the demo worker, killed when dropped.
+struct Proxy {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_proxy(streams: usize) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let config = dir.path().join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[worker]\nmax_concurrency = {streams}\n[streams]\nmax_concurrency = {streams}\n\
+             [metrics]\nenabled = true\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_codex-proxy"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .env("DEMO_DELTA_TIMESTAMPS", "1")
+        .env("DEMO_DELTA_DELAY_MS", "20")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proxy {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    }
+}
+
+/// Latencies (ns) of every delta of one stream: arrival of the bytes minus the stamp.
+async fn one_stream(client: reqwest::Client, url: String, prompt: String) -> Vec<u64> {
+    let body = serde_json::json!({"model": "codex-demo", "stream": true,
+        "messages": [{"role": "user", "content": prompt}]});
+    let mut response = client.post(url).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut latencies = Vec::new();
+    let mut pending = String::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        let arrived = monotonic_nanos();
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        // Whole events only: an event split across reads is finished by the next one.
+        let Some(end) = pending.rfind("\n\n") else {
+            continue;
+        };
+        for event in pending[..end].split("\n\n") {
+            let Some(stamp) = event
+                .split("\"content\":\"")
+                .nth(1)
+                .and_then(|rest| rest.split(';').next())
+                .and_then(|n| n.parse::<u128>().ok())
+            else {
+                continue;
+            };
+            latencies.push(arrived.saturating_sub(stamp) as u64);
+        }
+        pending.drain(..end + 2);
+    }
+    latencies
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1e3
+}
+
+/// `concurrent` streams at once, `rounds` times; returns every delta's latency, sorted.
+async fn measure(concurrent: usize, rounds: usize) -> Vec<u64> {
+    let proxy = start_proxy(concurrent);
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = client.get(format!("{}/readyz", proxy.base)).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the proxy never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("{}/v1/chat/completions", proxy.base);
+    // About 40 deltas of 6 characters each, 20 ms apart.
+    let prompt = "word ".repeat(46);
+    let mut all = Vec::new();
+    // The first round warms up connections and the worker; not counted.
+    for round in 0..=rounds {
+        let streams = (0..concurrent)
+            .map(|_| tokio::spawn(one_stream(client.clone(), url.clone(), prompt.clone())));
+        let results = futures_util::future::join_all(streams).await;
+        if round > 0 {
+            for r in results {
+                all.extend(r.unwrap());
+            }
+        }
+    }
+    all.sort_unstable();
+    all
+}
+
+fn bench_delta_to_sse() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (concurrent, rounds) in [(1, 20), (100, 3)] {
+        let latencies = runtime.block_on(measure(concurrent, rounds));
+        println!(
+            "delta_to_sse/{concurrent}_streams: {} deltas, p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+            latencies.len(),
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            percentile(&latencies, 1.0),
+        );
+    }
+}
+
+fn main() {
+    bench_record_turn();
+    bench_delta_to_sse();
+}
