@@ -52,6 +52,9 @@ impl Measurement for ThreadCpuTime {
     }
 }
 
+/// The demo worker's pause before each delta.
+const DELTA_INTERVAL: Duration = Duration::from_millis(20);
+
 fn monotonic_nanos() -> u128 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     t.tv_sec as u128 * 1_000_000_000 + t.tv_nsec as u128
@@ -120,7 +123,10 @@ fn start_proxy(streams: usize) -> Proxy {
         .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
         .env("DEMO_DELTA_TIMESTAMPS", "1")
-        .env("DEMO_DELTA_DELAY_MS", "20")
+        .env(
+            "DEMO_DELTA_DELAY_MS",
+            DELTA_INTERVAL.as_millis().to_string(),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -168,8 +174,19 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1e3
 }
 
-/// `concurrent` streams at once, `rounds` times; returns every delta's latency, sorted.
-async fn measure(concurrent: usize, rounds: usize) -> Vec<u64> {
+/// CPU time (user + system) the process `pid` has used so far, from `/proc/<pid>/stat`.
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let per_second = rustix::param::clock_ticks_per_second();
+    Duration::from_nanos(ticks * 1_000_000_000 / per_second)
+}
+
+/// `concurrent` streams at once, `rounds` times; returns every delta's latency, sorted,
+/// and the CPU time the proxy process (not its worker) spent meanwhile.
+async fn measure(concurrent: usize, rounds: usize) -> (Vec<u64>, Duration) {
     let proxy = start_proxy(concurrent);
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -185,10 +202,23 @@ async fn measure(concurrent: usize, rounds: usize) -> Vec<u64> {
     // About 40 deltas of 6 characters each, 20 ms apart.
     let prompt = "word ".repeat(46);
     let mut all = Vec::new();
+    let mut cpu_before = Duration::ZERO;
     // The first round warms up connections and the worker; not counted.
     for round in 0..=rounds {
-        let streams = (0..concurrent)
-            .map(|_| tokio::spawn(one_stream(client.clone(), url.clone(), prompt.clone())));
+        if round == 1 {
+            cpu_before = process_cpu(proxy.child.id());
+        }
+        // Spread over one delta interval, as independent clients are: started together,
+        // the streams' deltas would all fall due in the same millisecond every 20 ms and
+        // measure the burst's queue instead of the proxy.
+        let streams = (0..concurrent).map(|i| {
+            let start = DELTA_INTERVAL * i as u32 / concurrent as u32;
+            let (client, url, prompt) = (client.clone(), url.clone(), prompt.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(start).await;
+                one_stream(client, url, prompt).await
+            })
+        });
         let results = futures_util::future::join_all(streams).await;
         if round > 0 {
             for r in results {
@@ -196,8 +226,9 @@ async fn measure(concurrent: usize, rounds: usize) -> Vec<u64> {
             }
         }
     }
+    let cpu = process_cpu(proxy.child.id()) - cpu_before;
     all.sort_unstable();
-    all
+    (all, cpu)
 }
 
 fn bench_delta_to_sse() {
@@ -206,13 +237,15 @@ fn bench_delta_to_sse() {
         .build()
         .unwrap();
     for (concurrent, rounds) in [(1, 20), (100, 3)] {
-        let latencies = runtime.block_on(measure(concurrent, rounds));
+        let (latencies, cpu) = runtime.block_on(measure(concurrent, rounds));
         println!(
-            "delta_to_sse/{concurrent}_streams: {} deltas, p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+            "delta_to_sse/{concurrent}_streams: {} deltas, p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs; \
+             proxy CPU {:.1} µs per delta (whole process, requests and streams included)",
             latencies.len(),
             percentile(&latencies, 0.5),
             percentile(&latencies, 0.99),
             percentile(&latencies, 1.0),
+            cpu.as_secs_f64() * 1e6 / latencies.len() as f64,
         );
     }
 }

@@ -122,6 +122,12 @@ where
             }
             continue;
         };
+        // Without TCP_NODELAY a small SSE event written while the previous one is still
+        // unacknowledged waits for that ACK (Nagle), which the client may delay: measured,
+        // a delta then reached the client up to a delta interval late (docs/performance.md).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
         let service = service.clone();
         let stopped = stopped.clone();
         tokio::spawn(async move {
