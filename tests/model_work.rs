@@ -89,7 +89,8 @@ async fn turns_show(proxy: &Proxy, outcome: &str) -> Vec<Sample> {
 
 #[tokio::test]
 async fn every_family_is_declared_at_start_with_closed_label_sets_at_zero() {
-    let proxy = Proxy::start(&config(""), &[]).await;
+    // No allowlist: families whose model has not been seen yet are declared all the same.
+    let proxy = Proxy::start("[metrics]\nenabled = true\n", &[]).await;
     proxy.wait_ready().await;
     let text = http()
         .get(proxy.url("/metrics"))
@@ -109,10 +110,19 @@ async fn every_family_is_declared_at_start_with_closed_label_sets_at_zero() {
         "codex_turn_items_total counter",
         "codex_worker_wait_seconds histogram",
         "codex_worker_queue_depth gauge",
+        "codex_rate_limit_used_ratio gauge",
+        "codex_rate_limit_resets_at_seconds gauge",
     ] {
         assert!(text.contains(&format!("# TYPE {family}")), "{family}");
     }
-    let samples = common::scrape::parse(&text);
+    assert_eq!(
+        count(&common::scrape::parse(&text), "codex_turns_total", &[]),
+        0
+    );
+    // With an allowlisted model its closed label sets are there at 0 from the start.
+    let proxy = Proxy::start(&config(""), &[]).await;
+    proxy.wait_ready().await;
+    let samples = scrape(&proxy).await;
     assert_eq!(
         count(&samples, "codex_tokens_total", &[("model", "codex-demo")]),
         5

@@ -228,7 +228,9 @@ impl Metrics {
     pub fn snapshot(&self) -> Snapshot {
         let mut snapshot = Snapshot::default();
         self.http.snapshot(std::time::Instant::now(), &mut snapshot);
-        snapshot.merge(Snapshot::from_families(&self.registry.gather()));
+        let mut registry = Snapshot::from_families(&self.registry.gather());
+        self.model_work.declare_empty(&mut registry);
+        snapshot.merge(registry);
         snapshot
     }
 

@@ -18,6 +18,7 @@ use prometheus::{
 };
 
 use super::labels::LabelRules;
+use crate::exposition::snapshot::{Family, Kind, Snapshot};
 
 /// Values of `kind` on `codex_tokens_total`, in [`TokenCounts`]' order.
 pub const TOKEN_KINDS: [&str; 5] = [
@@ -286,6 +287,32 @@ impl ModelWork {
             work.series(labels.model_slot(Some(model)));
         }
         Ok(work)
+    }
+
+    /// Adds, without series, each family that has none yet: every family is declared
+    /// (HELP and TYPE) from the first scrape on, and the crate's `gather` leaves out a
+    /// vector without children (a model not seen yet, a rate limit not reported yet).
+    pub(crate) fn declare_empty(&self, snapshot: &mut Snapshot) {
+        use prometheus::core::Collector;
+        let families: [(&dyn Collector, Kind, &[f64]); 9] = [
+            (&self.tokens, Kind::Counter, &[]),
+            (&self.time_to_first_token, Kind::Histogram, &TTFT_BUCKETS),
+            (&self.time_per_output_token, Kind::Histogram, &TPOT_BUCKETS),
+            (&self.duration, Kind::Histogram, &TURN_BUCKETS),
+            (&self.turns, Kind::Counter, &[]),
+            (&self.without_usage, Kind::Counter, &[]),
+            (&self.items, Kind::Counter, &[]),
+            (&self.rate_limit_used, Kind::Gauge, &[]),
+            (&self.rate_limit_resets_at, Kind::Gauge, &[]),
+        ];
+        for (collector, kind, bounds) in families {
+            for desc in collector.desc() {
+                if !snapshot.families.iter().any(|f| f.name == desc.fq_name) {
+                    let family = Family::new(&desc.fq_name, &desc.help, kind, bounds.into());
+                    snapshot.families.push(family);
+                }
+            }
+        }
     }
 
     /// The series of one model value, created (every closed label set at 0) on first use.
