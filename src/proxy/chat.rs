@@ -207,13 +207,14 @@ async fn complete(
     }
 }
 
-/// Waits for a worker slot in the admission queue, then starts the turn in it.
+/// Waits for a worker slot in the admission queue, then starts the turn for `prompt`
+/// (the request's, already checked) in it.
 pub(crate) async fn admit_and_start(
     state: &AppState,
     request: &ChatRequest,
+    prompt: String,
     telemetry: &mut TurnTelemetry,
 ) -> Result<Turn, ApiError> {
-    let prompt = request.prompt()?;
     let slot = state.admission.admit(&state.worker).await?;
     let granted = Instant::now();
     let turn = state
@@ -236,7 +237,8 @@ async fn run_to_end(
     request: ChatRequest,
     telemetry: &mut TurnTelemetry,
 ) -> Result<Response, ApiError> {
-    let mut turn = admit_and_start(state, &request, telemetry).await?;
+    let prompt = request.prompt()?;
+    let mut turn = admit_and_start(state, &request, prompt, telemetry).await?;
     let model = response_model(request.model(), turn.model());
     let mut buffer = tool_buffer(state, headers);
     let mut text = String::new();

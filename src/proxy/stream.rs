@@ -44,7 +44,7 @@ async fn open(
     request: ChatRequest,
     accepted: Instant,
 ) -> Result<Response, ApiError> {
-    request.prompt()?;
+    let prompt = request.prompt()?;
     let slot = state
         .streams
         .clone()
@@ -52,7 +52,7 @@ async fn open(
         .map_err(|_| ApiError::too_many_streams(state.config.streams.max_concurrency))?;
     let limit = state.config.server.request_timeout.0;
     let mut telemetry = TurnTelemetry::new(state.metrics.clone(), accepted, true);
-    let start = chat::admit_and_start(state, &request, &mut telemetry);
+    let start = chat::admit_and_start(state, &request, prompt, &mut telemetry);
     let turn = match tokio::time::timeout(limit, start).await {
         Ok(turn) => turn?,
         Err(_) => {
