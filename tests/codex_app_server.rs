@@ -21,7 +21,7 @@ use axum::Router;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use common::scrape::{scrape, sum};
+use common::scrape::{count, scrape, sum};
 use common::{http, wait_until, Proxy};
 
 /// Where scripts/install-test-deps.sh puts the native binary of npm `@openai/codex`.
@@ -469,6 +469,8 @@ async fn model_work_families_equal_the_stubs_usage_and_see_its_first_token_delay
         1.0
     );
     assert_eq!(sum(&samples, "codex_turns_without_usage_total", &[]), 0.0);
+    // The stub's account has no rate-limit windows: codex reports them null, nothing is set.
+    assert_eq!(count(&samples, "codex_rate_limit_used_ratio", &[]), 0);
     assert_eq!(
         sum(
             &samples,
