@@ -6,8 +6,15 @@
 //!   (a receiver that is down, or vmagent) until S samples were queued, then shuts down
 //!   gracefully. With `--queue-dir` the requests wait in the durable queue. Prints one JSON
 //!   line: snapshots, samples, and the resident memory after each snapshot.
-//! - `drain --queue-dir DIR --url URL`: starts on the queue and runs until it is empty.
-//!   Prints one JSON line: seconds from start to empty, samples delivered, peak memory.
+//! - `drain --queue-dir DIR --url URL [--extra TOML]`: starts on the queue and runs until it
+//!   is empty. `--extra` adds keys to the destination (e.g. `max_in_flight = 1`). Prints one
+//!   JSON line: seconds from start to empty, samples delivered, peak memory.
+//! - `live --queue-dir DIR --url URL --series N --interval D --seconds S [--extra TOML]`:
+//!   starts on the queue with the same synthetic registry pushed live every D (the same
+//!   series as `fill`'s durable queue), for S seconds. Prints the start time (Unix ms), for
+//!   the script to see when the receiver holds a sample newer than that.
+//! - `open --queue-dir DIR`: opens the durable queue (the receiver is never asked) and prints
+//!   resident memory before and after, and the peak: what opening a full queue costs.
 //!
 //! Build with `cargo build --release --example backlog_drain`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
@@ -46,10 +53,32 @@ fn main() {
                 &need("--interval"),
                 arg("--queue-dir").as_deref(),
                 per_request,
+                "",
             );
             runtime.block_on(fill(series, config, samples));
         }
-        Some("drain") => runtime.block_on(drain(&need("--queue-dir"), &need("--url"))),
+        Some("drain") => runtime.block_on(drain(
+            &need("--queue-dir"),
+            &need("--url"),
+            &arg("--extra").unwrap_or_default(),
+        )),
+        Some("open") => runtime.block_on(open(&need("--queue-dir"))),
+        Some("live") => {
+            let series: usize = need("--series")
+                .parse()
+                .unwrap_or_else(|_| usage("--series"));
+            let seconds: u64 = need("--seconds")
+                .parse()
+                .unwrap_or_else(|_| usage("--seconds"));
+            let config = config(
+                &need("--url"),
+                &need("--interval"),
+                Some(&need("--queue-dir")),
+                2000,
+                &arg("--extra").unwrap_or_default(),
+            );
+            runtime.block_on(live(series, config, seconds));
+        }
         _ => usage("mode"),
     }
 }
@@ -62,11 +91,18 @@ fn usage(problem: &str) -> ! {
     std::process::exit(2)
 }
 
-fn config(url: &str, interval: &str, queue_dir: Option<&str>, per_request: usize) -> Config {
+/// `extra`: further keys of the destination, TOML lines (e.g. `max_in_flight = 1`).
+fn config(
+    url: &str,
+    interval: &str,
+    queue_dir: Option<&str>,
+    per_request: usize,
+    extra: &str,
+) -> Config {
     let queue = queue_dir.map_or(String::new(), |d| format!("queue_dir = \"{d}\"\n"));
     let text = format!(
         "[[remote_write]]\nname = \"bench\"\nurl = \"{url}\"\ninterval = \"{interval}\"\n{queue}\
-         max_queue_bytes = \"1GiB\"\nmax_series_per_request = {per_request}\nmin_backoff = \"50ms\"\nmax_backoff = \"1s\"\n"
+         max_queue_bytes = \"1GiB\"\nmax_series_per_request = {per_request}\nmin_backoff = \"50ms\"\nmax_backoff = \"1s\"\n{extra}\n"
     );
     Config::parse(&text).unwrap_or_else(|e| usage(&e.to_string()))
 }
@@ -151,10 +187,82 @@ async fn fill(series: usize, config: Config, target: u64) {
     );
 }
 
-async fn drain(queue_dir: &str, url: &str) {
+async fn open(queue_dir: &str) {
+    let registry = Registry::new();
+    // Nothing listens on port 9: the backlog stays where it is.
+    let config = config(
+        "http://127.0.0.1:9/api/v1/write",
+        "1h",
+        Some(queue_dir),
+        2000,
+        "",
+    );
+    let idle_kb = rss_kb("VmRSS:");
+    let idle_hwm_kb = rss_kb("VmHWM:");
+    let started = Instant::now();
+    let source = Arc::new(Snapshot::default);
+    let pushers = Pushers::start(&config.remote_write, &[], source, &registry, "bench")
+        .unwrap_or_else(|e| usage(&e.to_string()));
+    let seconds = started.elapsed().as_secs_f64();
+    let status = pushers.handle().status();
+    println!(
+        "{}",
+        serde_json::json!({
+            "queued_requests": status[0].queued_requests,
+            "queued_bytes": status[0].queued_bytes,
+            "open_seconds": seconds,
+            "rss_idle_kb": idle_kb,
+            "hwm_idle_kb": idle_hwm_kb,
+            "rss_after_open_kb": rss_kb("VmRSS:"),
+            "hwm_after_open_kb": rss_kb("VmHWM:"),
+        })
+    );
+    drop(pushers);
+}
+
+async fn live(series: usize, config: Config, seconds: u64) {
+    let registry = Registry::new();
+    let gauges = IntGaugeVec::new(Opts::new("bench_value", "Synthetic series."), &["i"])
+        .unwrap_or_else(|e| usage(&e.to_string()));
+    registry
+        .register(Box::new(gauges.clone()))
+        .unwrap_or_else(|e| usage(&e.to_string()));
+    let children: Vec<_> = (0..series)
+        .map(|i| gauges.with_label_values(&[&i.to_string()]))
+        .collect();
+    let source = {
+        let registry = registry.clone();
+        let n = AtomicU64::new(1_000_000);
+        Arc::new(move || {
+            let n = n.fetch_add(1, Ordering::SeqCst) as i64;
+            for (i, c) in children.iter().enumerate() {
+                c.set(n * 7 + i as i64);
+            }
+            Snapshot::from_families(&registry.gather())
+        })
+    };
+    let started_ms = chrono::Utc::now().timestamp_millis();
+    println!("{}", serde_json::json!({ "started_unix_ms": started_ms }));
+    let pushers = Pushers::start(&config.remote_write, &[], source, &registry, "fill-durable")
+        .unwrap_or_else(|e| usage(&e.to_string()));
+    pushers.handle().mark_ready();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let too_old = registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "codex_push_samples_dropped_total")
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| m.get_label().iter().any(|l| l.value() == "too_old"))
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum::<u64>();
+    pushers.shutdown(Duration::from_secs(5)).await;
+    println!("{}", serde_json::json!({ "dropped_too_old": too_old }));
+}
+
+async fn drain(queue_dir: &str, url: &str, extra: &str) {
     let registry = Registry::new();
     // An hour between snapshots: besides the backlog, only the first one at start.
-    let config = config(url, "1h", Some(queue_dir), 2000);
+    let config = config(url, "1h", Some(queue_dir), 2000, extra);
     let start = Instant::now();
     let source = Arc::new(Snapshot::default);
     let pushers = Pushers::start(&config.remote_write, &[], source, &registry, "bench")

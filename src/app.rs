@@ -41,10 +41,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })?;
     tracing::info!("listening on {addr}");
 
-    // The default `instance` label of pushed series: the address actually bound.
-    let instance = listener
-        .local_addr()
-        .map_or_else(|_| addr.to_string(), |a| a.to_string());
+    let port = listener.local_addr().map_or(addr.port(), |a| a.port());
+    let instance = default_instance(port);
     let pushers = {
         let snapshot_of = metrics.clone();
         let source = Arc::new(move || snapshot_of.snapshot());
@@ -199,10 +197,34 @@ async fn shutdown_signal() {
     }
 }
 
+/// The default `instance` label of pushed series and of the Pushgateway's grouping key:
+/// `<hostname>:<port>`. Replicas of one deployment listen on the same unspecified address
+/// (`0.0.0.0:11435`), so the listen address would make them overwrite each other; the host
+/// name tells them apart (a container's is its own). `external_labels.instance` (and
+/// `grouping.instance`) override it.
+pub(crate) fn default_instance(port: u16) -> String {
+    let uname = rustix::system::uname();
+    let host = uname.nodename().to_string_lossy();
+    let host = host.trim();
+    let host = if host.is_empty() { "localhost" } else { host };
+    format!("{host}:{port}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::worker::WorkerState;
+
+    #[test]
+    fn the_default_instance_is_the_host_name_and_port_never_an_unspecified_address() {
+        let instance = default_instance(11435);
+        let (host, port) = instance.rsplit_once(':').unwrap();
+        assert_eq!(port, "11435");
+        assert!(!host.is_empty());
+        assert_ne!(host, "0.0.0.0");
+        assert_ne!(host, "[::]");
+        assert_eq!(host, rustix::system::uname().nodename().to_str().unwrap());
+    }
 
     #[tokio::test]
     async fn worker_gauges_follow_the_status_and_restarts_count_up_by_the_delta() {

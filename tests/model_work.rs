@@ -519,7 +519,9 @@ async fn prometheus_receiving_the_remote_write_sums_the_tokens_sent() {
     .await;
     assert_eq!(sum(&samples, "codex_tokens_total", &[]), sent);
 
-    let instance = format!("127.0.0.1:{}", proxy.port);
+    // The default `instance` is `<hostname>:<port>`.
+    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    let instance = format!("{host}:{}", proxy.port);
     let query = format!(r#"sum(codex_tokens_total{{instance="{instance}"}})"#);
     wait_until(&format!("{query} = {sent}"), DEADLINE, || async {
         (scalar(&prometheus, &query).await == Some(sent)).then_some(())

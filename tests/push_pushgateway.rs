@@ -809,3 +809,37 @@ async fn sigterm_with_delete_on_shutdown_makes_the_binary_delete_its_group() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn without_an_instance_in_the_grouping_the_group_gets_the_default_instance() {
+    let Some(server) = start_pushgateway().await else {
+        return;
+    };
+    let toml = format!(
+        "url = \"{}\"\njob = \"fleet\"\ninterval = \"1h\"\n",
+        server.base
+    );
+    let config: PushgatewayConfig = toml::from_str(&toml).expect("pushgateway config");
+    let registry = prometheus::Registry::new();
+    let source = {
+        let registry = registry.clone();
+        Arc::new(move || Snapshot::from_families(&registry.gather()))
+    };
+    // Two replicas with the same configuration keep a group each.
+    let a = Pushers::start(
+        &[],
+        std::slice::from_ref(&config),
+        source.clone(),
+        &registry,
+        "host-a:11435",
+    )
+    .expect("pushers start");
+    let other = prometheus::Registry::new();
+    let b = Pushers::start(&[], &[config], source, &other, "host-b:11435").expect("pushers start");
+    a.handle().mark_ready();
+    b.handle().mark_ready();
+    wait_group(&server, &[("job", "fleet"), ("instance", "host-a:11435")]).await;
+    wait_group(&server, &[("job", "fleet"), ("instance", "host-b:11435")]).await;
+    a.shutdown(Duration::from_secs(5)).await;
+    b.shutdown(Duration::from_secs(5)).await;
+}

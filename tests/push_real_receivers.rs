@@ -26,8 +26,21 @@ async fn scalar(server: &Server, promql: &str) -> Option<f64> {
     samples[0]["value"][1].as_str()?.parse().ok()
 }
 
+/// This machine's host name: the default `instance` is `<hostname>:<port>`.
+fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// The sum of `codex_http_requests_total` for `ROUTE` in the proxy's own `/metrics`.
 async fn requests_in_metrics(proxy: &Proxy) -> f64 {
+    requests_in(proxy, ROUTE).await
+}
+
+/// The sum of `codex_http_requests_total` for `route` in the proxy's own `/metrics`.
+async fn requests_in(proxy: &Proxy, route: &str) -> f64 {
     let text = http()
         .get(proxy.url("/metrics"))
         .send()
@@ -38,7 +51,7 @@ async fn requests_in_metrics(proxy: &Proxy) -> f64 {
         .expect("/metrics body");
     text.lines()
         .filter(|l| l.starts_with("codex_http_requests_total{"))
-        .filter(|l| l.contains(&format!("route=\"{ROUTE}\"")))
+        .filter(|l| l.contains(&format!("route=\"{route}\"")))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -75,7 +88,7 @@ async fn pushed_series_match_metrics_in_both_receivers_and_end_stale_on_sigterm(
     let expected = requests_in_metrics(&proxy).await;
     assert_eq!(expected, 6.0);
 
-    let instance = format!("127.0.0.1:{}", proxy.port);
+    let instance = format!("{}:{}", hostname(), proxy.port);
     let requests = format!(
         r#"sum(codex_http_requests_total{{job="codex-proxy",instance="{instance}",route="{ROUTE}"}})"#
     );
@@ -213,7 +226,7 @@ async fn auto_ends_on_1_0_in_both_receivers_with_queued_2_0_requests_delivered_a
         queued(after_traffic + 2)
     })
     .await;
-    let old_instance = format!("127.0.0.1:{}", first.port);
+    let old_instance = format!("{}:{}", hostname(), first.port);
     first.proc.signal(Signal::KILL);
     first.proc.wait_exit(DEADLINE).await;
 
@@ -223,7 +236,7 @@ async fn auto_ends_on_1_0_in_both_receivers_with_queued_2_0_requests_delivered_a
     second.wait_ready().await;
     chat(&second, 3).await;
     assert_eq!(requests_in_metrics(&second).await, 3.0);
-    let new_instance = format!("127.0.0.1:{}", second.port);
+    let new_instance = format!("{}:{}", hostname(), second.port);
 
     let sum = |instance: &str| {
         format!(r#"sum(codex_http_requests_total{{instance="{instance}",route="{ROUTE}"}})"#)
@@ -272,6 +285,74 @@ async fn auto_ends_on_1_0_in_both_receivers_with_queued_2_0_requests_delivered_a
         assert!(
             !logs.contains("out of order") && !logs.contains("out-of-order"),
             "{logs}"
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_replicas_on_0_0_0_0_with_one_config_keep_four_instances_apart() {
+    let Some(prometheus) = start_prometheus("").await else {
+        return;
+    };
+    // The same file for every replica, as in a deployment: only the port differs.
+    let config = format!(
+        "[metrics]\nenabled = true\n\
+         [[remote_write]]\nurl = \"{}/api/v1/write\"\ninterval = \"300ms\"\n",
+        prometheus.base
+    );
+    let mut replicas = Vec::new();
+    for _ in 0..4 {
+        let dir = tempfile::tempdir().unwrap();
+        replicas.push(Proxy::start_listening(dir, "0.0.0.0", &config, &[]).await);
+    }
+    const MODELS: &str = "/v1/models";
+    for (i, proxy) in replicas.iter().enumerate() {
+        proxy.wait_ready().await;
+        for _ in 0..=i {
+            http()
+                .get(proxy.url(MODELS))
+                .send()
+                .await
+                .expect("GET /v1/models");
+        }
+    }
+    let mut in_metrics = 0.0;
+    for proxy in &replicas {
+        in_metrics += requests_in(proxy, MODELS).await;
+    }
+    assert_eq!(in_metrics, 10.0, "1 + 2 + 3 + 4 requests");
+    let total = format!(r#"sum(codex_http_requests_total{{route="{MODELS}"}})"#);
+    wait_until(
+        "the sum over the replicas in Prometheus",
+        DEADLINE,
+        || async { (scalar(&prometheus, &total).await == Some(in_metrics)).then_some(()) },
+    )
+    .await;
+    let instances = prometheus
+        .query(r#"count by (instance) (codex_worker_ready)"#)
+        .await;
+    let mut names: Vec<String> = instances
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["metric"]["instance"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    let mut expected: Vec<String> = replicas
+        .iter()
+        .map(|p| format!("{}:{}", hostname(), p.port))
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected, "one instance per replica, none 0.0.0.0");
+    let dropped = r#"sum(codex_push_samples_dropped_total) or vector(0)"#;
+    assert_eq!(scalar(&prometheus, dropped).await, Some(0.0));
+    let logs = prometheus.logs();
+    for reject in [
+        "out of order",
+        "Out of order",
+        "out of bounds",
+        "duplicate sample",
+    ] {
+        assert!(
+            !logs.contains(reject),
+            "Prometheus rejected samples:\n{logs}"
         );
     }
 }

@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,6 +115,11 @@ struct ReceiverState {
     /// Answers for the next requests, in order; 200 when empty.
     script: Mutex<VecDeque<Reply>>,
     speaks: Speaks,
+    /// How long each answer takes (a receiver far away).
+    delay: Duration,
+    /// Requests being answered now, and the most ever at once.
+    open: AtomicUsize,
+    max_open: AtomicUsize,
 }
 
 struct Receiver {
@@ -127,10 +133,20 @@ impl Receiver {
     }
 
     async fn speaking(speaks: Speaks, script: Vec<Reply>) -> Receiver {
+        Receiver::serve(speaks, script, Duration::ZERO).await
+    }
+
+    /// A receiver that takes `delay` to answer each request.
+    async fn start_slow(script: Vec<Reply>, delay: Duration) -> Receiver {
+        Receiver::serve(Speaks::Both, script, delay).await
+    }
+
+    async fn serve(speaks: Speaks, script: Vec<Reply>, delay: Duration) -> Receiver {
         let state = Arc::new(ReceiverState {
-            log: Mutex::default(),
             script: Mutex::new(script.into()),
             speaks,
+            delay,
+            ..ReceiverState::default()
         });
         let app = Router::new()
             .route("/api/v1/write", post(receive))
@@ -212,6 +228,12 @@ async fn receive(
         status: answer.status,
         at: Instant::now(),
     });
+    if !state.delay.is_zero() {
+        let open = state.open.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_open.fetch_max(open, Ordering::SeqCst);
+        tokio::time::sleep(state.delay).await;
+        state.open.fetch_sub(1, Ordering::SeqCst);
+    }
     let mut response = (answer.status, "receiver says: no thanks").into_response();
     if let Some(after) = answer.retry_after {
         response
@@ -1044,4 +1066,266 @@ async fn queued_2_0_batches_from_disk_are_sent_as_1_0_in_order_after_a_restart()
     let pushers = app.start(&destination(&rx.url, &extra));
     assert_eq!(pushers.handle().status()[0].protocol, Some("1.0"));
     pushers.shutdown(Duration::from_millis(100)).await;
+}
+
+/// Accepted requests in the order they arrived. A series never goes back in time: each
+/// sample is newer than the series' last one, or (a request resent after a restart) the
+/// same sample again, same timestamp and same value, which a TSDB takes as a duplicate.
+fn accepted(log: &[Received]) -> Vec<&Received> {
+    let ok: Vec<&Received> = log.iter().filter(|r| r.status == 200).collect();
+    let mut last: HashMap<Vec<(String, String)>, (i64, u64)> = HashMap::new();
+    for r in &ok {
+        for s in &r.series {
+            let sample = (s.ts, s.value.to_bits());
+            if let Some(prev) = last.insert(s.labels.clone(), sample) {
+                assert!(
+                    s.ts > prev.0 || sample == prev,
+                    "{:?}: {sample:?} after {prev:?}",
+                    s.labels
+                );
+            }
+        }
+    }
+    ok
+}
+
+/// Distinct series accepted per snapshot timestamp.
+fn complete_snapshots(ok: &[&Received]) -> BTreeMap<i64, usize> {
+    let mut per_ts: BTreeMap<i64, std::collections::HashSet<&[(String, String)]>> = BTreeMap::new();
+    for r in ok {
+        for s in r.series.iter().filter(|s| !s.is_stale()) {
+            per_ts.entry(s.ts).or_default().insert(&s.labels);
+        }
+    }
+    per_ts.into_iter().map(|(ts, s)| (ts, s.len())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_requests_are_open_at_once_against_a_receiver_50ms_away() {
+    let rx = Receiver::start_slow(vec![], Duration::from_millis(50)).await;
+    let app = App::new();
+    let pushers = app.start(&destination(
+        &rx.url,
+        "interval = \"1h\"\nmax_series_per_request = 4\nmax_in_flight = 4",
+    ));
+    pushers.handle().mark_ready();
+    let log = rx.wait_for_requests(8).await;
+    wait_until("the first snapshot delivered", WAIT, || async {
+        (pushers.handle().status()[0].queued_requests == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        rx.state.max_open.load(Ordering::SeqCst),
+        4,
+        "exactly max_in_flight requests were open at once"
+    );
+    let ts: Vec<i64> = log
+        .iter()
+        .flat_map(|r| r.series.iter().map(|s| s.ts))
+        .collect();
+    assert!(ts.windows(2).all(|w| w[0] == w[1]), "one snapshot");
+    let status = &pushers.handle().status()[0];
+    assert_eq!(status.in_flight_limit, 4);
+    assert_eq!(
+        app.self_metric(
+            "codex_push_in_flight_limit",
+            &[("destination", "remote_write[0]")]
+        ),
+        4.0
+    );
+    pushers.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_series_goes_back_in_time_across_a_5xx_a_429_with_retry_after_and_parallel_requests() {
+    let rate_limited = Reply {
+        retry_after: Some("1"),
+        ..reply(429)
+    };
+    let mut script = vec![reply(200); 5];
+    script.push(reply(503));
+    script.extend(vec![reply(200); 7]);
+    script.push(rate_limited);
+    script.extend(vec![reply(200); 3]);
+    script.push(reply(500));
+    let rx = Receiver::start_slow(script, Duration::from_millis(50)).await;
+    let app = App::new();
+    let pushers = app.start(&destination(
+        &rx.url,
+        "interval = \"100ms\"\nmax_series_per_request = 4\nmax_in_flight = 4\nmin_backoff = \"20ms\"\nmax_backoff = \"40ms\"",
+    ));
+    pushers.handle().mark_ready();
+    // Past the scripted failures, and long enough after the 429 for snapshots to pile up.
+    let log = wait_until(
+        "30 snapshots delivered after the failures",
+        WAIT,
+        || async {
+            let log = rx.log();
+            let ok = log.iter().filter(|r| r.status == 200).count();
+            (log.len() > 20 && ok >= 30 * 8).then_some(log)
+        },
+    )
+    .await;
+    pushers.shutdown(Duration::from_secs(5)).await;
+    let log = rx
+        .log()
+        .into_iter()
+        .take(log.len().max(1))
+        .collect::<Vec<_>>();
+    let ok = accepted(&log);
+    assert_timestamps_increase_per_series(&ok);
+    assert!(rx.state.max_open.load(Ordering::SeqCst) <= 4);
+    let failed: Vec<&Received> = log.iter().filter(|r| r.status != 200).collect();
+    assert_eq!(failed.len(), 3);
+    for f in failed {
+        assert!(
+            ok.iter().any(|r| r.body == f.body
+                || f.series.iter().all(|s| r
+                    .series
+                    .iter()
+                    .any(|x| x.labels == s.labels && x.ts == s.ts))),
+            "a failed request was delivered later"
+        );
+    }
+    // Every snapshot but the one in flight at shutdown arrived whole.
+    let per_ts = complete_snapshots(&ok);
+    let full = per_ts.values().copied().max().unwrap();
+    let partial = per_ts.values().filter(|&&n| n != full).count();
+    assert!(partial <= 1, "{per_ts:?}");
+    let rate_limited_at = log.iter().position(|r| r.status == 429).unwrap();
+    let next = &log[rate_limited_at + 1..];
+    let after = log[rate_limited_at].at + Duration::from_millis(950);
+    assert!(
+        next.iter().filter(|r| r.at < after).count() <= 3,
+        "only requests already in flight may arrive during Retry-After"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_disk_backlog_goes_out_in_parallel_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = dir.path().join("queue");
+    let extra = format!(
+        "interval = \"250ms\"\nmax_series_per_request = 4\nmax_in_flight = 4\nmin_backoff = \"200ms\"\nmax_backoff = \"400ms\"\nqueue_dir = \"{}\"",
+        queue.display()
+    );
+    // First life: the receiver answers the first snapshot, then refuses for a while.
+    let mut script = vec![reply(200); 12];
+    script.extend(vec![reply(503); 40]);
+    let rx = Receiver::start_slow(script, Duration::from_millis(50)).await;
+    let first = App::new();
+    let pushers = first.start(&destination(&rx.url, &extra));
+    pushers.handle().mark_ready();
+    wait_until("a backlog on disk", WAIT, || async {
+        (pushers.handle().status()[0].queued_requests >= 60).then_some(())
+    })
+    .await;
+    drop(pushers); // killed: no final push, the queue stays as it is on disk
+    rx.state.script.lock().unwrap().clear();
+    let before = rx.log().len();
+    let second = App::new();
+    let pushers = second.start(&destination(&rx.url, &extra));
+    pushers.handle().mark_ready();
+    let status = wait_until("the backlog replayed", WAIT, || async {
+        let s = pushers.handle().status()[0].clone();
+        (s.replayed_requests >= 60 && s.queued_requests < 20).then_some(s)
+    })
+    .await;
+    assert!(!status.queue_degraded, "the first life's queue was closed");
+    pushers.shutdown(Duration::from_secs(5)).await;
+    let log = rx.log();
+    let ok = accepted(&log);
+    assert!(log.len() > before);
+    assert!(
+        rx.state.max_open.load(Ordering::SeqCst) >= 2,
+        "replay went in parallel"
+    );
+    let per_ts = complete_snapshots(&ok);
+    let full = per_ts.values().copied().max().unwrap();
+    let partial: Vec<_> = per_ts.iter().filter(|(_, &n)| n != full).collect();
+    assert!(
+        partial.len() <= 2,
+        "snapshots with missing series: {partial:?}"
+    );
+}
+
+/// A tmpfs of 256 KiB, unmounted on drop; `None` where mounting is not permitted.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount() -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk(dir))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_falls_back_to_memory_loses_nothing_under_the_cap_and_returns_to_disk() {
+    let Some(disk) = SmallDisk::mount() else {
+        assert_ne!(
+            std::env::var("CODEX_PROXY_REQUIRE_SERVERS").as_deref(),
+            Ok("1"),
+            "mounting a 256 KiB tmpfs failed (needs root); CODEX_PROXY_REQUIRE_SERVERS=1 forbids skipping"
+        );
+        eprintln!("SKIPPED: mounting a tmpfs needs root");
+        return;
+    };
+    let rx = Receiver::start(vec![reply(503); 100_000]).await;
+    let app = App::new();
+    let pushers = app.start(&destination(
+        &rx.url,
+        &format!(
+            "interval = \"20ms\"\nmin_backoff = \"50ms\"\nmax_backoff = \"100ms\"\n\
+             max_queue_bytes = \"64MiB\"\nqueue_dir = \"{}\"",
+            disk.0.path().join("q").display()
+        ),
+    ));
+    pushers.handle().mark_ready();
+    let degraded_at = wait_until("the disk full and the queue in memory", WAIT, || async {
+        let s = pushers.handle().status()[0].clone();
+        s.queue_degraded.then_some(s.queued_requests)
+    })
+    .await;
+    let dest = [("destination", "remote_write[0]")];
+    assert_eq!(app.self_metric("codex_push_queue_degraded", &dest), 1.0);
+    wait_until("snapshots still queued, in memory", WAIT, || async {
+        (pushers.handle().status()[0].queued_requests >= degraded_at + 20).then_some(())
+    })
+    .await;
+    rx.state.script.lock().unwrap().clear();
+    // The disk part drains, its segments go, and a later push moves memory back to disk
+    // (tried every 30 s).
+    wait_until("back on disk", Duration::from_secs(60), || async {
+        (!pushers.handle().status()[0].queue_degraded).then_some(())
+    })
+    .await;
+    assert_eq!(app.self_metric("codex_push_queue_degraded", &dest), 0.0);
+    pushers.shutdown(Duration::from_secs(10)).await;
+    let dropped = app.self_metric("codex_push_samples_dropped_total", &dest);
+    assert_eq!(dropped, 0.0, "under the byte cap nothing is lost");
+    let log = rx.log();
+    let ok = accepted(&log);
+    assert_timestamps_increase_per_series(&ok);
+    let per_ts = complete_snapshots(&ok);
+    let full = per_ts.values().copied().max().unwrap();
+    let partial: Vec<_> = per_ts.iter().filter(|(_, &n)| n != full).collect();
+    assert!(
+        partial.len() <= 1,
+        "snapshots with missing series: {partial:?}"
+    );
+    assert!(per_ts.len() as u64 > degraded_at + 20);
 }

@@ -107,6 +107,46 @@ pub struct RemoteWriteConfig {
     /// falling back to 1.0 for good when the receiver turns out not to understand it.
     #[serde(default)]
     pub protocol: RemoteWriteProtocol,
+    /// Requests in flight at once; per-series order is always kept (1: one at a time).
+    #[serde(default = "num::<usize, 4>")]
+    pub max_in_flight: usize,
+    /// Requests whose newest sample is older than this at send time are dropped and
+    /// counted (`reason="too_old"`); empty (the default) keeps everything.
+    #[serde(default, with = "off_or_some")]
+    pub max_sample_age: Option<HumanDuration>,
+    /// Cap on request body bytes sent per second; empty (the default) sends at full speed.
+    #[serde(default, with = "off_or_some")]
+    pub max_bytes_per_second: Option<ByteSize>,
+}
+
+/// Optional durations and sizes: an empty string (or an absent key) means off.
+mod off_or_some {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn deserialize<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: FromStr<Err = String>,
+    {
+        let s = String::deserialize(d)?;
+        if s.trim().is_empty() {
+            return Ok(None);
+        }
+        s.parse().map(Some).map_err(serde::de::Error::custom)
+    }
+
+    pub(super) fn serialize<S: Serializer, T: Display>(
+        v: &Option<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.collect_str(v),
+            None => s.serialize_str(""),
+        }
+    }
 }
 
 /// `[[remote_write]] protocol`.

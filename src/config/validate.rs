@@ -70,6 +70,19 @@ impl Config {
                 &k("max_series_per_request"),
                 rw.max_series_per_request as u64,
             )?;
+            positive(&k("max_in_flight"), rw.max_in_flight as u64)?;
+            if rw.max_sample_age.is_some_and(|a| a.0.is_zero()) {
+                return Err(ConfigError::invalid(
+                    k("max_sample_age"),
+                    "must be positive (empty turns it off)",
+                ));
+            }
+            if rw.max_bytes_per_second.is_some_and(|b| b.0 == 0) {
+                return Err(ConfigError::invalid(
+                    k("max_bytes_per_second"),
+                    "must be positive (empty turns it off)",
+                ));
+            }
             if rw.max_backoff.0 < rw.min_backoff.0 {
                 return Err(ConfigError::invalid(
                     k("max_backoff"),

@@ -76,6 +76,12 @@ pub struct DestinationStatus {
     /// Remote-write: the protocol requests are made in now, `1.0` or `2.0`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<&'static str>,
+    /// Requests sent and not answered yet.
+    pub requests_in_flight: usize,
+    /// How many may be in flight now (`max_in_flight`, halved by 429s, regrowing).
+    pub in_flight_limit: usize,
+    /// Age of the oldest sample still queued, if any.
+    pub backlog_age_seconds: Option<i64>,
 }
 
 impl DestinationStatus {
@@ -90,6 +96,9 @@ impl DestinationStatus {
             replayed_requests: 0,
             last_success_unix_seconds: None,
             protocol: None,
+            requests_in_flight: 0,
+            in_flight_limit: 1,
+            backlog_age_seconds: None,
         }
     }
 }
@@ -104,7 +113,7 @@ pub(crate) fn destination_name(configured: Option<&str>, kind: &str, index: usiz
 pub(crate) struct Context {
     pub(crate) source: Arc<dyn SnapshotSource>,
     pub(crate) metrics: PushMetrics,
-    /// The proxy's listen address: the default `instance` label.
+    /// The default `instance` label (`<hostname>:<port>`), also in the Pushgateway grouping.
     pub(crate) instance: String,
     pub(crate) ready: Ready,
     pub(crate) shutdown: Shutdown,
@@ -147,7 +156,7 @@ impl PushersHandle {
 impl Pushers {
     /// Registers the `codex_push_*` families in `registry` and starts one loop per
     /// destination; none pushes before [`PushersHandle::mark_ready`]. `instance` is the
-    /// default `instance` label (the listen address). Must be called inside a tokio runtime.
+    /// default `instance` label (`<hostname>:<port>`). Must be called inside a tokio runtime.
     pub fn start(
         remote_write: &[RemoteWriteConfig],
         pushgateway: &[PushgatewayConfig],

@@ -29,11 +29,6 @@ impl Backoff {
         jittered(step, self.min, fastrand::f64())
     }
 
-    /// Back to `min_backoff`, after a request went through.
-    pub(crate) fn reset(&mut self) {
-        self.failures = 0;
-    }
-
     /// The cap of the wait after `failures` earlier failures: `min · 2^failures ≤ max`.
     fn step(&self, failures: u32) -> Duration {
         let factor = 1u32 << failures.min(31);
@@ -86,8 +81,6 @@ mod tests {
             let d = b.next_delay();
             assert!((10 * MS..=50 * MS).contains(&d), "{d:?}");
         }
-        b.reset();
-        assert!(b.next_delay() <= 10 * MS);
     }
 
     #[test]

@@ -12,12 +12,13 @@ pub(crate) const OUTCOMES: [&str; 6] = [
 ];
 
 /// `reason` values of `codex_push_samples_dropped_total`.
-pub(crate) const DROP_REASONS: [&str; 5] = [
+pub(crate) const DROP_REASONS: [&str; 6] = [
     "rejected",     // a 4xx other than 429: the receiver will never take it
     "rate_limited", // a 429 with retry_on_429 = false
     "queue_full",   // the oldest requests, pushed out by max_queue_bytes
     "corrupt",      // a torn or corrupt record found in the durable queue
     "shutdown",     // still queued in memory when the shutdown grace ran out
+    "too_old",      // older than max_sample_age when it would have been sent
 ];
 
 #[derive(Clone)]
@@ -39,6 +40,11 @@ pub(crate) struct PushMetrics {
     /// Requests found in the durable queue at start and sent again.
     pub(crate) replayed_requests: IntCounterVec,
     pub(crate) last_success_timestamp: IntGaugeVec,
+    /// Age of the oldest queued sample; 0 when the queue is empty.
+    pub(crate) queue_oldest_sample_age: IntGaugeVec,
+    pub(crate) requests_in_flight: IntGaugeVec,
+    /// The current in-flight limit (`max_in_flight`, halved by 429s, regrowing).
+    pub(crate) in_flight_limit: IntGaugeVec,
 }
 
 impl PushMetrics {
@@ -103,6 +109,18 @@ impl PushMetrics {
                 "codex_push_last_success_timestamp_seconds",
                 "Unix time of the last accepted push.",
             )?,
+            queue_oldest_sample_age: gauge(
+                "codex_push_queue_oldest_sample_age_seconds",
+                "Age of the oldest queued sample when the queue last changed; 0 when empty.",
+            )?,
+            requests_in_flight: gauge(
+                "codex_push_requests_in_flight",
+                "Requests sent and not answered yet.",
+            )?,
+            in_flight_limit: gauge(
+                "codex_push_in_flight_limit",
+                "Requests allowed in flight now: max_in_flight, halved by 429s, regrowing.",
+            )?,
         })
     }
 }
@@ -132,6 +150,7 @@ pub(crate) enum DropReason {
     QueueFull,
     Corrupt,
     Shutdown,
+    TooOld,
 }
 
 /// The children of one destination, bound once: every outcome and reason shows from the
@@ -148,6 +167,9 @@ pub(crate) struct DestinationMetrics {
     pub(crate) queue_degraded: IntGauge,
     pub(crate) replayed_requests: IntCounter,
     last_success_timestamp: IntGauge,
+    queue_oldest_sample_age: IntGauge,
+    requests_in_flight: IntGauge,
+    in_flight_limit: IntGauge,
 }
 
 impl PushMetrics {
@@ -175,6 +197,9 @@ impl PushMetrics {
             queue_degraded: self.queue_degraded.with_label_values(&d),
             replayed_requests: self.replayed_requests.with_label_values(&d),
             last_success_timestamp: self.last_success_timestamp.with_label_values(&d),
+            queue_oldest_sample_age: self.queue_oldest_sample_age.with_label_values(&d),
+            requests_in_flight: self.requests_in_flight.with_label_values(&d),
+            in_flight_limit: self.in_flight_limit.with_label_values(&d),
         }
     }
 }
@@ -204,14 +229,24 @@ impl DestinationMetrics {
         self.samples_dropped[reason as usize].inc_by(samples);
     }
 
-    pub(crate) fn queue(&self, stats: &super::remote_write::queue::QueueStats) {
+    pub(crate) fn queue(&self, stats: &super::remote_write::queue::QueueStats, now_ms: i64) {
         self.queue_bytes.set(clamp_i64(stats.bytes));
         self.queue_requests.set(clamp_i64(stats.requests));
         let oldest_secs = stats
             .oldest_timestamp_ms
             .map_or(0, |ms| ms.div_euclid(1000));
         self.queue_oldest_sample_timestamp.set(oldest_secs);
+        self.queue_oldest_sample_age.set(
+            stats
+                .oldest_timestamp_ms
+                .map_or(0, |ms| (now_ms - ms).max(0).div_euclid(1000)),
+        );
         self.queue_degraded.set(i64::from(stats.degraded));
+    }
+
+    pub(crate) fn window(&self, in_flight: usize, limit: usize) {
+        self.requests_in_flight.set(clamp_i64(in_flight as u64));
+        self.in_flight_limit.set(clamp_i64(limit as u64));
     }
 }
 

@@ -137,13 +137,23 @@ impl Proxy {
 
     /// Same, in a given directory (to restart on the same durable queue).
     pub async fn start_in(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Proxy {
+        Self::start_listening(dir, "127.0.0.1", config, env).await
+    }
+
+    /// Same, listening on `host` (e.g. `0.0.0.0`, as in a container) and a free port.
+    pub async fn start_listening(
+        dir: tempfile::TempDir,
+        host: &str,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let port = free_port();
         let config_path = dir.path().join("codex-proxy.toml");
         std::fs::write(&config_path, config).expect("write config");
         let mut cmd = Command::new(PROXY_BIN);
         cmd.arg("serve").arg("--config").arg(&config_path);
         cmd.current_dir(dir.path());
-        cmd.env("PROXY_LISTEN", format!("127.0.0.1:{port}"));
+        cmd.env("PROXY_LISTEN", format!("{host}:{port}"));
         cmd.env("RUST_LOG", "debug");
         for (k, v) in env {
             cmd.env(k, v);

@@ -99,7 +99,12 @@ pub(crate) fn start(
         key: format!("pushgateway[{index}]{field}"),
         message,
     };
-    let key = GroupingKey::new(&config.job, config.grouping.clone()).map_err(|e| {
+    // The same default `instance` as remote-write's, so replicas keep groups of their own.
+    let mut grouping = config.grouping.clone();
+    grouping
+        .entry("instance".to_string())
+        .or_insert_with(|| ctx.instance.clone());
+    let key = GroupingKey::new(&config.job, grouping).map_err(|e| {
         let field = if matches!(e, PushgatewayError::EmptyJob) {
             ".job"
         } else {

@@ -25,6 +25,7 @@ pub mod series;
 mod snapshot_thread;
 mod staleness;
 mod transcode;
+mod window;
 
 pub(crate) use transcode::to_v1;
 
@@ -38,7 +39,7 @@ use reqwest::{Method, StatusCode, Url};
 use tokio::sync::{watch, Notify};
 
 use super::http::{error_body, error_chain, HttpClient, ERROR_BODY_LIMIT, USER_AGENT};
-use super::retry::{parse_retry_after, Backoff};
+use super::retry::parse_retry_after;
 use super::schedule::Schedule;
 use super::self_metrics::{DestinationMetrics, DropReason, Outcome};
 use super::signal::{Ready, Shutdown};
@@ -89,7 +90,7 @@ pub(crate) fn start(
             message: format!("cannot start the snapshot thread: {e}"),
         })?;
     let metrics = ctx.metrics.destination(&name, KIND);
-    let (queue, durable) = open_queue(config, &metrics);
+    let queue = open_queue(config, &metrics);
     let negotiation = Negotiation::open(
         config.protocol,
         config.queue_dir.as_deref(),
@@ -97,7 +98,7 @@ pub(crate) fn start(
         &name,
     );
     let initial = queue.stats();
-    metrics.queue(&initial);
+    metrics.queue(&initial, chrono::Utc::now().timestamp_millis());
     let (status, status_rx) = watch::channel(DestinationStatus {
         replayed_requests: metrics.replayed_requests.get(),
         protocol: Some(negotiation.current().as_str()),
@@ -111,7 +112,6 @@ pub(crate) fn start(
         min_backoff: config.min_backoff.0,
         max_backoff: config.max_backoff.0,
         queue: Arc::new(Mutex::new(queue)),
-        durable,
         on_disk: config.queue_dir.is_some(),
         metrics,
         status,
@@ -129,8 +129,17 @@ pub(crate) fn start(
         ctx.ready.clone(),
         ctx.shutdown.clone(),
     ));
-    let sender = tokio::spawn(send(dest, ctx.shutdown.clone()));
+    let limits = window::Limits::new(
+        config.max_in_flight,
+        config.max_sample_age.map(|a| a.0),
+        config.max_bytes_per_second.map(|b| b.0),
+        config.max_queue_bytes.0,
+    );
+    let sender = tokio::spawn(window::send(dest, limits, ctx.shutdown.clone()));
     let task = tokio::spawn(async move {
+        // Aborting this task (the pushers dropped without a shutdown) stops both at once,
+        // so that the queue is closed as after a kill.
+        let _stop = AbortOnDrop([producer.abort_handle(), sender.abort_handle()]);
         // A panic in either is a bug; it must not take the proxy down, only this pusher.
         let _ = producer.await;
         let _ = sender.await;
@@ -172,6 +181,16 @@ pub fn protocols_in_use(configs: &[RemoteWriteConfig]) -> Vec<String> {
         .collect()
 }
 
+struct AbortOnDrop([tokio::task::AbortHandle; 2]);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// The headers remote-write 1.0 requires on every request; configured ones never override them.
 pub(crate) fn protocol_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -188,19 +207,21 @@ pub(crate) fn protocol_headers() -> HeaderMap {
     h
 }
 
-/// The queue of this destination, and whether it outlives the process. What a durable
-/// queue found at start is counted here: requests to replay, corrupt records skipped,
-/// requests over a lowered cap.
-fn open_queue(config: &RemoteWriteConfig, metrics: &DestinationMetrics) -> (Box<dyn Queue>, bool) {
+/// The queue of this destination. What a durable queue found at start is counted here:
+/// requests to replay, corrupt records skipped, requests over a lowered cap.
+fn open_queue(config: &RemoteWriteConfig, metrics: &DestinationMetrics) -> Box<dyn Queue> {
     let Some(dir) = &config.queue_dir else {
-        return (Box::new(MemoryQueue::new(config.max_queue_bytes.0)), false);
+        return Box::new(MemoryQueue::new(config.max_queue_bytes.0));
     };
     let (queue, recovery) = DurableQueue::open(dir, config.max_queue_bytes.0);
+    count_recovery(metrics, &recovery);
+    Box::new(queue)
+}
+
+fn count_recovery(metrics: &DestinationMetrics, recovery: &queue::disk::Recovery) {
     metrics.replayed_requests.inc_by(recovery.replayed.requests);
     metrics.dropped(DropReason::Corrupt, recovery.corrupt.samples);
     metrics.dropped(DropReason::QueueFull, recovery.over_cap.samples);
-    let durable = queue.is_durable();
-    (Box::new(queue), durable)
 }
 
 type SharedQueue = Arc<Mutex<Box<dyn Queue>>>;
@@ -213,8 +234,6 @@ struct Destination {
     min_backoff: Duration,
     max_backoff: Duration,
     queue: SharedQueue,
-    /// Whether what is still queued at the deadline survives (else it is counted as dropped).
-    durable: bool,
     /// Whether queue operations may touch files (`queue_dir` is set).
     on_disk: bool,
     metrics: DestinationMetrics,
@@ -257,13 +276,28 @@ impl Destination {
 
     /// Queue depth to the gauges and `/healthz`.
     fn publish(&self, stats: &QueueStats) {
-        self.metrics.queue(stats);
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        self.metrics.queue(stats, now_ms);
         self.status.send_modify(|s| {
             s.queued_requests = stats.requests;
             s.queued_bytes = stats.bytes;
             s.oldest_queued_sample_unix_seconds =
                 stats.oldest_timestamp_ms.map(|ms| ms.div_euclid(1000));
+            s.backlog_age_seconds = stats
+                .oldest_timestamp_ms
+                .map(|ms| (now_ms - ms).max(0).div_euclid(1000));
             s.queue_degraded = stats.degraded;
+        });
+    }
+
+    /// Requests in flight and the current limit to the gauges and `/healthz`.
+    fn publish_window(&self, in_flight: usize, limit: usize) {
+        self.metrics.window(in_flight, limit);
+        self.status.send_if_modified(|s| {
+            let changed = s.requests_in_flight != in_flight || s.in_flight_limit != limit;
+            s.requests_in_flight = in_flight;
+            s.in_flight_limit = limit;
+            changed
         });
     }
 }
@@ -342,106 +376,19 @@ async fn snapshot(
     }
 }
 
-/// What to do with the front batch after one attempt.
+/// What to do with a request after one attempt.
 enum Verdict {
     Delivered,
     Drop(DropReason),
-    /// Send it again, after the receiver's `Retry-After` if it gave one.
-    Retry(Option<Duration>),
+    /// Send it again, after the receiver's `Retry-After` if it gave one; `rate_limited`
+    /// after a 429 (the in-flight limit shrinks).
+    Retry {
+        after: Option<Duration>,
+        rate_limited: bool,
+    },
     /// The receiver does not understand 2.0 (the reason why): fall back to 1.0 and send
     /// the same batch again, as 1.0, at once.
     FallBack(&'static str),
-}
-
-/// The sender task.
-async fn send(dest: Arc<Destination>, mut shutdown: Shutdown) {
-    let mut backoff = Backoff::new(dest.min_backoff, dest.max_backoff);
-    // The front batch when its last attempt failed; compared by content, since the byte
-    // cap may have replaced the front meanwhile.
-    let mut failing: Option<Batch> = None;
-    loop {
-        let Some((front, corrupt)) = dest.with_queue(|q| (q.front(), q.take_corrupt())).await
-        else {
-            break;
-        };
-        dest.metrics.dropped(DropReason::Corrupt, corrupt.samples);
-        let Some(batch) = front else {
-            if dest.producer_done.load(Ordering::Acquire) {
-                return;
-            }
-            if shutdown
-                .before_deadline(dest.wake.notified())
-                .await
-                .is_none()
-            {
-                break;
-            }
-            continue;
-        };
-        let is_retry = failing.as_ref() == Some(&batch);
-        if is_retry {
-            dest.metrics.retried(batch.samples);
-        } else {
-            backoff.reset();
-        }
-        let Some(wire) = in_current_protocol(&dest, &batch) else {
-            dest.metrics.dropped(DropReason::Corrupt, batch.samples);
-            remove_front(&dest, batch).await;
-            continue;
-        };
-        let Some(verdict) = shutdown.before_deadline(attempt(&dest, &wire)).await else {
-            break;
-        };
-        match verdict {
-            Verdict::Delivered => {
-                if is_retry {
-                    tracing::info!(destination = %dest.name, "delivered after retrying");
-                }
-                dest.metrics.sent(batch.samples);
-                dest.status.send_modify(|s| {
-                    s.last_success_unix_seconds = Some(chrono::Utc::now().timestamp())
-                });
-            }
-            Verdict::Drop(reason) => dest.metrics.dropped(reason, batch.samples),
-            Verdict::Retry(retry_after) => {
-                let delay = retry_after.unwrap_or_else(|| backoff.next_delay());
-                failing = Some(batch);
-                let slept = shutdown.before_deadline(tokio::time::sleep(delay)).await;
-                if slept.is_none() {
-                    break;
-                }
-                continue;
-            }
-            Verdict::FallBack(why) => {
-                dest.negotiation.fall_back(&dest.name, why);
-                let protocol = dest.negotiation.current().as_str();
-                dest.status.send_modify(|s| s.protocol = Some(protocol));
-                continue;
-            }
-        }
-        failing = None;
-        remove_front(&dest, batch).await;
-    }
-    // The deadline passed: what a memory queue still holds is lost.
-    if !dest.durable {
-        if let Some(samples) = dest.with_queue(drain).await {
-            if samples > 0 {
-                tracing::warn!(destination = %dest.name, samples, "shutdown grace over: queued samples dropped");
-                dest.metrics.dropped(DropReason::Shutdown, samples);
-            }
-        }
-    }
-}
-
-/// Acknowledges `sent` if it is still the front: the byte cap may have pushed it out while
-/// it was in flight, and then the front is a batch not sent yet.
-async fn remove_front(dest: &Destination, sent: Batch) {
-    dest.with_queue(move |q| {
-        if q.front().as_ref() == Some(&sent) {
-            q.ack();
-        }
-    })
-    .await;
 }
 
 /// Empties the queue; returns the samples it held.
@@ -475,7 +422,10 @@ async fn attempt(dest: &Destination, batch: &Batch) -> Verdict {
         Ok(r) => r.headers(batch.protocol.headers()).body(batch.body.clone()),
         Err(e) => {
             tracing::warn!(destination = %dest.name, error = %e, "request not sent");
-            return Verdict::Retry(None);
+            return Verdict::Retry {
+                after: None,
+                rate_limited: false,
+            };
         }
     };
     let response = match request.send().await {
@@ -489,7 +439,10 @@ async fn attempt(dest: &Destination, batch: &Batch) -> Verdict {
             dest.metrics.request(outcome);
             let error = error_chain(e);
             tracing::warn!(destination = %dest.name, outcome = outcome.as_str(), %error, "push failed; will retry");
-            return Verdict::Retry(None);
+            return Verdict::Retry {
+                after: None,
+                rate_limited: false,
+            };
         }
     };
     let status = response.status();
@@ -516,12 +469,24 @@ async fn attempt(dest: &Destination, batch: &Batch) -> Verdict {
     }
     let (outcome, verdict) = if status == StatusCode::TOO_MANY_REQUESTS {
         if dest.retry_on_429 {
-            (Outcome::Http429, Verdict::Retry(retry_after))
+            (
+                Outcome::Http429,
+                Verdict::Retry {
+                    after: retry_after,
+                    rate_limited: true,
+                },
+            )
         } else {
             (Outcome::Http429, Verdict::Drop(DropReason::RateLimited))
         }
     } else if status.is_server_error() {
-        (Outcome::Http5xx, Verdict::Retry(retry_after))
+        (
+            Outcome::Http5xx,
+            Verdict::Retry {
+                after: retry_after,
+                rate_limited: false,
+            },
+        )
     } else {
         // Any other answer will not change on a retry: the spec says drop it.
         (Outcome::Http4xx, Verdict::Drop(DropReason::Rejected))

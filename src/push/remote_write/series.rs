@@ -75,7 +75,7 @@ struct External {
 
 impl SeriesState {
     /// `external_labels` as configured; `job` and `instance` default to `codex-proxy` and
-    /// `instance` (the listen address) when not given.
+    /// `instance` (`<hostname>:<port>`) when not given.
     pub fn new(
         external_labels: &BTreeMap<String, String>,
         instance: &str,

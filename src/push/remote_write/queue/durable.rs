@@ -2,7 +2,10 @@
 //! (under the same byte cap) when it does not, and never a reason to stop the proxy.
 //!
 //! - `queue_dir` unusable at start (not creatable, not writable, in use by another queue):
-//!   the whole queue lives in memory until the next start.
+//!   the queue lives in memory, and every `RETRY_OPEN` a push tries to open the directory
+//!   again. Once it opens, the memory part moves onto disk behind what the directory held.
+//!   What it held is older than anything sent from memory meanwhile: if something was, a
+//!   receiver would reject it as out of order, so it is dropped (counted `too_old`) instead.
 //! - An append fails while running (disk full, I/O error): that batch and the ones after it
 //!   queue in memory behind what is already on disk, so the order holds; the disk part keeps
 //!   draining. Every `RETRY_DISK` a push tries to move the memory part back onto disk, in
@@ -20,6 +23,16 @@ use super::{Batch, Dropped, Queue, QueueStats};
 
 /// How often a degraded queue tries the disk again.
 const RETRY_DISK: Duration = Duration::from_secs(30);
+/// How often a queue whose directory was unusable at start tries to open it again.
+const RETRY_OPEN: Duration = Duration::from_secs(60);
+
+/// What opening the directory late found, for the destination's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reopened {
+    pub(crate) recovery: Recovery,
+    /// The directory's backlog, dropped: older than what was sent from memory meanwhile.
+    pub(crate) superseded: Dropped,
+}
 
 pub(crate) struct DurableQueue {
     /// `None` when `queue_dir` was unusable at start.
@@ -32,13 +45,21 @@ pub(crate) struct DurableQueue {
     degraded_since: Option<Instant>,
     last_disk_try: Option<Instant>,
     retry_disk: Duration,
+    /// When opening the directory was tried last (it was unusable at start).
+    last_open_try: Option<Instant>,
+    retry_open: Duration,
+    /// Whether a batch was handed out from memory: then nothing older may follow it.
+    sent_from_memory: bool,
+    reopened: Option<Reopened>,
 }
 
 impl DurableQueue {
     /// Opens the queue in `dir`; falls back to memory (logged once) when the directory is
     /// unusable. The recovery says what was found on disk.
     pub(crate) fn open(dir: &Path, max_bytes: u64) -> (DurableQueue, Recovery) {
-        let (disk, recovery, degraded_since) = match DiskQueue::open(dir, max_bytes) {
+        let opened = DiskQueue::open(dir, max_bytes);
+        let failed_at = opened.is_err().then(Instant::now);
+        let (disk, recovery, degraded_since) = match opened {
             Ok((disk, recovery)) => {
                 if recovery.replayed.requests > 0 {
                     tracing::info!(
@@ -53,7 +74,8 @@ impl DurableQueue {
             Err(e) => {
                 tracing::error!(
                     queue_dir = %dir.display(),
-                    "durable queue unusable ({e}); queueing in memory up to max_queue_bytes, which a restart loses"
+                    "durable queue unusable ({e}); queueing in memory up to max_queue_bytes (which a restart loses), trying the directory again every {}s",
+                    RETRY_OPEN.as_secs()
                 );
                 (None, Recovery::default(), Some(Instant::now()))
             }
@@ -66,14 +88,55 @@ impl DurableQueue {
             degraded_since,
             last_disk_try: None,
             retry_disk: RETRY_DISK,
+            last_open_try: failed_at,
+            retry_open: RETRY_OPEN,
+            sent_from_memory: false,
+            reopened: None,
         };
         (queue, recovery)
     }
 
-    /// Whether what is queued outlives the process (false when `queue_dir` was unusable at
-    /// start; batches queued in memory later are reported lost when the queue is dropped).
-    pub(crate) fn is_durable(&self) -> bool {
-        self.disk.is_some()
+    /// Tries the directory that was unusable at start, when due.
+    fn try_open(&mut self) {
+        let due = self
+            .last_open_try
+            .is_some_and(|t| t.elapsed() >= self.retry_open);
+        if self.disk.is_some() || !due {
+            return;
+        }
+        self.last_open_try = Some(Instant::now());
+        let (mut disk, recovery) = match DiskQueue::open(&self.dir, self.max_bytes) {
+            Ok(opened) => opened,
+            Err(e) => {
+                tracing::debug!(queue_dir = %self.dir.display(), "durable queue still unusable: {e}");
+                return;
+            }
+        };
+        let mut reopened = Reopened {
+            recovery,
+            superseded: Dropped::default(),
+        };
+        if self.sent_from_memory {
+            while let Some(d) = disk.drop_oldest() {
+                reopened.superseded.requests += d.requests;
+                reopened.superseded.samples += d.samples;
+            }
+            while let Some(b) = disk.front() {
+                reopened.superseded.requests += 1;
+                reopened.superseded.samples += b.samples;
+                disk.ack();
+            }
+            reopened.recovery.replayed = Dropped::default();
+        }
+        tracing::info!(
+            queue_dir = %self.dir.display(),
+            replayed_requests = reopened.recovery.replayed.requests,
+            dropped_older_requests = reopened.superseded.requests,
+            "durable queue: the directory is usable now; queueing on disk again"
+        );
+        self.disk = Some(disk);
+        self.last_disk_try = None;
+        self.reopened = Some(reopened);
     }
 
     fn disk_pending(&self) -> u64 {
@@ -106,13 +169,18 @@ impl DurableQueue {
         if self.disk.is_none() || !due {
             return;
         }
+        // A batch handed out from memory is acknowledged in memory, and the disk would
+        // hand it out a second time: wait until none is out.
+        if self.memory.handed_out() > 0 {
+            return;
+        }
         self.last_disk_try = Some(Instant::now());
-        while let Some(batch) = self.memory.front() {
+        while let Some(batch) = self.memory.first_unsent() {
             let Some(disk) = &mut self.disk else { return };
-            if disk.append(&batch).is_err() {
+            if disk.append(batch).is_err() {
                 return;
             }
-            self.memory.ack();
+            self.memory.take_unsent();
         }
         if let Some(since) = self.degraded_since.take() {
             tracing::info!(
@@ -156,6 +224,7 @@ fn log_degraded(dir: &Path, e: &DiskError) {
 
 impl Queue for DurableQueue {
     fn push(&mut self, batch: Batch) -> Dropped {
+        self.try_open();
         if self.degraded_since.is_some() {
             self.try_back_to_disk();
         }
@@ -178,8 +247,21 @@ impl Queue for DurableQueue {
         self.memory.front()
     }
 
+    fn hand_out(&mut self) -> Option<Batch> {
+        if let Some(batch) = self.disk.as_mut().and_then(|d| d.hand_out()) {
+            return Some(batch);
+        }
+        let batch = self.memory.hand_out()?;
+        self.sent_from_memory = true;
+        Some(batch)
+    }
+
+    /// Disk records come before memory ones (memory moves to disk only while none of it is
+    /// handed out), so the oldest handed-out batch is on disk when any disk record is out.
     fn ack(&mut self) {
-        if self.disk_pending() > 0 {
+        let disk_out = self.disk.as_ref().map_or(0, |d| d.handed_out());
+        let on_disk = disk_out > 0 || (self.memory.handed_out() == 0 && self.disk_pending() > 0);
+        if on_disk {
             if let Some(disk) = &mut self.disk {
                 disk.ack();
             }
@@ -203,6 +285,16 @@ impl Queue for DurableQueue {
             oldest_timestamp_ms: disk.oldest_timestamp_ms.or(memory.oldest_timestamp_ms),
             degraded: self.degraded_since.is_some(),
         }
+    }
+
+    fn take_reopened(&mut self) -> Option<Reopened> {
+        self.reopened.take()
+    }
+
+    /// False while `queue_dir` is unusable (batches queued in memory while the disk is
+    /// full are reported lost when the queue is dropped).
+    fn is_durable(&self) -> bool {
+        self.disk.is_some()
     }
 
     fn take_corrupt(&mut self) -> Dropped {
@@ -270,7 +362,57 @@ mod tests {
         q.push(batch(2));
         assert_eq!(q.push(batch(3)), dropped(1, 1));
         assert_eq!(drain(&mut q), vec![2, 3]);
-        assert!(q.stats().degraded, "stays degraded until a restart");
+        assert!(
+            q.stats().degraded,
+            "stays degraded while the directory is unusable"
+        );
+        q.retry_open = Duration::ZERO;
+        q.push(batch(4));
+        assert!(q.stats().degraded, "still unusable");
+        assert_eq!(drain(&mut q), vec![4]);
+    }
+
+    #[test]
+    fn a_queue_dir_unusable_at_start_is_opened_later_and_the_memory_part_moves_onto_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (held, _) = DurableQueue::open(dir.path(), 1 << 20);
+        let (mut q, _) = DurableQueue::open(dir.path(), 1 << 20);
+        assert!(q.stats().degraded, "in use by another queue");
+        q.retry_open = Duration::ZERO;
+        q.push(batch(1));
+        assert!(q.stats().degraded);
+        drop(held);
+        q.push(batch(2));
+        assert!(
+            !q.stats().degraded,
+            "opened, and the memory part moved to disk"
+        );
+        assert!(q.is_durable());
+        assert_eq!(
+            q.take_reopened().map(|r| r.superseded),
+            Some(Dropped::default())
+        );
+        drop(q);
+        let (mut q, recovery) = DurableQueue::open(dir.path(), 1 << 20);
+        assert_eq!(recovery.replayed.requests, 2);
+        assert_eq!(drain(&mut q), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_backlog_found_late_is_dropped_when_newer_batches_were_sent_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut held, _) = DurableQueue::open(dir.path(), 1 << 20);
+        held.push(batch(1));
+        held.push(batch(2));
+        let (mut q, _) = DurableQueue::open(dir.path(), 1 << 20);
+        q.retry_open = Duration::ZERO;
+        q.push(batch(3));
+        assert_eq!(q.hand_out().map(|b| b.samples), Some(3), "sent from memory");
+        drop(held);
+        q.push(batch(4));
+        let reopened = q.take_reopened().unwrap();
+        assert_eq!(reopened.superseded, dropped(2, 3));
+        assert_eq!(drain(&mut q), vec![3, 4]);
     }
 
     #[test]

@@ -10,6 +10,8 @@ pub(crate) struct MemoryQueue {
     batches: VecDeque<Batch>,
     bytes: u64,
     max_bytes: u64,
+    /// The first `out` batches are handed out: never dropped by the cap.
+    out: usize,
 }
 
 impl MemoryQueue {
@@ -18,13 +20,32 @@ impl MemoryQueue {
             batches: VecDeque::new(),
             bytes: 0,
             max_bytes,
+            out: 0,
         }
     }
 
     fn pop_front(&mut self) -> Option<Batch> {
         let batch = self.batches.pop_front()?;
         self.bytes -= batch.body.len() as u64;
+        self.out = self.out.saturating_sub(1);
         Some(batch)
+    }
+
+    /// Batches handed out and not acknowledged yet.
+    pub(crate) fn handed_out(&self) -> usize {
+        self.out
+    }
+
+    /// Takes the oldest batch not handed out (to move it to disk).
+    pub(crate) fn take_unsent(&mut self) -> Option<Batch> {
+        let batch = self.batches.remove(self.out)?;
+        self.bytes -= batch.body.len() as u64;
+        Some(batch)
+    }
+
+    /// The oldest batch not handed out, left in place.
+    pub(crate) fn first_unsent(&self) -> Option<&Batch> {
+        self.batches.get(self.out)
     }
 }
 
@@ -35,7 +56,7 @@ impl Queue for MemoryQueue {
         self.batches.push_back(batch);
         let mut dropped = Dropped::default();
         while self.bytes > self.max_bytes {
-            let Some(old) = self.pop_front() else { break };
+            let Some(old) = self.take_unsent() else { break };
             dropped.requests += 1;
             dropped.samples += old.samples;
         }
@@ -44,6 +65,12 @@ impl Queue for MemoryQueue {
 
     fn front(&mut self) -> Option<Batch> {
         self.batches.front().cloned()
+    }
+
+    fn hand_out(&mut self) -> Option<Batch> {
+        let batch = self.batches.get(self.out).cloned()?;
+        self.out += 1;
+        Some(batch)
     }
 
     fn ack(&mut self) {
@@ -116,6 +143,28 @@ mod tests {
         assert_eq!(q.stats().bytes, 40);
         let d = q.push(batch(60, 4));
         assert_eq!(d.requests, 3, "a batch over the whole cap never fits");
+        assert_eq!(q.stats(), QueueStats::default());
+    }
+
+    #[test]
+    fn handed_out_batches_are_never_dropped_by_the_cap_and_ack_in_order() {
+        let mut q = MemoryQueue::new(50);
+        q.push(batch(20, 1));
+        q.push(batch(20, 2));
+        assert_eq!(q.hand_out(), Some(batch(20, 1)));
+        assert_eq!(q.hand_out(), Some(batch(20, 2)));
+        assert_eq!(q.hand_out(), None, "nothing left to hand out");
+        let d = q.push(batch(20, 3));
+        assert_eq!(
+            d.requests, 1,
+            "the newest, not handed out, goes over the cap"
+        );
+        q.push(batch(5, 4));
+        assert_eq!(q.front(), Some(batch(20, 1)));
+        q.ack();
+        assert_eq!(q.hand_out(), Some(batch(5, 4)));
+        q.ack();
+        q.ack();
         assert_eq!(q.stats(), QueueStats::default());
     }
 }

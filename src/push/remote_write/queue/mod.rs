@@ -66,14 +66,27 @@ pub(crate) struct QueueStats {
 pub(crate) trait Queue: Send {
     /// Appends a batch, dropping the oldest ones when over the cap.
     fn push(&mut self, batch: Batch) -> Dropped;
-    /// The oldest unacknowledged batch.
+    /// The oldest unacknowledged batch (handed out, if it was not yet).
     fn front(&mut self) -> Option<Batch>;
-    /// Removes the front batch: it was delivered, or deliberately dropped.
+    /// The oldest batch not handed out yet, handed out now: it stays queued (and is never
+    /// dropped by the cap) until acknowledged. The sender reads ahead with this to keep
+    /// several requests in flight.
+    fn hand_out(&mut self) -> Option<Batch>;
+    /// Removes the oldest handed-out batch (else the front): it was delivered, or
+    /// deliberately dropped. Acknowledgements come in queue order.
     fn ack(&mut self);
     fn stats(&self) -> QueueStats;
     /// Samples found damaged inside the queue since the last call (a durable queue's record
     /// that no longer reads back), to count as dropped with reason `corrupt`.
     fn take_corrupt(&mut self) -> Dropped {
         Dropped::default()
+    }
+    /// What a durable queue found when its directory became usable after start, once.
+    fn take_reopened(&mut self) -> Option<durable::Reopened> {
+        None
+    }
+    /// Whether what is queued survives a restart (only the part on disk does).
+    fn is_durable(&self) -> bool {
+        false
     }
 }

@@ -130,62 +130,167 @@ pub(crate) enum Found {
     Corrupt { range: Range<u64>, samples: u64 },
 }
 
+/// Where a scan reads a segment's bytes: the file at open, a slice in tests.
+pub(crate) trait ReadAt {
+    /// Reads at `offset` into `buf`; fewer bytes only at the end.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+}
+
+impl ReadAt for [u8] {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
+
+impl ReadAt for std::fs::File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let mut done = 0;
+        while done < buf.len() {
+            match FileExt::read_at(self, &mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// Bytes a scan reads at a time: opening a queue costs this much memory, however large
+/// its segments and records are.
+const SCAN_CHUNK: usize = 64 * 1024;
+
 /// Verifies every record of a segment's contents.
+#[cfg(test)]
 pub(crate) fn scan(buf: &[u8]) -> Vec<Found> {
     let mut found = Vec::new();
-    let mut offset = 0usize;
-    while offset < buf.len() {
-        match Header::decode(&buf[offset..]) {
+    scan_stream(buf, buf.len() as u64, |f| found.push(f));
+    found
+}
+
+/// Verifies every record of a segment of `len` bytes, reading it in chunks, and reports
+/// each record and damaged region in file order. A read error makes the rest of the
+/// segment one damaged region.
+pub(crate) fn scan_stream<R: ReadAt + ?Sized>(src: &R, len: u64, mut on: impl FnMut(Found)) {
+    let mut chunk = vec![0u8; SCAN_CHUNK];
+    let mut corrupt: Option<(Range<u64>, u64)> = None;
+    let mut offset = 0u64;
+    while offset < len {
+        let mut head = [0u8; HEADER_LEN];
+        let header = match src.read_at(&mut head, offset) {
+            Ok(n) if n == HEADER_LEN => Header::decode(&head),
+            Ok(_) => None,
+            Err(_) => {
+                add_corrupt(&mut on, &mut corrupt, offset..len, 0);
+                break;
+            }
+        };
+        match header {
             Some(header) => {
-                let end = offset.saturating_add(header.record_len() as usize);
-                let payload = buf.get(offset + HEADER_LEN..end);
-                if payload.is_some_and(|p| header.payload_matches(p)) {
-                    found.push(Found::Record {
-                        offset: offset as u64,
-                        header,
-                    });
+                let end = offset.saturating_add(header.record_len());
+                if end <= len && payload_matches(src, offset, header, &mut chunk) {
+                    if let Some((range, samples)) = corrupt.take() {
+                        on(Found::Corrupt { range, samples });
+                    }
+                    on(Found::Record { offset, header });
                     offset = end;
                 } else {
                     // Intact header, damaged or cut payload: its length says where to go on.
-                    let end = end.min(buf.len());
-                    push_corrupt(&mut found, offset..end, header.samples);
+                    let end = end.min(len);
+                    add_corrupt(&mut on, &mut corrupt, offset..end, header.samples);
                     offset = end;
                 }
             }
             None => {
-                let end = next_header_after(buf, offset);
-                push_corrupt(&mut found, offset..end, 0);
+                let end = next_header_after(src, len, offset, &mut chunk);
+                add_corrupt(&mut on, &mut corrupt, offset..end, 0);
                 offset = end;
             }
         }
     }
-    found
+    if let Some((range, samples)) = corrupt {
+        on(Found::Corrupt { range, samples });
+    }
 }
 
 /// Adjacent damage is one corrupt region (one torn write is one loss, not several).
-fn push_corrupt(found: &mut Vec<Found>, range: Range<usize>, samples: u64) {
-    if let Some(Found::Corrupt {
-        range: last,
-        samples: last_samples,
-    }) = found.last_mut()
-    {
-        if last.end == range.start as u64 {
-            last.end = range.end as u64;
-            *last_samples += samples;
-            return;
+fn add_corrupt(
+    on: &mut impl FnMut(Found),
+    corrupt: &mut Option<(Range<u64>, u64)>,
+    range: Range<u64>,
+    samples: u64,
+) {
+    match corrupt {
+        Some((last, n)) if last.end == range.start => {
+            last.end = range.end;
+            *n += samples;
+        }
+        _ => {
+            if let Some((range, samples)) = corrupt.take() {
+                on(Found::Corrupt { range, samples });
+            }
+            *corrupt = Some((range, samples));
         }
     }
-    found.push(Found::Corrupt {
-        range: range.start as u64..range.end as u64,
-        samples,
-    });
 }
 
-/// The first offset after `from` holding a valid header, or the end of `buf`.
-fn next_header_after(buf: &[u8], from: usize) -> usize {
-    (from + 1..buf.len())
-        .find(|&i| buf[i..].starts_with(&MAGIC) && Header::decode(&buf[i..]).is_some())
-        .unwrap_or(buf.len())
+/// Whether the payload behind `header` at `offset` has the header's checksum, read in
+/// chunks.
+fn payload_matches<R: ReadAt + ?Sized>(
+    src: &R,
+    offset: u64,
+    header: Header,
+    chunk: &mut [u8],
+) -> bool {
+    let mut hasher = crc32fast::Hasher::new();
+    let mut at = offset + HEADER_LEN as u64;
+    let mut left = u64::from(header.payload_len);
+    while left > 0 {
+        let n = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        match src.read_at(&mut chunk[..n], at) {
+            Ok(got) if got == n => hasher.update(&chunk[..n]),
+            _ => return false,
+        }
+        at += n as u64;
+        left -= n as u64;
+    }
+    hasher.finalize() == header.payload_crc
+}
+
+/// The first offset after `from` holding a valid header, or `len`.
+fn next_header_after<R: ReadAt + ?Sized>(src: &R, len: u64, from: u64, chunk: &mut [u8]) -> u64 {
+    let mut at = from + 1;
+    while at < len {
+        let Ok(n) = src.read_at(chunk, at) else {
+            return len;
+        };
+        if n == 0 {
+            return len;
+        }
+        let window = &chunk[..n];
+        for i in 0..n {
+            if window[i..].starts_with(&MAGIC)
+                || (n - i < MAGIC.len() && MAGIC.starts_with(&window[i..]))
+            {
+                let candidate = at + i as u64;
+                let mut head = [0u8; HEADER_LEN];
+                if matches!(src.read_at(&mut head, candidate), Ok(HEADER_LEN))
+                    && Header::decode(&head).is_some()
+                {
+                    return candidate;
+                }
+            }
+        }
+        at += n as u64;
+    }
+    len
 }
 
 #[cfg(test)]
@@ -295,6 +400,35 @@ mod tests {
             }
         );
         assert!(matches!(found[1], Found::Record { offset: 35, .. }));
+    }
+
+    #[test]
+    fn records_and_damage_larger_than_a_read_chunk_scan_the_same() {
+        let big: Vec<u8> = (0..3 * SCAN_CHUNK).map(|i| (i % 251) as u8).collect();
+        let mut buf = record(&big, 1, 10);
+        let first_len = buf.len() as u64;
+        // A damaged header, then garbage longer than a chunk holding a stray magic.
+        let mut garbage = record(b"lost", 2, 20);
+        garbage[1] ^= 1;
+        garbage.extend(vec![7u8; SCAN_CHUNK + 3]);
+        garbage.extend_from_slice(&MAGIC);
+        garbage.extend(vec![7u8; 100]);
+        buf.extend(&garbage);
+        let third_at = buf.len() as u64;
+        buf.extend(record(&big[..SCAN_CHUNK + 1], 3, 30));
+        let found = scan(&buf);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(matches!(found[0], Found::Record { offset: 0, header } if header.samples == 1));
+        assert_eq!(
+            found[1],
+            Found::Corrupt {
+                range: first_len..third_at,
+                samples: 0
+            }
+        );
+        assert!(
+            matches!(found[2], Found::Record { offset, header } if offset == third_at && header.samples == 3)
+        );
     }
 
     #[test]

@@ -98,12 +98,15 @@ impl Segment {
     }
 }
 
-/// The record handed out by `front` (or found in flight at open), until `ack`.
+/// A record handed out by `front` or `hand_out` (or found in flight at open), until `ack`.
 struct InFlight {
     pos: Pos,
     header: Header,
     /// `None` for a record found in flight at open and not read yet.
     batch: Option<Batch>,
+    /// Whether `hand_out` returned it already (false for the one found in flight at open,
+    /// so that the sender gets it first).
+    given: bool,
 }
 
 pub(crate) struct DiskQueue {
@@ -123,7 +126,8 @@ pub(crate) struct DiskQueue {
     next: Pos,
     /// Header of the record at `next`; `None` when nothing waits behind the one in flight.
     next_header: Option<Header>,
-    in_flight: Option<InFlight>,
+    /// Records handed out and not acknowledged, oldest first; all before `next`.
+    out: VecDeque<InFlight>,
     reader: Option<(u64, File)>,
     live: Dropped,
     live_bytes: u64,
@@ -152,8 +156,8 @@ impl DiskQueue {
             bytes: self.live_bytes,
             requests: self.live.requests,
             oldest_timestamp_ms: self
-                .in_flight
-                .as_ref()
+                .out
+                .front()
                 .map(|f| f.header)
                 .or(self.next_header)
                 .map(|h| h.oldest_timestamp_ms),
@@ -167,10 +171,15 @@ impl DiskQueue {
     }
 
     fn queued_behind_in_flight(&self) -> u64 {
-        self.live.requests - u64::from(self.in_flight.is_some())
+        self.live.requests - self.out.len() as u64
     }
 
-    /// Drops the oldest queued requests while over the cap, but never the one in flight.
+    /// Records handed out and not acknowledged yet.
+    pub(crate) fn handed_out(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Drops the oldest queued requests while over the cap, but never one handed out.
     fn drop_over_cap(&mut self) -> Dropped {
         let mut dropped = Dropped::default();
         while self.live_bytes > self.max_bytes && self.queued_behind_in_flight() > 0 {
@@ -200,9 +209,20 @@ impl DiskQueue {
     /// Stores the delivery position; a failure is logged once and retried on the next change
     /// (until then a restart would resend a few delivered requests, never lose any).
     fn persist_ack(&mut self) {
-        let acked = Acked {
-            next: self.next,
-            in_flight: self.in_flight.as_ref().map(|f| f.pos),
+        // With several records out, a restart resends from the oldest of them: the ones
+        // after it were handed out in order, so nothing pending is skipped. Those already
+        // delivered go again with the same samples and timestamps, which receivers take as
+        // duplicates; the sender never lets a later request of the same series out before
+        // an earlier one is answered, so no resend can go back in time.
+        let acked = match self.out.len() {
+            0 | 1 => Acked {
+                next: self.next,
+                in_flight: self.out.front().map(|f| f.pos),
+            },
+            _ => Acked {
+                next: self.out.front().map_or(self.next, |f| f.pos),
+                in_flight: None,
+            },
         };
         match self.ack.write(&acked) {
             Ok(()) if self.ack_write_failed => {

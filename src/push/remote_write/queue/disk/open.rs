@@ -62,7 +62,7 @@ impl DiskQueue {
             ack,
             next: acked.next,
             next_header: None,
-            in_flight: None,
+            out: VecDeque::new(),
             reader: None,
             live: Dropped::default(),
             live_bytes: 0,
@@ -80,8 +80,9 @@ impl DiskQueue {
                 continue;
             }
             let path = dir.join(segment::file_name(seq));
-            let buf = match std::fs::read(&path) {
-                Ok(buf) => buf,
+            let opened = File::open(&path).and_then(|f| Ok((f.metadata()?.len(), f)));
+            let (len, file) = match opened {
+                Ok(opened) => opened,
                 Err(e) => {
                     // Left in place for inspection; the rest of the queue still goes out.
                     tracing::warn!(path = %path.display(), "durable queue: cannot read a segment ({e}); its requests are lost");
@@ -89,7 +90,7 @@ impl DiskQueue {
                     continue;
                 }
             };
-            if queue.load_segment(seq, &buf, acked, &mut recovery.corrupt) {
+            if queue.load_segment(seq, &file, len, acked, &mut recovery.corrupt) {
                 damaged_files.push(seq);
             }
         }
@@ -120,47 +121,55 @@ impl DiskQueue {
 
     /// Adds a segment read at open: counts its records still pending, keeps its damaged
     /// regions for reading to jump over, and picks up the record that was in flight.
-    /// Returns whether damage hit pending records (counted in `corrupt`).
-    fn load_segment(&mut self, seq: u64, buf: &[u8], acked: Acked, corrupt: &mut Dropped) -> bool {
+    /// Returns whether damage hit pending records (counted in `corrupt`). The segment is
+    /// read in chunks: opening a full queue costs no more memory than an empty one.
+    fn load_segment(
+        &mut self,
+        seq: u64,
+        file: &File,
+        len: u64,
+        acked: Acked,
+        corrupt: &mut Dropped,
+    ) -> bool {
         let mut seg = Segment {
-            end: buf.len() as u64,
+            end: len,
             ..Segment::empty(seq)
         };
         let mut damaged = false;
-        for found in segment::scan(buf) {
-            match found {
-                Found::Record { offset, header } => {
-                    let pos = Pos { seq, offset };
-                    if acked.in_flight == Some(pos) {
-                        self.in_flight = Some(InFlight {
-                            pos,
-                            header,
-                            batch: None,
-                        });
-                    } else if pos < acked.next {
-                        continue; // delivered or dropped before
-                    }
-                    seg.live.requests += 1;
-                    seg.live.samples += header.samples;
-                    seg.live_bytes += header.record_len();
+        let out = &mut self.out;
+        segment::scan_stream(file, len, |found| match found {
+            Found::Record { offset, header } => {
+                let pos = Pos { seq, offset };
+                if acked.in_flight == Some(pos) {
+                    out.push_back(InFlight {
+                        pos,
+                        header,
+                        batch: None,
+                        given: false,
+                    });
+                } else if pos < acked.next {
+                    return; // delivered or dropped before
                 }
-                Found::Corrupt { range, samples } => {
-                    let pending = Pos {
-                        seq,
-                        offset: range.end,
-                    } > acked.next
-                        || acked
-                            .in_flight
-                            .is_some_and(|p| p.seq == seq && range.contains(&p.offset));
-                    if pending {
-                        corrupt.requests += 1;
-                        corrupt.samples += samples;
-                        damaged = true;
-                    }
-                    seg.skips.push(range);
-                }
+                seg.live.requests += 1;
+                seg.live.samples += header.samples;
+                seg.live_bytes += header.record_len();
             }
-        }
+            Found::Corrupt { range, samples } => {
+                let pending = Pos {
+                    seq,
+                    offset: range.end,
+                } > acked.next
+                    || acked
+                        .in_flight
+                        .is_some_and(|p| p.seq == seq && range.contains(&p.offset));
+                if pending {
+                    corrupt.requests += 1;
+                    corrupt.samples += samples;
+                    damaged = true;
+                }
+                seg.skips.push(range);
+            }
+        });
         self.live.requests += seg.live.requests;
         self.live.samples += seg.live.samples;
         self.live_bytes += seg.live_bytes;

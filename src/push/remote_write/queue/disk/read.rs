@@ -16,43 +16,73 @@ use crate::push::remote_write::queue::{Batch, Dropped};
 impl DiskQueue {
     /// The oldest unacknowledged batch; the same one until `ack`.
     pub(crate) fn front(&mut self) -> Option<Batch> {
-        if let Some(f) = &self.in_flight {
+        while let Some(f) = self.out.front() {
             if let Some(batch) = &f.batch {
                 return Some(batch.clone());
             }
-            let (pos, header) = (f.pos, f.header);
-            match self.read_payload(pos, header) {
-                Some(body) => {
-                    let batch = batch_of(header, body);
-                    if let Some(f) = &mut self.in_flight {
-                        f.batch = Some(batch.clone());
-                    }
-                    return Some(batch);
-                }
-                None => {
-                    self.in_flight = None;
-                    self.forget(pos.seq, header);
-                    self.note_lost(
-                        pos,
-                        Dropped {
-                            requests: 1,
-                            samples: header.samples,
-                        },
-                    );
-                    self.persist_ack();
-                }
+            if let Some(batch) = self.read_out(0) {
+                return Some(batch);
             }
         }
+        self.read_next()
+    }
+
+    /// The oldest batch not handed out yet (first one found in flight at open), handed out.
+    pub(crate) fn hand_out(&mut self) -> Option<Batch> {
+        while let Some(i) = self.out.iter().position(|f| !f.given) {
+            if let Some(batch) = self.read_out(i) {
+                self.out[i].given = true;
+                return Some(batch);
+            }
+        }
+        self.read_next()
+    }
+
+    /// The batch of handed-out record `i`, read now if it was not yet; a record that no
+    /// longer reads back is counted lost and taken out.
+    fn read_out(&mut self, i: usize) -> Option<Batch> {
+        let (pos, header) = {
+            let f = &self.out[i];
+            if let Some(batch) = &f.batch {
+                return Some(batch.clone());
+            }
+            (f.pos, f.header)
+        };
+        match self.read_payload(pos, header) {
+            Some(body) => {
+                let batch = batch_of(header, body);
+                self.out[i].batch = Some(batch.clone());
+                Some(batch)
+            }
+            None => {
+                self.out.remove(i);
+                self.forget(pos.seq, header);
+                self.note_lost(
+                    pos,
+                    Dropped {
+                        requests: 1,
+                        samples: header.samples,
+                    },
+                );
+                self.persist_ack();
+                None
+            }
+        }
+    }
+
+    /// Reads the record at `next` and moves it to the handed-out ones.
+    fn read_next(&mut self) -> Option<Batch> {
         loop {
             let header = self.next_header?;
             let pos = self.next;
             match self.read_payload(pos, header) {
                 Some(body) => {
                     let batch = batch_of(header, body);
-                    self.in_flight = Some(InFlight {
+                    self.out.push_back(InFlight {
                         pos,
                         header,
                         batch: Some(batch.clone()),
+                        given: true,
                     });
                     self.advance_next(header);
                     return Some(batch);
@@ -62,12 +92,13 @@ impl DiskQueue {
         }
     }
 
-    /// Removes the front batch: delivered, or deliberately dropped.
+    /// Removes the oldest handed-out batch (else the front): delivered, or deliberately
+    /// dropped.
     pub(crate) fn ack(&mut self) {
-        if self.in_flight.is_none() && self.front().is_none() {
+        if self.out.is_empty() && self.front().is_none() {
             return;
         }
-        if let Some(f) = self.in_flight.take() {
+        if let Some(f) = self.out.pop_front() {
             self.forget(f.pos.seq, f.header);
         }
         self.persist_ack();
@@ -152,17 +183,18 @@ impl DiskQueue {
     /// every pending record from there to the end of its segment is counted lost.
     fn abandon_rest_of_segment(&mut self) {
         let pos = self.next;
-        let in_flight_here = self
-            .in_flight
-            .as_ref()
+        let out_here: Vec<Header> = self
+            .out
+            .iter()
             .filter(|f| f.pos.seq == pos.seq)
-            .map(|f| f.header);
+            .map(|f| f.header)
+            .collect();
         let Some(seg) = self.segments.iter_mut().find(|s| s.seq == pos.seq) else {
             return;
         };
         let mut lost = seg.live;
         let mut lost_bytes = seg.live_bytes;
-        if let Some(h) = in_flight_here {
+        for h in out_here {
             lost.requests -= 1;
             lost.samples -= h.samples;
             lost_bytes -= h.record_len();

@@ -330,3 +330,46 @@ fn an_unreadable_ack_file_means_resending_not_losing() {
     let (mut q, _) = open(dir.path(), MIB);
     assert_eq!(drain(&mut q), vec![1, 2]);
 }
+
+#[test]
+fn several_handed_out_are_acknowledged_in_order_and_a_crash_resends_from_the_oldest_unacked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = open_filled(dir.path(), MIB, 5);
+    let out: Vec<u64> = std::iter::from_fn(|| q.hand_out())
+        .take(3)
+        .map(|b| b.samples)
+        .collect();
+    assert_eq!(out, vec![1, 2, 3]);
+    assert_eq!(q.handed_out(), 3);
+    q.ack(); // 1 delivered
+    assert_eq!(q.stats().requests, 4);
+    drop(q); // killed with 2 and 3 out
+    let (mut q, recovery) = open(dir.path(), MIB);
+    assert_eq!(recovery.replayed.requests, 4);
+    assert_eq!(drain(&mut q), vec![2, 3, 4, 5]);
+}
+
+#[test]
+fn the_cap_never_drops_a_handed_out_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = open_filled(dir.path(), 3 * RECORD, 3);
+    assert_eq!(q.hand_out().map(|b| b.samples), Some(1));
+    assert_eq!(q.hand_out().map(|b| b.samples), Some(2));
+    let d = q.append(&batch(4, 100)).unwrap();
+    assert_eq!(d, dropped(1, 3), "the oldest not handed out goes");
+    assert_eq!(q.hand_out().map(|b| b.samples), Some(4));
+    assert_eq!(drain(&mut q), vec![1, 2, 4]);
+}
+
+#[test]
+fn the_record_in_flight_at_a_crash_is_handed_out_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = open_filled(dir.path(), MIB, 3);
+    assert_eq!(q.hand_out().map(|b| b.samples), Some(1));
+    drop(q);
+    let (mut q, _) = open(dir.path(), MIB);
+    let out: Vec<u64> = std::iter::from_fn(|| q.hand_out())
+        .map(|b| b.samples)
+        .collect();
+    assert_eq!(out, vec![1, 2, 3]);
+}

@@ -1,0 +1,260 @@
+use super::*;
+
+const MS: Duration = Duration::from_millis(1);
+
+/// A batch of snapshot `ts` whose uncompressed body is `tag` repeated.
+fn batch(ts: i64, tag: u8) -> Batch {
+    let raw = vec![tag; 16];
+    Batch {
+        body: Bytes::from(snap::raw::Encoder::new().compress_vec(&raw).unwrap()),
+        samples: 1,
+        oldest_timestamp_ms: ts,
+    }
+}
+
+fn window(max_in_flight: usize) -> Window {
+    Window::new(
+        Limits::new(max_in_flight, None, None, 1 << 30),
+        10 * MS,
+        100 * MS,
+    )
+}
+
+fn raw(b: &Batch) -> Vec<u8> {
+    snap::raw::Decoder::new().decompress_vec(&b.body).unwrap()
+}
+
+/// Every request that may go now.
+fn all_due(w: &mut Window, now: Instant) -> Vec<Dispatch> {
+    std::iter::from_fn(|| w.next_request(now, 0)).collect()
+}
+
+#[test]
+fn the_requests_of_one_snapshot_go_together_up_to_the_limit() {
+    let mut w = window(4);
+    w.extend((0..6).map(|i| batch(100, i)).collect());
+    let now = Instant::now();
+    let sent = all_due(&mut w, now);
+    assert_eq!(sent.len(), 4, "four in flight at once");
+    assert_eq!(w.in_flight(), 4);
+    let answered = w.answered(sent[2].id, &Verdict::Delivered, now);
+    assert_eq!(answered.samples, 1);
+    assert_eq!(all_due(&mut w, now).len(), 1, "one slot freed");
+    assert_eq!(w.sync().acks, 0, "the front is not answered yet");
+}
+
+#[test]
+fn a_later_snapshot_waits_until_every_earlier_request_is_answered() {
+    let mut w = window(4);
+    w.extend(vec![batch(100, 1), batch(100, 2), batch(200, 3)]);
+    let now = Instant::now();
+    let first = all_due(&mut w, now);
+    assert_eq!(
+        first.len(),
+        2,
+        "snapshot 200 shares series with 100: it waits"
+    );
+    w.answered(first[1].id, &Verdict::Delivered, now);
+    assert!(
+        all_due(&mut w, now).is_empty(),
+        "one of snapshot 100 is open"
+    );
+    w.answered(first[0].id, &Verdict::Drop(DropReason::Rejected), now);
+    let next = all_due(&mut w, now);
+    assert_eq!(next.len(), 1);
+    assert_eq!(raw(&next[0].batch), vec![3; 16]);
+    assert_eq!(
+        w.sync().acks,
+        2,
+        "answered front batches are acknowledged in order"
+    );
+}
+
+#[test]
+fn a_retry_keeps_its_place_and_holds_back_later_snapshots() {
+    let mut w = window(4);
+    w.extend(vec![batch(100, 1), batch(200, 2)]);
+    let now = Instant::now();
+    let first = all_due(&mut w, now);
+    assert_eq!(first.len(), 1, "200 waits for 100");
+    w.answered(
+        first[0].id,
+        &Verdict::Retry {
+            after: None,
+            rate_limited: false,
+        },
+        now,
+    );
+    assert!(all_due(&mut w, now).is_empty(), "nothing passes a retry");
+    let later = now + Duration::from_secs(1);
+    let again = all_due(&mut w, later);
+    assert_eq!(again.len(), 1);
+    assert!(again[0].retry);
+    assert_eq!(again[0].batch, first[0].batch, "resent byte for byte");
+    w.answered(again[0].id, &Verdict::Delivered, later);
+    let next = all_due(&mut w, later);
+    assert_eq!(next.len(), 1);
+    assert_eq!(raw(&next[0].batch), vec![2; 16]);
+}
+
+/// `n` snapshots of one batch each, tagged 0, 1, 2, ...
+fn backlog(n: usize) -> Vec<Batch> {
+    (0..n)
+        .map(|i| batch(100 * (i as i64 + 1), i as u8))
+        .collect()
+}
+
+#[test]
+fn a_long_backlog_of_whole_snapshots_coalesces_into_one_request_in_order() {
+    let mut w = window(4);
+    w.extend(backlog(COALESCE_FROM));
+    let sent = all_due(&mut w, Instant::now());
+    assert_eq!(sent.len(), 1);
+    // The last snapshot in the window may still have batches to come: it waits.
+    let joined = COALESCE_FROM - 1;
+    let expected: Vec<u8> = (0..joined as u8).flat_map(|i| [i; 16]).collect();
+    assert_eq!(raw(&sent[0].batch), expected);
+    assert_eq!(sent[0].batch.samples, joined as u64);
+    assert_eq!(sent[0].batch.oldest_timestamp_ms, 100);
+}
+
+#[test]
+fn max_in_flight_1_never_joins_snapshots() {
+    let mut w = window(1);
+    w.extend(backlog(2 * COALESCE_FROM));
+    let sent = all_due(&mut w, Instant::now());
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].batch.samples, 1);
+}
+
+#[test]
+fn a_short_backlog_goes_one_snapshot_per_request() {
+    let mut w = window(4);
+    w.extend(backlog(COALESCE_FROM - 1));
+    let sent = all_due(&mut w, Instant::now());
+    assert_eq!(sent.len(), 1, "the next snapshot waits for this one");
+    assert_eq!(raw(&sent[0].batch), vec![0; 16]);
+}
+
+#[test]
+fn a_snapshot_of_several_requests_is_joined_whole_or_not_at_all() {
+    let mut w = window(2);
+    let mut batches = vec![batch(50, 1), batch(60, 2), batch(60, 3)];
+    batches.extend(backlog(COALESCE_FROM));
+    w.extend(batches);
+    let sent = all_due(&mut w, Instant::now());
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].batch.samples, 3 + COALESCE_FROM as u64 - 1);
+    let mut raw_expected = vec![1; 16];
+    raw_expected.extend([2; 16]);
+    raw_expected.extend([3; 16]);
+    assert!(raw(&sent[0].batch).starts_with(&raw_expected));
+}
+
+#[test]
+fn joining_stops_before_a_snapshot_that_would_pass_the_sample_cap() {
+    let mut w = window(2);
+    let mut big: Vec<Batch> = backlog(COALESCE_FROM + 1);
+    for b in &mut big {
+        b.samples = MAX_COALESCED_SAMPLES / 3;
+    }
+    w.extend(big);
+    let sent = all_due(&mut w, Instant::now());
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].batch.samples, 3 * (MAX_COALESCED_SAMPLES / 3));
+}
+
+#[test]
+fn a_429_halves_the_limit_and_each_success_adds_one() {
+    let mut w = window(8);
+    w.extend((0..20).map(|i| batch(100, i)).collect());
+    let now = Instant::now();
+    let sent = all_due(&mut w, now);
+    assert_eq!(sent.len(), 8);
+    let rate_limited = Verdict::Retry {
+        after: Some(Duration::from_secs(2)),
+        rate_limited: true,
+    };
+    w.answered(sent[0].id, &rate_limited, now);
+    assert_eq!(w.limit(), 4);
+    w.answered(sent[1].id, &rate_limited, now);
+    assert_eq!(w.limit(), 2);
+    for d in &sent[2..4] {
+        w.answered(d.id, &Verdict::Delivered, now);
+    }
+    assert_eq!(w.limit(), 4);
+    assert_eq!(
+        w.next_timer(now),
+        None,
+        "4 in flight: only an answer frees a slot"
+    );
+    for d in &sent[4..] {
+        w.answered(d.id, &Verdict::Delivered, now);
+    }
+    assert_eq!(w.limit(), 8);
+    assert!(
+        all_due(&mut w, now + Duration::from_secs(1)).is_empty(),
+        "Retry-After holds back new requests too"
+    );
+    assert_eq!(w.next_timer(now), Some(now + Duration::from_secs(2)));
+}
+
+#[test]
+fn batches_older_than_max_sample_age_are_dropped_at_send_time() {
+    let mut w = Window::new(
+        Limits::new(4, Some(Duration::from_secs(60)), None, 1 << 30),
+        10 * MS,
+        100 * MS,
+    );
+    let now_ms = 1_000_000;
+    w.extend(vec![
+        batch(now_ms - 120_000, 1),
+        batch(now_ms - 61_000, 2),
+        batch(now_ms - 1_000, 3),
+    ]);
+    assert_eq!(w.drop_too_old(now_ms), 2);
+    let sent: Vec<Dispatch> =
+        std::iter::from_fn(|| w.next_request(Instant::now(), now_ms)).collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(raw(&sent[0].batch), vec![3; 16]);
+    assert_eq!(w.sync().acks, 2);
+}
+
+#[test]
+fn the_byte_rate_spaces_requests() {
+    let mut w = Window::new(Limits::new(4, None, Some(1000), 1 << 30), 10 * MS, 100 * MS);
+    w.extend((0..3).map(|i| batch(100, i)).collect());
+    let now = Instant::now();
+    let sent = all_due(&mut w, now);
+    assert_eq!(sent.len(), 1, "the first request spends the budget");
+    let len = sent[0].batch.body.len() as f64;
+    let next = w.next_timer(now).unwrap();
+    let gap = next.duration_since(now).as_secs_f64();
+    assert!((gap - len / 1000.0).abs() < 1e-3, "{gap}");
+    assert_eq!(all_due(&mut w, next).len(), 1);
+}
+
+#[test]
+fn no_timer_while_the_limit_is_reached_so_the_sender_waits_for_an_answer() {
+    let mut w = window(1);
+    w.extend(vec![batch(100, 1), batch(100, 2)]);
+    let now = Instant::now();
+    let sent = all_due(&mut w, now);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(w.next_timer(now), None);
+    w.answered(
+        sent[0].id,
+        &Verdict::Retry {
+            after: None,
+            rate_limited: false,
+        },
+        now,
+    );
+    let next = w.next_timer(now).expect("the retry");
+    assert!(next > now);
+    assert_eq!(
+        w.next_timer(next + Duration::from_secs(1)),
+        None,
+        "due: nothing to wait for"
+    );
+}
