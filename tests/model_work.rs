@@ -520,7 +520,10 @@ async fn prometheus_receiving_the_remote_write_sums_the_tokens_sent() {
     assert_eq!(sum(&samples, "codex_tokens_total", &[]), sent);
 
     // The default `instance` is `<hostname>:<port>`.
-    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
     let instance = format!("{host}:{}", proxy.port);
     let query = format!(r#"sum(codex_tokens_total{{instance="{instance}"}})"#);
     wait_until(&format!("{query} = {sent}"), DEADLINE, || async {

@@ -285,6 +285,9 @@ async fn auto_ends_on_1_0_in_both_receivers_with_queued_2_0_requests_delivered_a
         assert!(
             !logs.contains("out of order") && !logs.contains("out-of-order"),
             "{logs}"
+        );
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_replicas_on_0_0_0_0_with_one_config_keep_four_instances_apart() {

@@ -7,6 +7,7 @@ fn batch(ts: i64, tag: u8) -> Batch {
     let raw = vec![tag; 16];
     Batch {
         body: Bytes::from(snap::raw::Encoder::new().compress_vec(&raw).unwrap()),
+        protocol: Protocol::V1,
         samples: 1,
         oldest_timestamp_ms: ts,
     }
@@ -256,5 +257,21 @@ fn no_timer_while_the_limit_is_reached_so_the_sender_waits_for_an_answer() {
         w.next_timer(next + Duration::from_secs(1)),
         None,
         "due: nothing to wait for"
+    );
+}
+
+#[test]
+fn remote_write_2_0_batches_are_never_joined() {
+    let mut w = window(4);
+    let mut batches = backlog(2 * COALESCE_FROM);
+    for b in &mut batches {
+        b.protocol = Protocol::V2;
+    }
+    w.extend(batches);
+    let sent = all_due(&mut w, Instant::now());
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].batch.samples, 1,
+        "a 2.0 body has its own symbol table"
     );
 }
