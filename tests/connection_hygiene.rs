@@ -63,8 +63,10 @@ async fn half_sent_heads_are_closed_after_the_header_timeout_while_requests_and_
     let addr = format!("127.0.0.1:{}", proxy.port);
     let mut slow = Vec::with_capacity(SLOW_CLIENTS);
     for _ in 0..SLOW_CLIENTS {
-        let mut s = TcpStream::connect(&addr).await.unwrap();
+        // Stamped before connecting: the server may accept (and start its timer) before
+        // this task sees connect return.
         let opened = Instant::now();
+        let mut s = TcpStream::connect(&addr).await.unwrap();
         s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
             .await
             .unwrap();
@@ -88,7 +90,7 @@ async fn half_sent_heads_are_closed_after_the_header_timeout_while_requests_and_
     let closes: Vec<Duration> = closes.into_iter().flatten().collect();
     let earliest = closes.iter().min().unwrap();
     let latest = closes.iter().max().unwrap();
-    // The timer starts at accept, which is after connect returned.
+    // The timer starts at accept, which is after `opened`.
     assert!(
         *earliest >= HEADER_TIMEOUT,
         "one was closed after only {earliest:?}"
