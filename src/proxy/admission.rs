@@ -31,6 +31,15 @@ impl Admission {
         }
     }
 
+    /// Requests waiting for a worker slot right now.
+    pub(crate) fn depth(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn queue_max(&self) -> usize {
+        self.queue_max
+    }
+
     /// A worker slot for one turn: at once when one is free and nobody waits, else after
     /// the requests queued before this one. Records the wait in `codex_worker_wait_seconds`.
     pub(crate) async fn admit(&self, worker: &WorkerHandle) -> Result<WorkerSlot, ApiError> {

@@ -32,6 +32,10 @@ pub(crate) struct WorkerHealth {
     /// Turns running now, and the cap (`worker.max_concurrency`).
     pub(crate) in_flight: usize,
     pub(crate) max_concurrency: usize,
+    /// Requests waiting for a slot in the admission queue, and its bound
+    /// (`worker.queue_max`).
+    pub(crate) queue_depth: usize,
+    pub(crate) queue_max: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -49,6 +53,8 @@ pub(crate) fn report(state: &AppState) -> HealthReport {
             status,
             in_flight: state.worker.in_flight(),
             max_concurrency: state.config.worker.max_concurrency,
+            queue_depth: state.admission.depth(),
+            queue_max: state.admission.queue_max(),
         },
         maintenance: state.maintenance.load(Ordering::Relaxed),
         streams: StreamsHealth {
@@ -86,4 +92,61 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
 
 pub(crate) async fn livez() -> Json<serde_json::Value> {
     Json(json!({"live": true}))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::worker::{supervisor, WorkerCommand};
+
+    fn worker_json(state: &AppState) -> serde_json::Value {
+        serde_json::to_value(report(state)).unwrap()["worker"].clone()
+    }
+
+    #[tokio::test]
+    async fn healthz_shows_the_admission_queue_depth_and_its_bound() {
+        let config =
+            Arc::new(Config::parse("[worker]\nmax_concurrency = 1\nqueue_max = 3\n").unwrap());
+        // A worker that never starts: slots are handed out all the same.
+        let worker = supervisor::start(
+            config.worker.clone(),
+            WorkerCommand {
+                program: "/nonexistent/worker".into(),
+                args: Vec::new(),
+            },
+        );
+        let metrics = Metrics::new(&config.metrics).unwrap();
+        let state = AppState::new(config, worker.clone(), metrics);
+        let idle = worker_json(&state);
+        assert_eq!(
+            (idle["queue_depth"].clone(), idle["queue_max"].clone()),
+            (0.into(), 3.into())
+        );
+
+        let held = state.admission.admit(&worker).await.unwrap();
+        let waiter = {
+            let (state, worker) = (state.clone(), worker.clone());
+            tokio::spawn(async move { state.admission.admit(&worker).await.is_ok() })
+        };
+        let mut waiting = worker_json(&state);
+        for _ in 0..400 {
+            if waiting["queue_depth"] == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            waiting = worker_json(&state);
+        }
+        assert_eq!(waiting["queue_depth"], 1, "{waiting}");
+        assert_eq!(waiting["in_flight"], 1);
+
+        drop(held);
+        assert!(waiter.await.unwrap(), "the waiter got the freed slot");
+        assert_eq!(worker_json(&state)["queue_depth"], 0);
+        worker.shutdown().await;
+    }
 }
