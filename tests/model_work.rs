@@ -42,11 +42,20 @@ fn chat(prompt: &str, stream: bool) -> String {
     .to_string()
 }
 
-async fn post(proxy: &Proxy, prompt: &str, stream: bool) -> reqwest::Response {
-    http()
+fn chat_request(
+    client: &reqwest::Client,
+    proxy: &Proxy,
+    prompt: &str,
+    stream: bool,
+) -> reqwest::RequestBuilder {
+    client
         .post(proxy.url("/v1/chat/completions"))
         .header("content-type", "application/json")
         .body(chat(prompt, stream))
+}
+
+async fn post(proxy: &Proxy, prompt: &str, stream: bool) -> reqwest::Response {
+    chat_request(&http(), proxy, prompt, stream)
         .send()
         .await
         .expect("request to the proxy")
@@ -63,6 +72,7 @@ async fn scrape_until(proxy: &Proxy, what: &str, check: impl Fn(&[Sample]) -> bo
 
 /// `codex_turns_total` shows one turn, with `outcome`, and every other outcome at 0.
 fn assert_only_outcome(samples: &[Sample], outcome: &str) {
+    assert_only_outcome_n(samples, outcome, 1.0);
     for o in OUTCOMES {
         let labels = [("model", "codex-demo"), ("outcome", o)];
         assert_eq!(
@@ -71,12 +81,20 @@ fn assert_only_outcome(samples: &[Sample], outcome: &str) {
             "{o}: every outcome has a series"
         );
         let expected = if o == outcome { 1.0 } else { 0.0 };
-        assert_eq!(sum(samples, "codex_turns_total", &labels), expected, "{o}");
         assert_eq!(
             sum(samples, "codex_turn_duration_seconds_count", &labels),
             expected,
             "{o}"
         );
+    }
+}
+
+/// `codex_turns_total` shows `n` turns with `outcome`, and every other outcome at 0.
+fn assert_only_outcome_n(samples: &[Sample], outcome: &str, n: f64) {
+    for o in OUTCOMES {
+        let labels = [("model", "codex-demo"), ("outcome", o)];
+        let expected = if o == outcome { n } else { 0.0 };
+        assert_eq!(sum(samples, "codex_turns_total", &labels), expected, "{o}");
     }
 }
 
@@ -92,14 +110,7 @@ async fn every_family_is_declared_at_start_with_closed_label_sets_at_zero() {
     // No allowlist: families whose model has not been seen yet are declared all the same.
     let proxy = Proxy::start("[metrics]\nenabled = true\n", &[]).await;
     proxy.wait_ready().await;
-    let text = http()
-        .get(proxy.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::scrape::text(&proxy).await;
     for family in [
         "codex_tokens_total counter",
         "codex_time_to_first_token_seconds histogram",
@@ -142,10 +153,7 @@ async fn twenty_concurrent_requests_are_all_answered_with_the_default_queue() {
     proxy.wait_ready().await;
     let client = http();
     let requests = (0..20).map(|i| {
-        let request = client
-            .post(proxy.url("/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(chat(&format!("request {i}"), false));
+        let request = chat_request(&client, &proxy, &format!("request {i}"), false);
         tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()) })
     });
     let statuses: Vec<u16> = futures_util::future::join_all(requests)
@@ -175,10 +183,7 @@ async fn with_queue_max_2_and_four_slots_six_are_answered_and_fourteen_get_429_a
     proxy.wait_ready().await;
     let client = http();
     let requests = (0..20).map(|i| {
-        let request = client
-            .post(proxy.url("/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(chat(&format!("request {i}"), false));
+        let request = chat_request(&client, &proxy, &format!("request {i}"), false);
         tokio::spawn(async move {
             let response = request.send().await.unwrap();
             let at = Instant::now();
@@ -226,29 +231,15 @@ async fn a_client_that_gives_up_while_queued_leaves_the_queue_at_once() {
     .await;
     proxy.wait_ready().await;
     let running = {
-        let request = http()
-            .post(proxy.url("/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(chat("first", false));
+        let request = chat_request(&http(), &proxy, "first", false);
         tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
     };
     wait_until("the first request in its turn", DEADLINE, || async {
-        let health: Value = http()
-            .get(proxy.url("/healthz"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (health["worker"]["in_flight"] == 1).then_some(())
+        (proxy.healthz().await?["worker"]["in_flight"] == 1).then_some(())
     })
     .await;
     let queued = {
-        let request = http()
-            .post(proxy.url("/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(chat("second", false));
+        let request = chat_request(&http(), &proxy, "second", false);
         tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()) })
     };
     scrape_until(&proxy, "one request queued", |s| {
@@ -263,14 +254,7 @@ async fn a_client_that_gives_up_while_queued_leaves_the_queue_at_once() {
     .await;
     // Gone long before the running turn (3 s) let anybody else in.
     assert!(gave_up.elapsed() < Duration::from_secs(2));
-    let health: Value = http()
-        .get(proxy.url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = proxy.healthz().await.unwrap();
     assert_eq!(health["worker"]["in_flight"], 1);
 
     assert_eq!(running.await.unwrap(), 200);
@@ -390,14 +374,6 @@ async fn a_completed_turn_counts_its_usage_items_timings_and_the_rate_limits() {
     );
 }
 
-fn assert_only_outcome_n(samples: &[Sample], outcome: &str, n: f64) {
-    for o in OUTCOMES {
-        let labels = [("model", "codex-demo"), ("outcome", o)];
-        let expected = if o == outcome { n } else { 0.0 };
-        assert_eq!(sum(samples, "codex_turns_total", &labels), expected, "{o}");
-    }
-}
-
 #[tokio::test]
 async fn a_turn_without_usage_counts_no_tokens_and_is_counted_without_usage() {
     let proxy = Proxy::start(&config(""), &[("DEMO_USAGE", "none")]).await;
@@ -485,16 +461,6 @@ async fn a_client_that_leaves_mid_stream_is_counted_once_as_client_disconnected(
     );
 }
 
-/// The single value of an instant query, once Prometheus has one.
-async fn scalar(server: &common::Server, promql: &str) -> Option<f64> {
-    let result = server.query(promql).await;
-    let samples = result.as_array()?;
-    if samples.len() != 1 {
-        return None;
-    }
-    samples[0]["value"][1].as_str()?.parse().ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_receiving_the_remote_write_sums_the_tokens_sent() {
     let Some(prometheus) = start_prometheus("").await else {
@@ -520,16 +486,12 @@ async fn prometheus_receiving_the_remote_write_sums_the_tokens_sent() {
     assert_eq!(sum(&samples, "codex_tokens_total", &[]), sent);
 
     // The default `instance` is `<hostname>:<port>`.
-    let host = rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned();
-    let instance = format!("{host}:{}", proxy.port);
+    let instance = format!("{}:{}", common::hostname(), proxy.port);
     let query = format!(r#"sum(codex_tokens_total{{instance="{instance}"}})"#);
     wait_until(&format!("{query} = {sent}"), DEADLINE, || async {
-        (scalar(&prometheus, &query).await == Some(sent)).then_some(())
+        (prometheus.scalar(&query).await == Some(sent)).then_some(())
     })
     .await;
     let output = format!(r#"sum(codex_tokens_total{{instance="{instance}",kind="output"}})"#);
-    assert_eq!(scalar(&prometheus, &output).await, Some(21.0));
+    assert_eq!(prometheus.scalar(&output).await, Some(21.0));
 }

@@ -68,7 +68,9 @@ async fn a_fresh_default_start_serves_metrics_on_loopback_and_one_variable_turns
     assert!(text.contains("# TYPE codex_worker_ready gauge"), "{text}");
     // A reload signal does not end a proxy that has no secret files to read.
     proxy.proc.signal(Signal::HUP);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy
+        .wait_log("SIGHUP: reading the secret files again")
+        .await;
     assert_eq!(status(&proxy, "/livez", None).await.status(), 200);
 
     let off = Proxy::start("", &[("PROXY_ENABLE_METRICS", "false")]).await;
@@ -258,7 +260,12 @@ async fn rotated_secret_files_take_effect_without_a_restart() {
     // A rotation that leaves the file empty keeps the last token instead of none.
     std::fs::write(&token_file, "").unwrap();
     proxy.proc.signal(Signal::HUP);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy
+        .wait_log(&format!(
+            "{} is empty; keeping the previous value",
+            token_file.display()
+        ))
+        .await;
     assert_eq!(
         status(&proxy, "/metrics", Some("Bearer token-three"))
             .await

@@ -213,15 +213,7 @@ async fn stored_snapshots(prometheus: &Server) -> u64 {
 
 /// The first push destination in the proxy's `/healthz`.
 async fn healthz_push(proxy: &Proxy) -> Option<serde_json::Value> {
-    let health: serde_json::Value = common::http()
-        .get(proxy.url("/healthz"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    Some(health["push"][0].clone())
+    Some(proxy.healthz().await?["push"][0].clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

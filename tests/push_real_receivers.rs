@@ -10,29 +10,12 @@ use rustix::process::Signal;
 
 use std::time::Duration;
 
-use common::{http, start_prometheus, start_victoria_metrics, wait_until, Proxy, Server};
+use common::scrape::{scrape, sum, text};
+use common::{hostname, http, start_prometheus, start_victoria_metrics, wait_until, Proxy};
 use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const ROUTE: &str = "/v1/chat/completions";
-
-/// The single value of an instant query, once the server has one.
-async fn scalar(server: &Server, promql: &str) -> Option<f64> {
-    let result = server.query(promql).await;
-    let samples = result.as_array()?;
-    if samples.len() != 1 {
-        return None;
-    }
-    samples[0]["value"][1].as_str()?.parse().ok()
-}
-
-/// This machine's host name: the default `instance` is `<hostname>:<port>`.
-fn hostname() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
-}
 
 /// The sum of `codex_http_requests_total` for `ROUTE` in the proxy's own `/metrics`.
 async fn requests_in_metrics(proxy: &Proxy) -> f64 {
@@ -41,19 +24,11 @@ async fn requests_in_metrics(proxy: &Proxy) -> f64 {
 
 /// The sum of `codex_http_requests_total` for `route` in the proxy's own `/metrics`.
 async fn requests_in(proxy: &Proxy, route: &str) -> f64 {
-    let text = http()
-        .get(proxy.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("/metrics body");
-    text.lines()
-        .filter(|l| l.starts_with("codex_http_requests_total{"))
-        .filter(|l| l.contains(&format!("route=\"{route}\"")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    sum(
+        &scrape(proxy).await,
+        "codex_http_requests_total",
+        &[("route", route)],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,17 +48,7 @@ async fn pushed_series_match_metrics_in_both_receivers_and_end_stale_on_sigterm(
     let mut proxy = Proxy::start(&config, &[("DEMO_DELTA_DELAY_MS", "20")]).await;
     proxy.wait_ready().await;
     for i in 0..6 {
-        let body = json!({"model": "codex-demo", "stream": i % 2 == 0,
-                          "messages": [{"role": "user", "content": format!("hello {i}")}]});
-        let status = http()
-            .post(proxy.url(ROUTE))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .expect("chat request")
-            .status();
-        assert_eq!(status, 200);
+        chat_once(&proxy, &format!("hello {i}"), i % 2 == 0).await;
     }
     let expected = requests_in_metrics(&proxy).await;
     assert_eq!(expected, 6.0);
@@ -99,12 +64,12 @@ async fn pushed_series_match_metrics_in_both_receivers_and_end_stale_on_sigterm(
     for server in [&prometheus, &victoria] {
         let what = format!("{requests} = {expected} on {}", server.base);
         wait_until(&what, DEADLINE, || async {
-            (scalar(server, &requests).await == Some(expected)).then_some(())
+            (server.scalar(&requests).await == Some(expected)).then_some(())
         })
         .await;
         medians.push(
             wait_until("a histogram quantile", DEADLINE, || async {
-                scalar(server, &median).await.filter(|v| v.is_finite())
+                server.scalar(&median).await.filter(|v| v.is_finite())
             })
             .await,
         );
@@ -113,14 +78,7 @@ async fn pushed_series_match_metrics_in_both_receivers_and_end_stale_on_sigterm(
     assert!((medians[0] - medians[1]).abs() < 1e-9, "{medians:?}");
     assert!(medians[0] > 0.0 && medians[0] <= 10_000.0, "{medians:?}");
 
-    let health: serde_json::Value = http()
-        .get(proxy.url("/healthz"))
-        .send()
-        .await
-        .expect("GET /healthz")
-        .json()
-        .await
-        .expect("/healthz JSON");
+    let health = proxy.healthz().await.expect("/healthz JSON");
     let push = health["push"]
         .as_array()
         .expect("a push section in /healthz");
@@ -153,30 +111,27 @@ async fn pushed_series_match_metrics_in_both_receivers_and_end_stale_on_sigterm(
 
 /// `/healthz`'s push section, once it answers.
 async fn push_health(proxy: &Proxy) -> Option<Vec<serde_json::Value>> {
-    let health: serde_json::Value = http()
-        .get(proxy.url("/healthz"))
+    proxy.healthz().await?["push"].as_array().cloned()
+}
+
+/// One chat completion, answered 200.
+async fn chat_once(proxy: &Proxy, prompt: &str, stream: bool) {
+    let body = json!({"model": "codex-demo", "stream": stream,
+                      "messages": [{"role": "user", "content": prompt}]});
+    let status = http()
+        .post(proxy.url(ROUTE))
+        .header("content-type", "application/json")
+        .body(body.to_string())
         .send()
         .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    health["push"].as_array().cloned()
+        .expect("chat request")
+        .status();
+    assert_eq!(status, 200);
 }
 
 async fn chat(proxy: &Proxy, n: usize) {
     for i in 0..n {
-        let body = json!({"model": "codex-demo",
-                          "messages": [{"role": "user", "content": format!("hi {i}")}]});
-        let status = http()
-            .post(proxy.url(ROUTE))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .expect("chat request")
-            .status();
-        assert_eq!(status, 200);
+        chat_once(proxy, &format!("hi {i}"), false).await;
     }
 }
 
@@ -246,7 +201,7 @@ async fn auto_ends_on_1_0_in_both_receivers_with_queued_2_0_requests_delivered_a
             let q = sum(instance);
             let what = format!("{q} = {expected} on {}", server.base);
             wait_until(&what, DEADLINE, || async {
-                (scalar(server, &q).await == Some(expected)).then_some(())
+                (server.scalar(&q).await == Some(expected)).then_some(())
             })
             .await;
         }
@@ -262,18 +217,11 @@ async fn auto_ends_on_1_0_in_both_receivers_with_queued_2_0_requests_delivered_a
     assert_eq!(push.len(), 2);
     // Nothing doubled: VictoriaMetrics keeps a sample sent twice, Prometheus does not.
     let count = format!(r#"count_over_time(codex_worker_ready{{instance="{old_instance}"}}[10m])"#);
-    let in_prometheus = scalar(&prometheus, &count).await.expect("old samples");
-    let in_victoria = scalar(&victoria, &count).await.expect("old samples");
+    let in_prometheus = prometheus.scalar(&count).await.expect("old samples");
+    let in_victoria = victoria.scalar(&count).await.expect("old samples");
     assert_eq!(in_prometheus, in_victoria);
     assert!(in_prometheus >= (after_traffic + 2) as f64);
-    let metrics = http()
-        .get(second.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("/metrics body");
+    let metrics = text(&second).await;
     for line in metrics.lines().filter(|l| {
         l.starts_with("codex_push_samples_dropped_total{")
             || l.starts_with("codex_push_samples_rejected_total{")
@@ -325,7 +273,7 @@ async fn four_replicas_on_0_0_0_0_with_one_config_keep_four_instances_apart() {
     wait_until(
         "the sum over the replicas in Prometheus",
         DEADLINE,
-        || async { (scalar(&prometheus, &total).await == Some(in_metrics)).then_some(()) },
+        || async { (prometheus.scalar(&total).await == Some(in_metrics)).then_some(()) },
     )
     .await;
     let instances = prometheus
@@ -345,7 +293,7 @@ async fn four_replicas_on_0_0_0_0_with_one_config_keep_four_instances_apart() {
     expected.sort();
     assert_eq!(names, expected, "one instance per replica, none 0.0.0.0");
     let dropped = r#"sum(codex_push_samples_dropped_total) or vector(0)"#;
-    assert_eq!(scalar(&prometheus, dropped).await, Some(0.0));
+    assert_eq!(prometheus.scalar(dropped).await, Some(0.0));
     let logs = prometheus.logs();
     for reject in [
         "out of order",

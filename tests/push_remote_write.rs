@@ -74,6 +74,13 @@ struct V2Request {
 }
 
 impl Received {
+    /// The value of header `name`, which the request carries exactly once.
+    fn one_header(&self, name: &str) -> String {
+        let values: Vec<_> = self.headers.get_all(name).iter().collect();
+        assert_eq!(values.len(), 1, "{name}: {values:?}");
+        values[0].to_str().unwrap().to_string()
+    }
+
     fn is_v2(&self) -> bool {
         self.headers["content-type"]
             == "application/x-protobuf;proto=io.prometheus.write.v2.Request"
@@ -120,6 +127,35 @@ struct ReceiverState {
     /// Requests being answered now, and the most ever at once.
     open: AtomicUsize,
     max_open: AtomicUsize,
+}
+
+impl ReceiverState {
+    /// The scripted answer for this request; 200 once the script is through.
+    fn next_answer(&self) -> Reply {
+        self.script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(reply(200))
+    }
+
+    fn record(
+        &self,
+        headers: HeaderMap,
+        body: Bytes,
+        series: Vec<Series>,
+        v2: Option<V2Request>,
+        status: StatusCode,
+    ) {
+        self.log.lock().unwrap().push(Received {
+            headers,
+            body,
+            series,
+            v2,
+            status,
+            at: Instant::now(),
+        });
+    }
 }
 
 struct Receiver {
@@ -184,14 +220,7 @@ async fn receive(
     });
     if v2_type && state.speaks == Speaks::V1Refusing {
         let status = StatusCode::UNSUPPORTED_MEDIA_TYPE;
-        state.log.lock().unwrap().push(Received {
-            headers,
-            body,
-            series: Vec::new(),
-            v2: None,
-            status,
-            at: Instant::now(),
-        });
+        state.record(headers, body, Vec::new(), None, status);
         return (status, "unsupported content type").into_response();
     }
     if v2_type && state.speaks == Speaks::Both {
@@ -214,20 +243,8 @@ async fn receive(
             })
         })
         .collect();
-    let answer = state
-        .script
-        .lock()
-        .unwrap()
-        .pop_front()
-        .unwrap_or(reply(200));
-    state.log.lock().unwrap().push(Received {
-        headers,
-        body,
-        series,
-        v2: None,
-        status: answer.status,
-        at: Instant::now(),
-    });
+    let answer = state.next_answer();
+    state.record(headers, body, series, None, answer.status);
     if !state.delay.is_zero() {
         let open = state.open.fetch_add(1, Ordering::SeqCst) + 1;
         state.max_open.fetch_max(open, Ordering::SeqCst);
@@ -316,16 +333,9 @@ fn receive_v2(state: Arc<ReceiverState>, headers: HeaderMap, body: Bytes) -> Res
         }
     }
     v2.violations = bad;
-    let answer = (state.script.lock().unwrap().pop_front()).unwrap_or(reply(200));
+    let answer = state.next_answer();
     let written = (series.len() as u64).saturating_sub(answer.unwritten);
-    state.log.lock().unwrap().push(Received {
-        headers,
-        body,
-        series,
-        v2: Some(v2),
-        status: answer.status,
-        at: Instant::now(),
-    });
+    state.record(headers, body, series, Some(v2), answer.status);
     let mut response = (answer.status, "receiver says: no thanks").into_response();
     let h = response.headers_mut();
     h.insert("x-prometheus-remote-write-samples-written", written.into());
@@ -396,20 +406,7 @@ impl App {
 
     /// Value of a `codex_push_*` child in the registry, by label values.
     fn self_metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.registry
-            .gather()
-            .iter()
-            .filter(|f| f.name() == name)
-            .flat_map(|f| f.get_metric())
-            .filter(|m| {
-                labels.iter().all(|(n, v)| {
-                    m.get_label()
-                        .iter()
-                        .any(|l| l.name() == *n && l.value() == *v)
-                })
-            })
-            .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
-            .sum()
+        common::registry_value(&self.registry, name, labels)
     }
 }
 
@@ -435,6 +432,14 @@ fn summary_family() -> MetricFamily {
     f.set_field_type(MetricType::SUMMARY);
     f.set_metric(vec![m]);
     f
+}
+
+/// Waits until at least `n` requests are queued for the first destination.
+async fn wait_queued(pushers: &Pushers, n: u64, what: &str) {
+    wait_until(what, WAIT, || async {
+        (pushers.handle().status()[0].queued_requests >= n).then_some(())
+    })
+    .await;
 }
 
 fn destination(url: &str, extra: &str) -> String {
@@ -466,11 +471,7 @@ async fn requests_carry_the_protocol_headers_and_well_formed_series() {
     let log = rx.wait_for_requests(3).await;
 
     for r in &log {
-        let one = |name: &str| {
-            let values: Vec<_> = r.headers.get_all(name).iter().collect();
-            assert_eq!(values.len(), 1, "{name}: {values:?}");
-            values[0].to_str().unwrap().to_string()
-        };
+        let one = |name: &str| r.one_header(name);
         assert_eq!(one("content-encoding"), "snappy");
         assert_eq!(one("content-type"), "application/x-protobuf");
         assert_eq!(one("x-prometheus-remote-write-version"), "0.1.0");
@@ -616,10 +617,7 @@ async fn a_dead_receiver_keeps_the_backlog_and_it_drains_in_order_when_back() {
     ));
     pushers.handle().mark_ready();
     // Snapshots pile up behind the failing one while the receiver is down.
-    wait_until("a backlog", WAIT, || async {
-        (pushers.handle().status()[0].queued_requests >= 3).then_some(())
-    })
-    .await;
+    wait_queued(&pushers, 3, "a backlog").await;
     let log = wait_until("the backlog drained", WAIT, || async {
         let log = rx.log();
         let ok = log.iter().filter(|r| r.status == 200).count();
@@ -816,11 +814,7 @@ async fn requests_in_2_0_meet_every_sender_must_of_the_spec_and_carry_metadata()
 
     let log = rx.log();
     for r in &log {
-        let one = |name: &str| {
-            let values: Vec<_> = r.headers.get_all(name).iter().collect();
-            assert_eq!(values.len(), 1, "{name}: {values:?}");
-            values[0].to_str().unwrap().to_string()
-        };
+        let one = |name: &str| r.one_header(name);
         assert_eq!(one("content-encoding"), "snappy");
         assert_eq!(
             one("content-type"),
@@ -1006,10 +1000,7 @@ async fn queued_2_0_batches_from_disk_are_sent_as_1_0_in_order_after_a_restart()
     let app = App::new();
     let pushers = app.start(&destination(&down.url, &extra));
     pushers.handle().mark_ready();
-    wait_until("a backlog on disk", WAIT, || async {
-        (pushers.handle().status()[0].queued_requests >= 4).then_some(())
-    })
-    .await;
+    wait_queued(&pushers, 4, "a backlog on disk").await;
     pushers.shutdown(Duration::from_millis(200)).await;
     let tried: Vec<Received> = down.log();
     assert!(tried.iter().all(Received::is_v2));
@@ -1098,6 +1089,12 @@ fn complete_snapshots(ok: &[&Received]) -> BTreeMap<i64, usize> {
         }
     }
     per_ts.into_iter().map(|(ts, s)| (ts, s.len())).collect()
+}
+
+/// The snapshots (timestamp, series) with fewer series than the fullest one.
+fn incomplete_snapshots(per_ts: &BTreeMap<i64, usize>) -> Vec<(&i64, &usize)> {
+    let full = per_ts.values().copied().max().unwrap();
+    per_ts.iter().filter(|(_, &n)| n != full).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1189,8 +1186,7 @@ async fn no_series_goes_back_in_time_across_a_5xx_a_429_with_retry_after_and_par
     }
     // Every snapshot but the one in flight at shutdown arrived whole.
     let per_ts = complete_snapshots(&ok);
-    let full = per_ts.values().copied().max().unwrap();
-    let partial = per_ts.values().filter(|&&n| n != full).count();
+    let partial = incomplete_snapshots(&per_ts).len();
     assert!(partial <= 1, "{per_ts:?}");
     let rate_limited_at = log.iter().position(|r| r.status == 429).unwrap();
     let next = &log[rate_limited_at + 1..];
@@ -1216,10 +1212,7 @@ async fn after_a_restart_the_disk_backlog_goes_out_in_parallel_and_in_order() {
     let first = App::new();
     let pushers = first.start(&destination(&rx.url, &extra));
     pushers.handle().mark_ready();
-    wait_until("a backlog on disk", WAIT, || async {
-        (pushers.handle().status()[0].queued_requests >= 60).then_some(())
-    })
-    .await;
+    wait_queued(&pushers, 60, "a backlog on disk").await;
     drop(pushers); // killed: no final push, the queue stays as it is on disk
     rx.state.script.lock().unwrap().clear();
     let before = rx.log().len();
@@ -1241,8 +1234,7 @@ async fn after_a_restart_the_disk_backlog_goes_out_in_parallel_and_in_order() {
         "replay went in parallel"
     );
     let per_ts = complete_snapshots(&ok);
-    let full = per_ts.values().copied().max().unwrap();
-    let partial: Vec<_> = per_ts.iter().filter(|(_, &n)| n != full).collect();
+    let partial = incomplete_snapshots(&per_ts);
     assert!(
         partial.len() <= 2,
         "snapshots with missing series: {partial:?}"
@@ -1302,9 +1294,11 @@ async fn a_full_disk_falls_back_to_memory_loses_nothing_under_the_cap_and_return
     .await;
     let dest = [("destination", "remote_write[0]")];
     assert_eq!(app.self_metric("codex_push_queue_degraded", &dest), 1.0);
-    wait_until("snapshots still queued, in memory", WAIT, || async {
-        (pushers.handle().status()[0].queued_requests >= degraded_at + 20).then_some(())
-    })
+    wait_queued(
+        &pushers,
+        degraded_at + 20,
+        "snapshots still queued, in memory",
+    )
     .await;
     rx.state.script.lock().unwrap().clear();
     // The disk part drains, its segments go, and a later push moves memory back to disk
@@ -1321,8 +1315,7 @@ async fn a_full_disk_falls_back_to_memory_loses_nothing_under_the_cap_and_return
     let ok = accepted(&log);
     assert_timestamps_increase_per_series(&ok);
     let per_ts = complete_snapshots(&ok);
-    let full = per_ts.values().copied().max().unwrap();
-    let partial: Vec<_> = per_ts.iter().filter(|(_, &n)| n != full).collect();
+    let partial = incomplete_snapshots(&per_ts);
     assert!(
         partial.len() <= 1,
         "snapshots with missing series: {partial:?}"

@@ -175,22 +175,14 @@ async fn start_tls_prometheus(dir: &Path, pki: &Pki) -> Option<(Proc, String)> {
 
 /// `codex_push_requests_total` of `destination` in the proxy's own `/metrics`, by outcome.
 async fn outcomes(proxy: &Proxy, destination: &str) -> Vec<(String, f64)> {
-    let text = common::http()
-        .get(proxy.url("/metrics"))
-        .send()
+    common::scrape::scrape(proxy)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let wanted = format!("destination=\"{destination}\"");
-    text.lines()
-        .filter(|l| l.starts_with("codex_push_requests_total{") && l.contains(&wanted))
-        .filter_map(|l| {
-            let outcome = l.split("outcome=\"").nth(1)?.split('"').next()?.to_string();
-            let value = l.rsplit(' ').next()?.parse().ok()?;
-            Some((outcome, value))
+        .into_iter()
+        .filter(|(name, labels, _)| {
+            name == "codex_push_requests_total"
+                && labels.get("destination").map(String::as_str) == Some(destination)
         })
+        .filter_map(|(_, labels, value)| Some((labels.get("outcome")?.clone(), value)))
         .collect()
 }
 

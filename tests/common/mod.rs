@@ -196,9 +196,39 @@ impl Proxy {
         .await;
     }
 
+    /// `/healthz` as JSON, once it answers.
+    pub async fn healthz(&self) -> Option<serde_json::Value> {
+        http()
+            .get(self.url("/healthz"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+
     pub fn logs(&self) -> String {
         self.proc.logs()
     }
+
+    /// Waits until the proxy's log holds `text`.
+    pub async fn wait_log(&self, text: &str) {
+        wait_until(
+            &format!("{text:?} in the log"),
+            Duration::from_secs(30),
+            || async { self.logs().contains(text).then_some(()) },
+        )
+        .await;
+    }
+}
+
+/// This machine's host name: the default `instance` is `<hostname>:<port>`.
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// A real server (Prometheus, Pushgateway, VictoriaMetrics) on a free port.
@@ -283,6 +313,16 @@ impl Server {
             .await
             .expect("query json");
         body["data"]["result"].clone()
+    }
+
+    /// The single value of an instant query, once the server has one.
+    pub async fn scalar(&self, promql: &str) -> Option<f64> {
+        let result = self.query(promql).await;
+        let samples = result.as_array()?;
+        if samples.len() != 1 {
+            return None;
+        }
+        samples[0]["value"][1].as_str()?.parse().ok()
     }
 }
 

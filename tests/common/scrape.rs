@@ -36,40 +36,42 @@ pub fn parse(text: &str) -> Vec<Sample> {
         .collect()
 }
 
-/// `GET /metrics` from loopback (admitted by default).
-pub async fn scrape(proxy: &Proxy) -> Vec<Sample> {
+/// The body of `GET /metrics` from loopback (admitted by default).
+pub async fn text(proxy: &Proxy) -> String {
     let response = http()
         .get(proxy.url("/metrics"))
         .send()
         .await
         .expect("GET /metrics");
     assert_eq!(response.status(), 200, "is [metrics] enabled?");
-    parse(&response.text().await.expect("/metrics body"))
+    response.text().await.expect("/metrics body")
+}
+
+/// The samples of `GET /metrics` from loopback.
+pub async fn scrape(proxy: &Proxy) -> Vec<Sample> {
+    parse(&text(proxy).await)
+}
+
+/// The samples of `name` carrying every pair of `labels`.
+fn matching<'a>(
+    samples: &'a [Sample],
+    name: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = &'a Sample> {
+    samples.iter().filter(move |(n, l, _)| {
+        n == name
+            && labels
+                .iter()
+                .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+    })
 }
 
 /// The sum of `name` over the series carrying every pair of `labels`.
 pub fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|(n, l, _)| {
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|(_, _, v)| v)
-        .sum()
+    matching(samples, name, labels).map(|(_, _, v)| v).sum()
 }
 
 /// How many series of `name` carry every pair of `labels`.
 pub fn count(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> usize {
-    samples
-        .iter()
-        .filter(|(n, l, _)| {
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-        })
-        .count()
+    matching(samples, name, labels).count()
 }
