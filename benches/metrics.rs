@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
 
 mod common {
+    pub mod cpu_time;
     pub mod workload;
 }
 
@@ -21,45 +22,14 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use codex_proxy::metrics::scrape::Renderer;
+use common::cpu_time::ThreadCpuTime;
 use common::workload::Workload;
-use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::measurement::WallTime;
 use criterion::{black_box, Criterion};
 
 fn load() -> Workload {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench/promclient/workload.json");
     Workload::load(&path).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`), shown like wall time.
-struct ThreadCpuTime(WallTime);
-
-fn thread_cpu_now() -> Duration {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-impl Measurement for ThreadCpuTime {
-    type Intermediate = Duration;
-    type Value = Duration;
-
-    fn start(&self) -> Duration {
-        thread_cpu_now()
-    }
-    fn end(&self, started: Duration) -> Duration {
-        thread_cpu_now().saturating_sub(started)
-    }
-    fn add(&self, a: &Duration, b: &Duration) -> Duration {
-        *a + *b
-    }
-    fn zero(&self) -> Duration {
-        Duration::ZERO
-    }
-    fn to_f64(&self, value: &Duration) -> f64 {
-        value.as_nanos() as f64
-    }
-    fn formatter(&self) -> &dyn ValueFormatter {
-        self.0.formatter()
-    }
 }
 
 fn main() {

@@ -10,6 +10,10 @@
 //!   above. Printed as p50 / p99 (not a criterion statistic: a distribution is the point).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
 
+mod common {
+    pub mod cpu_time;
+}
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,40 +21,9 @@ use std::time::{Duration, Instant};
 use codex_proxy::config::MetricsConfig;
 use codex_proxy::metrics::model_work::ITEM_KINDS;
 use codex_proxy::metrics::{FinishedTurn, Metrics, Outcome, TokenCounts};
-use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use common::cpu_time::ThreadCpuTime;
+use criterion::measurement::WallTime;
 use criterion::{black_box, Criterion};
-
-/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`), shown like wall time.
-struct ThreadCpuTime(WallTime);
-
-fn thread_cpu_now() -> Duration {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-impl Measurement for ThreadCpuTime {
-    type Intermediate = Duration;
-    type Value = Duration;
-
-    fn start(&self) -> Duration {
-        thread_cpu_now()
-    }
-    fn end(&self, started: Duration) -> Duration {
-        thread_cpu_now().saturating_sub(started)
-    }
-    fn add(&self, a: &Duration, b: &Duration) -> Duration {
-        *a + *b
-    }
-    fn zero(&self) -> Duration {
-        Duration::ZERO
-    }
-    fn to_f64(&self, value: &Duration) -> f64 {
-        value.as_nanos() as f64
-    }
-    fn formatter(&self) -> &dyn ValueFormatter {
-        self.0.formatter()
-    }
-}
 
 /// The demo worker's pause before each delta.
 const DELTA_INTERVAL: Duration = Duration::from_millis(20);
