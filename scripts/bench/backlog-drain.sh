@@ -21,39 +21,20 @@
 # Prints a markdown table; docs/performance.md has the figures measured here.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+BENCH_NAME=backlog-drain.sh
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
 SAMPLES=${1:-1200000}
 SERIES=${2:-20000}
 ORDER=${3:-codex-first}
 PER_REQUEST=${4:-2000}
 INTERVAL=250ms
 
-for b in victoria-metrics vmagent python3 curl; do
-  command -v "$b" >/dev/null || { echo "backlog-drain.sh: $b is required" >&2; exit 1; }
-done
+bench_require victoria-metrics vmagent python3 curl
 cargo build --release --example backlog_drain
 BIN=$PWD/target/release/examples/backlog_drain
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # url what
-  for _ in $(seq 1 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
-  echo "backlog-drain.sh: $2 did not come up ($1)" >&2; exit 1
-}
-metric() { # url name -> sum of the samples of that name (0 while unreachable)
-  local body
-  body=$(curl -sf "$1") || { echo 0; return; }
-  awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%.0f\n", s }' <<<"$body"
-}
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+bench_workdir
 
 VM_PORT=$(free_port)
 AGENT_PORT=$(free_port)

@@ -20,34 +20,17 @@
 # Prints a markdown table; docs/performance.md has the figures measured here.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+BENCH_NAME=catch-up.sh
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
 SNAPSHOTS=${1:-600}
 SERIES=2806
 DELAY_MS=50
-for b in victoria-metrics vmagent prometheus python3 curl; do
-  command -v "$b" >/dev/null || { echo "catch-up.sh: $b is required" >&2; exit 1; }
-done
+bench_require victoria-metrics vmagent prometheus python3 curl
 cargo build --release --example backlog_drain >&2
 BIN=$PWD/target/release/examples/backlog_drain
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # url what
-  for _ in $(seq 1 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
-  echo "catch-up.sh: $2 did not come up ($1)" >&2; exit 1
-}
-metric() { # url name -> sum of the samples of that name (0 while unreachable)
-  local body
-  body=$(curl -sf "$1") || { echo 0; return; }
-  awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%.0f\n", s }' <<<"$body"
-}
+bench_workdir
 
 RECV_PORT=$(free_port)
 FWD_PORT=$(free_port)

@@ -15,35 +15,16 @@
 # pushing adds), vmagent's peak RSS.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+BENCH_NAME=push-cost.sh
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
 RUN_SECONDS=${1:-60}
 
 cargo build --release --example push_bench
 BIN=$PWD/target/release/examples/push_bench
-for b in victoria-metrics vmagent python3 curl; do
-  command -v "$b" >/dev/null || { echo "push-cost.sh: $b is required" >&2; exit 1; }
-done
+bench_require victoria-metrics vmagent python3 curl
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # url what
-  for _ in $(seq 1 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
-  echo "push-cost.sh: $2 did not come up ($1)" >&2; exit 1
-}
-metric() { # url name -> sum of the samples of that name
-  curl -sf "$1" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%.0f\n", s }'
-}
-cpu_of() { # pid -> user+system seconds
-  awk -v t="$(getconf CLK_TCK)" '{ printf "%.3f\n", ($14 + $15) / t }' "/proc/$1/stat"
-}
-hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+bench_workdir
 
 run_set() { # name "registry arguments" interval
   local name=$1 fill=$2 interval=$3 dir="$WORK/$1"
