@@ -21,7 +21,7 @@ use axum::Router;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use common::scrape::{count, scrape, sum};
+use common::scrape::{count, scrape, sum, Sample};
 use common::{http, wait_until, Proxy};
 
 /// Where scripts/install-test-deps.sh puts the native binary of npm `@openai/codex`.
@@ -232,6 +232,27 @@ impl Stack {
             .expect("POST /v1/chat/completions")
     }
 
+    /// A non-streamed completion answered 200, then `/metrics` once it counts `turns` turns.
+    async fn turn_counted(&self, prompt: &str, turns: f64) -> Vec<Sample> {
+        let response = self.chat(prompt, false).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "proxy log tail:\n{}",
+            self.log_tail()
+        );
+        response.text().await.unwrap();
+        wait_until(
+            &format!("{turns} turns in /metrics"),
+            Duration::from_secs(20),
+            || async {
+                let samples = scrape(&self.proxy).await;
+                (sum(&samples, "codex_turns_total", &[]) == turns).then_some(samples)
+            },
+        )
+        .await
+    }
+
     /// The end of the proxy's log (codex logs there too, verbosely) for failure messages.
     fn log_tail(&self) -> String {
         let logs = self.proxy.logs();
@@ -433,19 +454,7 @@ async fn model_work_families_equal_the_stubs_usage_and_see_its_first_token_delay
     let Some(stack) = Stack::start().await else {
         return;
     };
-    let response = stack.chat("Count my tokens", false).await;
-    assert_eq!(
-        response.status(),
-        200,
-        "proxy log tail:\n{}",
-        stack.log_tail()
-    );
-    response.text().await.unwrap();
-    let samples = wait_until("the turn in /metrics", Duration::from_secs(20), || async {
-        let samples = scrape(&stack.proxy).await;
-        (sum(&samples, "codex_turns_total", &[]) == 1.0).then_some(samples)
-    })
-    .await;
+    let samples = stack.turn_counted("Count my tokens", 1.0).await;
     let model = ("model", "stub-model");
     for (kind, n) in [
         ("input", INPUT_TOKENS),
@@ -505,25 +514,9 @@ async fn model_work_families_equal_the_stubs_usage_and_see_its_first_token_delay
     );
 
     // A turn whose model call reports no usage adds no tokens and is counted as such.
-    let response = stack
-        .chat(&format!("No usage: {NO_USAGE_MARKER}"), false)
+    let after = stack
+        .turn_counted(&format!("No usage: {NO_USAGE_MARKER}"), 2.0)
         .await;
-    assert_eq!(
-        response.status(),
-        200,
-        "proxy log tail:\n{}",
-        stack.log_tail()
-    );
-    response.text().await.unwrap();
-    let after = wait_until(
-        "the second turn in /metrics",
-        Duration::from_secs(20),
-        || async {
-            let samples = scrape(&stack.proxy).await;
-            (sum(&samples, "codex_turns_total", &[]) == 2.0).then_some(samples)
-        },
-    )
-    .await;
     assert_eq!(
         sum(&after, "codex_tokens_total", &[]),
         sum(&samples, "codex_tokens_total", &[])
