@@ -82,19 +82,13 @@ impl Drop for Place<'_> {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::worker::{supervisor, WorkerCommand};
+    use crate::worker::supervisor;
     use axum::http::StatusCode;
 
     /// A worker that never starts: slots are handed out all the same.
     fn setup(toml: &str) -> (WorkerHandle, Arc<Admission>, Arc<Metrics>) {
         let config = Config::parse(toml).unwrap();
-        let worker = supervisor::start(
-            config.worker.clone(),
-            WorkerCommand {
-                program: "/nonexistent/worker".into(),
-                args: Vec::new(),
-            },
-        );
+        let worker = supervisor::start_never_ready(config.worker.clone());
         let metrics = Metrics::new(&config.metrics).unwrap();
         let admission = Arc::new(Admission::new(&config.worker, metrics.clone()));
         (worker, admission, metrics)

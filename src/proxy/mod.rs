@@ -112,7 +112,7 @@ pub(crate) fn router(state: AppState) -> (Router, Vec<&'static str>) {
 mod tests {
     use super::*;
     use crate::metrics::labels::RouteTemplates;
-    use crate::worker::{supervisor, WorkerCommand};
+    use crate::worker::supervisor;
     use axum::body::Body;
     use axum::extract::Request;
     use axum::http::{Method, StatusCode};
@@ -125,13 +125,7 @@ mod tests {
     async fn the_route_label_agrees_with_the_router_on_every_path() {
         let config = Arc::new(Config::default());
         // A worker that never starts: routing does not need one.
-        let worker = supervisor::start(
-            config.worker.clone(),
-            WorkerCommand {
-                program: "/nonexistent/worker".into(),
-                args: Vec::new(),
-            },
-        );
+        let worker = supervisor::start_never_ready(config.worker.clone());
         let metrics = Metrics::new(&config.metrics).unwrap();
         let (router, templates) = router(AppState::new(config, worker.clone(), metrics));
         let labels = RouteTemplates::new(templates.iter().copied());

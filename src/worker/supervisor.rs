@@ -54,6 +54,19 @@ pub(crate) fn start(config: WorkerConfig, command: WorkerCommand) -> WorkerHandl
     WorkerHandle { shared }
 }
 
+/// A worker whose program does not exist, so it never starts: for the tests of what
+/// needs a handle but no worker (routing, admission: slots are handed out all the same).
+#[cfg(test)]
+pub(crate) fn start_never_ready(config: WorkerConfig) -> WorkerHandle {
+    start(
+        config,
+        WorkerCommand {
+            program: "/nonexistent/worker".into(),
+            args: Vec::new(),
+        },
+    )
+}
+
 /// Delay before restart number `failures` (1-based): initial, doubling, capped.
 pub(crate) fn backoff_delay(config: &WorkerConfig, failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(63);
