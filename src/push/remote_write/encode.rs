@@ -350,19 +350,22 @@ pub enum DecodeError {
     Protobuf(#[from] prost::DecodeError),
 }
 
+/// The label bytes `encode_label` writes for `pairs`, in order.
+#[cfg(test)]
+pub(crate) fn encode_labels(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (n, v) in pairs {
+        encode_label(n, v, &mut out);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    use super::encode_labels as labels;
     use super::*;
     use crate::push::remote_write::proto::{Label, Sample, TimeSeries, WriteRequest};
     use prost::Message;
-
-    fn labels(pairs: &[(&str, &str)]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (n, v) in pairs {
-            encode_label(n, v, &mut out);
-        }
-        out
-    }
 
     #[test]
     fn encoded_request_decodes_to_the_same_series_with_prost() {

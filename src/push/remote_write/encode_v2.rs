@@ -306,17 +306,9 @@ impl<'a> Iterator for LabelPairs<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::push::remote_write::encode::encode_label;
+    use crate::push::remote_write::encode::encode_labels as labels;
     use crate::push::remote_write::proto::v2;
     use prost::Message;
-
-    fn labels(pairs: &[(&str, &str)]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (n, v) in pairs {
-            encode_label(n, v, &mut out);
-        }
-        out
-    }
 
     fn timestamp(ts: i64) -> Vec<u8> {
         let mut out = Vec::new();
