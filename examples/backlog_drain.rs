@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use codex_proxy::config::Config;
 use codex_proxy::push::{Pushers, Snapshot};
-use prometheus::{IntGaugeVec, Opts, Registry};
+use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -127,16 +127,22 @@ fn counter(registry: &Registry, name: &str) -> u64 {
         .sum()
 }
 
-async fn fill(series: usize, config: Config, target: u64) {
+/// A registry of `series` gauges `bench_value{i="0"}`, `{i="1"}`, ...
+fn synthetic(series: usize) -> (Registry, Vec<IntGauge>) {
     let registry = Registry::new();
     let gauges = IntGaugeVec::new(Opts::new("bench_value", "Synthetic series."), &["i"])
         .unwrap_or_else(|e| usage(&e.to_string()));
     registry
         .register(Box::new(gauges.clone()))
         .unwrap_or_else(|e| usage(&e.to_string()));
-    let children: Vec<_> = (0..series)
+    let children = (0..series)
         .map(|i| gauges.with_label_values(&[&i.to_string()]))
         .collect();
+    (registry, children)
+}
+
+async fn fill(series: usize, config: Config, target: u64) {
+    let (registry, children) = synthetic(series);
     let snapshots = Arc::new(AtomicU64::new(0));
     let samples = Arc::new(AtomicU64::new(0));
     let memory = Arc::new(Mutex::new(Vec::<(u64, u64)>::new()));
@@ -221,15 +227,7 @@ async fn open(queue_dir: &str) {
 }
 
 async fn live(series: usize, config: Config, seconds: u64) {
-    let registry = Registry::new();
-    let gauges = IntGaugeVec::new(Opts::new("bench_value", "Synthetic series."), &["i"])
-        .unwrap_or_else(|e| usage(&e.to_string()));
-    registry
-        .register(Box::new(gauges.clone()))
-        .unwrap_or_else(|e| usage(&e.to_string()));
-    let children: Vec<_> = (0..series)
-        .map(|i| gauges.with_label_values(&[&i.to_string()]))
-        .collect();
+    let (registry, children) = synthetic(series);
     let source = {
         let registry = registry.clone();
         let n = AtomicU64::new(1_000_000);
