@@ -1,9 +1,15 @@
 //! `codex-proxy healthcheck`: exit 0 when `/readyz` answers 200, for container health
 //! checks in images without curl.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use reqwest::Method;
+
+use crate::push::http::{error_chain, HttpClient, HttpSettings};
 
 /// `/readyz` of a server listening on `listen`; an unspecified address (`0.0.0.0`, `::`)
 /// is asked on loopback, where it answers too.
@@ -37,15 +43,20 @@ pub fn healthcheck(url: &str, timeout: Duration) -> ExitCode {
         }
     };
     let status = runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(crate::push::http::error_chain)?;
+        let settings = HttpSettings {
+            timeout,
+            headers: &BTreeMap::new(),
+            bearer_token_file: None,
+            basic_auth: None,
+            tls_ca_file: None,
+        };
+        let client = HttpClient::new(&settings, HeaderMap::new()).map_err(|e| e.to_string())?;
         let response = client
-            .get(url.as_url().clone())
+            .request(Method::GET, url.as_url().clone())
+            .map_err(|e| e.to_string())?
             .send()
             .await
-            .map_err(crate::push::http::error_chain)?;
+            .map_err(error_chain)?;
         Ok::<_, String>(response.status())
     });
     match status {
