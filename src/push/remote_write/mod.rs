@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use tokio::sync::{watch, Notify};
 
@@ -192,17 +192,10 @@ impl Drop for AbortOnDrop {
 }
 
 /// The headers remote-write 1.0 requires on every request; configured ones never override them.
+/// A request in 2.0 replaces the type and version with its own (`Protocol::headers`).
 pub(crate) fn protocol_headers() -> HeaderMap {
-    let mut h = HeaderMap::new();
+    let mut h = Protocol::V1.headers();
     h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("snappy"));
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-protobuf"),
-    );
-    h.insert(
-        HeaderName::from_static("x-prometheus-remote-write-version"),
-        HeaderValue::from_static("0.1.0"),
-    );
     h.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
     h
 }
