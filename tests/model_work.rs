@@ -488,10 +488,7 @@ async fn prometheus_receiving_the_remote_write_sums_the_tokens_sent() {
     // The default `instance` is `<hostname>:<port>`.
     let instance = format!("{}:{}", common::hostname(), proxy.port);
     let query = format!(r#"sum(codex_tokens_total{{instance="{instance}"}})"#);
-    wait_until(&format!("{query} = {sent}"), DEADLINE, || async {
-        (prometheus.scalar(&query).await == Some(sent)).then_some(())
-    })
-    .await;
+    prometheus.wait_scalar(&query, sent, DEADLINE).await;
     let output = format!(r#"sum(codex_tokens_total{{instance="{instance}",kind="output"}})"#);
     assert_eq!(prometheus.scalar(&output).await, Some(21.0));
 }

@@ -62,11 +62,7 @@ async fn pushed_series_match_metrics_in_both_receivers_and_end_stale_on_sigterm(
     );
     let mut medians = Vec::new();
     for server in [&prometheus, &victoria] {
-        let what = format!("{requests} = {expected} on {}", server.base);
-        wait_until(&what, DEADLINE, || async {
-            (server.scalar(&requests).await == Some(expected)).then_some(())
-        })
-        .await;
+        server.wait_scalar(&requests, expected, DEADLINE).await;
         medians.push(
             wait_until("a histogram quantile", DEADLINE, || async {
                 server.scalar(&median).await.filter(|v| v.is_finite())
@@ -198,12 +194,7 @@ async fn auto_ends_on_1_0_in_both_receivers_with_queued_2_0_requests_delivered_a
     };
     for server in [&prometheus, &victoria] {
         for (instance, expected) in [(&old_instance, 6.0), (&new_instance, 3.0)] {
-            let q = sum(instance);
-            let what = format!("{q} = {expected} on {}", server.base);
-            wait_until(&what, DEADLINE, || async {
-                (server.scalar(&q).await == Some(expected)).then_some(())
-            })
-            .await;
+            server.wait_scalar(&sum(instance), expected, DEADLINE).await;
         }
     }
     let push = wait_until("both on 1.0, queues drained", DEADLINE, || async {
@@ -270,12 +261,7 @@ async fn four_replicas_on_0_0_0_0_with_one_config_keep_four_instances_apart() {
     }
     assert_eq!(in_metrics, 10.0, "1 + 2 + 3 + 4 requests");
     let total = format!(r#"sum(codex_http_requests_total{{route="{MODELS}"}})"#);
-    wait_until(
-        "the sum over the replicas in Prometheus",
-        DEADLINE,
-        || async { (prometheus.scalar(&total).await == Some(in_metrics)).then_some(()) },
-    )
-    .await;
+    prometheus.wait_scalar(&total, in_metrics, DEADLINE).await;
     let instances = prometheus
         .query(r#"count by (instance) (codex_worker_ready)"#)
         .await;

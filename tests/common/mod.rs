@@ -324,6 +324,15 @@ impl Server {
         }
         samples[0]["value"][1].as_str()?.parse().ok()
     }
+
+    /// Waits until the instant query `promql` has the single value `expected`.
+    pub async fn wait_scalar(&self, promql: &str, expected: f64, timeout: Duration) {
+        let what = format!("{promql} = {expected} on {}", self.base);
+        wait_until(&what, timeout, || async {
+            (self.scalar(promql).await == Some(expected)).then_some(())
+        })
+        .await;
+    }
 }
 
 /// Prometheus with the remote-write receiver on; `scrape_configs` is YAML (may be empty).
