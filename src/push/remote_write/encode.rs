@@ -56,6 +56,24 @@ pub(crate) const SAMPLE_KEY: u8 = key(2, WireType::LengthDelimited);
 pub(crate) const SAMPLE_VALUE_KEY: u8 = key(1, WireType::SixtyFourBit);
 pub(crate) const SAMPLE_TIMESTAMP_KEY: u8 = key(2, WireType::Varint);
 
+/// The length of a `Sample` whose timestamp varint is `timestamp_len` bytes: both fields
+/// are always written, so that -0.0 and the stale NaN keep their exact bits.
+#[inline]
+pub(crate) const fn sample_len(timestamp_len: usize) -> usize {
+    1 + 8 + 1 + timestamp_len
+}
+
+/// Appends the `TimeSeries.samples` field holding one `Sample`; `timestamp` is its varint.
+#[inline]
+pub(crate) fn put_sample(body: &mut Vec<u8>, value: f64, timestamp: &[u8]) {
+    body.push(SAMPLE_KEY);
+    put_varint(sample_len(timestamp.len()) as u64, body);
+    body.push(SAMPLE_VALUE_KEY);
+    body.extend_from_slice(&value.to_bits().to_le_bytes());
+    body.push(SAMPLE_TIMESTAMP_KEY);
+    body.extend_from_slice(timestamp);
+}
+
 /// Appends `n` as a protobuf varint: seven bits a byte, low bits first.
 #[inline]
 pub(crate) fn put_varint(mut n: u64, out: &mut Vec<u8>) {
@@ -208,21 +226,14 @@ impl RequestEncoder {
         value: f64,
         timestamp_ms: i64,
     ) {
-        // Sample { double value = 1; int64 timestamp = 2; }: both fields always written,
-        // so that -0.0 and the stale NaN keep their exact bits.
         self.set_timestamp(timestamp_ms);
         let ts = &self.timestamp.1;
-        let sample_len = 1 + 8 + 1 + ts.len();
+        let sample_len = sample_len(ts.len());
         let series_len = labels.len() + 1 + encoded_len_varint(sample_len as u64) + sample_len;
         body.push(SERIES_KEY);
         put_varint(series_len as u64, body);
         body.extend_from_slice(labels);
-        body.push(SAMPLE_KEY);
-        put_varint(sample_len as u64, body);
-        body.push(SAMPLE_VALUE_KEY);
-        body.extend_from_slice(&value.to_bits().to_le_bytes());
-        body.push(SAMPLE_TIMESTAMP_KEY);
-        body.extend_from_slice(ts);
+        put_sample(body, value, ts);
     }
 
     /// Gives the series that [`write`](Self::write) put at `at` in `body` the sample
@@ -242,7 +253,7 @@ impl RequestEncoder {
         self.set_timestamp(timestamp_ms);
         let ts = &self.timestamp.1;
         let end = series_end(body, at, self.series_key())?;
-        let sample_len = 1 + 8 + 1 + ts.len();
+        let sample_len = sample_len(ts.len());
         // The sample field's key and one-byte length: the length tells the old varint's.
         let sample_at = end.checked_sub(2 + sample_len).filter(|&s| s > at)?;
         if body[sample_at..sample_at + 2] != [SAMPLE_KEY, sample_len as u8] {

@@ -19,7 +19,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use prost::encoding::{encoded_len_varint, WireType};
 
-use super::encode::{key, put_varint, SAMPLE_KEY, SAMPLE_TIMESTAMP_KEY, SAMPLE_VALUE_KEY};
+use super::encode::{key, put_sample, put_varint, sample_len};
 use crate::exposition::snapshot::{Family, Kind};
 
 /// `Request.timeseries` (field 5).
@@ -245,7 +245,7 @@ impl SeriesWriter {
         if help != 0 {
             meta_len += 1 + varint_len(help);
         }
-        let sample_len = 1 + 8 + 1 + timestamp.len();
+        let sample_len = sample_len(timestamp.len());
         let series_len = (1 + encoded_len_varint(refs_len as u64) + refs_len)
             + (1 + encoded_len_varint(meta_len as u64) + meta_len)
             + (1 + encoded_len_varint(sample_len as u64) + sample_len);
@@ -266,12 +266,7 @@ impl SeriesWriter {
             body.push(HELP_KEY);
             put_varint(u64::from(help), body);
         }
-        body.push(SAMPLE_KEY);
-        put_varint(sample_len as u64, body);
-        body.push(SAMPLE_VALUE_KEY);
-        body.extend_from_slice(&value.to_bits().to_le_bytes());
-        body.push(SAMPLE_TIMESTAMP_KEY);
-        body.extend_from_slice(timestamp);
+        put_sample(body, value, timestamp);
     }
 }
 
