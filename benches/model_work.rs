@@ -2,20 +2,29 @@
 //! - `record_turn`: recording one finished turn in every new family (turn counter,
 //!   duration, time to first token, time per output token, five token kinds, two item
 //!   kinds), what the proxy does once per turn; thread CPU time, as in benches/metrics.rs.
-//! - the proxy's own delay between a worker delta and its SSE bytes, at 1 and at 100
-//!   concurrent streams: the release binary with its demo worker, which stamps every
-//!   delta with the `CLOCK_MONOTONIC` time it writes it (`DEMO_DELTA_TIMESTAMPS=1`); the
-//!   client here reads the clock again when the bytes arrive. The figure therefore also
-//!   holds the worker's pipe and the loopback socket, so it bounds the proxy's share from
-//!   above. Printed as p50 / p99 (not a criterion statistic: a distribution is the point).
+//! - the delay between a worker delta and its SSE bytes, at 1 and at 100 concurrent
+//!   streams, with the release binary and its demo worker, two ways:
+//!   - end to end: the worker stamps every delta with the `CLOCK_MONOTONIC` time it
+//!     writes it (`DEMO_DELTA_TIMESTAMPS=1`); the client here reads the clock again when
+//!     the bytes arrive. This holds the worker's pipe, the loopback socket and the
+//!     client's own wake-up too, so it bounds the proxy's share from above. Run with the
+//!     proxy's tracing off, as in production; the proxy's CPU per delta comes from here.
+//!   - the proxy's own part: the same load again with
+//!     `RUST_LOG=codex_proxy::delta_latency=trace` and JSON logs; the proxy then reports,
+//!     per delta, the time from reading its line off the worker's stdout to handing its
+//!     SSE event to hyper (`delta_to_sse_ns`), and this bench reads the proxy's stderr.
+//!
+//!   Printed as p50 / p99 (not a criterion statistic: a distribution is the point).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
 
 mod common {
     pub mod cpu_time;
 }
 
+use std::io::BufRead;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use codex_proxy::config::MetricsConfig;
@@ -64,6 +73,9 @@ fn bench_record_turn() {
 struct Proxy {
     child: Child,
     base: String,
+    /// The proxy's own `delta_to_sse_ns` reports, in the order it logged them (only when
+    /// started with the trace on).
+    own: Arc<Mutex<Vec<u64>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -74,7 +86,9 @@ impl Drop for Proxy {
     }
 }
 
-fn start_proxy(streams: usize) -> Proxy {
+/// With `trace`, the proxy logs JSON to a pipe read here for its `delta_to_sse_ns`
+/// reports; without, it logs warnings only, as in production.
+fn start_proxy(streams: usize, trace: bool) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -89,24 +103,55 @@ fn start_proxy(streams: usize) -> Proxy {
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_codex-proxy"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_codex-proxy"));
+    command
         .arg("serve")
         .arg("--config")
         .arg(&config)
         .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
         .env("DEMO_DELTA_TIMESTAMPS", "1")
         .env(
             "DEMO_DELTA_DELAY_MS",
             DELTA_INTERVAL.as_millis().to_string(),
         )
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stdout(Stdio::null());
+    if trace {
+        command
+            .arg("--log-format")
+            .arg("json")
+            .env("RUST_LOG", "warn,codex_proxy::delta_latency=trace")
+            .stderr(Stdio::piped());
+    } else {
+        command.env("RUST_LOG", "warn");
+    }
+    let mut child = command.spawn().unwrap();
+    let own = Arc::new(Mutex::new(Vec::new()));
+    if let Some(stderr) = child.stderr.take() {
+        // Read at once and apart from the client's thread, so the proxy never waits on
+        // a full pipe.
+        let own = own.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let event: serde_json::Value = match serde_json::from_str(&line) {
+                    Ok(event) => event,
+                    Err(_) => {
+                        eprintln!("{line}");
+                        continue;
+                    }
+                };
+                match event.get("delta_to_sse_ns").and_then(|v| v.as_u64()) {
+                    Some(ns) => own.lock().unwrap().push(ns),
+                    None => eprintln!("{line}"),
+                }
+            }
+        });
+    }
     Proxy {
         child,
         base: format!("http://127.0.0.1:{port}"),
+        own,
         _dir: dir,
     }
 }
@@ -157,10 +202,18 @@ fn process_cpu(pid: u32) -> Duration {
     Duration::from_nanos(ticks * 1_000_000_000 / per_second)
 }
 
-/// `concurrent` streams at once, `rounds` times; returns every delta's latency, sorted,
-/// and the CPU time the proxy process (not its worker) spent meanwhile.
-async fn measure(concurrent: usize, rounds: usize) -> (Vec<u64>, Duration) {
-    let proxy = start_proxy(concurrent);
+struct Measured {
+    /// Every delta's end-to-end latency (ns), sorted.
+    end_to_end: Vec<u64>,
+    /// Every delta's proxy-own latency (ns), sorted; empty without the trace.
+    own: Vec<u64>,
+    /// CPU time of the proxy process (not its worker) over the counted rounds.
+    cpu: Duration,
+}
+
+/// `concurrent` streams at once, `rounds` times, after a warm-up round.
+async fn measure(concurrent: usize, rounds: usize, trace: bool) -> Measured {
+    let proxy = start_proxy(concurrent, trace);
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -176,6 +229,7 @@ async fn measure(concurrent: usize, rounds: usize) -> (Vec<u64>, Duration) {
     let prompt = "word ".repeat(46);
     let mut all = Vec::new();
     let mut cpu_before = Duration::ZERO;
+    let mut warm_up_deltas = 0;
     // The first round warms up connections and the worker; not counted.
     for round in 0..=rounds {
         if round == 1 {
@@ -193,15 +247,39 @@ async fn measure(concurrent: usize, rounds: usize) -> (Vec<u64>, Duration) {
             })
         });
         let results = futures_util::future::join_all(streams).await;
-        if round > 0 {
-            for r in results {
-                all.extend(r.unwrap());
+        for r in results {
+            let r = r.unwrap();
+            if round > 0 {
+                all.extend(r);
+            } else {
+                warm_up_deltas += r.len();
             }
         }
     }
     let cpu = process_cpu(proxy.child.id()) - cpu_before;
     all.sort_unstable();
-    (all, cpu)
+    let mut own = Vec::new();
+    if trace {
+        // One report per delta, logged before its bytes went out; the warm-up's come
+        // first, since the counted rounds began after every warm-up stream had ended.
+        let expected = warm_up_deltas + all.len();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while proxy.own.lock().unwrap().len() < expected {
+            assert!(
+                Instant::now() < deadline,
+                "the proxy reported {} deltas of {expected}",
+                proxy.own.lock().unwrap().len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        own = proxy.own.lock().unwrap()[warm_up_deltas..].to_vec();
+        own.sort_unstable();
+    }
+    Measured {
+        end_to_end: all,
+        own,
+        cpu,
+    }
 }
 
 fn bench_delta_to_sse() {
@@ -210,15 +288,29 @@ fn bench_delta_to_sse() {
         .build()
         .unwrap();
     for (concurrent, rounds) in [(1, 20), (100, 3)] {
-        let (latencies, cpu) = runtime.block_on(measure(concurrent, rounds));
+        let m = runtime.block_on(measure(concurrent, rounds, false));
         println!(
-            "delta_to_sse/{concurrent}_streams: {} deltas, p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs; \
-             proxy CPU {:.1} µs per delta (whole process, requests and streams included)",
-            latencies.len(),
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.99),
-            percentile(&latencies, 1.0),
-            cpu.as_secs_f64() * 1e6 / latencies.len() as f64,
+            "delta_to_sse/{concurrent}_streams end to end (worker stamp to client): {} deltas, \
+             p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs; proxy CPU {:.1} µs per delta \
+             (whole process, requests and streams included)",
+            m.end_to_end.len(),
+            percentile(&m.end_to_end, 0.5),
+            percentile(&m.end_to_end, 0.99),
+            percentile(&m.end_to_end, 1.0),
+            m.cpu.as_secs_f64() * 1e6 / m.end_to_end.len() as f64,
+        );
+        let m = runtime.block_on(measure(concurrent, rounds, true));
+        println!(
+            "delta_to_sse/{concurrent}_streams proxy's own (line read to SSE event handed to \
+             hyper): {} deltas, p50 {:.1} µs, p99 {:.1} µs, max {:.0} µs; with the trace on: \
+             end to end p50 {:.0} µs, p99 {:.0} µs, proxy CPU {:.1} µs per delta",
+            m.own.len(),
+            percentile(&m.own, 0.5),
+            percentile(&m.own, 0.99),
+            percentile(&m.own, 1.0),
+            percentile(&m.end_to_end, 0.5),
+            percentile(&m.end_to_end, 0.99),
+            m.cpu.as_secs_f64() * 1e6 / m.end_to_end.len() as f64,
         );
     }
 }

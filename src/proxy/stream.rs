@@ -24,7 +24,7 @@ use super::tool_buffer::ToolBuffer;
 use super::turn_metrics::{self, TurnTelemetry};
 use super::AppState;
 use crate::metrics::StreamGuard;
-use crate::worker::{Turn, TurnEvent, TurnStatus, Usage};
+use crate::worker::{Turn, TurnEvent, TurnStatus, Usage, DELTA_LATENCY_TARGET};
 
 pub(crate) async fn respond(
     state: &AppState,
@@ -79,7 +79,7 @@ async fn open(
         _slot: slot,
         _active: state.metrics.stream_guard(),
     };
-    body.queue_chunk(json!({"role": "assistant", "content": ""}), None);
+    body.queue_chunk(json!({"role": "assistant", "content": ""}), None, None);
     let events = futures_util::stream::unfold(body, |mut body| async move {
         let event = body.next().await?;
         Some((Ok::<_, Infallible>(event), body))
@@ -90,12 +90,20 @@ async fn open(
     Ok(Sse::new(events).keep_alive(keepalive).into_response())
 }
 
+struct Queued {
+    event: Event,
+    /// Whether it carries content (the first such is the time to first token).
+    content: bool,
+    /// When the proxy read the worker line of the delta it carries (delta-latency trace).
+    received: Option<Instant>,
+}
+
 struct StreamBody {
     /// `None` once the turn has ended (its worker slot is then free already).
     turn: Option<Turn>,
     buffer: Option<ToolBuffer>,
-    /// Events ready to go out, in order, each with whether it carries content.
-    queue: VecDeque<(Event, bool)>,
+    /// Events ready to go out, in order.
+    queue: VecDeque<Queued>,
     id: String,
     created: u64,
     model: String,
@@ -113,11 +121,18 @@ impl StreamBody {
     /// The next event to send; `None` when the stream is over.
     async fn next(&mut self) -> Option<Event> {
         loop {
-            if let Some((event, content)) = self.queue.pop_front() {
-                if content {
+            if let Some(queued) = self.queue.pop_front() {
+                if queued.content {
                     self.telemetry.first_content_sent();
                 }
-                return Some(event);
+                // The caller hands the event to hyper without awaiting anything else.
+                if let Some(received) = queued.received {
+                    tracing::trace!(
+                        target: DELTA_LATENCY_TARGET,
+                        delta_to_sse_ns = received.elapsed().as_nanos() as u64
+                    );
+                }
+                return Some(queued.event);
             }
             let turn = self.turn.as_mut()?;
             let event = turn.next_event().await;
@@ -130,7 +145,8 @@ impl StreamBody {
                         Some(b) => b.push(&d),
                         None => d,
                     };
-                    self.queue_text(text);
+                    let received = self.turn.as_ref().and_then(Turn::received);
+                    self.queue_text(text, received);
                 }
                 Some(TurnEvent::Usage(usage)) => self.usage = Some(usage),
                 Some(TurnEvent::Item(_)) => {}
@@ -145,37 +161,51 @@ impl StreamBody {
         self.turn = None;
         self.telemetry.finish(turn_metrics::outcome(status));
         if let Some(text) = self.buffer.as_mut().map(ToolBuffer::finish) {
-            self.queue_text(text);
+            self.queue_text(text, None);
         }
         if status == TurnStatus::Completed {
-            self.queue_chunk(json!({}), Some("stop"));
+            self.queue_chunk(json!({}), Some("stop"), None);
             if let (true, Some(usage)) = (self.include_usage, self.usage) {
                 let mut chunk = self.chunk(Vec::new());
                 chunk["usage"] = chat::usage_json(&usage);
-                self.queue
-                    .push_back((Event::default().data(chunk.to_string()), false));
+                self.queue_event(Event::default().data(chunk.to_string()));
             }
         } else {
             let error = chat::turn_failed(status, error.or(self.last_error.take()));
-            self.queue
-                .push_back((Event::default().data(error.body().to_string()), false));
+            self.queue_event(Event::default().data(error.body().to_string()));
         }
-        self.queue
-            .push_back((Event::default().data("[DONE]"), false));
+        self.queue_event(Event::default().data("[DONE]"));
     }
 
-    fn queue_text(&mut self, text: String) {
+    /// `received`: when the proxy read the worker line of the delta giving `text`.
+    fn queue_text(&mut self, text: String, received: Option<Instant>) {
         if !text.is_empty() {
-            self.queue_chunk(json!({"content": text}), None);
+            self.queue_chunk(json!({"content": text}), None, received);
         }
     }
 
-    fn queue_chunk(&mut self, delta: Value, finish_reason: Option<&str>) {
+    fn queue_chunk(
+        &mut self,
+        delta: Value,
+        finish_reason: Option<&str>,
+        received: Option<Instant>,
+    ) {
         let content = delta.get("content").is_some_and(|c| c != "");
         let choice = json!({"index": 0, "delta": delta, "finish_reason": finish_reason});
         let chunk = self.chunk(vec![choice]);
-        self.queue
-            .push_back((Event::default().data(chunk.to_string()), content));
+        self.queue.push_back(Queued {
+            event: Event::default().data(chunk.to_string()),
+            content,
+            received,
+        });
+    }
+
+    fn queue_event(&mut self, event: Event) {
+        self.queue.push_back(Queued {
+            event,
+            content: false,
+            received: None,
+        });
     }
 
     fn chunk(&self, choices: Vec<Value>) -> Value {

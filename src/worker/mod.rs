@@ -24,6 +24,12 @@ use rpc::{Rpc, RpcError};
 pub(crate) use supervisor::WorkerCommand;
 pub(crate) use turn::{Turn, TurnEvent, TurnStatus, Usage};
 
+/// The tracing target of one TRACE event per streamed delta, `delta_to_sse_ns`: the time
+/// from the proxy reading the delta's line off the worker's stdout to handing its SSE
+/// event to hyper. Off unless `RUST_LOG` enables it (e.g. `codex_proxy::delta_latency=trace`);
+/// the benchmark of the proxy's own delay reads it (docs/performance.md, "Model work").
+pub(crate) const DELTA_LATENCY_TARGET: &str = "codex_proxy::delta_latency";
+
 /// Where the worker is in its life; serialized in `/healthz` as snake_case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -36,6 +37,8 @@ pub(crate) enum RpcError {
 pub(crate) struct Notification {
     pub(crate) method: String,
     pub(crate) params: Value,
+    /// When the proxy read the line's bytes; only while the delta-latency trace is on.
+    pub(crate) received: Option<Instant>,
 }
 
 enum Outgoing {
@@ -247,8 +250,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
 ) {
     let mut reader = BufReader::new(reader);
     let mut line = Vec::new();
+    let mut last_read = None;
     loop {
         line.clear();
+        // A line already (partly) in the buffer arrived with an earlier read and has
+        // waited in the proxy since: its stamp is that read's.
+        let buffered = !reader.buffer().is_empty();
         let mut limited = (&mut reader).take(MAX_LINE_BYTES as u64 + 1);
         match limited.read_until(b'\n', &mut line).await {
             Ok(0) => break,
@@ -262,10 +269,17 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 break;
             }
         }
+        if tracing::enabled!(target: super::DELTA_LATENCY_TARGET, tracing::Level::TRACE) {
+            if !buffered || last_read.is_none() {
+                last_read = Some(Instant::now());
+            }
+        } else {
+            last_read = None;
+        }
         let Some(shared) = shared.upgrade() else {
             break;
         };
-        dispatch(&shared, &line);
+        dispatch(&shared, &line, last_read);
     }
     // Wake every waiter: pending requests fail with `Closed`, subscriptions end.
     let _ = closed.send(true);
@@ -276,7 +290,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
-fn dispatch(shared: &Shared, line: &[u8]) {
+fn dispatch(shared: &Shared, line: &[u8], received: Option<Instant>) {
     let text = String::from_utf8_lossy(line);
     let text = text.trim();
     if text.is_empty() {
@@ -299,7 +313,10 @@ fn dispatch(shared: &Shared, line: &[u8]) {
                 "code": -32601, "message": "codex-proxy does not serve this request"}});
             let _ = shared.outgoing.send(Outgoing::Line(reply.to_string()));
         }
-        (Some(method), None) => route_notification(shared, method, &msg),
+        (Some(method), None) => {
+            let method = method.to_string();
+            route_notification(shared, method, msg, received);
+        }
         (None, Some(id)) => complete_request(shared, id, &msg),
         (None, None) => tracing::debug!("ignoring a JSON line without method or id"),
     }
@@ -327,24 +344,32 @@ fn complete_request(shared: &Shared, id: &Value, msg: &Value) {
     let _ = tx.send(outcome);
 }
 
-fn route_notification(shared: &Shared, method: &str, msg: &Value) {
-    let params = msg.get("params").cloned().unwrap_or(Value::Null);
+fn route_notification(shared: &Shared, method: String, mut msg: Value, received: Option<Instant>) {
+    // Moved out rather than cloned: this runs once per delta.
+    let params = msg
+        .get_mut("params")
+        .map(Value::take)
+        .unwrap_or(Value::Null);
     let Some(thread_id) = params.get("threadId").and_then(Value::as_str) else {
         if method.starts_with("account/") {
             if let Some(tx) = lock(&shared.account).as_ref() {
                 let _ = tx.send(Notification {
-                    method: method.to_string(),
+                    method,
                     params,
+                    received,
                 });
             }
         }
         return;
     };
-    let threads = lock(&shared.threads);
-    if let Some((_, tx)) = threads.get(thread_id) {
+    let subscriber = lock(&shared.threads)
+        .get(thread_id)
+        .map(|(_, tx)| tx.clone());
+    if let Some(tx) = subscriber {
         let _ = tx.send(Notification {
-            method: method.to_string(),
-            params: params.clone(),
+            method,
+            params,
+            received,
         });
     }
 }
@@ -439,6 +464,27 @@ mod tests {
         }
         assert_eq!(one.recv().await.unwrap().params["delta"], "for one");
         assert_eq!(two.recv().await.unwrap().params["delta"], "for two");
+    }
+
+    #[tokio::test]
+    async fn notifications_carry_their_read_time_only_while_the_latency_trace_is_on() {
+        let (t, _lines, mut peer) = pair();
+        let mut sub = t.subscribe_thread("t1");
+        let delta = json!({"jsonrpc":"2.0","method":"item/agentMessage/delta","params":{"threadId":"t1","delta":"x"}});
+        let line = format!("{delta}\n");
+        peer.write_all(line.as_bytes()).await.unwrap();
+        assert_eq!(sub.recv().await.unwrap().received, None);
+
+        // The test runtime has one thread, so the reader task sees this subscriber too.
+        let trace = tracing_subscriber::fmt()
+            .with_env_filter(format!("{}=trace", crate::worker::DELTA_LATENCY_TARGET))
+            .with_writer(std::io::sink)
+            .finish();
+        let _on = tracing::subscriber::set_default(trace);
+        let before = Instant::now();
+        peer.write_all(line.as_bytes()).await.unwrap();
+        let received = sub.recv().await.unwrap().received;
+        assert!(received.is_some_and(|r| r >= before), "{received:?}");
     }
 
     #[tokio::test]

@@ -2,6 +2,8 @@
 //! events the proxy needs. Dropping an unfinished turn sends `turn/interrupt`, which is
 //! how a client that goes away stops the work and frees its slot.
 
+use std::time::Instant;
+
 use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -51,6 +53,9 @@ pub(crate) struct Turn {
     turn_id: String,
     model: Option<String>,
     finished: bool,
+    /// When the proxy read the worker line of the last event returned (delta-latency
+    /// trace only).
+    received: Option<Instant>,
     /// Held for the turn's life: the per-worker concurrency cap.
     _slot: OwnedSemaphorePermit,
 }
@@ -67,6 +72,7 @@ impl Turn {
             turn_id,
             model,
             finished: false,
+            received: None,
             _slot: slot,
         }
     }
@@ -76,18 +82,26 @@ impl Turn {
         self.model.as_deref()
     }
 
+    /// When the proxy read the worker's line of the event `next_event` returned last;
+    /// `None` unless the delta-latency trace is on ([`super::DELTA_LATENCY_TARGET`]).
+    pub(crate) fn received(&self) -> Option<Instant> {
+        self.received
+    }
+
     /// The next event; `None` after `Completed`. A worker that dies mid-turn yields a
     /// `Completed { status: WorkerLost }` so every turn has an end.
     pub(crate) async fn next_event(&mut self) -> Option<TurnEvent> {
         while !self.finished {
             let Some(n) = self.subscription.recv().await else {
                 self.finished = true;
+                self.received = None;
                 return Some(TurnEvent::Completed {
                     status: TurnStatus::WorkerLost,
                     error: Some("the worker exited during the turn".to_string()),
                 });
             };
             if let Some(event) = self.translate(&n) {
+                self.received = n.received;
                 if matches!(event, TurnEvent::Completed { .. }) {
                     self.finished = true;
                 }
