@@ -12,7 +12,10 @@
 //!   - the proxy's own part: the same load again with
 //!     `RUST_LOG=codex_proxy::delta_latency=trace` and JSON logs; the proxy then reports,
 //!     per delta, the time from reading its line off the worker's stdout to handing its
-//!     SSE event to hyper (`delta_to_sse_ns`), and this bench reads the proxy's stderr.
+//!     SSE event to hyper (`delta_to_sse_ns`), with that hand-over's `CLOCK_MONOTONIC`
+//!     time and the completion id, read here from the proxy's stderr. Matched to what
+//!     the client saw (the k-th delta of a completion), they also split the end-to-end
+//!     figure into before the proxy read the line and after it handed the event over.
 //!
 //!   Printed as p50 / p99 (not a criterion statistic: a distribution is the point).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
@@ -21,6 +24,7 @@ mod common {
     pub mod cpu_time;
 }
 
+use std::collections::HashMap;
 use std::io::BufRead;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -36,11 +40,6 @@ use criterion::{black_box, Criterion};
 
 /// The demo worker's pause before each delta.
 const DELTA_INTERVAL: Duration = Duration::from_millis(20);
-
-fn monotonic_nanos() -> u128 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u128 * 1_000_000_000 + t.tv_nsec as u128
-}
 
 fn bench_record_turn() {
     let config: MetricsConfig = toml::from_str("models = [\"gpt-5\"]").unwrap();
@@ -69,13 +68,21 @@ fn bench_record_turn() {
     c.final_summary();
 }
 
+/// One `delta_to_sse` report of the proxy's, in the order it logged them.
+struct OwnReport {
+    completion_id: String,
+    /// Line read off the worker's stdout → SSE event handed to hyper.
+    own_ns: u64,
+    /// The hand-over, on the `CLOCK_MONOTONIC` clock.
+    sent_at_ns: u64,
+}
+
 /// The release binary with the demo worker, killed when dropped.
 struct Proxy {
     child: Child,
     base: String,
-    /// The proxy's own `delta_to_sse_ns` reports, in the order it logged them (only when
-    /// started with the trace on).
-    own: Arc<Mutex<Vec<u64>>>,
+    /// The proxy's reports (only when started with the trace on).
+    own: Arc<Mutex<Vec<OwnReport>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -134,15 +141,17 @@ fn start_proxy(streams: usize, trace: bool) -> Proxy {
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                let event: serde_json::Value = match serde_json::from_str(&line) {
-                    Ok(event) => event,
-                    Err(_) => {
-                        eprintln!("{line}");
-                        continue;
-                    }
-                };
-                match event.get("delta_to_sse_ns").and_then(|v| v.as_u64()) {
-                    Some(ns) => own.lock().unwrap().push(ns),
+                let report = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|e| {
+                        Some(OwnReport {
+                            completion_id: e.get("completion_id")?.as_str()?.to_string(),
+                            own_ns: e.get("delta_to_sse_ns")?.as_u64()?,
+                            sent_at_ns: e.get("sent_at_ns")?.as_u64()?,
+                        })
+                    });
+                match report {
+                    Some(report) => own.lock().unwrap().push(report),
                     None => eprintln!("{line}"),
                 }
             }
@@ -156,13 +165,22 @@ fn start_proxy(streams: usize, trace: bool) -> Proxy {
     }
 }
 
-/// Latencies (ns) of every delta of one stream: arrival of the bytes minus the stamp.
-async fn one_stream(client: reqwest::Client, url: String, prompt: String) -> Vec<u64> {
+/// What the client saw of one stream.
+struct StreamSeen {
+    completion_id: String,
+    /// Per delta, in order: the worker's stamp and the arrival of its bytes (ns).
+    deltas: Vec<(u64, u64)>,
+}
+
+async fn one_stream(client: reqwest::Client, url: String, prompt: String) -> StreamSeen {
     let body = serde_json::json!({"model": "codex-demo", "stream": true,
         "messages": [{"role": "user", "content": prompt}]});
     let mut response = client.post(url).json(&body).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    let mut latencies = Vec::new();
+    let mut seen = StreamSeen {
+        completion_id: String::new(),
+        deltas: Vec::new(),
+    };
     let mut pending = String::new();
     while let Some(chunk) = response.chunk().await.unwrap() {
         let arrived = monotonic_nanos();
@@ -172,19 +190,33 @@ async fn one_stream(client: reqwest::Client, url: String, prompt: String) -> Vec
             continue;
         };
         for event in pending[..end].split("\n\n") {
+            if seen.completion_id.is_empty() {
+                if let Some(id) = event
+                    .split("\"id\":\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                {
+                    seen.completion_id = id.to_string();
+                }
+            }
             let Some(stamp) = event
                 .split("\"content\":\"")
                 .nth(1)
                 .and_then(|rest| rest.split(';').next())
-                .and_then(|n| n.parse::<u128>().ok())
+                .and_then(|n| n.parse::<u64>().ok())
             else {
                 continue;
             };
-            latencies.push(arrived.saturating_sub(stamp) as u64);
+            seen.deltas.push((stamp, arrived));
         }
         pending.drain(..end + 2);
     }
-    latencies
+    seen
+}
+
+fn monotonic_nanos() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -202,11 +234,19 @@ fn process_cpu(pid: u32) -> Duration {
     Duration::from_nanos(ticks * 1_000_000_000 / per_second)
 }
 
+/// Per delta of the counted rounds, each sorted (ns).
+#[derive(Default)]
 struct Measured {
-    /// Every delta's end-to-end latency (ns), sorted.
+    /// Worker stamp → bytes at the client.
     end_to_end: Vec<u64>,
-    /// Every delta's proxy-own latency (ns), sorted; empty without the trace.
+    /// With the trace only: line read by the proxy → SSE event handed to hyper.
     own: Vec<u64>,
+    /// With the trace only: worker stamp → line read by the proxy (the worker's write,
+    /// the pipe, and the proxy's reader waiting to run).
+    before_read: Vec<u64>,
+    /// With the trace only: SSE event handed to hyper → bytes at the client (hyper's
+    /// write, loopback, the client's wake-up).
+    after_handover: Vec<u64>,
     /// CPU time of the proxy process (not its worker) over the counted rounds.
     cpu: Duration,
 }
@@ -227,7 +267,7 @@ async fn measure(concurrent: usize, rounds: usize, trace: bool) -> Measured {
     let url = format!("{}/v1/chat/completions", proxy.base);
     // About 40 deltas of 6 characters each, 20 ms apart.
     let prompt = "word ".repeat(46);
-    let mut all = Vec::new();
+    let mut streams_seen = Vec::new();
     let mut cpu_before = Duration::ZERO;
     let mut warm_up_deltas = 0;
     // The first round warms up connections and the worker; not counted.
@@ -248,21 +288,28 @@ async fn measure(concurrent: usize, rounds: usize, trace: bool) -> Measured {
         });
         let results = futures_util::future::join_all(streams).await;
         for r in results {
-            let r = r.unwrap();
+            let seen = r.unwrap();
             if round > 0 {
-                all.extend(r);
+                streams_seen.push(seen);
             } else {
-                warm_up_deltas += r.len();
+                warm_up_deltas += seen.deltas.len();
             }
         }
     }
-    let cpu = process_cpu(proxy.child.id()) - cpu_before;
-    all.sort_unstable();
-    let mut own = Vec::new();
+    let mut m = Measured {
+        cpu: process_cpu(proxy.child.id()) - cpu_before,
+        ..Measured::default()
+    };
+    for seen in &streams_seen {
+        m.end_to_end.extend(
+            seen.deltas
+                .iter()
+                .map(|(stamp, arrived)| arrived.saturating_sub(*stamp)),
+        );
+    }
     if trace {
-        // One report per delta, logged before its bytes went out; the warm-up's come
-        // first, since the counted rounds began after every warm-up stream had ended.
-        let expected = warm_up_deltas + all.len();
+        // One report per delta, logged before its bytes went out, so all are coming.
+        let expected = warm_up_deltas + m.end_to_end.len();
         let deadline = Instant::now() + Duration::from_secs(10);
         while proxy.own.lock().unwrap().len() < expected {
             assert!(
@@ -272,14 +319,42 @@ async fn measure(concurrent: usize, rounds: usize, trace: bool) -> Measured {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        own = proxy.own.lock().unwrap()[warm_up_deltas..].to_vec();
-        own.sort_unstable();
+        let mut reports: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
+        for r in proxy.own.lock().unwrap().iter() {
+            reports
+                .entry(r.completion_id.clone())
+                .or_default()
+                .push((r.own_ns, r.sent_at_ns));
+        }
+        // The k-th delta the client saw of a stream is the k-th the proxy reported for it.
+        for seen in &streams_seen {
+            let ours = &reports[&seen.completion_id];
+            assert_eq!(ours.len(), seen.deltas.len(), "{}", seen.completion_id);
+            for (&(stamp, arrived), &(own, sent)) in seen.deltas.iter().zip(ours) {
+                m.own.push(own);
+                m.before_read.push((sent - own).saturating_sub(stamp));
+                m.after_handover.push(arrived.saturating_sub(sent));
+            }
+        }
     }
-    Measured {
-        end_to_end: all,
-        own,
-        cpu,
+    for v in [
+        &mut m.end_to_end,
+        &mut m.own,
+        &mut m.before_read,
+        &mut m.after_handover,
+    ] {
+        v.sort_unstable();
     }
+    m
+}
+
+fn p50_p99(sorted: &[u64]) -> String {
+    format!(
+        "p50 {:.1} µs, p99 {:.1} µs, max {:.0} µs",
+        percentile(sorted, 0.5),
+        percentile(sorted, 0.99),
+        percentile(sorted, 1.0)
+    )
 }
 
 fn bench_delta_to_sse() {
@@ -289,28 +364,25 @@ fn bench_delta_to_sse() {
         .unwrap();
     for (concurrent, rounds) in [(1, 20), (100, 3)] {
         let m = runtime.block_on(measure(concurrent, rounds, false));
+        let per_delta = |m: &Measured| m.cpu.as_secs_f64() * 1e6 / m.end_to_end.len() as f64;
         println!(
-            "delta_to_sse/{concurrent}_streams end to end (worker stamp to client): {} deltas, \
-             p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs; proxy CPU {:.1} µs per delta \
-             (whole process, requests and streams included)",
+            "delta_to_sse/{concurrent}_streams, trace off: {} deltas; end to end (worker stamp \
+             to client) {}; proxy CPU {:.1} µs per delta (whole process)",
             m.end_to_end.len(),
-            percentile(&m.end_to_end, 0.5),
-            percentile(&m.end_to_end, 0.99),
-            percentile(&m.end_to_end, 1.0),
-            m.cpu.as_secs_f64() * 1e6 / m.end_to_end.len() as f64,
+            p50_p99(&m.end_to_end),
+            per_delta(&m),
         );
         let m = runtime.block_on(measure(concurrent, rounds, true));
         println!(
-            "delta_to_sse/{concurrent}_streams proxy's own (line read to SSE event handed to \
-             hyper): {} deltas, p50 {:.1} µs, p99 {:.1} µs, max {:.0} µs; with the trace on: \
-             end to end p50 {:.0} µs, p99 {:.0} µs, proxy CPU {:.1} µs per delta",
+            "delta_to_sse/{concurrent}_streams, trace on: {} deltas; proxy's own (line read to \
+             SSE event handed to hyper) {}; before it (worker stamp to line read) {}; after it \
+             (hand-over to client) {}; end to end {}; proxy CPU {:.1} µs per delta",
             m.own.len(),
-            percentile(&m.own, 0.5),
-            percentile(&m.own, 0.99),
-            percentile(&m.own, 1.0),
-            percentile(&m.end_to_end, 0.5),
-            percentile(&m.end_to_end, 0.99),
-            m.cpu.as_secs_f64() * 1e6 / m.end_to_end.len() as f64,
+            p50_p99(&m.own),
+            p50_p99(&m.before_read),
+            p50_p99(&m.after_handover),
+            p50_p99(&m.end_to_end),
+            per_delta(&m),
         );
     }
 }

@@ -129,7 +129,9 @@ impl StreamBody {
                 if let Some(received) = queued.received {
                     tracing::trace!(
                         target: DELTA_LATENCY_TARGET,
-                        delta_to_sse_ns = received.elapsed().as_nanos() as u64
+                        delta_to_sse_ns = received.elapsed().as_nanos() as u64,
+                        sent_at_ns = crate::worker::monotonic_nanos(),
+                        completion_id = %self.id,
                     );
                 }
                 return Some(queued.event);

@@ -400,7 +400,7 @@ async fn run_turn(
                 break;
             }
             let delta = if state.knobs.delta_timestamps {
-                format!("{};", monotonic_nanos())
+                format!("{};", super::monotonic_nanos())
             } else {
                 piece.clone()
             };
@@ -453,13 +453,6 @@ async fn run_turn(
         eprintln!("demo-worker: crashing after {done} turns (DEMO_CRASH_AFTER_TURNS)");
         let _ = state.out.send(Out::Exit(1));
     }
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process of the machine, so a
-/// client can tell how long ago this process stamped a delta.
-fn monotonic_nanos() -> u128 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u128 * 1_000_000_000 + t.tv_nsec as u128
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

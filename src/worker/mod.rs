@@ -24,11 +24,22 @@ use rpc::{Rpc, RpcError};
 pub(crate) use supervisor::WorkerCommand;
 pub(crate) use turn::{Turn, TurnEvent, TurnStatus, Usage};
 
-/// The tracing target of one TRACE event per streamed delta, `delta_to_sse_ns`: the time
+/// The tracing target of one TRACE event per streamed delta: `delta_to_sse_ns`, the time
 /// from the proxy reading the delta's line off the worker's stdout to handing its SSE
-/// event to hyper. Off unless `RUST_LOG` enables it (e.g. `codex_proxy::delta_latency=trace`);
-/// the benchmark of the proxy's own delay reads it (docs/performance.md, "Model work").
+/// event to hyper; `sent_at_ns`, that hand-over on [`monotonic_nanos`]'s clock; and the
+/// `completion_id` the client sees. Off unless `RUST_LOG` enables it (e.g.
+/// `codex_proxy::delta_latency=trace`); the benchmark of the proxy's own delay reads it
+/// (docs/performance.md, "Model work").
 pub(crate) const DELTA_LATENCY_TARGET: &str = "codex_proxy::delta_latency";
+
+/// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process of the machine, so
+/// stamps taken by the demo worker, the proxy and a benchmark client compare.
+pub(crate) fn monotonic_nanos() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+}
 
 /// Where the worker is in its life; serialized in `/healthz` as snake_case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
