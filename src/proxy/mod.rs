@@ -45,7 +45,8 @@ pub(crate) struct AppState {
     /// The pushers' status, for `/healthz`; `None` when no pushers were started.
     pub(crate) push: Option<crate::push::PushersHandle>,
     /// `server.api_key` and `server.admin_token`, inline or from their files (rotating).
-    pub(crate) secrets: crate::secrets::Secrets,
+    /// Behind one `Arc`: the state is cloned for every request, and `Secrets` is four.
+    pub(crate) secrets: Arc<crate::secrets::Secrets>,
 }
 
 impl AppState {
@@ -57,7 +58,7 @@ impl AppState {
         let maintenance = config.maintenance.enabled;
         metrics.set_maintenance(maintenance);
         AppState {
-            secrets: crate::secrets::Secrets::from_config(&config),
+            secrets: Arc::new(crate::secrets::Secrets::from_config(&config)),
             streams: Arc::new(Semaphore::new(config.streams.max_concurrency)),
             admission: Arc::new(admission::Admission::new(&config.worker, metrics.clone())),
             maintenance: Arc::new(AtomicBool::new(maintenance)),

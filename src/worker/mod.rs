@@ -159,6 +159,12 @@ impl WorkerHandle {
         self.shared.status.borrow().clone()
     }
 
+    /// Reads the status in place, for a caller that needs one field of it per request
+    /// (a clone would copy the model list and the rate limits each time).
+    pub(crate) fn with_status<R>(&self, read: impl FnOnce(&WorkerStatus) -> R) -> R {
+        read(&self.shared.status.borrow())
+    }
+
     pub(crate) fn subscribe(&self) -> watch::Receiver<WorkerStatus> {
         self.shared.status.subscribe()
     }
