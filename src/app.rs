@@ -57,11 +57,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 
     let command = WorkerCommand::from_config(&config.worker).map_err(ServeError::WorkerCommand)?;
     let worker = supervisor::start(config.worker.clone(), command);
-    tokio::spawn(bridge_worker_metrics(worker.subscribe(), metrics.clone()));
-    tokio::spawn(first_push_when_ready(
+    tokio::spawn(bridge_worker_metrics(
         worker.subscribe(),
-        pushers.handle(),
-        Duration::from_millis(config.worker.startup_timeout_ms),
+        metrics.clone(),
+        FirstPush {
+            push: pushers.handle(),
+            at_most: Duration::from_millis(config.worker.startup_timeout_ms),
+        },
     ));
 
     let state =
@@ -121,57 +123,84 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// When the pushers may send their first snapshot: once the worker is first ready, so that
+/// it shows a started proxy, or after the worker's startup timeout at the latest (where
+/// nobody can scrape, a worker that never comes up must still be reported:
+/// `codex_worker_ready` 0, restarts).
+struct FirstPush {
+    push: PushersHandle,
+    at_most: Duration,
+}
+
 /// Keeps `codex_worker_ready`, `codex_worker_backoff_ms` and `codex_worker_restarts_total`
 /// in step with the supervisor as it changes, not when scraped. The restart counter
 /// grows by the increase of the supervisor's cumulative count. The worker's advertised
 /// models become allowed `model` label values (capped, see metrics::labels); its rate
 /// limits become `codex_rate_limit_*`.
-async fn bridge_worker_metrics(mut status: watch::Receiver<WorkerStatus>, metrics: Arc<Metrics>) {
+///
+/// The first push is released here too, and only after the gauges hold the status that
+/// released it: were it a task of its own, its snapshot could fall between the worker
+/// turning ready and the gauge saying so, and a healthy proxy's first push would report
+/// its worker down for a whole interval.
+async fn bridge_worker_metrics(
+    mut status: watch::Receiver<WorkerStatus>,
+    metrics: Arc<Metrics>,
+    first: FirstPush,
+) {
     let mut restarts_seen = 0;
+    let mut first_push = Some(first.push);
+    let startup_deadline = tokio::time::sleep(first.at_most);
+    tokio::pin!(startup_deadline);
+    let mut startup_over = false;
     loop {
-        {
-            let s = status.borrow_and_update();
-            metrics.worker_ready.set(i64::from(s.ready));
-            metrics
-                .worker_backoff_ms
-                .set(i64::try_from(s.backoff_ms).unwrap_or(i64::MAX));
-            if s.restarts > restarts_seen {
-                metrics.worker_restarts.inc_by(s.restarts - restarts_seen);
-                restarts_seen = s.restarts;
-            }
-            metrics.labels.add_worker_models(&s.models);
-            for (window, known) in [
-                ("primary", &s.rate_limits.primary),
-                ("secondary", &s.rate_limits.secondary),
-            ] {
-                if let Some(w) = known {
-                    metrics.set_rate_limit(
-                        window,
-                        w.used_percent.map(|p| p / 100.0),
-                        w.resets_at.map(|t| t as f64),
-                    );
-                }
+        let ready = apply_worker_status(&status.borrow_and_update(), &metrics, &mut restarts_seen);
+        if ready || startup_over {
+            if let Some(push) = first_push.take() {
+                push.mark_ready();
             }
         }
-        if status.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = status.changed() => {
+                if changed.is_err() {
+                    // The supervisor is gone: whatever the gauges say now is the truth to push.
+                    if let Some(push) = first_push.take() {
+                        push.mark_ready();
+                    }
+                    return;
+                }
+            }
+            // Loops back to apply the latest status before releasing the push.
+            () = &mut startup_deadline, if first_push.is_some() && !startup_over => {
+                startup_over = true;
+            }
         }
     }
 }
 
-/// Allows the first push once the worker is first ready, so that it shows a started proxy,
-/// or after the worker's startup timeout at the latest: where nobody can scrape, a worker
-/// that never comes up must still be reported (`codex_worker_ready` 0, restarts).
-async fn first_push_when_ready(
-    mut status: watch::Receiver<WorkerStatus>,
-    push: PushersHandle,
-    at_most: Duration,
-) {
-    let _ = tokio::time::timeout(at_most, async {
-        let _ = status.wait_for(|s| s.ready).await;
-    })
-    .await;
-    push.mark_ready();
+/// Copies one worker status into the gauges; returns whether the worker is ready.
+fn apply_worker_status(s: &WorkerStatus, metrics: &Metrics, restarts_seen: &mut u64) -> bool {
+    metrics.worker_ready.set(i64::from(s.ready));
+    metrics
+        .worker_backoff_ms
+        .set(i64::try_from(s.backoff_ms).unwrap_or(i64::MAX));
+    if s.restarts > *restarts_seen {
+        metrics.worker_restarts.inc_by(s.restarts - *restarts_seen);
+        *restarts_seen = s.restarts;
+    }
+    metrics.labels.add_worker_models(&s.models);
+    for (window, known) in [
+        ("primary", &s.rate_limits.primary),
+        ("secondary", &s.rate_limits.secondary),
+    ] {
+        if let Some(w) = known {
+            metrics.set_rate_limit(
+                window,
+                w.used_percent.map(|p| p / 100.0),
+                w.resets_at.map(|t| t as f64),
+            );
+        }
+    }
+    s.ready
 }
 
 async fn shutdown_signal() {
@@ -226,12 +255,75 @@ mod tests {
         assert_eq!(host, rustix::system::uname().nodename().to_str().unwrap());
     }
 
+    /// Pushers with no destination: only the first-push gate is observed.
+    fn first_push(at_most: Duration) -> (Pushers, FirstPush) {
+        let registry = prometheus::Registry::new();
+        let source: Arc<dyn crate::push::SnapshotSource> = Arc::new(crate::push::Snapshot::default);
+        let pushers = Pushers::start(&[], &[], source, &registry, "test:1").unwrap();
+        let first = FirstPush {
+            push: pushers.handle(),
+            at_most,
+        };
+        (pushers, first)
+    }
+
+    #[tokio::test]
+    async fn the_first_push_is_released_only_after_the_gauges_show_the_ready_worker() {
+        let metrics = Metrics::new(&Default::default()).unwrap();
+        let (tx, rx) = watch::channel(WorkerStatus::default());
+        let (pushers, first) = first_push(Duration::from_secs(3600));
+        let handle = pushers.handle();
+        tokio::spawn(bridge_worker_metrics(rx, metrics.clone(), first));
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!handle.is_ready(), "released before the worker was ready");
+        tx.send_modify(|s| {
+            s.state = WorkerState::Ready;
+            s.ready = true;
+            s.restarts = 1;
+        });
+        // Whenever the gate is seen open, the gauges must already say what opened it.
+        for _ in 0..10_000 {
+            if handle.is_ready() {
+                assert_eq!(metrics.worker_ready.get(), 1);
+                assert_eq!(metrics.worker_restarts.get(), 1);
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the first push was never released");
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_never_comes_up_is_pushed_after_the_startup_timeout() {
+        let metrics = Metrics::new(&Default::default()).unwrap();
+        let (tx, rx) = watch::channel(WorkerStatus::default());
+        let (pushers, first) = first_push(Duration::from_millis(50));
+        let handle = pushers.handle();
+        tx.send_modify(|s| {
+            s.state = WorkerState::Restarting;
+            s.backoff_ms = 500;
+        });
+        tokio::spawn(bridge_worker_metrics(rx, metrics.clone(), first));
+        for _ in 0..400 {
+            if handle.is_ready() {
+                assert_eq!(metrics.worker_ready.get(), 0);
+                assert_eq!(metrics.worker_backoff_ms.get(), 500);
+                drop(tx);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the first push was never released for a worker that stays down");
+    }
+
     #[tokio::test]
     async fn worker_gauges_follow_the_status_and_restarts_count_up_by_the_delta() {
         let metrics = Metrics::new(&Default::default()).unwrap();
         let (tx, rx) = watch::channel(WorkerStatus::default());
-        tokio::spawn(bridge_worker_metrics(rx, metrics.clone()));
-
+        let (_pushers, first) = first_push(Duration::from_secs(3600));
+        tokio::spawn(bridge_worker_metrics(rx, metrics.clone(), first));
         let wait = |what: &'static str, check: Box<dyn Fn(&Metrics) -> bool>| {
             let metrics = metrics.clone();
             async move {

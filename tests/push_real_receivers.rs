@@ -293,3 +293,60 @@ async fn four_replicas_on_0_0_0_0_with_one_config_keep_four_instances_apart() {
         );
     }
 }
+
+/// The first push of a healthy proxy reports its worker ready. With an interval of an hour
+/// only that first push arrives, so each of 30 starts shows exactly what it carried: in the
+/// real Prometheus by remote-write, and in the real Pushgateway's group. The gauge and the
+/// release of the first push were once set by two racing tasks, and about one start in
+/// four pushed `codex_worker_ready` 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_of_30_first_pushes_carries_the_ready_worker_to_prometheus_and_the_pushgateway() {
+    let Some(prometheus) = start_prometheus("").await else {
+        return;
+    };
+    let Some(gateway) = common::start_pushgateway().await else {
+        return;
+    };
+    for start in 0..30 {
+        let instance = format!("first-push-{start}");
+        let config = format!(
+            "[[remote_write]]\nurl = \"{}/api/v1/write\"\ninterval = \"1h\"\n\
+             external_labels = {{ instance = \"{instance}\" }}\n\
+             [[pushgateway]]\nurl = \"{}\"\njob = \"first-push\"\ninterval = \"1h\"\n\
+             grouping = {{ instance = \"{instance}\" }}\n",
+            prometheus.base, gateway.base
+        );
+        let mut proxy = Proxy::start(&config, &[]).await;
+        let query = format!(r#"codex_worker_ready{{instance="{instance}"}}"#);
+        let in_prometheus = wait_until(&query, DEADLINE, || prometheus.scalar(&query)).await;
+        let in_gateway = wait_until("the group on the Pushgateway", DEADLINE, || async {
+            let body: serde_json::Value = http()
+                .get(format!("{}/api/v1/metrics", gateway.base))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let group = body["data"]
+                .as_array()?
+                .iter()
+                .find(|g| g["labels"]["instance"] == instance.as_str())?
+                .clone();
+            group["codex_worker_ready"]["metrics"][0]["value"]
+                .as_str()?
+                .parse::<f64>()
+                .ok()
+        })
+        .await;
+        assert_eq!(
+            (in_prometheus, in_gateway),
+            (1.0, 1.0),
+            "start {start}: the first push reported the worker down\n{}",
+            proxy.logs()
+        );
+        // No final push: what the receivers hold stays the first push.
+        proxy.proc.signal(Signal::KILL);
+        proxy.proc.wait_exit(DEADLINE).await;
+    }
+}

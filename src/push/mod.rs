@@ -147,6 +147,12 @@ impl PushersHandle {
         self.ready.send_replace(true);
     }
 
+    /// Whether the first push has been allowed.
+    #[cfg(test)]
+    pub(crate) fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
     /// Queue depth and last success of every destination, in configuration order.
     pub fn status(&self) -> Vec<DestinationStatus> {
         self.statuses.iter().map(|s| s.borrow().clone()).collect()
