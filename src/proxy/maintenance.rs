@@ -14,7 +14,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::chat::require_json;
+use super::completion::require_json;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::{bearer_matches, is_loopback};

@@ -6,6 +6,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod chat;
+pub(crate) mod completion;
 pub(crate) mod error;
 pub(crate) mod guards;
 pub(crate) mod health;

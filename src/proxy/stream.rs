@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::chat::{self, ChatRequest};
+use super::completion::{self, ChatRequest};
 use super::error::ApiError;
 use super::tool_buffer::ToolBuffer;
 use super::turn_metrics::{self, TurnTelemetry};
@@ -52,7 +52,7 @@ async fn open(
         .map_err(|_| ApiError::too_many_streams(state.config.streams.max_concurrency))?;
     let limit = state.config.server.request_timeout.0;
     let mut telemetry = TurnTelemetry::new(state.metrics.clone(), accepted, true);
-    let start = chat::admit_and_start(state, &request, prompt, &mut telemetry);
+    let start = completion::admit_and_start(state, &request, prompt, &mut telemetry);
     let turn = match tokio::time::timeout(limit, start).await {
         Ok(turn) => turn?,
         Err(_) => {
@@ -61,13 +61,13 @@ async fn open(
         }
     };
 
-    let model = chat::response_model(request.model(), turn.model());
+    let model = completion::response_model(request.model(), turn.model());
     let mut body = StreamBody {
         turn: Some(turn),
-        buffer: chat::tool_buffer(state, headers),
+        buffer: completion::tool_buffer(state, headers),
         queue: VecDeque::new(),
-        id: chat::completion_id(),
-        created: chat::unix_now(),
+        id: completion::completion_id(),
+        created: completion::unix_now(),
         model,
         include_usage: request
             .stream_options
@@ -169,11 +169,11 @@ impl StreamBody {
             self.queue_chunk(json!({}), Some("stop"), None);
             if let (true, Some(usage)) = (self.include_usage, self.usage) {
                 let mut chunk = self.chunk(Vec::new());
-                chunk["usage"] = chat::usage_json(&usage);
+                chunk["usage"] = completion::usage_json(&usage);
                 self.queue_event(Event::default().data(chunk.to_string()));
             }
         } else {
-            let error = chat::turn_failed(status, error.or(self.last_error.take()));
+            let error = completion::turn_failed(status, error.or(self.last_error.take()));
             self.queue_event(Event::default().data(error.body().to_string()));
         }
         self.queue_event(Event::default().data("[DONE]"));
