@@ -174,8 +174,8 @@ async fn streamed_completion_sends_role_deltas_keepalives_finish_and_done() {
 }
 
 #[tokio::test]
-async fn streams_past_the_cap_get_429_json() {
-    let config = "[streams]\nmax_concurrency = 1\n";
+async fn with_on_full_reject_streams_past_the_cap_get_429_json_at_once() {
+    let config = "[streams]\nmax_concurrency = 1\non_full = \"reject\"\n";
     let proxy = Proxy::start(config, &[("DEMO_DELTA_DELAY_MS", "100")]).await;
     proxy.wait_ready().await;
     let long = "word ".repeat(100);
@@ -615,8 +615,10 @@ fn bad_configs_exit_2_naming_the_key() {
         &'static [(&'static str, &'static str)],
         &'static str,
     );
-    let cases: [Case; 4] = [
+    let cases: [Case; 6] = [
         ("[server]\nlisen = \"x\"\n", &[], "server.lisen"),
+        ("[streams]\non_full = \"drop\"\n", &[], "streams.on_full"),
+        ("", &[("PROXY_SSE_ON_FULL", "wait")], "PROXY_SSE_ON_FULL"),
         ("[server]\nlisten = \"nowhere\"\n", &[], "server.listen"),
         (
             "[server]\nrequest_timeout = \"5 parsecs\"\n",

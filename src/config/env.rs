@@ -63,6 +63,9 @@ pub(crate) const ENV_OVERRIDES: &[EnvOverride] = &[
     EnvOverride::new("PROXY_SSE_KEEPALIVE_MS", "streams.keepalive_ms", |c, v| {
         parsed(&mut c.streams.keepalive_ms, v)
     }),
+    EnvOverride::new("PROXY_SSE_ON_FULL", "streams.on_full", |c, v| {
+        parsed(&mut c.streams.on_full, v)
+    }),
     EnvOverride::new("PROXY_API_KEY", "server.api_key", |c, v| {
         text(&mut c.server.api_key, v)
     }),
@@ -229,7 +232,7 @@ mod tests {
     fn each_variable_sets_exactly_the_key_its_row_names() {
         let default = rendered_keys(&Config::default());
         // Each row gets the first of these its parser accepts and that changes something.
-        let candidates = ["0", "1", "7", "127.0.0.1:9", "codex", "json"];
+        let candidates = ["0", "1", "7", "127.0.0.1:9", "codex", "json", "reject"];
         for row in ENV_OVERRIDES {
             // (An unset optional key, such as a `_file`, is not rendered by default: the
             // assertion below, on what the variable changed, names any typo.)

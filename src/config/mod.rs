@@ -24,7 +24,7 @@ pub use destinations::{
     RemoteWriteProtocol,
 };
 pub use schema::{
-    LogConfig, LogFormat, MaintenanceConfig, MetricsConfig, ServerConfig, StreamsConfig,
+    LogConfig, LogFormat, MaintenanceConfig, MetricsConfig, OnFull, ServerConfig, StreamsConfig,
     WorkerConfig,
 };
 pub use units::{ByteSize, HumanDuration};

@@ -126,12 +126,39 @@ pub struct WorkerConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamsConfig {
-    /// SSE streams served at once; beyond it: 429.
+    /// SSE streams open at once, at most; what happens to one more is `on_full`.
     #[serde(default = "num::<usize, 4>")]
     pub max_concurrency: usize,
     /// Interval of `: keepalive` comments on an SSE stream.
     #[serde(default = "num::<u64, 15000>")]
     pub keepalive_ms: u64,
+    /// A streamed request that finds `max_concurrency` streams open: `queue` waits in the
+    /// admission queue (FIFO, shared with non-streamed requests, bounded by
+    /// `worker.queue_max` and `worker.queue_timeout`); `reject` answers 429 at once.
+    #[serde(default)]
+    pub on_full: OnFull,
+}
+
+/// What a streamed request gets when every stream slot is taken (`streams.on_full`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFull {
+    /// Wait for a slot in the admission queue, like a request for a busy worker.
+    #[default]
+    Queue,
+    /// 429 with `Retry-After` at once.
+    Reject,
+}
+
+impl std::str::FromStr for OnFull {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "queue" => Ok(OnFull::Queue),
+            "reject" => Ok(OnFull::Reject),
+            _ => Err(format!("`{s}` is not queue or reject")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -20,6 +20,7 @@ fn empty_file_gives_documented_defaults() {
     assert_eq!(c.worker.backoff_initial_ms, 500);
     assert_eq!(c.worker.shutdown_grace_ms, 5000);
     assert_eq!(c.streams.max_concurrency, 4);
+    assert_eq!(c.streams.on_full, OnFull::Queue);
     assert!(c.metrics.allow_loopback);
     assert!(
         c.metrics.enabled,
@@ -314,4 +315,24 @@ fn the_rendered_config_keeps_destination_keys_flat_and_reads_back() {
     assert!(rw.get("destination").is_none(), "{out}");
     let pg = doc["pushgateway"][0].as_table().unwrap();
     assert_eq!(pg["cron"].as_str(), Some("*/5 * * * * *"));
+}
+
+#[test]
+fn streams_on_full_is_queue_or_reject_from_the_file_or_the_environment() {
+    let c = Config::parse("[streams]\non_full = \"reject\"\n").unwrap();
+    assert_eq!(c.streams.on_full, OnFull::Reject);
+    let e = parse_err("[streams]\non_full = \"drop\"\n");
+    assert!(e.contains("streams.on_full"), "{e}");
+    let c = Config::load(None, |k| {
+        (k == "PROXY_SSE_ON_FULL").then(|| "reject".into())
+    })
+    .unwrap();
+    assert_eq!(c.streams.on_full, OnFull::Reject);
+    let e = Config::load(None, |k| (k == "PROXY_SSE_ON_FULL").then(|| "wait".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("PROXY_SSE_ON_FULL") && e.contains("queue or reject"),
+        "{e}"
+    );
 }

@@ -70,7 +70,8 @@ async fn run_to_end(
     telemetry: &mut TurnTelemetry,
 ) -> Result<Response, ApiError> {
     let prompt = request.prompt()?;
-    let mut turn = completion::admit_and_start(state, &request, prompt, telemetry).await?;
+    let (mut turn, _) =
+        completion::admit_and_start(state, &request, prompt, telemetry, false).await?;
     let model = completion::response_model(request.model(), turn.model());
     let mut buffer = completion::tool_buffer(state, headers);
     let mut text = String::new();

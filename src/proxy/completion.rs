@@ -17,6 +17,7 @@ use axum::http::{header, HeaderMap};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::admission::StreamSlot;
 use super::error::ApiError;
 use super::tool_buffer::ToolBuffer;
 use super::turn_metrics::TurnTelemetry;
@@ -162,15 +163,17 @@ pub(crate) fn tool_buffer(state: &AppState, headers: &HeaderMap) -> Option<ToolB
     })
 }
 
-/// Waits for a worker slot in the admission queue, then starts the turn for `prompt`
-/// (the request's, already checked) in it.
+/// Waits in the admission queue for a worker slot (and, for a `stream`, a stream slot),
+/// then starts the turn for `prompt` (the request's, already checked) in it. The stream
+/// slot comes back to be held for as long as the stream is open.
 pub(crate) async fn admit_and_start(
     state: &AppState,
     request: &ChatRequest,
     prompt: String,
     telemetry: &mut TurnTelemetry,
-) -> Result<Turn, ApiError> {
-    let slot = state.admission.admit(&state.worker).await?;
+    stream: bool,
+) -> Result<(Turn, Option<StreamSlot>), ApiError> {
+    let admitted = state.admission.admit(&state.worker, stream).await?;
     let granted = Instant::now();
     let turn = state
         .worker
@@ -179,11 +182,11 @@ pub(crate) async fn admit_and_start(
                 prompt,
                 model: request.model().map(str::to_string),
             },
-            slot,
+            admitted.worker,
         )
         .await?;
     telemetry.started(granted, turn.model().or(request.model()));
-    Ok(turn)
+    Ok((turn, admitted.stream))
 }
 
 /// OpenAI's `usage` object for the worker's counts.

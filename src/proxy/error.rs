@@ -151,27 +151,29 @@ impl ApiError {
         e
     }
 
-    /// Every worker slot is busy and the queue for one holds `queue_max` requests.
+    /// The request cannot start at once (every worker slot, or for a stream every stream
+    /// slot, is busy) and the admission queue holds `queue_max` requests.
     pub(crate) fn queue_full(queue_max: usize) -> Self {
         Self::too_many(
             "worker_busy",
             format!(
-                "every worker slot is busy and {queue_max} requests are already waiting (worker.queue_max)"
+                "every worker slot (or, for a stream, every stream slot) is busy and {queue_max} requests are already waiting (worker.queue_max)"
             ),
         )
     }
 
-    /// The request waited `waited` for a worker slot and got none.
+    /// The request waited `waited` in the admission queue and was not admitted.
     pub(crate) fn queue_timeout(waited: std::time::Duration) -> Self {
         Self::too_many(
             "worker_busy",
             format!(
-                "no worker slot became free within {} ms (worker.queue_timeout)",
+                "no worker slot (or, for a stream, stream slot) became free within {} ms (worker.queue_timeout)",
                 waited.as_millis()
             ),
         )
     }
 
+    /// `streams.on_full = "reject"` and `max` streams are open.
     pub(crate) fn too_many_streams(max: usize) -> Self {
         Self::too_many(
             "too_many_streams",

@@ -32,14 +32,15 @@ pub(crate) struct WorkerHealth {
     /// Turns running now, and the cap (`worker.max_concurrency`).
     pub(crate) in_flight: usize,
     pub(crate) max_concurrency: usize,
-    /// Requests waiting for a slot in the admission queue, and its bound
-    /// (`worker.queue_max`).
+    /// Requests waiting in the admission queue (for a worker slot, and streams also for a
+    /// stream slot), and its bound (`worker.queue_max`).
     pub(crate) queue_depth: usize,
     pub(crate) queue_max: usize,
 }
 
 #[derive(Debug, Serialize)]
 pub(crate) struct StreamsHealth {
+    /// Stream slots held now, and the cap (`streams.max_concurrency`).
     pub(crate) active: usize,
     pub(crate) max: usize,
 }
@@ -58,7 +59,7 @@ pub(crate) fn report(state: &AppState) -> HealthReport {
         },
         maintenance: state.maintenance.load(Ordering::Relaxed),
         streams: StreamsHealth {
-            active: max_streams - state.streams.available_permits(),
+            active: state.admission.streams_open(),
             max: max_streams,
         },
         push: state.push.as_ref().map(|p| p.status()).unwrap_or_default(),
@@ -128,10 +129,10 @@ mod tests {
             (0.into(), 3.into())
         );
 
-        let held = state.admission.admit(&worker).await.unwrap();
+        let held = state.admission.admit(&worker, false).await.unwrap();
         let waiter = {
             let (state, worker) = (state.clone(), worker.clone());
-            tokio::spawn(async move { state.admission.admit(&worker).await.is_ok() })
+            tokio::spawn(async move { state.admission.admit(&worker, false).await.is_ok() })
         };
         let mut waiting = worker_json(&state);
         for _ in 0..400 {

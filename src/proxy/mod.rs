@@ -24,7 +24,6 @@ use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
-use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -39,9 +38,7 @@ pub(crate) struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     /// Maintenance mode; starts from `maintenance.enabled`, toggled at runtime.
     pub(crate) maintenance: Arc<AtomicBool>,
-    /// One permit per open SSE stream (`streams.max_concurrency`).
-    pub(crate) streams: Arc<Semaphore>,
-    /// The bounded FIFO in front of the worker's slots.
+    /// The bounded FIFO in front of the worker's slots and the stream slots.
     pub(crate) admission: Arc<admission::Admission>,
     /// The pushers' status, for `/healthz`; `None` when no pushers were started.
     pub(crate) push: Option<crate::push::PushersHandle>,
@@ -60,8 +57,11 @@ impl AppState {
         metrics.set_maintenance(maintenance);
         AppState {
             secrets: Arc::new(crate::secrets::Secrets::from_config(&config)),
-            streams: Arc::new(Semaphore::new(config.streams.max_concurrency)),
-            admission: Arc::new(admission::Admission::new(&config.worker, metrics.clone())),
+            admission: Arc::new(admission::Admission::new(
+                &config.worker,
+                &config.streams,
+                metrics.clone(),
+            )),
             maintenance: Arc::new(AtomicBool::new(maintenance)),
             config,
             worker,

@@ -4,8 +4,9 @@
 //! `stream_options.include_usage`), then `data: [DONE]`. A failed turn becomes an
 //! `{"error":...}` event, then `data: [DONE]`.
 //!
-//! Everything a stream holds (its turn, tool buffer, stream slot, active-stream gauge)
-//! lives in the body's state, so a client that goes away drops it all at once: the turn
+//! A streamed request waits for its stream slot and worker slot in the admission queue
+//! ([`super::admission`]). Everything a stream holds (its turn, tool buffer, stream slot
+//! with the active-stream gauge) lives in the body's state, so a client that goes away drops it all at once: the turn
 //! is interrupted, held tool text is counted as a disconnect, and the slot frees.
 
 use std::collections::VecDeque;
@@ -16,14 +17,13 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use tokio::sync::OwnedSemaphorePermit;
 
+use super::admission::StreamSlot;
 use super::completion::{self, ChatRequest};
 use super::error::ApiError;
 use super::tool_buffer::ToolBuffer;
 use super::turn_metrics::{self, TurnTelemetry};
 use super::AppState;
-use crate::metrics::StreamGuard;
 use crate::worker::{Turn, TurnEvent, TurnStatus, Usage, DELTA_LATENCY_TARGET};
 
 pub(crate) async fn respond(
@@ -45,16 +45,13 @@ async fn open(
     accepted: Instant,
 ) -> Result<Response, ApiError> {
     let prompt = request.prompt()?;
-    let slot = state
-        .streams
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::too_many_streams(state.config.streams.max_concurrency))?;
+    // The wait in the admission queue counts against `server.request_timeout` and, via
+    // `accepted`, in the time to first token.
     let limit = state.config.server.request_timeout.0;
     let mut telemetry = TurnTelemetry::new(state.metrics.clone(), accepted, true);
-    let start = completion::admit_and_start(state, &request, prompt, &mut telemetry);
-    let turn = match tokio::time::timeout(limit, start).await {
-        Ok(turn) => turn?,
+    let start = completion::admit_and_start(state, &request, prompt, &mut telemetry, true);
+    let (turn, slot) = match tokio::time::timeout(limit, start).await {
+        Ok(started) => started?,
         Err(_) => {
             telemetry.finish(crate::metrics::Outcome::Timeout);
             return Err(ApiError::timeout(limit));
@@ -77,7 +74,6 @@ async fn open(
         last_error: None,
         telemetry,
         _slot: slot,
-        _active: state.metrics.stream_guard(),
     };
     body.queue_chunk(json!({"role": "assistant", "content": ""}), None, None);
     let events = futures_util::stream::unfold(body, |mut body| async move {
@@ -113,8 +109,8 @@ struct StreamBody {
     /// Records the turn when it ends, or as `client_disconnected` when the body is
     /// dropped first.
     telemetry: TurnTelemetry,
-    _slot: OwnedSemaphorePermit,
-    _active: StreamGuard,
+    /// The stream slot, counted in `codex_streams_active` (always `Some` for a stream).
+    _slot: Option<StreamSlot>,
 }
 
 impl StreamBody {
