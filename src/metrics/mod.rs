@@ -12,6 +12,7 @@ mod process;
 pub mod scrape;
 pub(crate) mod summary;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::Router;
@@ -122,6 +123,11 @@ pub struct Metrics {
     pub worker_backoff_ms: IntGauge,
     pub worker_ready: IntGauge,
     pub streams_active: IntGauge,
+    /// The streams open now, counted before the gauge goes up and after it goes down, so
+    /// that its high-water mark bounds every value the gauge ever had.
+    streams_open: AtomicUsize,
+    /// The most streams open at once since start (`/healthz` `streams.peak`).
+    streams_peak: AtomicUsize,
     pub(crate) tool_buffer_started: IntCounterVec,
     pub(crate) tool_buffer_flushed: IntCounterVec,
     pub(crate) tool_buffer_aborted: IntCounterVec,
@@ -203,6 +209,8 @@ impl Metrics {
             worker_backoff_ms,
             worker_ready,
             streams_active,
+            streams_open: AtomicUsize::new(0),
+            streams_peak: AtomicUsize::new(0),
             tool_buffer_started,
             tool_buffer_flushed,
             tool_buffer_aborted,
@@ -274,8 +282,16 @@ impl Metrics {
 
     /// Counts one SSE stream until the guard drops (stream ended, failed or client gone).
     pub(crate) fn stream_guard(self: &Arc<Self>) -> StreamGuard {
+        let open = self.streams_open.fetch_add(1, Ordering::AcqRel) + 1;
+        self.streams_peak.fetch_max(open, Ordering::AcqRel);
         self.streams_active.inc();
         StreamGuard(self.clone())
+    }
+
+    /// The most SSE streams open at once since start: `codex_streams_active` never read
+    /// more than this.
+    pub(crate) fn streams_peak(&self) -> usize {
+        self.streams_peak.load(Ordering::Acquire)
     }
 }
 
@@ -324,5 +340,6 @@ pub(crate) struct StreamGuard(Arc<Metrics>);
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.0.streams_active.dec();
+        self.0.streams_open.fetch_sub(1, Ordering::AcqRel);
     }
 }

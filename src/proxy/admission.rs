@@ -288,6 +288,7 @@ mod tests {
         assert_eq!(rx.recv().await, Some((0, true)));
         assert_eq!(rx.recv().await, Some((1, false)));
         depth_becomes(&metrics, 0).await;
+        assert_eq!(metrics.streams_peak(), 1);
         assert_eq!(metrics.model_work.worker_wait.get_sample_count(), 3);
         worker.shutdown().await;
     }

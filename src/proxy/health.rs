@@ -43,6 +43,9 @@ pub(crate) struct StreamsHealth {
     /// Stream slots held now, and the cap (`streams.max_concurrency`).
     pub(crate) active: usize,
     pub(crate) max: usize,
+    /// The most streams open at once since start (the high-water mark of
+    /// `codex_streams_active`).
+    pub(crate) peak: usize,
 }
 
 pub(crate) fn report(state: &AppState) -> HealthReport {
@@ -61,6 +64,7 @@ pub(crate) fn report(state: &AppState) -> HealthReport {
         streams: StreamsHealth {
             active: state.admission.streams_open(),
             max: max_streams,
+            peak: state.metrics.streams_peak(),
         },
         push: state.push.as_ref().map(|p| p.status()).unwrap_or_default(),
     }
