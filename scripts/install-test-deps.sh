@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine, skipping what is there:
-# the real receivers (Prometheus, Pushgateway, VictoriaMetrics), openssl, and the npm packages
-# (the Codex CLI's app-server, Grafana's dashboard schema with TypeScript).
+# the real receivers (Prometheus, Pushgateway, VictoriaMetrics), openssl, the official openai
+# Python SDK, and the npm packages (the Codex CLI's app-server, Grafana's dashboard schema
+# with TypeScript).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,23 @@ fi
 if ! python3 -c 'import yaml' 2>/dev/null; then
   echo "installing: PyYAML"
   python3 -m pip install --quiet --disable-pip-version-check pyyaml
+fi
+
+# The official openai Python SDK: tests/sdk_streams.rs drives it as the client. Pinned in
+# tests/python/requirements.txt, in a venv of its own (tests/python/.venv, ignored by git),
+# so that it works where the system Python is externally managed (PEP 668, Debian 12).
+want_openai=$(sed -n 's/^openai==//p' tests/python/requirements.txt)
+if ! tests/python/.venv/bin/python -c "import openai, sys; sys.exit(openai.__version__ != '$want_openai')" 2>/dev/null; then
+  echo "installing: openai $want_openai (tests/python/.venv)"
+  if ! python3 -m venv tests/python/.venv >/dev/null 2>&1; then
+    # Debian ships venv's pip bootstrap in its own package.
+    rm -rf tests/python/.venv
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    python3 -m venv tests/python/.venv
+  fi
+  tests/python/.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 fi
 
 # npm packages live in tests/npm (its package.json pins them); node_modules is ignored.

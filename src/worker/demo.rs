@@ -16,6 +16,7 @@
 //! | `DEMO_RATE_LIMITS` | after each turn, `account/rateLimits/updated` with these windows: `primary=42@1900000000,secondary=91` (used percent, `@` resets-at unix seconds) |
 //! | `DEMO_INTERRUPT_AFTER_DELTAS` | each turn ends `interrupted` after this many deltas, as if stopped by its user |
 //! | `DEMO_CRASH_AFTER_DELTAS` | exit with status 1 after this many deltas of a turn (a crash mid-turn) |
+//! | `DEMO_HOLD_FILE` | a path: each turn waits before its first delta until that file exists (an interrupt still ends it), so a test holds worker slots for exactly as long as it needs, with no clock |
 //! | `DEMO_DELTA_TIMESTAMPS` | `1`: each delta's text is the `CLOCK_MONOTONIC` time it was sent, in nanoseconds, then `;` (the benchmark of the proxy's own delay reads it) |
 //!
 //! It logs one line to stderr per interrupted turn (`demo-worker: turn <id> interrupted`),
@@ -59,6 +60,7 @@ pub struct DemoKnobs {
     pub(crate) interrupt_after_deltas: Option<u64>,
     pub(crate) crash_after_deltas: Option<u64>,
     pub(crate) delta_timestamps: bool,
+    pub(crate) hold_file: Option<std::path::PathBuf>,
 }
 
 impl DemoKnobs {
@@ -92,6 +94,9 @@ impl DemoKnobs {
             interrupt_after_deltas: num("DEMO_INTERRUPT_AFTER_DELTAS"),
             crash_after_deltas: num("DEMO_CRASH_AFTER_DELTAS"),
             delta_timestamps: on("DEMO_DELTA_TIMESTAMPS"),
+            hold_file: get("DEMO_HOLD_FILE")
+                .filter(|v| !v.trim().is_empty())
+                .map(std::path::PathBuf::from),
         }
     }
 }
@@ -377,6 +382,14 @@ async fn run_turn(
             item(kind, n + 1);
         }
         let pieces = deltas(&reply_text(&prompt, state.knobs.tool_blocks));
+        if let Some(hold) = &state.knobs.hold_file {
+            while !hold.exists() && !*interrupted.borrow() {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    _ = interrupted.wait_for(|i| *i) => {}
+                }
+            }
+        }
         let mut sent = 0u64;
         let mut stopped = false;
         let mut ended_by_user = false;
