@@ -84,6 +84,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         listener,
         app,
         crate::server::Limits::from_config(&config.server),
+        metrics.connections.clone(),
         async {
             let _ = stopped.await;
         },

@@ -40,6 +40,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use crate::config::ServerConfig;
+use crate::metrics::connections::{ConnectionMetrics, Refusal};
 
 /// What a connection may cost.
 #[derive(Debug, Clone, Copy)]
@@ -67,11 +68,13 @@ const REFUSED: &[u8] =
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Serves `service` on `listener` until `shutdown` completes, then until every connection
-/// has finished. Each request carries its peer as `ConnectInfo<SocketAddr>`.
+/// has finished. Each request carries its peer as `ConnectInfo<SocketAddr>`; open and
+/// refused connections are counted in `metrics`.
 pub(crate) async fn serve<S>(
     listener: TcpListener,
     service: S,
     limits: Limits,
+    metrics: ConnectionMetrics,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()>
 where
@@ -111,6 +114,7 @@ where
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             refused += 1;
+            metrics.refused(Refusal::MaxConnections);
             let _ = stream.try_write(REFUSED);
             drop(stream);
             if last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
@@ -130,8 +134,11 @@ where
         }
         let service = service.clone();
         let stopped = stopped.clone();
+        let open = metrics.opened();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, service, limits, stopped).await;
+            serve_connection(stream, peer, service, limits, &metrics, stopped).await;
+            drop(open);
             drop(permit);
         });
     }
@@ -158,6 +165,7 @@ async fn serve_connection<S>(
     peer: SocketAddr,
     service: S,
     limits: Limits,
+    metrics: &ConnectionMetrics,
     mut stopped: watch::Receiver<bool>,
 ) where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
@@ -205,11 +213,20 @@ async fn serve_connection<S>(
             _ = sleep_until(deadline) => {
                 if let Some(why) = activity.expired(&limits) {
                     // No request is in progress: dropping the connection closes it.
-                    tracing::debug!(%peer, "closing the connection: {why}");
+                    tracing::debug!(%peer, "closing the connection: {}", explain(why));
+                    metrics.refused(why);
                     return;
                 }
             }
         }
+    }
+}
+
+fn explain(why: Refusal) -> &'static str {
+    match why {
+        Refusal::HeaderTimeout => "no complete request head within server.header_read_timeout",
+        Refusal::IdleTimeout => "idle for server.idle_timeout",
+        Refusal::MaxConnections => "server.max_connections reached",
     }
 }
 
@@ -260,15 +277,13 @@ impl Activity {
     }
 
     /// Which timeout has run out, if one has.
-    fn expired(&self, limits: &Limits) -> Option<&'static str> {
+    fn expired(&self, limits: &Limits) -> Option<Refusal> {
         let now = Instant::now();
         match *self.phase() {
             Phase::Head(since) if now >= since + limits.header_read_timeout => {
-                Some("no complete request head within server.header_read_timeout")
+                Some(Refusal::HeaderTimeout)
             }
-            Phase::Idle(since) if now >= since + limits.idle_timeout => {
-                Some("idle for server.idle_timeout")
-            }
+            Phase::Idle(since) if now >= since + limits.idle_timeout => Some(Refusal::IdleTimeout),
             _ => None,
         }
     }
@@ -417,7 +432,8 @@ mod tests {
             )
             .route("/slow", get(|| async { Body::from_stream(slow_body()) }));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(listener, app, limits, async {
+        let metrics = ConnectionMetrics::unregistered().unwrap();
+        tokio::spawn(serve(listener, app, limits, metrics, async {
             let _ = rx.await;
         }));
         (addr, tx)

@@ -127,6 +127,10 @@ async fn every_documented_family_is_in_the_first_scrape_and_closed_label_sets_st
         let series = format!("{family}{{output_mode=\"obsidian-xml\",reason=\"{reason}\"}} 0\n");
         assert!(first.contains(&series), "no {series:?} in\n{first}");
     }
+    for reason in ["max_connections", "header_timeout", "idle_timeout"] {
+        let series = format!("codex_http_connections_refused_total{{reason=\"{reason}\"}} 0\n");
+        assert!(first.contains(&series), "no {series:?} in\n{first}");
+    }
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! the guarded `/metrics` route. Names, types and labels are a contract (docs/metrics.md):
 //! dashboards and alerts built for the Node proxy query them.
 
+pub(crate) mod connections;
 pub(crate) mod http;
 mod label_map;
 pub mod labels;
@@ -20,6 +21,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::config::{Config, MetricsConfig};
 use crate::exposition::snapshot::Snapshot;
+use connections::ConnectionMetrics;
 pub use http::FinishedRequest;
 use http::HttpFamilies;
 pub(crate) use labels::LabelRules;
@@ -134,6 +136,8 @@ pub struct Metrics {
     pub(crate) maintenance_mode: IntGauge,
     /// Tokens, turns, time to first token, the admission queue, rate limits.
     pub(crate) model_work: ModelWork,
+    /// Open and refused connections, recorded by the accept loop (crate::server).
+    pub(crate) connections: ConnectionMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -201,6 +205,7 @@ impl Metrics {
 
         let labels = LabelRules::new(&config.models);
         let model_work = ModelWork::new(&registry, &labels, &config.models)?;
+        let connections = ConnectionMetrics::new(&registry)?;
         Ok(Arc::new(Metrics {
             registry,
             http: HttpFamilies::new(labels.model_value_bound(), config.summary_window.0),
@@ -216,6 +221,7 @@ impl Metrics {
             tool_buffer_aborted,
             maintenance_mode,
             model_work,
+            connections,
         }))
     }
 
