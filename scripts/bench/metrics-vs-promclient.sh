@@ -2,7 +2,9 @@
 # The metrics layer against prom-client 15.1.3, in one run, on one workload
 # (scripts/bench/promclient/workload.js: the same families, label sets and observations):
 #   1. record: recording one finished request (counter + histogram + summary);
-#   2. render: GET /metrics for ~2,800 series (Rust: benches/metrics.rs; Node: bench.js);
+#   2. render: GET /metrics for ~3,300 series (Rust: benches/metrics.rs; Node: bench.js):
+#      the workload's ~2,800 plus the families the proxy declares at start, which
+#      bench.js declares alike from the Rust side's first render;
 #   3. requests/s through the real binary with metrics on vs off: two proxies loaded one
 #      after the other by wrk, proxy pinned to CPU 0 and wrk to CPU 1 (loopback only,
 #      bounded: ROUNDS runs of DURATION each), and each proxy process's CPU time per
@@ -45,7 +47,8 @@ node "$PC/workload.js" > "$PC/workload.json"
 
 # --- 1 + 2: criterion (thread CPU time) and prom-client (process CPU time) ---------------
 echo "== cargo bench --bench metrics" >&2
-cargo bench --bench metrics 2>/dev/null | tee "$WORK/criterion.txt" >&2
+METRICS_BENCH_RENDER_OUT="$WORK/rust-render.txt" cargo bench --bench metrics 2>/dev/null \
+  | tee "$WORK/criterion.txt" >&2
 estimate() { node -e 'const e=require(process.argv[1]); console.log(e.median.point_estimate)' \
   "$ROOT/target/criterion/$1/new/estimates.json"; }
 RS_RECORD=$(estimate record_request)
@@ -55,7 +58,7 @@ RS_RENDER_GZ=$(estimate render_gzip)
 RS_SERIES=$(sed -n 's/^series: \([0-9]*\).*/\1/p' "$WORK/criterion.txt")
 
 echo "== node $PC/bench.js" >&2
-node "$PC/bench.js" | tee "$WORK/node.json" >&2
+node "$PC/bench.js" "$WORK/rust-render.txt" | tee "$WORK/node.json" >&2
 js() { node -e 'const r=require(process.argv[1]); console.log(r[process.argv[2]])' "$WORK/node.json" "$1"; }
 JS_RECORD=$(js record_ns)
 JS_RECORD_ONE=$(js record_one_ns)

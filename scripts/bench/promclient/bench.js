@@ -1,5 +1,6 @@
 // The prom-client 15.1.3 side of scripts/bench/metrics-vs-promclient.sh: the same
-// families, label sets and observations as benches/metrics.rs, then
+// families, label sets and observations as benches/metrics.rs (the families the proxy
+// declares at start from the Rust side's first render, given as the first argument), then
 //  - record: the cost of recording one finished request (requests counter + latency
 //    histogram + latency summary), like the Node proxy's middleware;
 //  - render: `register.metrics()`, what the Node proxy's GET /metrics did.
@@ -58,6 +59,56 @@ function fill(m, w) {
   m.maintenance.set(0);
 }
 
+// The families the Rust registry declares at start beyond the workload's (model work,
+// connections, ...), with the same label sets, buckets and values, read from the Rust
+// side's first render (benches/metrics.rs writes it): both sides then render the same
+// families and series, and a family added on the Rust side needs no change here.
+function declareLike(register, rustText) {
+  const types = new Map();
+  const series = new Map();
+  for (const line of rustText.split('\n')) {
+    const t = line.match(/^# TYPE (\S+) (\S+)$/);
+    if (t) { types.set(t[1], t[2]); series.set(t[1], []); continue; }
+    if (!line || line.startsWith('#')) continue;
+    const s = line.match(/^([^{ ]+)(?:\{(.*)\})? (\S+)$/);
+    if (!s) throw new Error(`unparsed line: ${line}`);
+    const labels = {};
+    for (const pair of (s[2] || '').match(/[^,=]+="(?:[^"\\]|\\.)*"/g) || []) {
+      const at = pair.indexOf('=');
+      labels[pair.slice(0, at)] = pair.slice(at + 2, -1);
+    }
+    const family = [...series.keys()].pop();
+    series.get(family).push({ name: s[1], labels, value: Number(s[3]) });
+  }
+  for (const [name, type] of types) {
+    if (name.startsWith('process_') || register.getSingleMetric(name)) continue;
+    const rows = series.get(name);
+    const help = 'Declared at start.';
+    // A labelled family with no series yet: a label name that nothing fills, so that
+    // prom-client renders no sample either (as the Rust side does).
+    const labelNames = rows.length === 0 ? ['label'] : Object.keys(rows[0].labels).filter((l) => l !== 'le');
+    if (type === 'counter' || type === 'gauge') {
+      const m = type === 'counter'
+        ? new client.Counter({ name, help, labelNames, registers: [register] })
+        : new client.Gauge({ name, help, labelNames, registers: [register] });
+      for (const r of rows) type === 'counter' ? m.inc(r.labels, r.value) : m.set(r.labels, r.value);
+    } else if (type === 'histogram') {
+      const buckets = [...new Set(rows.filter((r) => r.labels.le && r.labels.le !== '+Inf').map((r) => Number(r.labels.le)))]
+        .sort((a, b) => a - b);
+      const h = new client.Histogram({ name, help, labelNames, buckets, registers: [register] });
+      if (rows.some((r) => r.value !== 0)) throw new Error(`${name}: only empty histograms are declared at start`);
+      const sets = new Map();
+      for (const r of rows) {
+        const { le, ...rest } = r.labels;
+        sets.set(JSON.stringify(rest), rest);
+      }
+      for (const l of sets.values()) if (labelNames.length) h.zero(l);
+    } else {
+      throw new Error(`${name}: a ${type} declared at start is not mirrored yet`);
+    }
+  }
+}
+
 function samples(text) {
   return text.split('\n').filter((l) => l && !l.startsWith('#')).length;
 }
@@ -66,6 +117,7 @@ async function main() {
   const w = build();
   const { register, m } = registry();
   fill(m, w);
+  if (process.argv[2]) declareLike(register, require('fs').readFileSync(process.argv[2], 'utf8'));
 
   // Render: warm up, then time a fixed number of renders.
   for (let i = 0; i < 20; i++) await register.metrics();
