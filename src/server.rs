@@ -35,7 +35,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tower::Service;
 
@@ -194,31 +194,57 @@ async fn serve_connection<S>(
         .header_read_timeout(None)
         .serve_connection(io, handler);
     tokio::pin!(connection);
+    // Resolves once the server stops accepting (or is gone).
+    let stop = async move {
+        if !*stopped.borrow_and_update() {
+            let _ = stopped.changed().await;
+        }
+    };
+    tokio::pin!(stop);
     let mut stopping = false;
-    loop {
-        if !stopping && *stopped.borrow() {
+    // The phase changes only while hyper polls the connection, in this task (reading the
+    // socket, calling the service, ending or dropping a body), so its deadline is worked
+    // out after each such poll, and nothing needs to wake the task for it. The timer is
+    // armed no later than the deadline and moved only when the deadline comes sooner
+    // (a head sent in pieces); when it fires for a deadline that has moved on, it is
+    // moved after it. A request served within one poll thus costs the timer nothing.
+    let first = Instant::now() + limits.header_read_timeout;
+    let timer = tokio::time::sleep_until(first);
+    tokio::pin!(timer);
+    let mut armed = Some(first);
+    let expired = std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+            if let Err(e) = result {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+            return Poll::Ready(None);
+        }
+        if !stopping && stop.as_mut().poll(cx).is_ready() {
             stopping = true;
             connection.as_mut().graceful_shutdown();
+            continue;
         }
-        let deadline = activity.deadline(&limits);
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, "connection ended: {e}");
-                }
-                return;
-            }
-            _ = stopped.changed(), if !stopping => {}
-            _ = activity.changed.notified() => {}
-            _ = sleep_until(deadline) => {
-                if let Some(why) = activity.expired(&limits) {
-                    // No request is in progress: dropping the connection closes it.
-                    tracing::debug!(%peer, "closing the connection: {}", explain(why));
-                    metrics.refused(why);
-                    return;
-                }
-            }
+        let Some(deadline) = activity.deadline(&limits) else {
+            // Busy: no deadline until the response ends, in a later poll.
+            return Poll::Pending;
+        };
+        if armed.is_none_or(|at| deadline < at) {
+            timer.as_mut().reset(deadline);
+            armed = Some(deadline);
         }
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        armed = None;
+        if let Some(why) = activity.expired(&limits) {
+            return Poll::Ready(Some(why));
+        }
+    })
+    .await;
+    if let Some(why) = expired {
+        // No request is in progress: dropping the connection closes it.
+        tracing::debug!(%peer, "closing the connection: {}", explain(why));
+        metrics.refused(why);
     }
 }
 
@@ -227,13 +253,6 @@ fn explain(why: Refusal) -> &'static str {
         Refusal::HeaderTimeout => "no complete request head within server.header_read_timeout",
         Refusal::IdleTimeout => "idle for server.idle_timeout",
         Refusal::MaxConnections => "server.max_connections reached",
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -248,11 +267,11 @@ enum Phase {
     Busy(usize),
 }
 
+/// The phase, shared by the socket, the service and the response bodies of one
+/// connection; all of them run inside the connection's own polls.
 #[derive(Debug)]
 struct Activity {
     phase: Mutex<Phase>,
-    /// Woken when the phase changes, so that the connection's deadline is worked out anew.
-    changed: Notify,
 }
 
 impl Activity {
@@ -260,7 +279,6 @@ impl Activity {
         Activity {
             // A new connection is expected to send its request at once.
             phase: Mutex::new(Phase::Head(Instant::now())),
-            changed: Notify::new(),
         }
     }
 
@@ -293,8 +311,6 @@ impl Activity {
         let mut phase = self.phase();
         if let Phase::Idle(_) = *phase {
             *phase = Phase::Head(Instant::now());
-            drop(phase);
-            self.changed.notify_one();
         }
     }
 
@@ -306,7 +322,6 @@ impl Activity {
             _ => Phase::Busy(1),
         };
         drop(phase);
-        this.changed.notify_one();
         Busy(this.clone())
     }
 }
@@ -322,8 +337,6 @@ impl Drop for Busy {
             Phase::Busy(n) if n > 1 => Phase::Busy(n - 1),
             _ => Phase::Idle(Instant::now()),
         };
-        drop(phase);
-        self.0.changed.notify_one();
     }
 }
 
@@ -487,6 +500,25 @@ mod tests {
             .await
             .unwrap();
         // The header timeout is a minute: only the idle timeout can close it this soon.
+        assert!(closed_within(&mut s, Duration::from_secs(10)).await);
+    }
+
+    #[tokio::test]
+    async fn a_next_head_sent_in_pieces_is_closed_by_the_header_timeout_not_the_idle_one() {
+        // Idle for a minute would keep it; the head's 200 ms must apply from its first byte.
+        let (addr, _stop) = start(limits(200, 60_000, 10)).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /peer HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains(&s.local_addr().unwrap().to_string()) {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the first response ended");
+            got.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"GET /peer HTTP/1.1\r\nhost: ").await.unwrap();
         assert!(closed_within(&mut s, Duration::from_secs(10)).await);
     }
 
