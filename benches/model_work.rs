@@ -49,6 +49,7 @@ fn bench_record_turn() {
     items[2] = 2; // command_execution
     let turn = FinishedTurn {
         model: Some("gpt-5"),
+        key: 0,
         stream: true,
         outcome: Outcome::Completed,
         duration: Duration::from_millis(4200),

@@ -34,7 +34,7 @@ pub enum ServeError {
 /// Runs the proxy until a shutdown signal.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let config = Arc::new(config);
-    let metrics = Metrics::new(&config.metrics)?;
+    let metrics = Metrics::from_config(&config)?;
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use axum::http::header::{HeaderMap, AUTHORIZATION};
-use subtle::ConstantTimeEq;
+use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
 /// The token of `Authorization: Bearer <token>`, blanks around it removed. The scheme is
 /// case-insensitive (RFC 7235 §2.1, RFC 6750 §2.1). `None` when the header is missing or
@@ -24,6 +24,25 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
 /// unset token must never be satisfied by an empty `Bearer ` header.
 pub(crate) fn token_matches(presented: &[u8], secret: &[u8]) -> bool {
     !secret.is_empty() && bool::from(presented.ct_eq(secret))
+}
+
+/// The index of the key in `keys` that `presented` is, if any. Every key is compared,
+/// each in constant time, and the index is picked without a branch on the outcome: the
+/// time taken tells neither which key matched nor how much of a guess was right (only
+/// the keys' lengths, which subtle does not hide either). Empty keys match nothing.
+pub fn matching_key<K: std::ops::Deref<Target = str>>(
+    presented: &[u8],
+    keys: &[K],
+) -> Option<usize> {
+    let mut found = Choice::from(0);
+    let mut index = 0u32;
+    for (i, key) in keys.iter().enumerate() {
+        let key = key.as_bytes();
+        let hit = presented.ct_eq(key) & Choice::from(u8::from(!key.is_empty()));
+        index.conditional_assign(&u32::try_from(i).unwrap_or(u32::MAX), hit);
+        found |= hit;
+    }
+    bool::from(found).then_some(index as usize)
 }
 
 /// Whether the request carries `Authorization: Bearer <secret>`.
@@ -112,6 +131,18 @@ mod tests {
         assert!(!bearer_matches(&auth("Bearer s3cret!"), "s3cret"));
         assert!(!bearer_matches(&auth("Basic s3cret"), "s3cret"));
         assert!(!bearer_matches(&HeaderMap::new(), "s3cret"));
+    }
+
+    #[test]
+    fn the_matching_key_is_found_among_many_and_empty_keys_match_nothing() {
+        let keys = ["", "alpha", "beta", "gamma"];
+        assert_eq!(matching_key(b"beta", &keys), Some(2));
+        assert_eq!(matching_key(b"alpha", &keys), Some(1));
+        assert_eq!(matching_key(b"gamma", &keys), Some(3));
+        assert_eq!(matching_key(b"", &keys), None);
+        assert_eq!(matching_key(b"bet", &keys), None);
+        assert_eq!(matching_key(b"betaa", &keys), None);
+        assert_eq!(matching_key::<&str>(b"beta", &[]), None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The proxy's own secrets (`metrics.token`, `server.api_key`, `server.admin_token`), each
-//! written inline or read from a file (`*_file`). A file is read at start, then again
+//! The proxy's own secrets (`metrics.token`, `server.api_key`, `server.api_keys`,
+//! `server.admin_token`), each written inline or read from a file (`*_file`). A file is read at start, then again
 //! when its contents change (checked every second, which also follows the symlink swap
 //! of a Kubernetes or Docker secret) or at once on SIGHUP, so that a rotated secret
 //! takes effect without a restart.
@@ -62,12 +62,74 @@ impl Secret {
     }
 }
 
+/// The API keys of `/v1/*` (`server.api_key` as `default` first, then
+/// `server.api_keys`), in the order of `Config::key_names`. One lock and one `Arc` for
+/// the whole set, so that a request reads every key with one atomic operation, however
+/// many there are.
+#[derive(Clone, Default)]
+pub(crate) struct KeyRing {
+    keys: Arc<RwLock<Arc<[Arc<str>]>>>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyRing({} keys)", self.len())
+    }
+}
+
+impl KeyRing {
+    /// The keys in use; an entry is `""` (matching nothing) while its file could not be
+    /// read since start.
+    pub(crate) fn current(&self) -> Arc<[Arc<str>]> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// How many keys are configured; 0: `/v1/*` needs none.
+    pub(crate) fn len(&self) -> usize {
+        self.current().len()
+    }
+
+    fn set(&self, index: usize, value: &str) {
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let mut next: Vec<Arc<str>> = keys.iter().cloned().collect();
+        if let Some(slot) = next.get_mut(index) {
+            *slot = Arc::from(value);
+        }
+        *keys = next.into();
+    }
+}
+
+/// Where a secret file's value goes.
+#[derive(Debug)]
+enum Target {
+    Secret(Secret),
+    /// One key of the ring, by index.
+    Ring(KeyRing, usize),
+}
+
+impl Target {
+    fn get(&self) -> Option<Arc<str>> {
+        match self {
+            Target::Secret(s) => s.get(),
+            Target::Ring(ring, i) => ring.current().get(*i).cloned(),
+        }
+    }
+
+    fn set(&self, value: &str) {
+        match self {
+            Target::Secret(s) => s.set(value),
+            Target::Ring(ring, i) => ring.set(*i, value),
+        }
+    }
+}
+
 /// A secret file and the secret it feeds.
 #[derive(Debug)]
 struct Watched {
-    key: &'static str,
+    /// The config key of the file, for logs.
+    key: String,
     path: PathBuf,
-    secret: Secret,
+    secret: Target,
     /// Whether the last read failed, so that a lasting failure is logged once.
     failing: bool,
 }
@@ -76,7 +138,8 @@ struct Watched {
 #[derive(Debug, Clone)]
 pub(crate) struct Secrets {
     pub(crate) metrics_token: Secret,
-    pub(crate) api_key: Secret,
+    /// Every API key of `/v1/*`, `server.api_key` (named `default`) first.
+    pub(crate) api_keys: KeyRing,
     pub(crate) admin_token: Secret,
     files: Arc<std::sync::Mutex<Vec<Watched>>>,
 }
@@ -94,18 +157,50 @@ impl Secrets {
                 };
                 let secret = Secret::configured();
                 let mut watched = Watched {
-                    key: file_key,
+                    key: file_key.to_string(),
                     path: path.to_path_buf(),
-                    secret: secret.clone(),
+                    secret: Target::Secret(secret.clone()),
                     failing: false,
                 };
                 watched.reload();
                 files.push(watched);
                 secret
             });
+        // The ring starts with the inline values (or "" for files), in key-name order.
+        let default = api_key.get();
+        let mut initial: Vec<Arc<str>> = default.into_iter().collect();
+        let offset = initial.len();
+        initial.extend(
+            config
+                .server
+                .api_keys
+                .iter()
+                .map(|k| Arc::from(k.key.as_str())),
+        );
+        let api_keys = KeyRing {
+            keys: Arc::new(RwLock::new(initial.into())),
+        };
+        for watched in files.iter_mut() {
+            if watched.key == "server.api_key_file" {
+                watched.secret = Target::Ring(api_keys.clone(), 0);
+                watched.reload();
+            }
+        }
+        for (i, k) in config.server.api_keys.iter().enumerate() {
+            if let Some(path) = &k.key_file {
+                let mut watched = Watched {
+                    key: format!("server.api_keys[{i}].key_file"),
+                    path: path.clone(),
+                    secret: Target::Ring(api_keys.clone(), offset + i),
+                    failing: false,
+                };
+                watched.reload();
+                files.push(watched);
+            }
+        }
         Secrets {
             metrics_token,
-            api_key,
+            api_keys,
             admin_token,
             files: Arc::new(std::sync::Mutex::new(files)),
         }
@@ -162,13 +257,13 @@ impl Watched {
                 let first = self.secret.get().as_deref() == Some("");
                 self.secret.set(&value);
                 if !first {
-                    tracing::info!(key = self.key, path = %self.path.display(), "secret file changed; the new value is in effect");
+                    tracing::info!(key = %self.key, path = %self.path.display(), "secret file changed; the new value is in effect");
                 }
                 true
             }
             Err(message) => {
                 if !self.failing {
-                    tracing::warn!(key = self.key, "{message}; keeping the previous value");
+                    tracing::warn!(key = %self.key, "{message}; keeping the previous value");
                 }
                 self.failing = true;
                 false
@@ -235,7 +330,7 @@ mod tests {
     #[test]
     fn inline_secrets_are_used_and_empty_means_unset() {
         let s = Secrets::from_config(&config("[server]\napi_key = \"k1\"\n"));
-        assert_eq!(s.api_key.get().as_deref(), Some("k1"));
+        assert_eq!(&*s.api_keys.current()[0], "k1");
         assert_eq!(s.admin_token.get(), None);
         assert_eq!(s.metrics_token.get(), None);
         assert!(!format!("{s:?}").contains("k1"));
@@ -272,7 +367,38 @@ mod tests {
         let mut c = Config::default();
         c.server.api_key_file = Some("/nonexistent/api-key".into());
         let s = Secrets::from_config(&c);
-        assert_eq!(s.api_key.get().as_deref(), Some(""));
+        assert_eq!(&*s.api_keys.current()[0], "");
+    }
+
+    #[test]
+    fn named_keys_follow_their_files_beside_the_default_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "key-a1\n").unwrap();
+        std::fs::write(&b, "key-b1").unwrap();
+        let c = config(&format!(
+            "[server]\napi_key_file = {:?}\n[[server.api_keys]]\nname = \"team-a\"\nkey = \"inline-a\"\n[[server.api_keys]]\nname = \"team-b\"\nkey_file = {:?}\n",
+            a.display().to_string(),
+            b.display().to_string()
+        ));
+        assert_eq!(c.key_names(), ["default", "team-a", "team-b"]);
+        let s = Secrets::from_config(&c);
+        let ring = s.api_keys.clone();
+        let keys = |r: &KeyRing| {
+            r.current()
+                .iter()
+                .map(|k| k.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&ring), ["key-a1", "inline-a", "key-b1"]);
+        std::fs::write(&b, "key-b2").unwrap();
+        std::fs::write(&a, "key-a2").unwrap();
+        assert_eq!(s.reload(), 2);
+        assert_eq!(keys(&ring), ["key-a2", "inline-a", "key-b2"]);
+        std::fs::write(&b, "").unwrap();
+        assert_eq!(s.reload(), 0);
+        assert_eq!(keys(&ring), ["key-a2", "inline-a", "key-b2"]);
+        assert!(!format!("{s:?}").contains("key-"));
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! - `schema.rs`: the proxy's own sections (`[server]`, `[worker]`, ...) and their defaults;
 //! - `destinations.rs`: `[[remote_write]]` and `[[pushgateway]]`, sharing [`HttpDestination`];
 //! - `env.rs`: the table of environment overrides;
+//! - `accounting.rs`: named API keys, prices and budgets;
 //! - `validate.rs`: ranges, cron expressions, header and label names;
 //! - `units.rs`: durations (`"15s"`) and sizes (`"256MiB"`).
 
+mod accounting;
 mod destinations;
 mod env;
 mod schema;
@@ -19,6 +21,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use accounting::{
+    ApiKeyConfig, BudgetConfig, Period, PriceConfig, DEFAULT_KEY_NAME, NO_KEY_NAME,
+};
 pub use destinations::{
     BasicAuthConfig, HttpDestination, HttpUrl, PushMethod, PushgatewayConfig, RemoteWriteConfig,
     RemoteWriteProtocol,
@@ -72,6 +77,12 @@ pub struct Config {
     pub pushgateway: Vec<PushgatewayConfig>,
     #[serde(default)]
     pub log: LogConfig,
+    /// Prices per model name (as the worker reports it), USD per million tokens.
+    #[serde(default)]
+    pub pricing: std::collections::BTreeMap<String, PriceConfig>,
+    /// Spending limits per key name.
+    #[serde(default)]
+    pub budgets: Vec<BudgetConfig>,
 }
 
 schema::default_from_empty_table!(Config);

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 
+use super::accounting::ApiKeyConfig;
 use super::units::{ByteSize, HumanDuration};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -52,6 +53,14 @@ pub struct ServerConfig {
     /// Open connections at most; beyond it a new connection is refused at once.
     #[serde(default = "num::<usize, 10000>")]
     pub max_connections: usize,
+    /// Named API keys beside `api_key` (which is the key named `default`); any of them
+    /// admits `/v1/*`, and its name becomes the `key` label.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// Directory of the state that must survive restarts (the budgets' spend). Empty: none
+    /// is kept, and budgets start from zero at every start (with a warning).
+    #[serde(default)]
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

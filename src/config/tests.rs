@@ -336,3 +336,38 @@ fn streams_on_full_is_queue_or_reject_from_the_file_or_the_environment() {
         "{e}"
     );
 }
+
+#[test]
+fn named_keys_are_checked_by_key() {
+    let check = |text: &str| -> String {
+        match Config::parse(text).and_then(|c| c.validate()) {
+            Ok(()) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let both = "[[server.api_keys]]\nname = \"a\"\nkey = \"k\"\nkey_file = \"/f\"\n";
+    assert!(
+        check(both).contains("`server.api_keys[0].key_file`"),
+        "{}",
+        check(both)
+    );
+    let neither = "[[server.api_keys]]\nname = \"a\"\n";
+    assert!(check(neither).contains("`server.api_keys[0].key`"));
+    let twice = "[[server.api_keys]]\nname = \"a\"\nkey = \"k\"\n[[server.api_keys]]\nname = \"a\"\nkey = \"j\"\n";
+    assert!(check(twice).contains("`server.api_keys[1].name`"));
+    for bad in ["none", "", "a b", "ä"] {
+        let text = format!("[[server.api_keys]]\nname = {bad:?}\nkey = \"k\"\n");
+        assert!(
+            check(&text).contains("`server.api_keys[0].name`"),
+            "{bad:?}"
+        );
+    }
+    let taken = "[server]\napi_key = \"x\"\n[[server.api_keys]]\nname = \"default\"\nkey = \"k\"\n";
+    assert!(check(taken).contains("`server.api_keys[0].name`"));
+    let ok = "[server]\napi_key = \"x\"\n[[server.api_keys]]\nname = \"team-a\"\nkey = \"k\"\n";
+    assert_eq!(check(ok), "");
+    let c = Config::parse(ok).unwrap();
+    assert_eq!(c.key_names(), ["default", "team-a"]);
+    assert!(!c.to_masked_toml().contains("\"k\""));
+    assert!(Config::default().key_names().is_empty());
+}

@@ -48,6 +48,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_accounting()?;
         if self.metrics.summary_window.0 < Duration::from_secs(1) {
             return Err(ConfigError::invalid(
                 "metrics.summary_window",
@@ -180,6 +181,13 @@ impl Config {
             if let Some(path) = file {
                 crate::secrets::read_secret_file(path)
                     .map_err(|message| ConfigError::invalid(file_key, message))?;
+            }
+        }
+        for (i, k) in self.server.api_keys.iter().enumerate() {
+            if let Some(path) = &k.key_file {
+                crate::secrets::read_secret_file(path).map_err(|message| {
+                    ConfigError::invalid(format!("server.api_keys[{i}].key_file"), message)
+                })?;
             }
         }
         Ok(())

@@ -148,7 +148,18 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
+    /// The registry for a proxy without API keys (every turn is `key="none"`).
     pub fn new(config: &MetricsConfig) -> Result<Arc<Metrics>, MetricsError> {
+        Metrics::build(config, &[])
+    }
+
+    /// The registry for the whole configuration: the `key` label takes the configured key
+    /// names.
+    pub fn from_config(config: &Config) -> Result<Arc<Metrics>, MetricsError> {
+        Metrics::build(&config.metrics, &config.key_names())
+    }
+
+    fn build(config: &MetricsConfig, keys: &[&str]) -> Result<Arc<Metrics>, MetricsError> {
         let registry = Registry::new();
         let worker_restarts = IntCounter::new(
             "codex_worker_restarts_total",
@@ -204,7 +215,7 @@ impl Metrics {
         }
 
         let labels = LabelRules::new(&config.models);
-        let model_work = ModelWork::new(&registry, &labels, &config.models)?;
+        let model_work = ModelWork::new(&registry, &labels, &config.models, keys)?;
         let connections = ConnectionMetrics::new(&registry)?;
         Ok(Arc::new(Metrics {
             registry,

@@ -141,6 +141,9 @@ impl TokenCounts {
 pub struct FinishedTurn<'a> {
     /// The raw model name; the label rules bound it.
     pub model: Option<&'a str>,
+    /// The API key that asked for it: its index among the configured key names (0, the
+    /// `key` label `none`, when none is configured).
+    pub key: usize,
     /// Whether the client asked for SSE.
     pub stream: bool,
     pub outcome: Outcome,
@@ -159,12 +162,14 @@ pub struct FinishedTurn<'a> {
 
 /// The series of one value of the `model` label.
 struct ModelSeries {
-    tokens: [IntCounter; TOKEN_KINDS.len()],
+    /// Per key (index of the key name), per token kind.
+    tokens: Box<[[IntCounter; TOKEN_KINDS.len()]]>,
     /// `stream="false"`, then `stream="true"`.
     time_to_first_token: [Histogram; 2],
     time_per_output_token: Histogram,
     duration: [Histogram; Outcome::ALL.len()],
-    turns: [IntCounter; Outcome::ALL.len()],
+    /// Per key, per outcome.
+    turns: Box<[[IntCounter; Outcome::ALL.len()]]>,
     without_usage: IntCounter,
     items: [IntCounter; ITEM_KINDS.len()],
 }
@@ -180,6 +185,8 @@ pub(crate) struct ModelWork {
     items: IntCounterVec,
     /// One slot per value the model label can take (`LabelRules::model_slot`).
     models: Box<[OnceLock<ModelSeries>]>,
+    /// Values of the `key` label: the configured key names, or `none`.
+    keys: Box<[String]>,
     pub(crate) worker_wait: Histogram,
     pub(crate) queue_depth: IntGauge,
     rate_limit_used: GaugeVec,
@@ -190,10 +197,13 @@ pub(crate) struct ModelWork {
 pub const RATE_LIMIT_WINDOWS: [&str; 2] = ["primary", "secondary"];
 
 impl ModelWork {
+    /// `keys`: the configured key names (`Config::key_names`); empty when `/v1/*` needs
+    /// no key, and then every turn is `key="none"`.
     pub(crate) fn new(
         registry: &Registry,
         labels: &LabelRules,
         allowed_models: &[String],
+        keys: &[&str],
     ) -> Result<ModelWork, prometheus::Error> {
         let counter = |name: &str, help: &str, labels: &[&str]| {
             IntCounterVec::new(Opts::new(name, help), labels)
@@ -207,8 +217,8 @@ impl ModelWork {
         let work = ModelWork {
             tokens: counter(
                 "codex_tokens_total",
-                "Tokens the worker's turns used, by model and kind, counted once per turn.",
-                &["model", "kind"],
+                "Tokens the worker's turns used, by model, kind and API key name, counted once per turn.",
+                &["model", "kind", "key"],
             )?,
             time_to_first_token: histogram(
                 "codex_time_to_first_token_seconds",
@@ -230,8 +240,8 @@ impl ModelWork {
             )?,
             turns: counter(
                 "codex_turns_total",
-                "Turns that ended, by outcome.",
-                &["model", "outcome"],
+                "Turns that ended, by outcome and API key name.",
+                &["model", "outcome", "key"],
             )?,
             without_usage: counter(
                 "codex_turns_without_usage_total",
@@ -246,6 +256,11 @@ impl ModelWork {
             models: (0..labels.model_value_bound())
                 .map(|_| OnceLock::new())
                 .collect(),
+            keys: if keys.is_empty() {
+                vec![crate::config::NO_KEY_NAME.to_string()].into()
+            } else {
+                keys.iter().map(|k| k.to_string()).collect()
+            },
             worker_wait: Histogram::with_opts(
                 HistogramOpts::new(
                     "codex_worker_wait_seconds",
@@ -318,12 +333,22 @@ impl ModelWork {
     /// The series of one model value, created (every closed label set at 0) on first use.
     fn series(&self, (slot, model): (usize, &str)) -> &ModelSeries {
         self.models[slot].get_or_init(|| ModelSeries {
-            tokens: TOKEN_KINDS.map(|k| self.tokens.with_label_values(&[model, k])),
+            tokens: self
+                .keys
+                .iter()
+                .map(|key| TOKEN_KINDS.map(|k| self.tokens.with_label_values(&[model, k, key])))
+                .collect(),
             time_to_first_token: ["false", "true"]
                 .map(|s| self.time_to_first_token.with_label_values(&[model, s])),
             time_per_output_token: self.time_per_output_token.with_label_values(&[model]),
             duration: Outcome::ALL.map(|o| self.duration.with_label_values(&[model, o.as_str()])),
-            turns: Outcome::ALL.map(|o| self.turns.with_label_values(&[model, o.as_str()])),
+            turns: self
+                .keys
+                .iter()
+                .map(|key| {
+                    Outcome::ALL.map(|o| self.turns.with_label_values(&[model, o.as_str(), key]))
+                })
+                .collect(),
             without_usage: self.without_usage.with_label_values(&[model]),
             items: ITEM_KINDS.map(|k| self.items.with_label_values(&[model, k])),
         })
@@ -331,15 +356,22 @@ impl ModelWork {
 
     pub(crate) fn record(&self, labels: &LabelRules, turn: &FinishedTurn<'_>) {
         let series = self.series(labels.model_slot(turn.model));
+        // An index from outside the configured names cannot happen; `none`'s slot (or
+        // the first key's) is the safe place rather than a panic.
+        let key = if turn.key < self.keys.len() {
+            turn.key
+        } else {
+            0
+        };
         let outcome = turn.outcome as usize;
-        series.turns[outcome].inc();
+        series.turns[key][outcome].inc();
         series.duration[outcome].observe(turn.duration.as_secs_f64());
         if let Some(ttft) = turn.time_to_first_token {
             series.time_to_first_token[usize::from(turn.stream)].observe(ttft.as_secs_f64());
         }
         match turn.tokens {
             Some(tokens) => {
-                for (counter, n) in series.tokens.iter().zip(tokens.0) {
+                for (counter, n) in series.tokens[key].iter().zip(tokens.0) {
                     if n > 0 {
                         counter.inc_by(n);
                     }
@@ -416,13 +448,14 @@ mod tests {
         let allowed: Vec<String> = allowed.iter().map(|m| m.to_string()).collect();
         let registry = Registry::new();
         let labels = LabelRules::new(&allowed);
-        let work = ModelWork::new(&registry, &labels, &allowed).unwrap();
+        let work = ModelWork::new(&registry, &labels, &allowed, &[]).unwrap();
         (registry, labels, work)
     }
 
     fn turn(outcome: Outcome) -> FinishedTurn<'static> {
         FinishedTurn {
             model: Some("gpt-5"),
+            key: 0,
             stream: true,
             outcome,
             duration: Duration::from_millis(1200),
@@ -458,6 +491,50 @@ mod tests {
         );
         // Absent until the worker reports: a 0 would claim an unused rate limit.
         assert!(family_values(&registry, "codex_rate_limit_used_ratio").is_empty());
+    }
+
+    #[test]
+    fn the_key_label_takes_the_key_names_every_pair_declared_and_none_without_keys() {
+        let (registry, _, _) = setup(&["gpt-5"]);
+        let keys: Vec<_> = family_values(&registry, "codex_turns_total")
+            .into_iter()
+            .filter_map(|(l, _)| l.into_iter().find(|(k, _)| k == "key").map(|(_, v)| v))
+            .collect();
+        assert!(
+            !keys.is_empty() && keys.iter().all(|k| k == "none"),
+            "{keys:?}"
+        );
+
+        let registry = Registry::new();
+        let allowed = vec!["gpt-5".to_string()];
+        let labels = LabelRules::new(&allowed);
+        let work = ModelWork::new(&registry, &labels, &allowed, &["team-a", "team-b"]).unwrap();
+        assert_eq!(
+            family_values(&registry, "codex_turns_total").len(),
+            2 * Outcome::ALL.len()
+        );
+        assert_eq!(
+            family_values(&registry, "codex_tokens_total").len(),
+            2 * TOKEN_KINDS.len()
+        );
+        let mut t = turn(Outcome::Completed);
+        t.key = 1;
+        work.record(&labels, &t);
+        let with = |name: &str, key: &str| -> f64 {
+            family_values(&registry, name)
+                .into_iter()
+                .filter(|(l, _)| l.iter().any(|(k, v)| k == "key" && v == key))
+                .map(|(_, v)| v)
+                .sum()
+        };
+        assert_eq!(with("codex_turns_total", "team-b"), 1.0);
+        assert_eq!(with("codex_turns_total", "team-a"), 0.0);
+        assert_eq!(with("codex_tokens_total", "team-b"), 23.0);
+        assert_eq!(with("codex_tokens_total", "team-a"), 0.0);
+        // Families without the key label keep theirs.
+        assert!(family_values(&registry, "codex_turn_items_total")
+            .iter()
+            .all(|(l, _)| l.iter().all(|(k, _)| k != "key")));
     }
 
     #[test]

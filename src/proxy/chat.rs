@@ -9,11 +9,12 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::json;
 
 use super::completion::{self, ChatRequest};
 use super::error::ApiError;
+use super::guards::KeyIndex;
 use super::stream;
 use super::turn_metrics::{self, TurnTelemetry};
 use super::AppState;
@@ -22,19 +23,21 @@ use crate::worker::{TurnEvent, TurnStatus, Usage};
 
 pub(crate) async fn completions(
     State(state): State<AppState>,
+    key: Option<Extension<KeyIndex>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let accepted = Instant::now();
+    let key = key.map(|Extension(k)| k).unwrap_or_default();
     let request = match completion::parse(&headers, body, state.config.server.max_body_bytes.0) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
     let model = request.model().map(str::to_string);
     let mut response = if request.stream == Some(true) {
-        stream::respond(&state, &headers, request, accepted).await
+        stream::respond(&state, &headers, request, accepted, key).await
     } else {
-        complete(&state, &headers, request, accepted)
+        complete(&state, &headers, request, accepted, key)
             .await
             .unwrap_or_else(IntoResponse::into_response)
     };
@@ -51,9 +54,10 @@ async fn complete(
     headers: &HeaderMap,
     request: ChatRequest,
     accepted: Instant,
+    key: KeyIndex,
 ) -> Result<Response, ApiError> {
     let limit = state.config.server.request_timeout.0;
-    let mut telemetry = TurnTelemetry::new(state.metrics.clone(), accepted, false);
+    let mut telemetry = TurnTelemetry::new(state.metrics.clone(), accepted, false, key.0);
     match tokio::time::timeout(limit, run_to_end(state, headers, request, &mut telemetry)).await {
         Ok(result) => result,
         Err(_) => {

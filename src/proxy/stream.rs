@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use super::admission::StreamSlot;
 use super::completion::{self, ChatRequest};
 use super::error::ApiError;
+use super::guards::KeyIndex;
 use super::tool_buffer::ToolBuffer;
 use super::turn_metrics::{self, TurnTelemetry};
 use super::AppState;
@@ -31,8 +32,9 @@ pub(crate) async fn respond(
     headers: &HeaderMap,
     request: ChatRequest,
     accepted: Instant,
+    key: KeyIndex,
 ) -> Response {
-    match open(state, headers, request, accepted).await {
+    match open(state, headers, request, accepted, key).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
@@ -43,12 +45,13 @@ async fn open(
     headers: &HeaderMap,
     request: ChatRequest,
     accepted: Instant,
+    key: KeyIndex,
 ) -> Result<Response, ApiError> {
     let prompt = request.prompt()?;
     // The wait in the admission queue counts against `server.request_timeout` and, via
     // `accepted`, in the time to first token.
     let limit = state.config.server.request_timeout.0;
-    let mut telemetry = TurnTelemetry::new(state.metrics.clone(), accepted, true);
+    let mut telemetry = TurnTelemetry::new(state.metrics.clone(), accepted, true, key.0);
     let start = completion::admit_and_start(state, &request, prompt, &mut telemetry, true);
     let (turn, slot) = match tokio::time::timeout(limit, start).await {
         Ok(started) => started?,

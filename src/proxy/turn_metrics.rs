@@ -15,6 +15,8 @@ pub(crate) struct TurnTelemetry {
     /// When the proxy accepted the request: time to first token counts from here.
     accepted: Instant,
     stream: bool,
+    /// The API key that asked (index of its name).
+    key: usize,
     /// Set once the turn has begun: a turn is counted only from then on.
     started: Option<Started>,
     first_token: Option<Duration>,
@@ -32,11 +34,12 @@ struct Started {
 }
 
 impl TurnTelemetry {
-    pub(crate) fn new(metrics: Arc<Metrics>, accepted: Instant, stream: bool) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>, accepted: Instant, stream: bool, key: usize) -> Self {
         TurnTelemetry {
             metrics,
             accepted,
             stream,
+            key,
             started: None,
             first_token: None,
             first_delta: None,
@@ -101,6 +104,7 @@ impl TurnTelemetry {
             .map(|(first, last)| last - first);
         self.metrics.record_turn(&FinishedTurn {
             model: started.model.as_deref(),
+            key: self.key,
             stream: self.stream,
             outcome,
             duration: started.at.elapsed(),
