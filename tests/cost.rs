@@ -126,3 +126,101 @@ async fn each_named_key_admits_and_its_name_labels_its_turns_and_tokens() {
         }
     }
 }
+
+/// Prices of the demo model: every kind its own, so a kind priced twice or not at all
+/// shows in the sum.
+const PRICING: &str = r#"
+[pricing."codex-demo"]
+input = 1.25
+cached_input = 0.125
+output = 10.0
+reasoning_output = 12.5
+cache_write_input = 1.5
+"#;
+
+/// One `USAGE` turn at `PRICING`, by hand: 11 input of which 3 cached and 1 written to
+/// the cache, so 7 uncached; 7 output of which 2 reasoning, so 5 plain.
+const TURN_USD: f64 = (7.0 * 1.25 + 3.0 * 0.125 + 1.0 * 1.5 + 5.0 * 10.0 + 2.0 * 12.5) / 1e6;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cost_per_key_equals_the_hand_computation_in_metrics_and_in_prometheus() {
+    let Some(prometheus) = common::start_prometheus("").await else {
+        return;
+    };
+    let config = format!(
+        "{KEYS}{PRICING}\n[[remote_write]]\nurl = \"{}/api/v1/write\"\ninterval = \"300ms\"\n",
+        prometheus.base
+    );
+    let proxy = start(&config, &[("DEMO_USAGE", USAGE)]).await;
+    let samples = scrape(&proxy).await;
+    assert_eq!(
+        count(&samples, "codex_cost_usd_total", &[]),
+        2,
+        "declared at 0 per key"
+    );
+    assert_eq!(sum(&samples, "codex_cost_usd_total", &[]), 0.0);
+    assert_eq!(
+        count(
+            &samples,
+            "codex_turns_unpriced_total",
+            &[("model", "codex-demo")]
+        ),
+        1
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            chat(&proxy, Some("sk-team-a-0123456789")).await.status(),
+            200
+        );
+    }
+    assert_eq!(
+        chat(&proxy, Some("sk-team-b-9876543210")).await.status(),
+        200
+    );
+    let samples = scrape_until(&proxy, "four turns", |s| {
+        sum(s, "codex_turns_total", &[]) == 4.0
+    })
+    .await;
+    let cost = |key| {
+        sum(
+            &samples,
+            "codex_cost_usd_total",
+            &[("key", key), ("model", "codex-demo")],
+        )
+    };
+    assert!(
+        (cost("team-a") - 3.0 * TURN_USD).abs() < 1e-9,
+        "{}",
+        cost("team-a")
+    );
+    assert!(
+        (cost("team-b") - TURN_USD).abs() < 1e-9,
+        "{}",
+        cost("team-b")
+    );
+    assert_eq!(sum(&samples, "codex_turns_unpriced_total", &[]), 0.0);
+
+    let instance = format!("{}:{}", common::hostname(), proxy.port);
+    for (key, expected) in [("team-a", 3.0 * TURN_USD), ("team-b", TURN_USD)] {
+        let query = format!(r#"codex_cost_usd_total{{instance="{instance}",key="{key}"}}"#);
+        wait_until(&format!("{query} = {expected}"), DEADLINE, || async {
+            let value = prometheus.scalar(&query).await?;
+            ((value - expected).abs() < 1e-9).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_model_without_a_price_counts_unpriced_turns_and_no_cost() {
+    let proxy = start(KEYS, &[("DEMO_USAGE", USAGE)]).await;
+    assert_eq!(
+        chat(&proxy, Some("sk-team-a-0123456789")).await.status(),
+        200
+    );
+    let samples = scrape_until(&proxy, "one unpriced turn", |s| {
+        sum(s, "codex_turns_unpriced_total", &[("model", "codex-demo")]) == 1.0
+    })
+    .await;
+    assert_eq!(sum(&samples, "codex_cost_usd_total", &[]), 0.0);
+}

@@ -371,3 +371,34 @@ fn named_keys_are_checked_by_key() {
     assert!(!c.to_masked_toml().contains("\"k\""));
     assert!(Config::default().key_names().is_empty());
 }
+
+#[test]
+fn a_negative_or_non_numeric_price_is_refused_naming_its_key() {
+    let base = "[pricing.\"gpt-5\"]\ninput = 1.25\ncached_input = 0.125\noutput = 10.0\n";
+    let c = Config::parse(base).unwrap();
+    c.validate().unwrap();
+    let negative = format!("{base}reasoning_output = -1.0\n");
+    let err = Config::parse(&negative)
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`pricing.\"gpt-5\".reasoning_output`"),
+        "{err}"
+    );
+    let err = Config::parse(&base.replace("1.25", "\"cheap\""))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pricing.gpt-5.input"), "{err}");
+    let err = Config::parse(&base.replace("output = 10.0", "output = nan"))
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`pricing.\"gpt-5\".output`"), "{err}");
+    let err = Config::parse("[pricing.m]\ninput = 1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pricing.m"), "{err}");
+}

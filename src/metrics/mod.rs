@@ -2,6 +2,7 @@
 //! the guarded `/metrics` route. Names, types and labels are a contract (docs/metrics.md):
 //! dashboards and alerts built for the Node proxy query them.
 
+pub mod cost;
 pub(crate) mod connections;
 pub(crate) mod http;
 mod label_map;
@@ -150,16 +151,28 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// The registry for a proxy without API keys (every turn is `key="none"`).
     pub fn new(config: &MetricsConfig) -> Result<Arc<Metrics>, MetricsError> {
-        Metrics::build(config, &[])
+        Metrics::build(config, &[], cost::Prices::default())
     }
 
     /// The registry for the whole configuration: the `key` label takes the configured key
-    /// names.
+    /// names, and the priced models are allowed `model` label values (their cost would
+    /// otherwise be `other`).
     pub fn from_config(config: &Config) -> Result<Arc<Metrics>, MetricsError> {
-        Metrics::build(&config.metrics, &config.key_names())
+        let mut metrics = config.metrics.clone();
+        for model in config.pricing.keys() {
+            if !metrics.models.contains(model) {
+                metrics.models.push(model.clone());
+            }
+        }
+        let prices = cost::Prices::new(&config.pricing);
+        Metrics::build(&metrics, &config.key_names(), prices)
     }
 
-    fn build(config: &MetricsConfig, keys: &[&str]) -> Result<Arc<Metrics>, MetricsError> {
+    fn build(
+        config: &MetricsConfig,
+        keys: &[&str],
+        prices: cost::Prices,
+    ) -> Result<Arc<Metrics>, MetricsError> {
         let registry = Registry::new();
         let worker_restarts = IntCounter::new(
             "codex_worker_restarts_total",
@@ -215,7 +228,7 @@ impl Metrics {
         }
 
         let labels = LabelRules::new(&config.models);
-        let model_work = ModelWork::new(&registry, &labels, &config.models, keys)?;
+        let model_work = ModelWork::new(&registry, &labels, &config.models, keys, prices)?;
         let connections = ConnectionMetrics::new(&registry)?;
         Ok(Arc::new(Metrics {
             registry,
@@ -278,8 +291,9 @@ impl Metrics {
     }
 
     /// Records one ended turn in the model-work families (once per turn).
-    pub fn record_turn(&self, turn: &FinishedTurn<'_>) {
-        self.model_work.record(&self.labels, turn);
+    /// Returns the turn's cost in USD, when its model is priced and it reported usage.
+    pub fn record_turn(&self, turn: &FinishedTurn<'_>) -> Option<f64> {
+        self.model_work.record(&self.labels, turn)
     }
 
     /// Sets `codex_rate_limit_*{window}`; an unknown value leaves its series absent.

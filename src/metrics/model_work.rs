@@ -13,9 +13,11 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry,
+    Counter, CounterVec, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, Opts, Registry,
 };
+
+use super::cost::Prices;
 
 use super::labels::LabelRules;
 use crate::exposition::snapshot::{Family, Kind, Snapshot};
@@ -172,6 +174,9 @@ struct ModelSeries {
     turns: Box<[[IntCounter; Outcome::ALL.len()]]>,
     without_usage: IntCounter,
     items: [IntCounter; ITEM_KINDS.len()],
+    /// Per key.
+    cost: Box<[Counter]>,
+    unpriced: IntCounter,
 }
 
 /// The model-work families and the admission-queue and rate-limit gauges.
@@ -183,6 +188,9 @@ pub(crate) struct ModelWork {
     turns: IntCounterVec,
     without_usage: IntCounterVec,
     items: IntCounterVec,
+    cost: CounterVec,
+    unpriced: IntCounterVec,
+    prices: Prices,
     /// One slot per value the model label can take (`LabelRules::model_slot`).
     models: Box<[OnceLock<ModelSeries>]>,
     /// Values of the `key` label: the configured key names, or `none`.
@@ -204,6 +212,7 @@ impl ModelWork {
         labels: &LabelRules,
         allowed_models: &[String],
         keys: &[&str],
+        prices: Prices,
     ) -> Result<ModelWork, prometheus::Error> {
         let counter = |name: &str, help: &str, labels: &[&str]| {
             IntCounterVec::new(Opts::new(name, help), labels)
@@ -253,6 +262,19 @@ impl ModelWork {
                 "Items the worker's turns produced, by kind.",
                 &["model", "kind"],
             )?,
+            cost: CounterVec::new(
+                Opts::new(
+                    "codex_cost_usd_total",
+                    "What the worker's turns cost in USD at the configured prices, by model and API key name.",
+                ),
+                &["model", "key"],
+            )?,
+            unpriced: counter(
+                "codex_turns_unpriced_total",
+                "Turns of a model without a configured price: their cost is not in codex_cost_usd_total.",
+                &["model"],
+            )?,
+            prices,
             models: (0..labels.model_value_bound())
                 .map(|_| OnceLock::new())
                 .collect(),
@@ -294,6 +316,8 @@ impl ModelWork {
         registry.register(Box::new(work.turns.clone()))?;
         registry.register(Box::new(work.without_usage.clone()))?;
         registry.register(Box::new(work.items.clone()))?;
+        registry.register(Box::new(work.cost.clone()))?;
+        registry.register(Box::new(work.unpriced.clone()))?;
         registry.register(Box::new(work.worker_wait.clone()))?;
         registry.register(Box::new(work.queue_depth.clone()))?;
         registry.register(Box::new(work.rate_limit_used.clone()))?;
@@ -309,7 +333,9 @@ impl ModelWork {
     /// vector without children (a model not seen yet, a rate limit not reported yet).
     pub(crate) fn declare_empty(&self, snapshot: &mut Snapshot) {
         use prometheus::core::Collector;
-        let families: [(&dyn Collector, Kind, &[f64]); 9] = [
+        let families: [(&dyn Collector, Kind, &[f64]); 11] = [
+            (&self.cost, Kind::Counter, &[]),
+            (&self.unpriced, Kind::Counter, &[]),
             (&self.tokens, Kind::Counter, &[]),
             (&self.time_to_first_token, Kind::Histogram, &TTFT_BUCKETS),
             (&self.time_per_output_token, Kind::Histogram, &TPOT_BUCKETS),
@@ -351,10 +377,18 @@ impl ModelWork {
                 .collect(),
             without_usage: self.without_usage.with_label_values(&[model]),
             items: ITEM_KINDS.map(|k| self.items.with_label_values(&[model, k])),
+            cost: self
+                .keys
+                .iter()
+                .map(|key| self.cost.with_label_values(&[model, key]))
+                .collect(),
+            unpriced: self.unpriced.with_label_values(&[model]),
         })
     }
 
-    pub(crate) fn record(&self, labels: &LabelRules, turn: &FinishedTurn<'_>) {
+    /// Records the turn; returns its cost in USD when its model has a price and the worker
+    /// reported usage.
+    pub(crate) fn record(&self, labels: &LabelRules, turn: &FinishedTurn<'_>) -> Option<f64> {
         let series = self.series(labels.model_slot(turn.model));
         // An index from outside the configured names cannot happen; `none`'s slot (or
         // the first key's) is the safe place rather than a panic.
@@ -388,6 +422,15 @@ impl ModelWork {
                 counter.inc_by(u64::from(n));
             }
         }
+        let Some(price) = self.prices.get(turn.model) else {
+            series.unpriced.inc();
+            return None;
+        };
+        let cost = price.cost(&turn.tokens?);
+        if cost > 0.0 {
+            series.cost[key].inc_by(cost);
+        }
+        Some(cost)
     }
 
     /// Sets one window's gauges; a value still unknown leaves its series absent.
@@ -448,7 +491,7 @@ mod tests {
         let allowed: Vec<String> = allowed.iter().map(|m| m.to_string()).collect();
         let registry = Registry::new();
         let labels = LabelRules::new(&allowed);
-        let work = ModelWork::new(&registry, &labels, &allowed, &[]).unwrap();
+        let work = ModelWork::new(&registry, &labels, &allowed, &[], Prices::default()).unwrap();
         (registry, labels, work)
     }
 
@@ -508,7 +551,14 @@ mod tests {
         let registry = Registry::new();
         let allowed = vec!["gpt-5".to_string()];
         let labels = LabelRules::new(&allowed);
-        let work = ModelWork::new(&registry, &labels, &allowed, &["team-a", "team-b"]).unwrap();
+        let work = ModelWork::new(
+            &registry,
+            &labels,
+            &allowed,
+            &["team-a", "team-b"],
+            Prices::default(),
+        )
+        .unwrap();
         assert_eq!(
             family_values(&registry, "codex_turns_total").len(),
             2 * Outcome::ALL.len()
@@ -535,6 +585,46 @@ mod tests {
         assert!(family_values(&registry, "codex_turn_items_total")
             .iter()
             .all(|(l, _)| l.iter().all(|(k, _)| k != "key")));
+    }
+
+    #[test]
+    fn cost_grows_per_key_at_the_price_and_unpriced_models_are_counted() {
+        let registry = Registry::new();
+        let allowed = vec!["gpt-5".to_string()];
+        let labels = LabelRules::new(&allowed);
+        let price: crate::config::PriceConfig =
+            toml::from_str("input = 1.25\ncached_input = 0.125\noutput = 10.0").unwrap();
+        let prices = Prices::new([(&"gpt-5".to_string(), &price)]);
+        let work = ModelWork::new(&registry, &labels, &allowed, &["a", "b"], prices).unwrap();
+        assert_eq!(family_values(&registry, "codex_cost_usd_total").len(), 2);
+        assert_eq!(
+            family_values(&registry, "codex_turns_unpriced_total").len(),
+            1
+        );
+        let mut t = turn(Outcome::Completed);
+        t.key = 1;
+        let hand = (8.0 * 1.25 + 3.0 * 0.125 + 7.0 * 10.0) / 1e6;
+        for _ in 0..3 {
+            let cost = work.record(&labels, &t).unwrap();
+            assert!((cost - hand).abs() < 1e-15);
+        }
+        let cost: Vec<_> = family_values(&registry, "codex_cost_usd_total");
+        let of = |key: &str| {
+            cost.iter()
+                .find(|(l, _)| l.iter().any(|(k, v)| k == "key" && v == key))
+                .map(|(_, v)| *v)
+                .unwrap()
+        };
+        assert!((of("b") - 3.0 * hand).abs() < 1e-12, "{}", of("b"));
+        assert_eq!(of("a"), 0.0);
+        t.model = Some("unpriced-model");
+        assert_eq!(work.record(&labels, &t), None);
+        let unpriced: f64 = family_values(&registry, "codex_turns_unpriced_total")
+            .iter()
+            .filter(|(l, _)| l.iter().any(|(k, v)| k == "model" && v == "other"))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(unpriced, 1.0);
     }
 
     #[test]
