@@ -14,6 +14,7 @@
 
 pub mod app;
 pub mod auth;
+pub(crate) mod budget;
 pub mod cli;
 pub mod config;
 pub mod exposition;

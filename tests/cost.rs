@@ -224,3 +224,134 @@ async fn a_model_without_a_price_counts_unpriced_turns_and_no_cost() {
     .await;
     assert_eq!(sum(&samples, "codex_cost_usd_total", &[]), 0.0);
 }
+
+/// `team-a` may spend 1.5 turns a day, enforced; `team-b` has no budget.
+fn budget(usd: f64, state_dir: &str) -> String {
+    format!(
+        "{KEYS}{PRICING}\n[server]\nstate_dir = {state_dir:?}\n\n[[budgets]]\nkey = \"team-a\"\nusd = {usd}\nperiod = \"day\"\nenforce = true\n"
+    )
+}
+
+const TEAM_A: &str = "sk-team-a-0123456789";
+const TEAM_B: &str = "sk-team-b-9876543210";
+
+/// Seconds from now to the next 00:00 UTC.
+fn seconds_to_midnight() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    86_400 - now % 86_400
+}
+
+#[tokio::test]
+async fn a_spent_enforced_budget_refuses_its_key_with_429_and_retry_after_and_other_keys_pass() {
+    let proxy = start(&budget(1.5 * TURN_USD, "state"), &[("DEMO_USAGE", USAGE)]).await;
+    let samples = scrape(&proxy).await;
+    assert_eq!(
+        sum(&samples, "codex_budget_spent_usd", &[("key", "team-a")]),
+        0.0
+    );
+    assert_eq!(
+        count(&samples, "codex_budget_spent_usd", &[("key", "team-a")]),
+        1
+    );
+    let limit = sum(&samples, "codex_budget_limit_usd", &[("key", "team-a")]);
+    assert!((limit - 1.5 * TURN_USD).abs() < 1e-12);
+    for _ in 0..2 {
+        assert_eq!(chat(&proxy, Some(TEAM_A)).await.status(), 200);
+    }
+    let refused = chat(&proxy, Some(TEAM_A)).await;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "insufficient_quota", "{body}");
+    // Until the day ends (UTC); a second of slack for the clock ticking in between.
+    let to_midnight = seconds_to_midnight();
+    assert!(
+        retry_after >= 1 && retry_after.abs_diff(to_midnight) <= 2,
+        "Retry-After {retry_after}, midnight in {to_midnight}"
+    );
+    assert_eq!(chat(&proxy, Some(TEAM_B)).await.status(), 200);
+    let samples = scrape(&proxy).await;
+    let spent = sum(&samples, "codex_budget_spent_usd", &[("key", "team-a")]);
+    assert!((spent - 2.0 * TURN_USD).abs() < 1e-12, "{spent}");
+    assert_eq!(
+        sum(&samples, "codex_turns_total", &[("key", "team-a")]),
+        2.0
+    );
+}
+
+/// The stored spend of `key`, once the state file holds it.
+fn stored_spend(dir: &std::path::Path, key: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join("state/budgets.state")).ok()?;
+    let (_, body) = text.split_once('\n')?;
+    let body: serde_json::Value = serde_json::from_str(body).ok()?;
+    body["budgets"]
+        .as_array()?
+        .iter()
+        .find(|b| b["key"] == key)?["spent_usd"]
+        .as_f64()
+}
+
+#[tokio::test]
+async fn spend_survives_kill_9_and_a_restart_still_refuses_the_spent_key() {
+    // Half a turn: the first turn spends it all.
+    let config = budget(0.5 * TURN_USD, "state");
+    let proxy = start(&config, &[("DEMO_USAGE", USAGE)]).await;
+    assert_eq!(chat(&proxy, Some(TEAM_A)).await.status(), 200);
+    let dir = proxy.dir.path().to_path_buf();
+    wait_until("the spend on disk", DEADLINE, || async {
+        stored_spend(&dir, "team-a")
+            .filter(|s| (s - TURN_USD).abs() < 1e-12)
+            .map(|_| ())
+    })
+    .await;
+    let Proxy { proc, dir, .. } = proxy;
+    proc.signal(rustix::process::Signal::KILL);
+    drop(proc);
+
+    let proxy = Proxy::start_in(dir, &config, &[("DEMO_USAGE", USAGE)]).await;
+    proxy.wait_ready().await;
+    let samples = scrape(&proxy).await;
+    let spent = sum(&samples, "codex_budget_spent_usd", &[("key", "team-a")]);
+    assert!(
+        (spent - TURN_USD).abs() < 1e-12,
+        "spent after restart: {spent}"
+    );
+    let refused = chat(&proxy, Some(TEAM_A)).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(chat(&proxy, Some(TEAM_B)).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_corrupt_state_file_is_logged_and_the_proxy_starts_from_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("team-b.key"), "sk-team-b-9876543210\n").unwrap();
+    std::fs::create_dir(dir.path().join("state")).unwrap();
+    std::fs::write(
+        dir.path().join("state/budgets.state"),
+        "codex-proxy-budgets v1 crc32=00000000\n{\"budgets\":[{\"key\":\"team-a\"",
+    )
+    .unwrap();
+    let proxy = Proxy::start_in(
+        dir,
+        &budget(0.5 * TURN_USD, "state"),
+        &[("DEMO_USAGE", USAGE)],
+    )
+    .await;
+    proxy.wait_ready().await;
+    proxy.wait_log("corrupt").await;
+    assert!(proxy.logs().contains("ERROR"), "{}", proxy.logs());
+    let samples = scrape(&proxy).await;
+    assert_eq!(
+        sum(&samples, "codex_budget_spent_usd", &[("key", "team-a")]),
+        0.0
+    );
+    assert_eq!(chat(&proxy, Some(TEAM_A)).await.status(), 200);
+}

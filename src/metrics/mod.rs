@@ -20,6 +20,7 @@ use std::sync::Arc;
 use axum::Router;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+use crate::budget::Budgets;
 use crate::config::{Config, MetricsConfig};
 use crate::exposition::snapshot::Snapshot;
 use connections::ConnectionMetrics;
@@ -137,6 +138,8 @@ pub struct Metrics {
     pub(crate) maintenance_mode: IntGauge,
     /// Tokens, turns, time to first token, the admission queue, rate limits.
     pub(crate) model_work: ModelWork,
+    /// The budgets' spend and gauges; turns add their cost here.
+    pub(crate) budgets: Budgets,
     /// Open and refused connections, recorded by the accept loop (crate::server).
     pub(crate) connections: ConnectionMetrics,
 }
@@ -151,7 +154,11 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// The registry for a proxy without API keys (every turn is `key="none"`).
     pub fn new(config: &MetricsConfig) -> Result<Arc<Metrics>, MetricsError> {
-        Metrics::build(config, &[], cost::Prices::default())
+        let whole = Config {
+            metrics: config.clone(),
+            ..Config::default()
+        };
+        Metrics::build(&whole, config, cost::Prices::default())
     }
 
     /// The registry for the whole configuration: the `key` label takes the configured key
@@ -165,14 +172,17 @@ impl Metrics {
             }
         }
         let prices = cost::Prices::new(&config.pricing);
-        Metrics::build(&metrics, &config.key_names(), prices)
+        Metrics::build(config, &metrics, prices)
     }
 
+    /// `whole` for the keys and budgets, `config` (its `[metrics]`, priced models allowed)
+    /// for the rest.
     fn build(
+        whole: &Config,
         config: &MetricsConfig,
-        keys: &[&str],
         prices: cost::Prices,
     ) -> Result<Arc<Metrics>, MetricsError> {
+        let keys = whole.key_names();
         let registry = Registry::new();
         let worker_restarts = IntCounter::new(
             "codex_worker_restarts_total",
@@ -228,7 +238,8 @@ impl Metrics {
         }
 
         let labels = LabelRules::new(&config.models);
-        let model_work = ModelWork::new(&registry, &labels, &config.models, keys, prices)?;
+        let model_work = ModelWork::new(&registry, &labels, &config.models, &keys, prices)?;
+        let budgets = Budgets::new(whole, &registry, chrono::Utc::now())?;
         let connections = ConnectionMetrics::new(&registry)?;
         Ok(Arc::new(Metrics {
             registry,
@@ -245,6 +256,7 @@ impl Metrics {
             tool_buffer_aborted,
             maintenance_mode,
             model_work,
+            budgets,
             connections,
         }))
     }
@@ -266,8 +278,11 @@ impl Metrics {
     pub fn snapshot(&self) -> Snapshot {
         let mut snapshot = Snapshot::default();
         self.http.snapshot(std::time::Instant::now(), &mut snapshot);
+        // A budget period that ended shows 0 spent in this snapshot, request or not.
+        self.budgets.refresh(chrono::Utc::now());
         let mut registry = Snapshot::from_families(&self.registry.gather());
         self.model_work.declare_empty(&mut registry);
+        self.budgets.declare_empty(&mut registry);
         snapshot.merge(registry);
         snapshot
     }
@@ -293,7 +308,9 @@ impl Metrics {
     /// Records one ended turn in the model-work families (once per turn).
     /// Returns the turn's cost in USD, when its model is priced and it reported usage.
     pub fn record_turn(&self, turn: &FinishedTurn<'_>) -> Option<f64> {
-        self.model_work.record(&self.labels, turn)
+        let cost = self.model_work.record(&self.labels, turn)?;
+        self.budgets.add(turn.key, cost, chrono::Utc::now());
+        Some(cost)
     }
 
     /// Sets `codex_rate_limit_*{window}`; an unknown value leaves its series absent.

@@ -29,6 +29,11 @@ pub(crate) async fn completions(
 ) -> Response {
     let accepted = Instant::now();
     let key = key.map(|Extension(k)| k).unwrap_or_default();
+    if let Some(secs) = state.metrics.budgets.refusal(key.0, chrono::Utc::now()) {
+        let names = state.config.key_names();
+        let name = names.get(key.0).copied().unwrap_or_default();
+        return ApiError::budget_spent(name, secs).into_response();
+    }
     let request = match completion::parse(&headers, body, state.config.server.max_body_bytes.0) {
         Ok(r) => r,
         Err(e) => return e.into_response(),

@@ -140,15 +140,31 @@ impl ApiError {
 
     /// A 429: retryable, with `Retry-After`, so that an SDK's retry waits at least that.
     fn too_many(code: &'static str, message: String) -> Self {
-        let mut e = Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            code,
-            message,
-        )
-        .retryable();
-        e.retry_after_secs = Some(RETRY_AFTER_BUSY_SECS);
+        Self::too_many_after("rate_limit_error", code, message, RETRY_AFTER_BUSY_SECS)
+    }
+
+    /// The one constructor of every 429: `Retry-After: retry_after_secs`.
+    fn too_many_after(
+        kind: &'static str,
+        code: &'static str,
+        message: String,
+        retry_after_secs: u64,
+    ) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, kind, code, message).retryable();
+        e.retry_after_secs = Some(retry_after_secs);
         e
+    }
+
+    /// The key's enforced budget is spent until its period ends in `retry_after_secs`.
+    pub(crate) fn budget_spent(key: &str, retry_after_secs: u64) -> Self {
+        Self::too_many_after(
+            "insufficient_quota",
+            "insufficient_quota",
+            format!(
+                "the budget of API key `{key}` is spent for this period; it resets in {retry_after_secs} s"
+            ),
+            retry_after_secs,
+        )
     }
 
     /// The request cannot start at once (every worker slot, or for a stream every stream
@@ -310,6 +326,15 @@ mod tests {
             assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
             assert_eq!(r.headers()[header::RETRY_AFTER], "1");
         }
+    }
+
+    #[test]
+    fn a_spent_budget_is_an_insufficient_quota_429_with_the_time_to_the_reset() {
+        let r = ApiError::budget_spent("team-a", 3600);
+        assert_eq!(r.body()["error"]["type"], "insufficient_quota");
+        let r = r.into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3600");
     }
 
     #[test]
