@@ -56,6 +56,7 @@ fn bench_record_turn() {
         time_to_first_token: Some(Duration::from_millis(800)),
         first_to_last_delta: Some(Duration::from_millis(3100)),
         tokens: Some(TokenCounts([1200, 800, 0, 310, 120])),
+        limit_reached: None,
         items,
     };
     let mut c = Criterion::default()

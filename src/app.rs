@@ -189,18 +189,25 @@ fn apply_worker_status(s: &WorkerStatus, metrics: &Metrics, restarts_seen: &mut 
         *restarts_seen = s.restarts;
     }
     metrics.labels.add_worker_models(&s.models);
-    for (window, known) in [
-        ("primary", &s.rate_limits.primary),
-        ("secondary", &s.rate_limits.secondary),
-    ] {
+    let now = crate::metrics::unix_seconds(chrono::Utc::now());
+    for (index, known) in [&s.rate_limits.primary, &s.rate_limits.secondary]
+        .into_iter()
+        .enumerate()
+    {
         if let Some(w) = known {
-            metrics.set_rate_limit(
-                window,
+            metrics.rate_limits.set_window(
+                index,
                 w.used_percent.map(|p| p / 100.0),
                 w.resets_at.map(|t| t as f64),
+                w.window_duration_mins.map(|m| m as f64 * 60.0),
+                now,
             );
         }
     }
+    metrics.rate_limits.set_account(
+        s.rate_limits.credits_balance,
+        s.rate_limits.plan_type.as_deref(),
+    );
     s.ready
 }
 

@@ -355,3 +355,114 @@ async fn a_corrupt_state_file_is_logged_and_the_proxy_starts_from_zero() {
     );
     assert_eq!(chat(&proxy, Some(TEAM_A)).await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_window_reads_0_once_its_reset_time_passes_in_metrics_and_in_pushes() {
+    let Some(prometheus) = common::start_prometheus("").await else {
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // A few seconds ahead: long enough to see 0.42 first, even on a loaded machine
+    // (checked below: the test reads 0.42 before the reset time or fails to prove anything).
+    let resets_at = now + 4;
+    let limits = format!(
+        "primary=42@{resets_at},secondary=91@{},credits=12.5,plan=pro",
+        now + 86_400
+    );
+    let config = format!(
+        "[metrics]\nmodels = [\"codex-demo\"]\n[[remote_write]]\nurl = \"{}/api/v1/write\"\ninterval = \"300ms\"\n",
+        prometheus.base
+    );
+    let proxy = Proxy::start(&config, &[("DEMO_RATE_LIMITS", limits.as_str())]).await;
+    proxy.wait_ready().await;
+    assert_eq!(chat(&proxy, None).await.status(), 200);
+    let samples = scrape_until(&proxy, "the first report", |s| {
+        count(s, "codex_rate_limit_used_ratio", &[]) == 2
+    })
+    .await;
+    let read_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let used = |s: &[Sample], w| sum(s, "codex_rate_limit_used_ratio", &[("window", w)]);
+    if read_at < resets_at {
+        assert_eq!(used(&samples, "primary"), 0.42);
+    }
+    assert_eq!(used(&samples, "secondary"), 0.91);
+    assert_eq!(
+        sum(
+            &samples,
+            "codex_rate_limit_window_seconds",
+            &[("window", "primary")]
+        ),
+        18_000.0
+    );
+    assert_eq!(sum(&samples, "codex_rate_limit_credits_balance", &[]), 12.5);
+    assert_eq!(
+        sum(&samples, "codex_plan_info", &[("plan_type", "pro")]),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &samples,
+            "codex_rate_limit_resets_at_seconds",
+            &[("window", "primary")]
+        ),
+        resets_at as f64
+    );
+
+    // No new report comes (no turn): the window empties by itself at its reset time.
+    let samples = scrape_until(&proxy, "the primary window reset", |s| {
+        used(s, "primary") == 0.0
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(now >= resets_at, "0 before the reset time");
+    assert_eq!(
+        used(&samples, "secondary"),
+        0.91,
+        "the other window is untouched"
+    );
+    let instance = format!("{}:{}", common::hostname(), proxy.port);
+    let query = format!(r#"codex_rate_limit_used_ratio{{instance="{instance}",window="primary"}}"#);
+    prometheus.wait_scalar(&query, 0.0, DEADLINE).await;
+}
+
+#[tokio::test]
+async fn turns_refused_by_an_account_limit_are_counted_by_limit() {
+    let proxy = Proxy::start(
+        "[metrics]\nmodels = [\"codex-demo\"]\n",
+        &[("DEMO_TURN_FAIL", "usage_limit")],
+    )
+    .await;
+    proxy.wait_ready().await;
+    let samples = scrape(&proxy).await;
+    assert_eq!(count(&samples, "codex_turns_limit_reached_total", &[]), 2);
+    assert_eq!(chat(&proxy, None).await.status(), 502);
+    let samples = scrape_until(&proxy, "one turn refused by the usage limit", |s| {
+        sum(
+            s,
+            "codex_turns_limit_reached_total",
+            &[("limit", "usage_limit")],
+        ) == 1.0
+    })
+    .await;
+    assert_eq!(
+        sum(
+            &samples,
+            "codex_turns_limit_reached_total",
+            &[("limit", "rate_limit")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        sum(&samples, "codex_turns_total", &[("outcome", "failed")]),
+        1.0
+    );
+}

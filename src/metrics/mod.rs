@@ -11,6 +11,7 @@ pub(crate) mod middleware;
 pub mod model_work;
 #[cfg(target_os = "linux")]
 mod process;
+pub(crate) mod rate_limits;
 pub mod scrape;
 pub(crate) mod summary;
 
@@ -140,6 +141,7 @@ pub struct Metrics {
     pub(crate) model_work: ModelWork,
     /// The budgets' spend and gauges; turns add their cost here.
     pub(crate) budgets: Budgets,
+    pub(crate) rate_limits: rate_limits::RateLimitGauges,
     /// Open and refused connections, recorded by the accept loop (crate::server).
     pub(crate) connections: ConnectionMetrics,
 }
@@ -240,6 +242,7 @@ impl Metrics {
         let labels = LabelRules::new(&config.models);
         let model_work = ModelWork::new(&registry, &labels, &config.models, &keys, prices)?;
         let budgets = Budgets::new(whole, &registry, chrono::Utc::now())?;
+        let rate_limits = rate_limits::RateLimitGauges::new(&registry)?;
         let connections = ConnectionMetrics::new(&registry)?;
         Ok(Arc::new(Metrics {
             registry,
@@ -257,6 +260,7 @@ impl Metrics {
             maintenance_mode,
             model_work,
             budgets,
+            rate_limits,
             connections,
         }))
     }
@@ -278,11 +282,15 @@ impl Metrics {
     pub fn snapshot(&self) -> Snapshot {
         let mut snapshot = Snapshot::default();
         self.http.snapshot(std::time::Instant::now(), &mut snapshot);
-        // A budget period that ended shows 0 spent in this snapshot, request or not.
-        self.budgets.refresh(chrono::Utc::now());
+        // A budget period or a rate-limit window that ended shows as such in this
+        // snapshot, whether or not anything happened since.
+        let now = chrono::Utc::now();
+        self.budgets.refresh(now);
+        self.rate_limits.refresh(unix_seconds(now));
         let mut registry = Snapshot::from_families(&self.registry.gather());
         self.model_work.declare_empty(&mut registry);
         self.budgets.declare_empty(&mut registry);
+        self.rate_limits.declare_empty(&mut registry);
         snapshot.merge(registry);
         snapshot
     }
@@ -308,20 +316,12 @@ impl Metrics {
     /// Records one ended turn in the model-work families (once per turn).
     /// Returns the turn's cost in USD, when its model is priced and it reported usage.
     pub fn record_turn(&self, turn: &FinishedTurn<'_>) -> Option<f64> {
+        if let Some(limit) = turn.limit_reached {
+            self.rate_limits.limit_reached(limit);
+        }
         let cost = self.model_work.record(&self.labels, turn)?;
         self.budgets.add(turn.key, cost, chrono::Utc::now());
         Some(cost)
-    }
-
-    /// Sets `codex_rate_limit_*{window}`; an unknown value leaves its series absent.
-    pub(crate) fn set_rate_limit(
-        &self,
-        window: &str,
-        used_ratio: Option<f64>,
-        resets_at: Option<f64>,
-    ) {
-        self.model_work
-            .set_rate_limit(window, used_ratio, resets_at);
     }
 
     pub(crate) fn set_maintenance(&self, on: bool) {
@@ -380,6 +380,11 @@ pub(crate) fn attach(
         metrics.clone(),
         labels::RouteTemplates::new(templates),
     )
+}
+
+/// `now` in Unix seconds, as the worker's `resetsAt` is.
+pub(crate) fn unix_seconds(now: chrono::DateTime<chrono::Utc>) -> f64 {
+    now.timestamp_millis() as f64 / 1000.0
 }
 
 /// Decrements `codex_streams_active` when dropped.

@@ -1,6 +1,6 @@
 //! The model-work families: what the worker's turns cost and how they went (tokens, time
 //! to first token, time per output token, turn duration and outcome, item kinds), the
-//! admission queue in front of the worker, and the account's rate limits.
+//! admission queue in front of the worker (the account's rate limits: `rate_limits.rs`).
 //!
 //! Every family lives in the one prometheus registry, so `/metrics`, remote-write and the
 //! Pushgateway carry it. Label sets that are closed (token kinds, outcomes, item kinds,
@@ -13,8 +13,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
-    Counter, CounterVec, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, Opts, Registry,
+    Counter, CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry,
 };
 
 use super::cost::Prices;
@@ -158,6 +158,8 @@ pub struct FinishedTurn<'a> {
     pub first_to_last_delta: Option<Duration>,
     /// `None` when the worker reported no usage for the turn.
     pub tokens: Option<TokenCounts>,
+    /// The account limit that refused the turn, if one did.
+    pub limit_reached: Option<crate::worker::LimitReached>,
     /// How many items of each of [`ITEM_KINDS`] the turn produced.
     pub items: [u32; ITEM_KINDS.len()],
 }
@@ -197,12 +199,7 @@ pub(crate) struct ModelWork {
     keys: Box<[String]>,
     pub(crate) worker_wait: Histogram,
     pub(crate) queue_depth: IntGauge,
-    rate_limit_used: GaugeVec,
-    rate_limit_resets_at: GaugeVec,
 }
-
-/// Values of `window` on the rate-limit gauges.
-pub const RATE_LIMIT_WINDOWS: [&str; 2] = ["primary", "secondary"];
 
 impl ModelWork {
     /// `keys`: the configured key names (`Config::key_names`); empty when `/v1/*` needs
@@ -294,20 +291,6 @@ impl ModelWork {
                 "codex_worker_queue_depth",
                 "Requests waiting for a worker slot.",
             )?,
-            rate_limit_used: GaugeVec::new(
-                Opts::new(
-                    "codex_rate_limit_used_ratio",
-                    "Share of the account's rate-limit window used (0-1), from the worker's latest report.",
-                ),
-                &["window"],
-            )?,
-            rate_limit_resets_at: GaugeVec::new(
-                Opts::new(
-                    "codex_rate_limit_resets_at_seconds",
-                    "Unix time at which the account's rate-limit window resets, from the worker's latest report.",
-                ),
-                &["window"],
-            )?,
         };
         registry.register(Box::new(work.tokens.clone()))?;
         registry.register(Box::new(work.time_to_first_token.clone()))?;
@@ -320,8 +303,6 @@ impl ModelWork {
         registry.register(Box::new(work.unpriced.clone()))?;
         registry.register(Box::new(work.worker_wait.clone()))?;
         registry.register(Box::new(work.queue_depth.clone()))?;
-        registry.register(Box::new(work.rate_limit_used.clone()))?;
-        registry.register(Box::new(work.rate_limit_resets_at.clone()))?;
         for model in allowed_models {
             work.series(labels.model_slot(Some(model)));
         }
@@ -333,7 +314,7 @@ impl ModelWork {
     /// vector without children (a model not seen yet, a rate limit not reported yet).
     pub(crate) fn declare_empty(&self, snapshot: &mut Snapshot) {
         use prometheus::core::Collector;
-        let families: [(&dyn Collector, Kind, &[f64]); 11] = [
+        let families: [(&dyn Collector, Kind, &[f64]); 9] = [
             (&self.cost, Kind::Counter, &[]),
             (&self.unpriced, Kind::Counter, &[]),
             (&self.tokens, Kind::Counter, &[]),
@@ -343,8 +324,6 @@ impl ModelWork {
             (&self.turns, Kind::Counter, &[]),
             (&self.without_usage, Kind::Counter, &[]),
             (&self.items, Kind::Counter, &[]),
-            (&self.rate_limit_used, Kind::Gauge, &[]),
-            (&self.rate_limit_resets_at, Kind::Gauge, &[]),
         ];
         for (collector, kind, bounds) in families {
             for desc in collector.desc() {
@@ -432,35 +411,6 @@ impl ModelWork {
         }
         Some(cost)
     }
-
-    /// Sets one window's gauges; a value still unknown leaves its series absent.
-    pub(crate) fn set_rate_limit(
-        &self,
-        window: &str,
-        used_ratio: Option<f64>,
-        resets_at: Option<f64>,
-    ) {
-        if let Some(used) = used_ratio {
-            self.rate_limit_used.with_label_values(&[window]).set(used);
-        }
-        if let Some(at) = resets_at {
-            self.rate_limit_resets_at
-                .with_label_values(&[window])
-                .set(at);
-        }
-    }
-
-    /// `codex_rate_limit_used_ratio{window}`, when reported (for tests).
-    #[cfg(test)]
-    pub(crate) fn rate_limit_used(&self, window: &str) -> Option<f64> {
-        use prometheus::core::Collector;
-        self.rate_limit_used
-            .collect()
-            .iter()
-            .flat_map(|f| f.get_metric().iter())
-            .find(|m| m.get_label().iter().any(|l| l.value() == window))
-            .map(|m| m.get_gauge().get_value())
-    }
 }
 
 #[cfg(test)]
@@ -505,6 +455,7 @@ mod tests {
             time_to_first_token: Some(Duration::from_millis(300)),
             first_to_last_delta: Some(Duration::from_millis(600)),
             tokens: Some(TokenCounts([11, 3, 0, 7, 2])),
+            limit_reached: None,
             items: {
                 let mut items = [0; ITEM_KINDS.len()];
                 items[0] = 1;
@@ -532,8 +483,6 @@ mod tests {
             family_values(&registry, "codex_time_to_first_token_seconds").len(),
             2
         );
-        // Absent until the worker reports: a 0 would claim an unused rate limit.
-        assert!(family_values(&registry, "codex_rate_limit_used_ratio").is_empty());
     }
 
     #[test]
@@ -716,14 +665,5 @@ mod tests {
                 Some("other")
             );
         }
-    }
-
-    #[test]
-    fn rate_limit_windows_appear_when_reported() {
-        let (_, _, work) = setup(&[]);
-        assert_eq!(work.rate_limit_used("primary"), None);
-        work.set_rate_limit("primary", Some(0.42), Some(1.9e9));
-        assert_eq!(work.rate_limit_used("primary"), Some(0.42));
-        assert_eq!(work.rate_limit_used("secondary"), None);
     }
 }

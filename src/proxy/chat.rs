@@ -96,7 +96,7 @@ async fn run_to_end(
             TurnEvent::Usage(u) => usage = u,
             TurnEvent::Item(_) => {}
             TurnEvent::Error(e) => last_error = Some(e),
-            TurnEvent::Completed { status, error } => {
+            TurnEvent::Completed { status, error, .. } => {
                 telemetry.finish(turn_metrics::outcome(status));
                 if let Some(b) = buffer.as_mut() {
                     text.push_str(&b.finish());

@@ -152,7 +152,7 @@ impl StreamBody {
                 Some(TurnEvent::Usage(usage)) => self.usage = Some(usage),
                 Some(TurnEvent::Item(_)) => {}
                 Some(TurnEvent::Error(e)) => self.last_error = Some(e),
-                Some(TurnEvent::Completed { status, error }) => self.end(status, error),
+                Some(TurnEvent::Completed { status, error, .. }) => self.end(status, error),
                 None => self.end(TurnStatus::WorkerLost, None),
             }
         }

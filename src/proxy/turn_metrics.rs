@@ -23,6 +23,7 @@ pub(crate) struct TurnTelemetry {
     first_delta: Option<Instant>,
     last_delta: Option<Instant>,
     usage: Option<TokenCounts>,
+    limit_reached: Option<crate::worker::LimitReached>,
     items: [u32; ITEM_KINDS.len()],
     recorded: bool,
 }
@@ -45,6 +46,7 @@ impl TurnTelemetry {
             first_delta: None,
             last_delta: None,
             usage: None,
+            limit_reached: None,
             items: [0; ITEM_KINDS.len()],
             recorded: false,
         }
@@ -78,7 +80,8 @@ impl TurnTelemetry {
                     self.items[i] = self.items[i].saturating_add(1);
                 }
             }
-            TurnEvent::Error(_) | TurnEvent::Completed { .. } => {}
+            TurnEvent::Completed { limit, .. } => self.limit_reached = *limit,
+            TurnEvent::Error(_) => {}
         }
     }
 
@@ -111,6 +114,7 @@ impl TurnTelemetry {
             time_to_first_token: self.first_token,
             first_to_last_delta,
             tokens: self.usage,
+            limit_reached: self.limit_reached,
             items: self.items,
         });
     }

@@ -9,11 +9,11 @@
 //! | `DEMO_CRASH_AFTER_TURNS` | exit with status 1 after this many completed turns |
 //! | `DEMO_FAIL_HANDSHAKE` | `1`: exit before answering `initialize` |
 //! | `DEMO_TOOL_BLOCKS` | `1`: a complete `<use_tool>` block; `nested`: an opener inside an open block; `unterminated`: an opener never closed |
-//! | `DEMO_TURN_FAIL` | `1`: every turn ends with an `error` and status `failed` |
+//! | `DEMO_TURN_FAIL` | `1`: every turn ends with an `error` and status `failed`; `usage_limit` / `rate_limit`: the same, its `codexErrorInfo` `usageLimitExceeded` / `rateLimitExceeded` |
 //! | `DEMO_FIRST_DELTA_DELAY_MS` | sleep this long before the first delta (instead of `DEMO_DELTA_DELAY_MS`) |
 //! | `DEMO_USAGE` | the usage every turn reports: `input=11,cached_input=3,cache_write_input=0,output=7,reasoning_output=2` (missing kinds are 0), or `none` for no usage report; unset: input = the prompt's words, output = the deltas sent |
 //! | `DEMO_ITEMS` | item types each turn reports as `item/completed` before its message, e.g. `commandExecution,fileChange` (the `userMessage` and `agentMessage` items are always reported) |
-//! | `DEMO_RATE_LIMITS` | after each turn, `account/rateLimits/updated` with these windows: `primary=42@1900000000,secondary=91` (used percent, `@` resets-at unix seconds) |
+//! | `DEMO_RATE_LIMITS` | after each turn, `account/rateLimits/updated` with these windows: `primary=42@1900000000,secondary=91` (used percent, `@` resets-at unix seconds; each window 300 minutes long), optionally `credits=12.5` (the credits balance) and `plan=pro` (the plan type) |
 //! | `DEMO_INTERRUPT_AFTER_DELTAS` | each turn ends `interrupted` after this many deltas, as if stopped by its user |
 //! | `DEMO_CRASH_AFTER_DELTAS` | exit with status 1 after this many deltas of a turn (a crash mid-turn) |
 //! | `DEMO_HOLD_FILE` | a path: each turn waits before its first delta until that file exists (an interrupt still ends it), so a test holds worker slots for exactly as long as it needs, with no clock |
@@ -51,7 +51,8 @@ pub struct DemoKnobs {
     pub(crate) crash_after_turns: Option<u64>,
     pub(crate) fail_handshake: bool,
     pub(crate) tool_blocks: ToolBlocks,
-    pub(crate) turn_fail: bool,
+    /// The `codexErrorInfo` every turn fails with.
+    pub(crate) turn_fail: Option<&'static str>,
     pub(crate) first_delta_delay: Option<Duration>,
     /// `None`: derived from the prompt and the reply; `Some(None)`: no usage report.
     pub(crate) usage: Option<Option<Value>>,
@@ -78,7 +79,12 @@ impl DemoKnobs {
                 Some("unterminated") => ToolBlocks::Unterminated,
                 _ => ToolBlocks::None,
             },
-            turn_fail: on("DEMO_TURN_FAIL"),
+            turn_fail: get("DEMO_TURN_FAIL").and_then(|v| match v.trim() {
+                "1" => Some("other"),
+                "usage_limit" => Some("usageLimitExceeded"),
+                "rate_limit" => Some("rateLimitExceeded"),
+                _ => None,
+            }),
             first_delta_delay: num("DEMO_FIRST_DELTA_DELAY_MS").map(Duration::from_millis),
             usage: get("DEMO_USAGE").map(|v| usage_knob(&v)),
             items: get("DEMO_ITEMS")
@@ -144,6 +150,19 @@ fn rate_limits_knob(value: &str) -> Value {
         };
         limits[window.trim()] =
             json!({"usedPercent": used, "resetsAt": resets_at, "windowDurationMins": 300});
+    }
+    if let Some(balance) = value
+        .split(',')
+        .find_map(|p| p.trim().strip_prefix("credits="))
+    {
+        limits["credits"] =
+            json!({"hasCredits": true, "unlimited": false, "balance": balance.trim()});
+    }
+    if let Some(plan) = value
+        .split(',')
+        .find_map(|p| p.trim().strip_prefix("plan="))
+    {
+        limits["planType"] = json!(plan.trim());
     }
     json!({"rateLimits": limits})
 }
@@ -359,8 +378,9 @@ async fn run_turn(
         );
     };
 
-    if state.knobs.turn_fail {
-        let error = json!({"message": "demo-worker: turn failed (DEMO_TURN_FAIL)", "codexErrorInfo": "other"});
+    if let Some(info) = state.knobs.turn_fail {
+        let error =
+            json!({"message": "demo-worker: turn failed (DEMO_TURN_FAIL)", "codexErrorInfo": info});
         notify(
             &state,
             "error",
@@ -552,7 +572,8 @@ mod tests {
             events.last(),
             Some(&TurnEvent::Completed {
                 status: TurnStatus::Completed,
-                error: None
+                error: None,
+                limit: None
             })
         );
     }
@@ -674,7 +695,8 @@ mod tests {
             events.last(),
             Some(TurnEvent::Completed {
                 status: TurnStatus::Failed,
-                error: Some(_)
+                error: Some(_),
+                limit: None
             })
         ));
     }

@@ -22,6 +22,7 @@ use tokio::sync::{watch, Semaphore};
 pub(crate) use rate_limits::RateLimits;
 use rpc::{Rpc, RpcError};
 pub(crate) use supervisor::WorkerCommand;
+pub use turn::LimitReached;
 pub(crate) use turn::{Turn, TurnEvent, TurnStatus, Usage};
 
 /// The tracing target of one TRACE event per streamed delta: `delta_to_sse_ns`, the time

@@ -10,6 +10,10 @@ use serde_json::Value;
 pub(crate) struct RateLimits {
     pub(crate) primary: Option<RateLimitWindow>,
     pub(crate) secondary: Option<RateLimitWindow>,
+    /// The account's credits balance (`credits.balance`, a decimal string on the wire).
+    pub(crate) credits_balance: Option<f64>,
+    /// The account's plan (`planType`), e.g. `plus`, `pro`, `team`.
+    pub(crate) plan_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -30,7 +34,21 @@ impl RateLimits {
         };
         let primary = merge_window(&mut self.primary, report.get("primary"));
         let secondary = merge_window(&mut self.secondary, report.get("secondary"));
-        primary || secondary
+        let balance = report
+            .pointer("/credits/balance")
+            .and_then(|b| match b {
+                Value::String(s) => s.trim().parse::<f64>().ok(),
+                other => other.as_f64(),
+            })
+            .filter(|b| b.is_finite());
+        if balance.is_some() {
+            self.credits_balance = balance;
+        }
+        let plan = report.get("planType").and_then(Value::as_str);
+        if let Some(plan) = plan {
+            self.plan_type = Some(plan.to_string());
+        }
+        primary || secondary || balance.is_some() || plan.is_some()
     }
 }
 
@@ -79,6 +97,13 @@ mod tests {
         let secondary = limits.secondary.clone().unwrap();
         assert_eq!(secondary.used_percent, Some(91.5));
         assert_eq!(secondary.resets_at, None);
+        assert!(limits.merge(&json!({"rateLimits": {
+            "credits": {"hasCredits": true, "unlimited": false, "balance": "12.50"},
+            "planType": "pro",
+        }})));
+        assert_eq!(limits.credits_balance, Some(12.5));
+        assert_eq!(limits.plan_type.as_deref(), Some("pro"));
+        assert!(limits.primary.is_some(), "kept");
         // Nothing usable: nothing changes.
         let before = limits.clone();
         assert!(!limits.merge(&json!({"rateLimits": {"primary": {}}})));

@@ -45,7 +45,38 @@ pub(crate) enum TurnEvent {
     Completed {
         status: TurnStatus,
         error: Option<String>,
+        /// The turn was refused because an account limit was reached (its error's
+        /// `codexErrorInfo`).
+        limit: Option<LimitReached>,
     },
+}
+
+/// Which account limit refused a turn, from `codexErrorInfo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitReached {
+    /// `usageLimitExceeded`: the plan's usage limit (a rate-limit window is full).
+    Usage,
+    /// `rateLimitExceeded`: the model provider's rate limit.
+    Rate,
+}
+
+impl LimitReached {
+    pub const ALL: [LimitReached; 2] = [LimitReached::Usage, LimitReached::Rate];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitReached::Usage => "usage_limit",
+            LimitReached::Rate => "rate_limit",
+        }
+    }
+
+    fn from_error(error: &Value) -> Option<LimitReached> {
+        match error.get("codexErrorInfo").and_then(Value::as_str)? {
+            "usageLimitExceeded" => Some(LimitReached::Usage),
+            "rateLimitExceeded" => Some(LimitReached::Rate),
+            _ => None,
+        }
+    }
 }
 
 pub(crate) struct Turn {
@@ -98,6 +129,7 @@ impl Turn {
                 return Some(TurnEvent::Completed {
                     status: TurnStatus::WorkerLost,
                     error: Some("the worker exited during the turn".to_string()),
+                    limit: None,
                 });
             };
             if let Some(event) = self.translate(&n) {
@@ -157,11 +189,14 @@ impl Turn {
                     Some("interrupted") => TurnStatus::Interrupted,
                     _ => TurnStatus::Failed,
                 };
-                let error = p
-                    .pointer("/turn/error")
-                    .filter(|e| !e.is_null())
-                    .map(|e| error_message(Some(e)));
-                Some(TurnEvent::Completed { status, error })
+                let turn_error = p.pointer("/turn/error").filter(|e| !e.is_null());
+                let error = turn_error.map(|e| error_message(Some(e)));
+                let limit = turn_error.and_then(LimitReached::from_error);
+                Some(TurnEvent::Completed {
+                    status,
+                    error,
+                    limit,
+                })
             }
             _ => None,
         }
