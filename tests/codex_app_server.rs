@@ -194,6 +194,11 @@ impl Stack {
     /// Starts everything and waits until the worker's handshake is done, or `None` when
     /// the app-server is not installed (outside CI).
     async fn start() -> Option<Stack> {
+        Stack::start_with("").await
+    }
+
+    /// Same, with `extra` appended to the proxy's configuration.
+    async fn start_with(extra: &str) -> Option<Stack> {
         let codex = codex_bin()?;
         let stub = ModelStub::start().await;
         let codex_home = tempfile::tempdir().expect("codex home");
@@ -204,7 +209,7 @@ impl Stack {
         .expect("write codex config.toml");
         let config = format!(
             "[worker]\ncommand = [{}, \"app-server\"]\nstartup_timeout_ms = 60000\nhandshake_timeout_ms = 30000\n\
-             [metrics]\nenabled = true\nmodels = [\"stub-model\"]\n",
+             [metrics]\nenabled = true\nmodels = [\"stub-model\"]\n{extra}",
             toml::Value::String(codex.display().to_string())
         );
         let home = codex_home.path().display().to_string();
@@ -525,4 +530,28 @@ async fn model_work_families_equal_the_stubs_usage_and_see_its_first_token_delay
         sum(&after, "codex_turns_without_usage_total", &[model]),
         1.0
     );
+}
+
+#[tokio::test]
+async fn the_cost_of_a_real_workers_turn_equals_the_stubs_usage_at_the_configured_prices() {
+    let pricing = "[pricing.\"stub-model\"]\ninput = 1.25\ncached_input = 0.125\noutput = 10.0\nreasoning_output = 15.0\n";
+    let Some(stack) = Stack::start_with(pricing).await else {
+        return;
+    };
+    let samples = stack.turn_counted("What does this cost?", 1.0).await;
+    // The Responses API's usage: cached tokens are part of input, reasoning of output.
+    let uncached = (INPUT_TOKENS - CACHED_INPUT_TOKENS) as f64;
+    let plain_output = (OUTPUT_TOKENS - REASONING_OUTPUT_TOKENS) as f64;
+    let hand = (uncached * 1.25
+        + CACHED_INPUT_TOKENS as f64 * 0.125
+        + plain_output * 10.0
+        + REASONING_OUTPUT_TOKENS as f64 * 15.0)
+        / 1e6;
+    let cost = sum(
+        &samples,
+        "codex_cost_usd_total",
+        &[("model", "stub-model"), ("key", "none")],
+    );
+    assert!((cost - hand).abs() < 1e-9, "{cost} != {hand}");
+    assert_eq!(sum(&samples, "codex_turns_unpriced_total", &[]), 0.0);
 }
