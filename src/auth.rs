@@ -38,11 +38,25 @@ pub fn matching_key<K: std::ops::Deref<Target = str>>(
     let mut index = 0u32;
     for (i, key) in keys.iter().enumerate() {
         let key = key.as_bytes();
-        let hit = presented.ct_eq(key) & Choice::from(u8::from(!key.is_empty()));
+        let hit = same_bytes(presented, key) & Choice::from(u8::from(!key.is_empty()));
         index.conditional_assign(&u32::try_from(i).unwrap_or(u32::MAX), hit);
         found |= hit;
     }
     bool::from(found).then_some(index as usize)
+}
+
+/// Whether `a` and `b` are equal, in time that depends on their lengths only: the bytes'
+/// differences are OR-ed together without a branch, and subtle turns the result into a
+/// `Choice` behind its optimisation barrier. Subtle's own slice comparison puts that
+/// barrier on every byte, which made 100 keys of 40 bytes cost 13 µs per request
+/// (benches/cost.rs); folding first keeps the guarantee at a tenth of the cost.
+fn same_bytes(a: &[u8], b: &[u8]) -> Choice {
+    if a.len() != b.len() {
+        // Lengths are not secret (subtle treats them the same way).
+        return Choice::from(0);
+    }
+    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    difference.ct_eq(&0)
 }
 
 /// Whether the request carries `Authorization: Bearer <secret>`.
@@ -143,6 +157,13 @@ mod tests {
         assert_eq!(matching_key(b"bet", &keys), None);
         assert_eq!(matching_key(b"betaa", &keys), None);
         assert_eq!(matching_key::<&str>(b"beta", &[]), None);
+        let long: Vec<String> = (0..100).map(|i| format!("sk-{i:038}")).collect();
+        let keys: Vec<&str> = long.iter().map(String::as_str).collect();
+        assert_eq!(matching_key(long[99].as_bytes(), &keys), Some(99));
+        assert_eq!(matching_key(long[0].as_bytes(), &keys), Some(0));
+        let mut near = long[57].clone().into_bytes();
+        near[20] ^= 1;
+        assert_eq!(matching_key(&near, &keys), None);
     }
 
     #[test]

@@ -137,6 +137,11 @@ impl Budgets {
         }
     }
 
+    /// Whether the key has a budget (so that a turn of one without asks no clock).
+    pub(crate) fn covers(&self, key: usize) -> bool {
+        self.entry(key).is_some()
+    }
+
     fn entry(&self, key: usize) -> Option<&Entry> {
         self.entries.get((*self.by_key.get(key)?)?)
     }
@@ -352,24 +357,29 @@ mod tests {
             dir.path().display().to_string()
         );
         let now = at("2026-12-09T10:00:00Z");
-        {
-            let b = Budgets::new(&config(&text), &Registry::new(), now).unwrap();
-            b.add(0, 0.75, now);
-            // The writer stores asynchronously; wait for it.
-            for _ in 0..500 {
+        // The writer stores asynchronously; wait for it (with a deadline).
+        let stored = |spent: f64| {
+            for _ in 0..1000 {
                 if store::load(dir.path())
-                    .is_ok_and(|s| s.first().is_some_and(|s| s.spent_usd == 0.75))
+                    .is_ok_and(|s| s.first().is_some_and(|s| s.spent_usd == spent))
                 {
-                    break;
+                    return;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
+            panic!("{spent} never stored");
+        };
+        {
+            let b = Budgets::new(&config(&text), &Registry::new(), now).unwrap();
+            b.add(0, 0.75, now);
+            stored(0.75);
         }
         let registry = Registry::new();
         let b = Budgets::new(&config(&text), &registry, now).unwrap();
         assert_eq!(gauge(&registry, "codex_budget_spent_usd", "a"), 0.75);
         b.add(0, 0.25, now);
         assert!(b.refusal(0, now).is_some());
+        stored(1.0);
         // Another period: the stored spend is not this one's.
         let registry = Registry::new();
         Budgets::new(&config(&text), &registry, at("2026-12-10T10:00:00Z")).unwrap();

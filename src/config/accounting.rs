@@ -124,6 +124,14 @@ impl super::Config {
             }
         }
         for (model, price) in &self.pricing {
+            // A priced model is an allowed `model` label value, and its price is found
+            // through that value: it must be one (and not a catch-all).
+            if model.is_empty() || model.len() > 64 || model == "other" || model == "unknown" {
+                return Err(ConfigError::invalid(
+                    format!("pricing.\"{model}\""),
+                    "a model name of 1 to 64 characters, not `other` or `unknown`",
+                ));
+            }
             let fields = [
                 ("input", Some(price.input)),
                 ("cached_input", Some(price.cached_input)),

@@ -320,7 +320,9 @@ impl Metrics {
             self.rate_limits.limit_reached(limit);
         }
         let cost = self.model_work.record(&self.labels, turn)?;
-        self.budgets.add(turn.key, cost, chrono::Utc::now());
+        if self.budgets.covers(turn.key) {
+            self.budgets.add(turn.key, cost, chrono::Utc::now());
+        }
         Some(cost)
     }
 

@@ -179,6 +179,9 @@ struct ModelSeries {
     /// Per key.
     cost: Box<[Counter]>,
     unpriced: IntCounter,
+    /// The price of this model value, looked up once: a priced model is an allowed label
+    /// value, so its label value is its name.
+    price: Option<super::cost::Price>,
 }
 
 /// The model-work families and the admission-queue and rate-limit gauges.
@@ -362,6 +365,7 @@ impl ModelWork {
                 .map(|key| self.cost.with_label_values(&[model, key]))
                 .collect(),
             unpriced: self.unpriced.with_label_values(&[model]),
+            price: self.prices.get(Some(model)).copied(),
         })
     }
 
@@ -401,7 +405,7 @@ impl ModelWork {
                 counter.inc_by(u64::from(n));
             }
         }
-        let Some(price) = self.prices.get(turn.model) else {
+        let Some(price) = &series.price else {
             series.unpriced.inc();
             return None;
         };
