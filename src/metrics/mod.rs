@@ -2,8 +2,8 @@
 //! the guarded `/metrics` route. Names, types and labels are a contract (docs/metrics.md):
 //! dashboards and alerts built for the Node proxy query them.
 
-pub mod cost;
 pub(crate) mod connections;
+pub mod cost;
 pub(crate) mod http;
 mod label_map;
 pub mod labels;
