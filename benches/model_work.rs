@@ -56,6 +56,7 @@ fn bench_record_turn() {
         first_to_last_delta: Some(Duration::from_millis(3100)),
         tokens: Some(TokenCounts([1200, 800, 0, 310, 120])),
         items,
+        exemplar: None,
     };
     let mut c = Criterion::default()
         .with_measurement(ThreadCpuTime(WallTime))

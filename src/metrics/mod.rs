@@ -2,11 +2,13 @@
 //! the guarded `/metrics` route. Names, types and labels are a contract (docs/metrics.md):
 //! dashboards and alerts built for the Node proxy query them.
 
+pub mod exemplar;
 pub(crate) mod http;
 mod label_map;
 pub mod labels;
 pub(crate) mod middleware;
 pub mod model_work;
+pub(crate) mod native;
 #[cfg(target_os = "linux")]
 mod process;
 pub mod scrape;
@@ -23,6 +25,7 @@ use crate::exposition::snapshot::Snapshot;
 pub use http::FinishedRequest;
 use http::HttpFamilies;
 pub(crate) use labels::LabelRules;
+pub use middleware::RequestContext;
 use model_work::ModelWork;
 pub use model_work::{FinishedTurn, Outcome, TokenCounts};
 
@@ -236,9 +239,7 @@ impl Metrics {
     pub fn snapshot(&self) -> Snapshot {
         let mut snapshot = Snapshot::default();
         self.http.snapshot(std::time::Instant::now(), &mut snapshot);
-        let mut registry = Snapshot::from_families(&self.registry.gather());
-        self.model_work.declare_empty(&mut registry);
-        snapshot.merge(registry);
+        snapshot.merge(self.model_work.snapshot(&self.registry));
         snapshot
     }
 

@@ -9,6 +9,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde_json::json;
 
@@ -17,14 +18,17 @@ use super::error::ApiError;
 use super::stream;
 use super::turn_metrics::{self, TurnTelemetry};
 use super::AppState;
-use crate::metrics::{ModelLabel, Outcome};
+use crate::metrics::{ModelLabel, Outcome, RequestContext};
 use crate::worker::{TurnEvent, TurnStatus, Usage};
 
 pub(crate) async fn completions(
     State(state): State<AppState>,
+    context: Option<Extension<RequestContext>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let context = context.map(|Extension(c)| c);
+    let context = context.as_ref();
     let accepted = Instant::now();
     let request = match completion::parse(&headers, body, state.config.server.max_body_bytes.0) {
         Ok(r) => r,
@@ -32,9 +36,9 @@ pub(crate) async fn completions(
     };
     let model = request.model().map(str::to_string);
     let mut response = if request.stream == Some(true) {
-        stream::respond(&state, &headers, request, accepted).await
+        stream::respond(&state, context, &headers, request, accepted).await
     } else {
-        complete(&state, &headers, request, accepted)
+        complete(&state, context, &headers, request, accepted)
             .await
             .unwrap_or_else(IntoResponse::into_response)
     };
@@ -48,13 +52,16 @@ pub(crate) async fn completions(
 /// (waiting for a worker slot included).
 async fn complete(
     state: &AppState,
+    context: Option<&RequestContext>,
     headers: &HeaderMap,
     request: ChatRequest,
     accepted: Instant,
 ) -> Result<Response, ApiError> {
     let limit = state.config.server.request_timeout.0;
-    let mut telemetry = TurnTelemetry::new(state.metrics.clone(), accepted, false);
-    match tokio::time::timeout(limit, run_to_end(state, headers, request, &mut telemetry)).await {
+    let exemplar = context.map(|c| c.exemplar.clone());
+    let mut telemetry = TurnTelemetry::new(state.metrics.clone(), accepted, false, exemplar);
+    let run = run_to_end(state, context, headers, request, &mut telemetry);
+    match tokio::time::timeout(limit, run).await {
         Ok(result) => result,
         Err(_) => {
             telemetry.finish(Outcome::Timeout);
@@ -65,6 +72,7 @@ async fn complete(
 
 async fn run_to_end(
     state: &AppState,
+    context: Option<&RequestContext>,
     headers: &HeaderMap,
     request: ChatRequest,
     telemetry: &mut TurnTelemetry,
@@ -99,7 +107,7 @@ async fn run_to_end(
         }
     }
     let body = json!({
-        "id": completion::completion_id(),
+        "id": completion::completion_id(context),
         "object": "chat.completion",
         "created": completion::unix_now(),
         "model": model,

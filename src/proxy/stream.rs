@@ -24,15 +24,17 @@ use super::error::ApiError;
 use super::tool_buffer::ToolBuffer;
 use super::turn_metrics::{self, TurnTelemetry};
 use super::AppState;
+use crate::metrics::RequestContext;
 use crate::worker::{Turn, TurnEvent, TurnStatus, Usage, DELTA_LATENCY_TARGET};
 
 pub(crate) async fn respond(
     state: &AppState,
+    context: Option<&RequestContext>,
     headers: &HeaderMap,
     request: ChatRequest,
     accepted: Instant,
 ) -> Response {
-    match open(state, headers, request, accepted).await {
+    match open(state, context, headers, request, accepted).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
@@ -40,6 +42,7 @@ pub(crate) async fn respond(
 
 async fn open(
     state: &AppState,
+    context: Option<&RequestContext>,
     headers: &HeaderMap,
     request: ChatRequest,
     accepted: Instant,
@@ -48,7 +51,8 @@ async fn open(
     // The wait in the admission queue counts against `server.request_timeout` and, via
     // `accepted`, in the time to first token.
     let limit = state.config.server.request_timeout.0;
-    let mut telemetry = TurnTelemetry::new(state.metrics.clone(), accepted, true);
+    let exemplar = context.map(|c| c.exemplar.clone());
+    let mut telemetry = TurnTelemetry::new(state.metrics.clone(), accepted, true, exemplar);
     let start = completion::admit_and_start(state, &request, prompt, &mut telemetry, true);
     let (turn, slot) = match tokio::time::timeout(limit, start).await {
         Ok(started) => started?,
@@ -63,7 +67,7 @@ async fn open(
         turn: Some(turn),
         buffer: completion::tool_buffer(state, headers),
         queue: VecDeque::new(),
-        id: completion::completion_id(),
+        id: completion::completion_id(context),
         created: completion::unix_now(),
         model,
         include_usage: request

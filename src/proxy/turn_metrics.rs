@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::metrics::exemplar::ExemplarId;
 use crate::metrics::model_work::{item_kind_index, ITEM_KINDS};
 use crate::metrics::{FinishedTurn, Metrics, Outcome, TokenCounts};
 use crate::worker::{TurnEvent, TurnStatus, Usage};
@@ -23,6 +24,8 @@ pub(crate) struct TurnTelemetry {
     usage: Option<TokenCounts>,
     items: [u32; ITEM_KINDS.len()],
     recorded: bool,
+    /// The request's, kept as the exemplar of its observations.
+    exemplar: Option<ExemplarId>,
 }
 
 struct Started {
@@ -32,7 +35,12 @@ struct Started {
 }
 
 impl TurnTelemetry {
-    pub(crate) fn new(metrics: Arc<Metrics>, accepted: Instant, stream: bool) -> Self {
+    pub(crate) fn new(
+        metrics: Arc<Metrics>,
+        accepted: Instant,
+        stream: bool,
+        exemplar: Option<ExemplarId>,
+    ) -> Self {
         TurnTelemetry {
             metrics,
             accepted,
@@ -44,6 +52,7 @@ impl TurnTelemetry {
             usage: None,
             items: [0; ITEM_KINDS.len()],
             recorded: false,
+            exemplar,
         }
     }
 
@@ -108,6 +117,7 @@ impl TurnTelemetry {
             first_to_last_delta,
             tokens: self.usage,
             items: self.items,
+            exemplar: self.exemplar.as_ref(),
         });
     }
 }
