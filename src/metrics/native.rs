@@ -294,6 +294,83 @@ mod tests {
         );
     }
 
+    /// The `q` quantile of a native histogram, as Prometheus 2.42's `histogram_quantile`
+    /// reads one: the bucket holding the rank, interpolated linearly within it.
+    fn native_quantile(b: &NativeBuckets, q: f64) -> f64 {
+        let total: u64 = b.counts.iter().sum::<u64>() + b.zero_count;
+        let rank = q * total as f64;
+        let base = 2f64.powf(2f64.powi(-b.schema));
+        let mut seen = b.zero_count as f64;
+        for (k, &n) in b.counts.iter().enumerate() {
+            if n > 0 && seen + n as f64 >= rank {
+                let i = b.offset + k as i32;
+                let (lower, upper) = (base.powi(i - 1), base.powi(i));
+                return lower + (upper - lower) * (rank - seen) / n as f64;
+            }
+            seen += n as f64;
+        }
+        f64::NAN
+    }
+
+    /// The same on classic buckets (`bounds`, non-cumulative `counts`, +Inf last).
+    fn classic_quantile(bounds: &[f64], counts: &[u64], q: f64) -> f64 {
+        let total: u64 = counts.iter().sum();
+        let rank = q * total as f64;
+        let mut seen = 0.0;
+        for (i, &n) in counts.iter().enumerate() {
+            if seen + n as f64 >= rank {
+                let lower = if i == 0 { 0.0 } else { bounds[i - 1] };
+                let Some(&upper) = bounds.get(i) else {
+                    return bounds[bounds.len() - 1];
+                };
+                return lower + (upper - lower) * (rank - seen) / n as f64;
+            }
+            seen += n as f64;
+        }
+        f64::NAN
+    }
+
+    /// docs/performance.md's accuracy figures: `cargo test --lib native_accuracy --
+    /// --nocapture` prints them.
+    #[test]
+    fn native_accuracy_on_a_log_normal_sample_is_within_5_percent() {
+        use crate::metrics::model_work::TTFT_BUCKETS;
+        // Time to first token, log-normal: median 0.7 s, sigma 0.9.
+        let mut rng = fastrand::Rng::with_seed(21);
+        let mut sample: Vec<f64> = (0..100_000)
+            .map(|_| {
+                // Box-Muller.
+                let (u, v) = (1.0 - rng.f64(), rng.f64());
+                let z = (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos();
+                (0.7f64.ln() + 0.9 * z).exp()
+            })
+            .collect();
+        let mut native = NativeBuckets::new();
+        let mut classic = vec![0u64; TTFT_BUCKETS.len() + 1];
+        for &v in &sample {
+            native.observe(v);
+            classic[TTFT_BUCKETS.partition_point(|&le| le < v)] += 1;
+        }
+        sample.sort_by(f64::total_cmp);
+        for q in [0.5, 0.9, 0.99] {
+            let truth = sample[(q * sample.len() as f64) as usize - 1];
+            let n = native_quantile(&native, q);
+            let c = classic_quantile(&TTFT_BUCKETS, &classic, q);
+            let (n_err, c_err) = ((n - truth) / truth, (c - truth) / truth);
+            println!(
+                "p{}: true {truth:.4} s, native {n:.4} ({:+.2} %), classic {c:.4} ({:+.2} %)",
+                q * 100.0,
+                n_err * 100.0,
+                c_err * 100.0
+            );
+            assert!(n_err.abs() <= 0.05, "p{q}: native {n} vs {truth}");
+        }
+        println!(
+            "native buckets: {} at schema {}",
+            native.populated, native.schema
+        );
+    }
+
     #[test]
     fn spans_and_deltas_describe_the_populated_buckets() {
         let mut b = NativeBuckets::new();
