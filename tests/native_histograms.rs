@@ -166,11 +166,13 @@ async fn prometheus_with_native_histograms_scrapes_native_ttft_and_the_clients_i
             labels
         }
     };
-    // A bucket keeps its latest exemplar: each is awaited in Prometheus before the next
-    // request of the same latency replaces it.
-    let chat_latency = r#"codex_http_latency_ms{route="/v1/chat/completions"}"#;
+    // A bucket keeps its latest exemplar, and Prometheus 2.42 takes one exemplar per
+    // native histogram and scrape, its lowest bucket's: each id is awaited on time to
+    // first token, whose observations all fall in one classic bucket (0.25, 0.5], before
+    // the next request replaces it.
+    let ttft = "codex_time_to_first_token_seconds";
     wait_until("the client's trace as an exemplar", DEADLINE, || async {
-        let labels = exemplars(chat_latency).await;
+        let labels = exemplars(ttft).await;
         let traced = |l: &Value| l["trace_id"] == TRACE_ID && l["span_id"] == SPAN_ID;
         labels.iter().any(traced).then_some(())
     })
@@ -178,10 +180,18 @@ async fn prometheus_with_native_histograms_scrapes_native_ttft_and_the_clients_i
     // A malformed traceparent is ignored, and the request id is used.
     let malformed = chat(&proxy, true, Some("00-zz-garbage")).await;
     ids.push(malformed.clone());
-    let seen = wait_until("the request id as an exemplar", DEADLINE, || async {
+    wait_until("the request id as an exemplar", DEADLINE, || async {
+        let labels = exemplars(ttft).await;
+        labels
+            .iter()
+            .any(|l| l["request_id"] == json!(malformed))
+            .then_some(())
+    })
+    .await;
+    let chat_latency = r#"codex_http_latency_ms{route="/v1/chat/completions"}"#;
+    let seen = wait_until("latency exemplars", DEADLINE, || async {
         let labels = exemplars(chat_latency).await;
-        let named = labels.iter().any(|l| l["request_id"] == json!(malformed));
-        named.then_some(labels)
+        (!labels.is_empty()).then_some(labels)
     })
     .await;
     for labels in &seen {
@@ -193,20 +203,22 @@ async fn prometheus_with_native_histograms_scrapes_native_ttft_and_the_clients_i
                     "{id} was not given to a client"
                 );
                 assert_eq!(keys.len(), 1, "{labels}");
-                // The same id is in the proxy's log line for that request.
-                assert!(proxy.logs().contains(id), "{id} not in the proxy's log");
             }
             None => assert_eq!(labels["trace_id"], TRACE_ID, "{labels}"),
         }
+    }
+    // The ids are in the proxy's log lines of their requests.
+    for id in &ids {
+        assert!(
+            proxy.logs().contains(id.as_str()),
+            "{id} not in the proxy's log"
+        );
     }
     assert!(!seen
         .iter()
         .any(|l| l.get("request_id") == Some(&json!(traced))));
     // Time to first token and turn duration keep the same ids.
-    for family in [
-        "codex_time_to_first_token_seconds",
-        "codex_turn_duration_seconds",
-    ] {
+    for family in [ttft, "codex_turn_duration_seconds"] {
         let labels = exemplars(family).await;
         assert!(!labels.is_empty(), "no exemplars on {family}");
         for l in labels {
