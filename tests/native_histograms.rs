@@ -298,3 +298,43 @@ for family in text_string_to_metric_families(text):
         .unwrap();
     assert!(!text.contains(" # {") && !text.contains("# EOF"));
 }
+
+#[tokio::test]
+async fn a_pushgateway_destination_with_native_histograms_pushes_them_and_prometheus_reads_them() {
+    let Some(gateway) = common::start_pushgateway().await else {
+        return;
+    };
+    let config = format!(
+        "{}[[pushgateway]]\nurl = \"{}\"\ninterval = \"300ms\"\nhistograms = \"native\"\ngrouping = {{ instance = \"t\" }}\n",
+        config(),
+        gateway.base
+    );
+    let proxy = Proxy::start(&config, &[]).await;
+    proxy.wait_ready().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(chat(&proxy, i == 0, None).await);
+    }
+    let scrape = format!(
+        "  - job_name: pgw\n    honor_labels: true\n    scrape_interval: 1s\n    static_configs:\n      - targets: [\"127.0.0.1:{}\"]\n",
+        gateway.port
+    );
+    let Some(prometheus) = start_prometheus_with(&scrape, &[FEATURES]).await else {
+        return;
+    };
+    let count = r#"sum(histogram_count(codex_time_to_first_token_seconds{job="codex-proxy",instance="t"}))"#;
+    prometheus.wait_scalar(count, 3.0, DEADLINE).await;
+    // The gateway still shows the classic buckets to a text scrape.
+    let text = http()
+        .get(format!("{}/metrics", gateway.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("codex_time_to_first_token_seconds_bucket{"),
+        "{text}"
+    );
+}

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use destinations::{
-    BasicAuthConfig, HttpDestination, HttpUrl, PushMethod, PushgatewayConfig, RemoteWriteConfig,
-    RemoteWriteProtocol,
+    BasicAuthConfig, HistogramMode, HttpDestination, HttpUrl, PushMethod, PushgatewayConfig,
+    RemoteWriteConfig, RemoteWriteProtocol,
 };
 pub use schema::{
     LogConfig, LogFormat, MaintenanceConfig, MetricsConfig, OnFull, ServerConfig, StreamsConfig,

@@ -24,8 +24,16 @@ pub(crate) const CONTENT_TYPE: &str =
 
 /// Appends `snapshot` to `out`: one length-delimited `MetricFamily` per family name.
 pub(crate) fn encode(snapshot: &Snapshot, out: &mut Vec<u8>) {
+    encode_families(&snapshot.families, out);
+}
+
+/// Appends `families` (sorted by name) to `out`, as [`encode`] does a snapshot's.
+pub(crate) fn encode_families<'a>(
+    families: impl IntoIterator<Item = &'a Family>,
+    out: &mut Vec<u8>,
+) {
     let mut current: Option<proto::MetricFamily> = None;
-    for family in &snapshot.families {
+    for family in families {
         if current.as_ref().is_some_and(|mf| mf.name() != family.name) {
             if let Some(mf) = current.take() {
                 put(&mf, out);
