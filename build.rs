@@ -1,9 +1,14 @@
-//! Compiles proto/*.proto into the prost types of `push::remote_write::proto`, with a
+//! Compiles proto/*.proto into prost types (`push::remote_write::proto`,
+//! `exposition::protobuf`), with a
 //! protobuf compiler written in Rust (protox): no system `protoc` is needed.
 
 use std::path::PathBuf;
 
-const PROTOS: [&str; 2] = ["proto/remote_write.proto", "proto/remote_write_v2.proto"];
+const PROTOS: [&str; 3] = [
+    "proto/remote_write.proto",
+    "proto/remote_write_v2.proto",
+    "proto/metrics.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

@@ -83,6 +83,7 @@ fn main() {
         first_to_last_delta: Some(Duration::from_millis(3100)),
         tokens: Some(TokenCounts([1200, 800, 0, 310, 120])),
         limit_reached: None,
+        exemplar: None,
         items,
     };
     let today: MetricsConfig = toml::from_str("models = [\"gpt-5\"]").unwrap();

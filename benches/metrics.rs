@@ -3,11 +3,14 @@
 //! both sides and writes the ratios to docs/performance.md):
 //! - `record_request`: recording one finished request (requests counter, latency
 //!   histogram, latency summary), what the middleware does when a body ends, cycling
-//!   over all label sets; `record_request_one_series`: the same on one busy label set;
+//!   over all label sets; `record_request_one_series`: the same on one busy label set
+//!   (since native histograms: classic and native buckets), `_exemplar`: with the
+//!   request's exemplar too, what the middleware records;
 //! - `render_text` / `render_gzip`: `GET /metrics` for a registry holding the same
 //!   families and label sets (~2,800 series), the families the proxy declares at start
 //!   (model work, connections; prom-client's side declares the same ones, from this
-//!   side's first render) and the process_* families.
+//!   side's first render) and the process_* families;
+//!   `render_openmetrics` / `render_protobuf`: the other formats `/metrics` negotiates.
 //!
 //! Times are the benchmark thread's CPU time, not wall time: the machines this runs on
 //! are shared, and CPU time does not count the moments another process had the core.
@@ -23,7 +26,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use codex_proxy::metrics::scrape::Renderer;
+use std::sync::Arc;
+
+use codex_proxy::metrics::exemplar::ExemplarId;
+use codex_proxy::metrics::scrape::{Format, Renderer};
+use codex_proxy::metrics::FinishedRequest;
 use common::cpu_time::ThreadCpuTime;
 use common::workload::Workload;
 use criterion::measurement::WallTime;
@@ -84,6 +91,25 @@ fn main() {
     c.bench_function("record_request_one_series", |b| {
         b.iter(|| metrics.record(black_box(chat)))
     });
+    // The same busy label set with an exemplar (the request's id), as the middleware
+    // records every request since native histograms and exemplars came.
+    let id = ExemplarId::Request(Arc::from("chatcmpl-0123456789abcdef"));
+    let mut with_exemplar = FinishedRequest { ..*chat };
+    with_exemplar.exemplar = Some(&id);
+    c.bench_function("record_request_one_series_exemplar", |b| {
+        b.iter(|| metrics.record(black_box(&with_exemplar)))
+    });
+    for (name, format) in [
+        ("render_openmetrics", Format::OpenMetrics),
+        ("render_protobuf", Format::Protobuf),
+    ] {
+        let size = renderer.render_as(format, false).expect("render").len();
+        println!("{name}: {size} bytes");
+        c.bench_function(name, |b| {
+            b.iter(|| black_box(renderer.render_as(format, false).expect("render")))
+        });
+    }
+    println!("render_text: {} bytes", text.len());
     c.bench_function("render_text", |b| {
         b.iter(|| black_box(renderer.render(false).expect("render")))
     });

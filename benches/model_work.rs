@@ -58,6 +58,7 @@ fn bench_record_turn() {
         tokens: Some(TokenCounts([1200, 800, 0, 310, 120])),
         limit_reached: None,
         items,
+        exemplar: None,
     };
     let mut c = Criterion::default()
         .with_measurement(ThreadCpuTime(WallTime))

@@ -137,6 +137,7 @@ fn synthetic_registry(target: usize) -> Arc<Metrics> {
                 category: Some(ErrorCategory::WorkerError),
                 started,
                 ended: started + Duration::from_millis(ms),
+                exemplar: None,
             });
         }
     }

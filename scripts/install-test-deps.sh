@@ -30,7 +30,9 @@ fi
 # tests/python/requirements.txt, in a venv of its own (tests/python/.venv, ignored by git),
 # so that it works where the system Python is externally managed (PEP 668, Debian 12).
 want_openai=$(sed -n 's/^openai==//p' tests/python/requirements.txt)
-if ! tests/python/.venv/bin/python -c "import openai, sys; sys.exit(openai.__version__ != '$want_openai')" 2>/dev/null; then
+# prometheus_client (same venv): tests/native_histograms.rs parses /metrics' OpenMetrics
+# output with its OpenMetrics parser.
+if ! tests/python/.venv/bin/python -c "import prometheus_client, openai, sys; sys.exit(openai.__version__ != '$want_openai')" 2>/dev/null; then
   echo "installing: openai $want_openai (tests/python/.venv)"
   if ! python3 -m venv tests/python/.venv >/dev/null 2>&1; then
     # Debian ships venv's pip bootstrap in its own package.

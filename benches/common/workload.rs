@@ -85,6 +85,7 @@ impl Workload {
                 category,
                 started: base,
                 ended: base + Duration::from_secs_f64(ms / 1e3),
+                exemplar: None,
             }));
         }
         Ok(out)

@@ -181,6 +181,24 @@ pub struct PushgatewayConfig {
     /// Gzip the body (`Content-Encoding: gzip`).
     #[serde(default)]
     pub gzip: bool,
+    /// `classic`: the text format, classic buckets only. `native` or `both`: the delimited
+    /// protobuf, which carries every histogram's classic and native buckets and the
+    /// exemplars (Pushgateway 1.5.1 keeps them; docs/pushgateway.md).
+    #[serde(default)]
+    pub histograms: HistogramMode,
+}
+
+/// Which histogram buckets a destination receives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistogramMode {
+    /// `_bucket{le}`, `_sum`, `_count`: what every receiver takes.
+    #[default]
+    Classic,
+    /// Native (exponential) buckets.
+    Native,
+    /// Both.
+    Both,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -25,8 +25,8 @@ pub use accounting::{
     ApiKeyConfig, BudgetConfig, Period, PriceConfig, DEFAULT_KEY_NAME, NO_KEY_NAME,
 };
 pub use destinations::{
-    BasicAuthConfig, HttpDestination, HttpUrl, PushMethod, PushgatewayConfig, RemoteWriteConfig,
-    RemoteWriteProtocol,
+    BasicAuthConfig, HistogramMode, HttpDestination, HttpUrl, PushMethod, PushgatewayConfig,
+    RemoteWriteConfig, RemoteWriteProtocol,
 };
 pub use schema::{
     LogConfig, LogFormat, MaintenanceConfig, MetricsConfig, OnFull, ServerConfig, StreamsConfig,

@@ -133,7 +133,7 @@ impl Sample<'_> {
 /// A sample value or a `le`/`quantile` bound, as the text format spells it. Whole
 /// numbers (counts, most of a scrape) print through the integer path, which gives the
 /// same digits as `f64`'s `Display` without its float formatting.
-fn number(v: f64, out: &mut String) {
+pub(super) fn number(v: f64, out: &mut String) {
     if v == f64::INFINITY {
         out.push_str("+Inf");
     } else if v == f64::NEG_INFINITY {
@@ -147,7 +147,7 @@ fn number(v: f64, out: &mut String) {
 }
 
 /// Escapes `\` and newline, and `"` in label values.
-fn escape(v: &str, quote: bool, out: &mut String) {
+pub(super) fn escape(v: &str, quote: bool, out: &mut String) {
     let needs = |c: char| c == '\\' || c == '\n' || (quote && c == '"');
     if !v.contains(needs) {
         out.push_str(v);

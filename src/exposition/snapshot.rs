@@ -49,6 +49,39 @@ pub struct Family {
     /// gauge, untyped: the value. Histogram: the cumulative count of each bound, then the
     /// sum, then the count. Summary: the value of each quantile, then the sum, the count.
     pub values: Vec<f64>,
+    /// Histogram families that record them: one native histogram per metric, in the
+    /// order of `labels`. Empty otherwise.
+    pub(crate) native: Vec<NativeHistogram>,
+    /// Families that keep exemplars: `bounds.len() + 1` entries per metric (one per
+    /// classic bucket, `+Inf` last), in the order of `labels`. Empty otherwise.
+    pub(crate) exemplars: Vec<Option<Exemplar>>,
+}
+
+/// A native histogram at one moment, in the wire form shared by io.prometheus.client's
+/// `Histogram` (fields 5-14) and prompb's: positive buckets only (durations are never
+/// negative), as spans of consecutive buckets and count deltas.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct NativeHistogram {
+    pub schema: i32,
+    pub zero_threshold: f64,
+    pub zero_count: u64,
+    pub count: u64,
+    pub sum: f64,
+    /// (offset, length): the first offset is the first bucket's index, later ones the gap
+    /// after the previous span.
+    pub spans: Vec<(i32, u32)>,
+    /// Each bucket's count minus the previous bucket's (the first: minus 0).
+    pub deltas: Vec<i64>,
+}
+
+/// The latest observation of one bucket with the ids of the request that made it. Its
+/// labels are `trace_id` and `span_id`, or `request_id`: never a series label.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Exemplar {
+    pub labels: Vec<(&'static str, String)>,
+    pub value: f64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
 }
 
 impl Family {
@@ -61,6 +94,8 @@ impl Family {
             bounds,
             labels: Vec::new(),
             values: Vec::new(),
+            native: Vec::new(),
+            exemplars: Vec::new(),
         }
     }
 

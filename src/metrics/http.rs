@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 
+use super::exemplar::{ExemplarId, StoredExemplar};
 use super::label_map::LabelMap;
 use super::labels::{self, METHODS, STATUS_FAMILIES};
+use super::native::NativeBuckets;
 use super::summary::SlidingWindow;
 use super::{ErrorCategory, LATENCY_BUCKETS_MS, SUMMARY_QUANTILES};
 use crate::exposition::snapshot::{Family, Kind, Labels, Snapshot};
@@ -65,6 +67,8 @@ pub struct FinishedRequest<'a> {
     pub category: Option<ErrorCategory>,
     pub started: Instant,
     pub ended: Instant,
+    /// Kept as the exemplar of the latency bucket it lands in.
+    pub exemplar: Option<&'a ExemplarId>,
 }
 
 /// Every HTTP label set, found by route, then model, then method and status family.
@@ -103,6 +107,9 @@ struct SeriesState {
     sum: f64,
     count: u64,
     window: SlidingWindow,
+    native: NativeBuckets,
+    /// The latest exemplar of each classic bucket, `+Inf` last.
+    exemplars: [Option<StoredExemplar>; LATENCY_BUCKETS_MS.len() + 1],
 }
 
 struct ErrorSeries {
@@ -152,7 +159,7 @@ impl HttpFamilies {
                 ];
                 Box::new(HttpSeries::new(&labels, self.summary_window, request.ended))
             });
-            series.observe(nanos, request.ended);
+            series.observe(nanos, request.ended, request.exemplar);
             if STATUS_FAMILIES[family] == "5xx" {
                 let category = request.category.unwrap_or(ErrorCategory::Internal);
                 series.errors[category as usize]
@@ -195,6 +202,10 @@ impl HttpFamilies {
         }
         let mut merged = Vec::new();
         let mut values = Vec::with_capacity(LATENCY_BUCKETS_MS.len() + 2);
+        latency.native.reserve(expected);
+        latency
+            .exemplars
+            .reserve(expected * (LATENCY_BUCKETS_MS.len() + 1));
         self.for_each(|series| {
             let mut state = series.state.lock().unwrap_or_else(|p| p.into_inner());
             let (sum, count) = (state.sum, state.count as f64);
@@ -207,6 +218,11 @@ impl HttpFamilies {
             }
             values.extend([sum, count]);
             latency.push(series.labels.clone(), &values);
+            latency.native.push(state.native.snapshot(state.count, sum));
+            let exemplars = state.exemplars.iter();
+            latency
+                .exemplars
+                .extend(exemplars.map(|e| e.as_ref().map(StoredExemplar::to_snapshot)));
             values.clear();
             state
                 .window
@@ -244,19 +260,27 @@ impl HttpSeries {
                 sum: 0.0,
                 count: 0,
                 window: SlidingWindow::new(summary_window, now),
+                native: NativeBuckets::new(),
+                exemplars: Default::default(),
             }),
             errors: Default::default(),
         }
     }
 
-    fn observe(&self, nanos: u64, now: Instant) {
+    fn observe(&self, nanos: u64, now: Instant, exemplar: Option<&ExemplarId>) {
         // `le` is inclusive: a value equal to a bound belongs to that bound's bucket.
         let bucket = BOUNDS_NS.partition_point(|&le| le < nanos);
         // A multiplication, not `as_secs_f64`'s division: the last bits do not matter here.
         let ms = nanos as f64 * 1e-6;
+        let stored = exemplar.map(|id| StoredExemplar::new(id, ms, now));
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = state.buckets.get_mut(bucket) {
             *n += 1;
+        }
+        state.native.observe(ms);
+        if let Some(stored) = stored {
+            // `bucket` is at most the number of bounds: the `+Inf` slot.
+            state.exemplars[bucket] = Some(stored);
         }
         state.sum += ms;
         state.count += 1;
@@ -291,6 +315,7 @@ mod tests {
             category,
             started,
             ended: started + Duration::from_millis(ms),
+            exemplar: None,
         }
     }
 
@@ -336,6 +361,36 @@ mod tests {
             .find(|f| f.name == "codex_http_errors_total")
             .expect("declared before its first series");
         assert!(errors.labels.is_empty());
+    }
+
+    #[test]
+    fn latency_keeps_native_buckets_and_the_latest_exemplar_of_each_bucket() {
+        let h = HttpFamilies::new(4, Duration::from_secs(600));
+        let ids: Vec<ExemplarId> = (0..3)
+            .map(|i| ExemplarId::Request(format!("chatcmpl-{i}").into()))
+            .collect();
+        for (ms, id) in [(100, &ids[0]), (90, &ids[1]), (20_000, &ids[2])] {
+            let mut r = request("/v1/models", 200, ms, None);
+            r.exemplar = Some(id);
+            h.record(&r, (2, "unknown"));
+        }
+        let s = snapshot(&h);
+        let latency = s
+            .families
+            .iter()
+            .find(|f| f.name == "codex_http_latency_ms")
+            .unwrap();
+        let native = &latency.native[0];
+        assert_eq!((native.count, native.schema), (3, 3));
+        assert_eq!(native.deltas.iter().sum::<i64>(), 1); // buckets 1, 1, 1: deltas 1, 0, 0
+        assert_eq!(native.spans.len(), 3);
+        let exemplars = &latency.exemplars[..LATENCY_BUCKETS_MS.len() + 1];
+        // 90 then 100 ms landed in le=100: the latest is kept; 20 s is in +Inf.
+        let request_id = |i: usize| exemplars[i].as_ref().map(|e| e.labels[0].1.clone());
+        assert_eq!(request_id(1).as_deref(), Some("chatcmpl-1"));
+        assert_eq!(exemplars[1].as_ref().unwrap().value, 90.0);
+        assert_eq!(request_id(9).as_deref(), Some("chatcmpl-2"));
+        assert_eq!(request_id(0), None);
     }
 
     #[test]

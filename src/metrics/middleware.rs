@@ -7,6 +7,11 @@
 //! recorded when the response is ready, which is its end but for the socket write.
 //! Status and model are what the handler decided; a streamed response keeps the status
 //! of its headers.
+//!
+//! Every request, recorded or not, gets its id here (`exemplar.rs`): the response carries it
+//! as `x-request-id`, the handlers find it (and the exemplar it makes) in the request's
+//! extensions as a [`RequestContext`], and the request's log line (target
+//! `codex_proxy::access`, INFO) names it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,11 +21,12 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
 use tower::Service;
 
+use super::exemplar::{self, ExemplarId};
 use super::labels::{self, RouteTemplates};
 use super::{ErrorCategory, FinishedRequest, Metrics, ModelLabel};
 
@@ -74,17 +80,45 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let started = Instant::now();
+        let context = RequestContext::new(request.headers().get(exemplar::TRACEPARENT_HEADER));
         let head = self.recorder.as_ref().map(|recorder| Head {
             route: recorder.routes.label(request.uri().path()),
             recorder: recorder.clone(),
             method: labels::method_index(request.method()),
-            started: Instant::now(),
+            started,
+            context: context.clone(),
         });
+        if head.is_none() {
+            tracing::info!(target: ACCESS_TARGET, request_id = &*context.id, method = %request.method(), "request");
+        }
+        let request_id = HeaderValue::from_str(&context.id).ok();
+        request.extensions_mut().insert(context);
         RecordFuture {
             inner: self.inner.call(request),
             head,
+            request_id,
         }
+    }
+}
+
+/// The target of the per-request log line.
+pub(crate) const ACCESS_TARGET: &str = "codex_proxy::access";
+
+/// The request's id and the exemplar its observations keep, in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// The completion id, also sent back as `x-request-id`.
+    pub id: Arc<str>,
+    pub exemplar: ExemplarId,
+}
+
+impl RequestContext {
+    fn new(traceparent: Option<&HeaderValue>) -> RequestContext {
+        let id: Arc<str> = exemplar::new_request_id().into();
+        let exemplar = ExemplarId::for_request(traceparent.map(HeaderValue::as_bytes), &id);
+        RequestContext { id, exemplar }
     }
 }
 
@@ -94,6 +128,7 @@ struct Head {
     route: &'static str,
     method: usize,
     started: Instant,
+    context: RequestContext,
 }
 
 /// The inner response future; when it resolves, the request is recorded, or its streamed
@@ -101,6 +136,8 @@ struct Head {
 pub(crate) struct RecordFuture<F> {
     inner: F,
     head: Option<Head>,
+    /// Set as `x-request-id` on the response.
+    request_id: Option<HeaderValue>,
 }
 
 impl<F, E> Future for RecordFuture<F>
@@ -115,6 +152,11 @@ where
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Ready(Ok(response)) => response,
         };
+        if let Some(id) = self.request_id.take() {
+            response
+                .headers_mut()
+                .insert(exemplar::REQUEST_ID_HEADER, id);
+        }
         let Some(head) = self.head.take() else {
             // Recording is off, or polled again after completion.
             return Poll::Ready(Ok(response));
@@ -156,6 +198,7 @@ struct Pending {
 
 impl Pending {
     fn record(self) {
+        let ended = Instant::now();
         self.head.recorder.metrics.record(&FinishedRequest {
             route: self.head.route,
             method: self.head.method,
@@ -163,8 +206,18 @@ impl Pending {
             model: self.model.as_deref(),
             category: self.category,
             started: self.head.started,
-            ended: Instant::now(),
+            ended,
+            exemplar: Some(&self.head.context.exemplar),
         });
+        tracing::info!(
+            target: ACCESS_TARGET,
+            request_id = &*self.head.context.id,
+            route = self.head.route,
+            method = labels::METHODS[self.head.method.min(labels::METHODS.len() - 1)],
+            status = self.status.as_u16(),
+            latency_ms = ended.saturating_duration_since(self.head.started).as_secs_f64() * 1e3,
+            "request",
+        );
     }
 }
 
@@ -356,6 +409,64 @@ mod tests {
         let first = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
         assert!(first.is_some());
         body
+    }
+
+    #[tokio::test]
+    async fn every_response_carries_its_request_id_and_the_exemplar_names_it_or_the_trace() {
+        let m = metrics();
+        let app = app(&m, Arc::default());
+        let response = app
+            .clone()
+            .oneshot(request(Method::GET, "/v1/models/x"))
+            .await
+            .unwrap();
+        let id = response.headers()[exemplar::REQUEST_ID_HEADER]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(id.starts_with("chatcmpl-"), "{id}");
+        let mut traced = request(Method::GET, "/v1/models/x");
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        traced
+            .headers_mut()
+            .insert("traceparent", HeaderValue::from_static(tp));
+        let response = app.clone().oneshot(traced).await.unwrap();
+        assert!(response.headers().contains_key(exemplar::REQUEST_ID_HEADER));
+        let mut bad = request(Method::GET, "/v1/models/x");
+        bad.headers_mut()
+            .insert("traceparent", HeaderValue::from_static("00-evil"));
+        let response = app.oneshot(bad).await.unwrap();
+        let bad_id = response.headers()[exemplar::REQUEST_ID_HEADER]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(!response
+            .headers()
+            .values()
+            .any(|v| v.as_bytes() == b"00-evil"));
+        let snapshot = m.snapshot();
+        let latency = snapshot
+            .families
+            .iter()
+            .find(|f| f.name == "codex_http_latency_ms")
+            .unwrap();
+        let labels: Vec<_> = latency
+            .exemplars
+            .iter()
+            .flatten()
+            .map(|e| e.labels.clone())
+            .collect();
+        // The latest observation is its bucket's exemplar; every exemplar is one of the three.
+        let expected = [
+            vec![("request_id", id)],
+            vec![
+                ("span_id", "00f067aa0ba902b7".to_string()),
+                ("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736".to_string()),
+            ],
+            vec![("request_id", bad_id.clone())],
+        ];
+        assert!(labels.iter().all(|l| expected.contains(l)), "{labels:?}");
+        assert!(labels.contains(&vec![("request_id", bad_id)]));
     }
 
     #[tokio::test]

@@ -4,11 +4,13 @@
 
 pub(crate) mod connections;
 pub mod cost;
+pub mod exemplar;
 pub(crate) mod http;
 mod label_map;
 pub mod labels;
 pub(crate) mod middleware;
 pub mod model_work;
+pub(crate) mod native;
 #[cfg(target_os = "linux")]
 mod process;
 pub(crate) mod rate_limits;
@@ -28,6 +30,7 @@ use connections::ConnectionMetrics;
 pub use http::FinishedRequest;
 use http::HttpFamilies;
 pub(crate) use labels::LabelRules;
+pub use middleware::RequestContext;
 use model_work::ModelWork;
 pub use model_work::{FinishedTurn, Outcome, TokenCounts};
 
@@ -287,8 +290,8 @@ impl Metrics {
         let now = chrono::Utc::now();
         self.budgets.refresh(now);
         self.rate_limits.refresh(unix_seconds(now));
-        let mut registry = Snapshot::from_families(&self.registry.gather());
-        self.model_work.declare_empty(&mut registry);
+        // The registry's families with native buckets and exemplars attached.
+        let mut registry = self.model_work.snapshot(&self.registry);
         self.budgets.declare_empty(&mut registry);
         self.rate_limits.declare_empty(&mut registry);
         snapshot.merge(registry);

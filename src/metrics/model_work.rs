@@ -10,7 +10,7 @@
 //! dense index), so recording a turn looks nothing up by name.
 
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::{
     Counter, CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -18,9 +18,10 @@ use prometheus::{
 };
 
 use super::cost::Prices;
-
+use super::exemplar::ExemplarId;
 use super::labels::LabelRules;
-use crate::exposition::snapshot::{Family, Kind, Snapshot};
+use super::native::{Companion, NativeBuckets};
+use crate::exposition::snapshot::{Exemplar, Family, Kind, NativeHistogram, Snapshot};
 
 /// Values of `kind` on `codex_tokens_total`, in [`TokenCounts`]' order.
 pub const TOKEN_KINDS: [&str; 5] = [
@@ -162,6 +163,8 @@ pub struct FinishedTurn<'a> {
     pub limit_reached: Option<crate::worker::LimitReached>,
     /// How many items of each of [`ITEM_KINDS`] the turn produced.
     pub items: [u32; ITEM_KINDS.len()],
+    /// The request's, kept as the exemplar of its time to first token and duration.
+    pub exemplar: Option<&'a ExemplarId>,
 }
 
 /// The series of one value of the `model` label.
@@ -182,7 +185,26 @@ struct ModelSeries {
     /// The price of this model value, looked up once: a priced model is an allowed label
     /// value, so its label value is its name.
     price: Option<super::cost::Price>,
+    /// The native buckets and exemplars of the histograms above, in their order.
+    time_to_first_token_native: [Companion; 2],
+    time_per_output_token_native: Companion,
+    duration_native: [Companion; Outcome::ALL.len()],
+    model: Box<str>,
 }
+
+/// One companion's reading, matched to its classic series after the registry's gather.
+struct CompanionRead {
+    family: &'static str,
+    /// The series' label values in label-name order.
+    values: [Option<Box<str>>; 2],
+    native: NativeHistogram,
+    exemplars: Vec<Option<Exemplar>>,
+}
+
+const TTFT: &str = "codex_time_to_first_token_seconds";
+const TPOT: &str = "codex_time_per_output_token_seconds";
+const DURATION: &str = "codex_turn_duration_seconds";
+const WAIT: &str = "codex_worker_wait_seconds";
 
 /// The model-work families and the admission-queue and rate-limit gauges.
 pub(crate) struct ModelWork {
@@ -201,6 +223,7 @@ pub(crate) struct ModelWork {
     /// Values of the `key` label: the configured key names, or `none`.
     keys: Box<[String]>,
     pub(crate) worker_wait: Histogram,
+    worker_wait_native: Companion,
     pub(crate) queue_depth: IntGauge,
 }
 
@@ -230,19 +253,19 @@ impl ModelWork {
                 &["model", "kind", "key"],
             )?,
             time_to_first_token: histogram(
-                "codex_time_to_first_token_seconds",
+                TTFT,
                 "From the request being accepted to the first content byte (streamed) or the first delta (not streamed).",
                 &TTFT_BUCKETS,
                 &["model", "stream"],
             )?,
             time_per_output_token: histogram(
-                "codex_time_per_output_token_seconds",
+                TPOT,
                 "(last delta - first delta) / (output tokens - 1), for turns with at least 2 output tokens.",
                 &TPOT_BUCKETS,
                 &["model"],
             )?,
             duration: histogram(
-                "codex_turn_duration_seconds",
+                DURATION,
                 "From a turn's start (a worker slot held) to its end, by outcome.",
                 &TURN_BUCKETS,
                 &["model", "outcome"],
@@ -285,11 +308,12 @@ impl ModelWork {
             },
             worker_wait: Histogram::with_opts(
                 HistogramOpts::new(
-                    "codex_worker_wait_seconds",
+                    WAIT,
                     "Time a request waited for a worker slot before its turn started; 0 when one was free.",
                 )
                 .buckets(WAIT_BUCKETS.to_vec()),
             )?,
+            worker_wait_native: Companion::new(&WAIT_BUCKETS),
             queue_depth: IntGauge::new(
                 "codex_worker_queue_depth",
                 "Requests waiting for a worker slot.",
@@ -366,7 +390,97 @@ impl ModelWork {
                 .collect(),
             unpriced: self.unpriced.with_label_values(&[model]),
             price: self.prices.get(Some(model)).copied(),
+            time_to_first_token_native: [(); 2].map(|_| Companion::new(&TTFT_BUCKETS)),
+            time_per_output_token_native: Companion::new(&TPOT_BUCKETS),
+            duration_native: Outcome::ALL.map(|_| Companion::new(&TURN_BUCKETS)),
+            model: model.into(),
         })
+    }
+
+    /// Records one wait for a worker slot, classic and native.
+    pub(crate) fn observe_wait(&self, seconds: f64) {
+        self.worker_wait.observe(seconds);
+        self.worker_wait_native
+            .observe(seconds, None, Instant::now());
+    }
+
+    /// Reads every companion; done before the registry's gather, so that no native
+    /// histogram holds an observation its classic series has not counted yet.
+    fn read_companions(&self) -> Vec<CompanionRead> {
+        let mut out = Vec::new();
+        let mut read = |family, values: [Option<&str>; 2], c: &Companion| {
+            let (native, exemplars) = c.read();
+            out.push(CompanionRead {
+                family,
+                values: values.map(|v| v.map(Box::from)),
+                native,
+                exemplars,
+            });
+        };
+        read(WAIT, [None, None], &self.worker_wait_native);
+        for series in self.models.iter().filter_map(OnceLock::get) {
+            let model = Some(&*series.model);
+            for (c, stream) in series
+                .time_to_first_token_native
+                .iter()
+                .zip(["false", "true"])
+            {
+                read(TTFT, [model, Some(stream)], c);
+            }
+            read(TPOT, [model, None], &series.time_per_output_token_native);
+            for (c, outcome) in series.duration_native.iter().zip(Outcome::ALL) {
+                read(DURATION, [model, Some(outcome.as_str())], c);
+            }
+        }
+        out
+    }
+
+    /// A snapshot of the registry's families with the native buckets and exemplars of
+    /// each histogram series attached, and every family declared.
+    pub(crate) fn snapshot(&self, registry: &Registry) -> Snapshot {
+        let mut reads = self.read_companions();
+        let mut snapshot = Snapshot::from_families(&registry.gather());
+        self.declare_empty(&mut snapshot);
+        let names = [TTFT, TPOT, DURATION, WAIT];
+        for family in snapshot.families.iter_mut() {
+            if family.kind != Kind::Histogram || !names.contains(&family.name.as_str()) {
+                continue;
+            }
+            let n = family.bounds.len();
+            let mut native = Vec::with_capacity(family.labels.len());
+            let mut exemplars = Vec::with_capacity(family.labels.len() * (n + 1));
+            for (labels, values) in family.metrics() {
+                let same = |r: &CompanionRead| {
+                    r.family == family.name
+                        && labels.len() == r.values.iter().flatten().count()
+                        && labels
+                            .iter()
+                            .zip(r.values.iter().flatten())
+                            .all(|(l, v)| *l.1 == **v)
+                };
+                let (sum, count) = (values[n], values[n + 1] as u64);
+                match reads.iter().position(same) {
+                    Some(at) => {
+                        let read = reads.swap_remove(at);
+                        native.push(NativeHistogram {
+                            count,
+                            sum,
+                            ..read.native
+                        });
+                        exemplars.extend(read.exemplars);
+                    }
+                    // Created between the companions' reading and the gather: no
+                    // native observation is known yet.
+                    None => {
+                        native.push(NativeBuckets::new().snapshot(count, sum));
+                        exemplars.extend(std::iter::repeat_n(None, n + 1));
+                    }
+                }
+            }
+            family.native = native;
+            family.exemplars = exemplars;
+        }
+        snapshot
     }
 
     /// Records the turn; returns its cost in USD when its model has a price and the worker
@@ -382,9 +496,14 @@ impl ModelWork {
         };
         let outcome = turn.outcome as usize;
         series.turns[key][outcome].inc();
-        series.duration[outcome].observe(turn.duration.as_secs_f64());
+        let now = Instant::now();
+        let duration = turn.duration.as_secs_f64();
+        series.duration[outcome].observe(duration);
+        series.duration_native[outcome].observe(duration, turn.exemplar, now);
         if let Some(ttft) = turn.time_to_first_token {
-            series.time_to_first_token[usize::from(turn.stream)].observe(ttft.as_secs_f64());
+            let (ttft, stream) = (ttft.as_secs_f64(), usize::from(turn.stream));
+            series.time_to_first_token[stream].observe(ttft);
+            series.time_to_first_token_native[stream].observe(ttft, turn.exemplar, now);
         }
         match turn.tokens {
             Some(tokens) => {
@@ -396,6 +515,9 @@ impl ModelWork {
                 if let (Some(span), 2..) = (turn.first_to_last_delta, tokens.output()) {
                     let per_token = span.as_secs_f64() / (tokens.output() - 1) as f64;
                     series.time_per_output_token.observe(per_token);
+                    series
+                        .time_per_output_token_native
+                        .observe(per_token, None, now);
                 }
             }
             None => series.without_usage.inc(),
@@ -466,6 +588,7 @@ mod tests {
                 items[2] = 2;
                 items
             },
+            exemplar: None,
         }
     }
 
@@ -618,6 +741,46 @@ mod tests {
             .unwrap();
         assert!((tpot - 0.1).abs() < 1e-9, "{tpot}");
         assert_eq!(value("codex_turns_without_usage_total", &[]), 0.0);
+    }
+
+    #[test]
+    fn every_histogram_series_carries_native_buckets_and_its_turns_exemplar() {
+        let (registry, labels, work) = setup(&["gpt-5"]);
+        let id = ExemplarId::Request("chatcmpl-00000000000000aa".into());
+        let mut t = turn(Outcome::Completed);
+        t.exemplar = Some(&id);
+        work.record(&labels, &t);
+        work.observe_wait(0.0);
+        let s = work.snapshot(&registry);
+        for name in [TTFT, TPOT, DURATION, WAIT] {
+            let f = s.families.iter().find(|f| f.name == name).unwrap();
+            assert_eq!(f.native.len(), f.labels.len(), "{name}");
+            assert_eq!(f.exemplars.len(), f.labels.len() * (f.bounds.len() + 1));
+            for (native, (_, values)) in f.native.iter().zip(f.metrics()) {
+                let n = f.bounds.len();
+                assert_eq!(native.count, values[n + 1] as u64, "{name}");
+                let buckets: i64 = native
+                    .deltas
+                    .iter()
+                    .scan(0, |c, d| {
+                        *c += d;
+                        Some(*c)
+                    })
+                    .sum();
+                assert_eq!(buckets as u64 + native.zero_count, native.count, "{name}");
+            }
+        }
+        let ttft = s.families.iter().find(|f| f.name == TTFT).unwrap();
+        let with = ttft.exemplars.iter().flatten().collect::<Vec<_>>();
+        assert_eq!(with.len(), 1);
+        assert_eq!(with[0].value, 0.3);
+        assert_eq!(
+            with[0].labels,
+            vec![("request_id", "chatcmpl-00000000000000aa".to_string())]
+        );
+        // The zero wait is in the zero bucket.
+        let wait = s.families.iter().find(|f| f.name == WAIT).unwrap();
+        assert_eq!(wait.native[0].zero_count, 1);
     }
 
     #[test]

@@ -16,8 +16,10 @@
 //! token is configured (none or a wrong one was given: the token would admit the scrape),
 //! 403 when no token is configured (the peer is refused by its address, and no credential
 //! can change that). The token may come from `metrics.token_file`, re-read as it rotates
-//! (crate::secrets). The body is the text format 0.0.4, gzip-compressed when the scraper
-//! accepts gzip (Prometheus does).
+//! (crate::secrets). The body is gzip-compressed when the scraper accepts gzip (Prometheus
+//! does), in the format its `Accept` prefers ([`Format::negotiate`]): the delimited
+//! protobuf (native histograms and exemplars), OpenMetrics 1.0 (exemplars), else the text
+//! format 0.0.4, byte for byte as before and without exemplars.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -38,7 +40,7 @@ use flate2::Compression;
 use super::Metrics;
 use crate::auth::{bearer_token, is_loopback, token_matches};
 use crate::config::MetricsConfig;
-use crate::exposition::encode as text;
+use crate::exposition::{encode as text, openmetrics, protobuf};
 use crate::secrets::Secret;
 
 /// Where the scrape route is.
@@ -194,6 +196,75 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
         })
 }
 
+/// The exposition formats `/metrics` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Text 0.0.4: classic buckets, no exemplars.
+    Text,
+    /// OpenMetrics 1.0: classic buckets with exemplars, `# EOF` last.
+    OpenMetrics,
+    /// Delimited `io.prometheus.client.MetricFamily`: classic and native buckets, exemplars.
+    Protobuf,
+}
+
+impl Format {
+    /// The format `Accept` prefers: the highest `q` among those spoken (ties: the first
+    /// listed), text when none is named.
+    pub fn negotiate(headers: &HeaderMap) -> Format {
+        let mut best = (Format::Text, 0.0f32);
+        let ranges = headers
+            .get_all(axum::http::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','));
+        for range in ranges {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let (mut q, mut proto, mut encoding, mut version) = (1.0f32, None, None, None);
+            for p in parts {
+                let Some((k, v)) = p.split_once('=') else {
+                    continue;
+                };
+                let v = v.trim().trim_matches('"');
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "q" => q = v.parse().unwrap_or(0.0),
+                    "proto" => proto = Some(v.to_string()),
+                    "encoding" => encoding = Some(v.to_string()),
+                    "version" => version = Some(v.to_string()),
+                    _ => {}
+                }
+            }
+            let format = match media.as_str() {
+                "application/vnd.google.protobuf"
+                    if proto.as_deref() == Some("io.prometheus.client.MetricFamily")
+                        && encoding.as_deref() == Some("delimited") =>
+                {
+                    Format::Protobuf
+                }
+                "application/openmetrics-text"
+                    if version.as_deref().is_none_or(|v| v == "1.0.0") =>
+                {
+                    Format::OpenMetrics
+                }
+                "text/plain" | "*/*" | "text/*" => Format::Text,
+                _ => continue,
+            };
+            if q > best.1 {
+                best = (format, q);
+            }
+        }
+        best.0
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => text::CONTENT_TYPE,
+            Format::OpenMetrics => openmetrics::CONTENT_TYPE,
+            Format::Protobuf => protobuf::CONTENT_TYPE,
+        }
+    }
+}
+
 struct ScrapeState {
     renderer: Renderer,
     guard: Guard,
@@ -240,12 +311,16 @@ async fn scrape(State(state): State<Arc<ScrapeState>>, request: Request) -> Resp
         return response;
     }
     let gzip = accepts_gzip(headers);
-    match state.renderer.render(gzip) {
+    let format = Format::negotiate(headers);
+    match state.renderer.render_as(format, gzip) {
         Ok(body) => {
             let mut response = body.into_response();
             let h = response.headers_mut();
-            h.insert(CONTENT_TYPE, HeaderValue::from_static(text::CONTENT_TYPE));
-            h.insert(VARY, HeaderValue::from_static("accept-encoding"));
+            h.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(format.content_type()),
+            );
+            h.insert(VARY, HeaderValue::from_static("accept, accept-encoding"));
             if gzip {
                 h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
             }
@@ -281,16 +356,37 @@ impl Renderer {
 
     /// The text format, gzip-compressed when asked.
     pub fn render(&self, gzip: bool) -> std::io::Result<Vec<u8>> {
+        self.render_as(Format::Text, gzip)
+    }
+
+    /// `format`, gzip-compressed when asked.
+    pub fn render_as(&self, format: Format, gzip: bool) -> std::io::Result<Vec<u8>> {
         let snapshot = self.metrics.snapshot();
         let hint = self.last_len.load(Ordering::Relaxed);
-        let mut text = String::with_capacity(hint + hint / 8);
-        text::encode(&snapshot, &mut text);
-        self.last_len.store(text.len(), Ordering::Relaxed);
-        if !gzip {
-            return Ok(text.into_bytes());
+        let body = match format {
+            Format::Text | Format::OpenMetrics => {
+                let mut text = String::with_capacity(hint + hint / 8);
+                if format == Format::Text {
+                    text::encode(&snapshot, &mut text);
+                } else {
+                    openmetrics::encode(&snapshot, &mut text);
+                }
+                text.into_bytes()
+            }
+            Format::Protobuf => {
+                let mut bytes = Vec::with_capacity(hint / 2);
+                protobuf::encode(&snapshot, &mut bytes);
+                bytes
+            }
+        };
+        if format == Format::Text {
+            self.last_len.store(body.len(), Ordering::Relaxed);
         }
-        let mut encoder = GzEncoder::new(Vec::with_capacity(text.len() / 4), Compression::fast());
-        encoder.write_all(text.as_bytes())?;
+        if !gzip {
+            return Ok(body);
+        }
+        let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
+        encoder.write_all(&body)?;
         encoder.finish()
     }
 }
@@ -326,6 +422,30 @@ mod tests {
 
     fn peer(addr: &str) -> Option<SocketAddr> {
         Some(addr.parse().unwrap())
+    }
+
+    #[test]
+    fn accept_picks_protobuf_then_openmetrics_then_text_as_prometheus_asks() {
+        let accept = |v: &str| Format::negotiate(&headers(&[("accept", v)]));
+        // Prometheus 2.42 with native histograms on.
+        let native = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        assert_eq!(accept(native), Format::Protobuf);
+        // Without: OpenMetrics first.
+        let plain = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(accept(plain), Format::OpenMetrics);
+        assert_eq!(accept("text/plain;version=0.0.4"), Format::Text);
+        assert_eq!(
+            accept("application/openmetrics-text;version=0.0.1"),
+            Format::Text
+        );
+        assert_eq!(
+            accept("application/vnd.google.protobuf;proto=other;encoding=delimited"),
+            Format::Text
+        );
+        assert_eq!(accept("application/json"), Format::Text);
+        assert_eq!(Format::negotiate(&HeaderMap::new()), Format::Text);
+        let q = "text/plain;q=0.9,application/openmetrics-text;version=1.0.0;q=0.5";
+        assert_eq!(accept(q), Format::Text);
     }
 
     #[test]

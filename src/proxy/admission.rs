@@ -103,7 +103,7 @@ impl Admission {
         let needs_stream = stream && held.is_none();
         if let Ok(_head) = self.head.try_lock() {
             if let Some((worker, stream)) = self.take_free(worker, needs_stream) {
-                self.metrics.model_work.worker_wait.observe(0.0);
+                self.metrics.model_work.observe_wait(0.0);
                 let stream = held.or(stream);
                 return Ok(Admitted { worker, stream });
             }
@@ -130,7 +130,7 @@ impl Admission {
         match tokio::time::timeout(self.queue_timeout, wait).await {
             Ok(Some((worker, stream))) => {
                 let waited = arrived.elapsed().as_secs_f64();
-                self.metrics.model_work.worker_wait.observe(waited);
+                self.metrics.model_work.observe_wait(waited);
                 let stream = held.or(stream);
                 Ok(Admitted { worker, stream })
             }

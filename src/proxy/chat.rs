@@ -18,15 +18,18 @@ use super::guards::KeyIndex;
 use super::stream;
 use super::turn_metrics::{self, TurnTelemetry};
 use super::AppState;
-use crate::metrics::{ModelLabel, Outcome};
+use crate::metrics::{ModelLabel, Outcome, RequestContext};
 use crate::worker::{TurnEvent, TurnStatus, Usage};
 
 pub(crate) async fn completions(
     State(state): State<AppState>,
     key: Option<Extension<KeyIndex>>,
+    context: Option<Extension<RequestContext>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let context = context.map(|Extension(c)| c);
+    let context = context.as_ref();
     let accepted = Instant::now();
     let key = key.map(|Extension(k)| k).unwrap_or_default();
     if let Some(secs) = state.metrics.budgets.refusal(key.0, chrono::Utc::now()) {
@@ -40,9 +43,9 @@ pub(crate) async fn completions(
     };
     let model = request.model().map(str::to_string);
     let mut response = if request.stream == Some(true) {
-        stream::respond(&state, &headers, request, accepted, key).await
+        stream::respond(&state, context, &headers, request, accepted, key).await
     } else {
-        complete(&state, &headers, request, accepted, key)
+        complete(&state, context, &headers, request, accepted, key)
             .await
             .unwrap_or_else(IntoResponse::into_response)
     };
@@ -56,14 +59,17 @@ pub(crate) async fn completions(
 /// (waiting for a worker slot included).
 async fn complete(
     state: &AppState,
+    context: Option<&RequestContext>,
     headers: &HeaderMap,
     request: ChatRequest,
     accepted: Instant,
     key: KeyIndex,
 ) -> Result<Response, ApiError> {
     let limit = state.config.server.request_timeout.0;
-    let mut telemetry = TurnTelemetry::new(state.metrics.clone(), accepted, false, key.0);
-    match tokio::time::timeout(limit, run_to_end(state, headers, request, &mut telemetry)).await {
+    let exemplar = context.map(|c| c.exemplar.clone());
+    let mut telemetry = TurnTelemetry::new(state.metrics.clone(), accepted, false, key.0, exemplar);
+    let run = run_to_end(state, context, headers, request, &mut telemetry);
+    match tokio::time::timeout(limit, run).await {
         Ok(result) => result,
         Err(_) => {
             telemetry.finish(Outcome::Timeout);
@@ -74,6 +80,7 @@ async fn complete(
 
 async fn run_to_end(
     state: &AppState,
+    context: Option<&RequestContext>,
     headers: &HeaderMap,
     request: ChatRequest,
     telemetry: &mut TurnTelemetry,
@@ -108,7 +115,7 @@ async fn run_to_end(
         }
     }
     let body = json!({
-        "id": completion::completion_id(),
+        "id": completion::completion_id(context),
         "object": "chat.completion",
         "created": completion::unix_now(),
         "model": model,

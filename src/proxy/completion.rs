@@ -22,6 +22,7 @@ use super::error::ApiError;
 use super::tool_buffer::ToolBuffer;
 use super::turn_metrics::TurnTelemetry;
 use super::AppState;
+use crate::metrics::RequestContext;
 use crate::worker::{Turn, TurnRequest, TurnStatus, Usage};
 
 /// The request header that selects the output mode (contract).
@@ -214,8 +215,12 @@ pub(crate) fn response_model(asked: Option<&str>, worker: Option<&str>) -> Strin
     asked.or(worker).unwrap_or("codex").to_string()
 }
 
-pub(crate) fn completion_id() -> String {
-    format!("chatcmpl-{:016x}", fastrand::u64(..))
+/// The request's id (`x-request-id`) as the completion id; a fresh one when the request
+/// came in without the middleware (unit tests).
+pub(crate) fn completion_id(context: Option<&RequestContext>) -> String {
+    context.map_or_else(crate::metrics::exemplar::new_request_id, |c| {
+        c.id.to_string()
+    })
 }
 
 pub(crate) fn unix_now() -> u64 {

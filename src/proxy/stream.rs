@@ -25,16 +25,18 @@ use super::guards::KeyIndex;
 use super::tool_buffer::ToolBuffer;
 use super::turn_metrics::{self, TurnTelemetry};
 use super::AppState;
+use crate::metrics::RequestContext;
 use crate::worker::{Turn, TurnEvent, TurnStatus, Usage, DELTA_LATENCY_TARGET};
 
 pub(crate) async fn respond(
     state: &AppState,
+    context: Option<&RequestContext>,
     headers: &HeaderMap,
     request: ChatRequest,
     accepted: Instant,
     key: KeyIndex,
 ) -> Response {
-    match open(state, headers, request, accepted, key).await {
+    match open(state, context, headers, request, accepted, key).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
@@ -42,6 +44,7 @@ pub(crate) async fn respond(
 
 async fn open(
     state: &AppState,
+    context: Option<&RequestContext>,
     headers: &HeaderMap,
     request: ChatRequest,
     accepted: Instant,
@@ -51,7 +54,8 @@ async fn open(
     // The wait in the admission queue counts against `server.request_timeout` and, via
     // `accepted`, in the time to first token.
     let limit = state.config.server.request_timeout.0;
-    let mut telemetry = TurnTelemetry::new(state.metrics.clone(), accepted, true, key.0);
+    let exemplar = context.map(|c| c.exemplar.clone());
+    let mut telemetry = TurnTelemetry::new(state.metrics.clone(), accepted, true, key.0, exemplar);
     let start = completion::admit_and_start(state, &request, prompt, &mut telemetry, true);
     let (turn, slot) = match tokio::time::timeout(limit, start).await {
         Ok(started) => started?,
@@ -66,7 +70,7 @@ async fn open(
         turn: Some(turn),
         buffer: completion::tool_buffer(state, headers),
         queue: VecDeque::new(),
-        id: completion::completion_id(),
+        id: completion::completion_id(context),
         created: completion::unix_now(),
         model,
         include_usage: request

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::metrics::exemplar::ExemplarId;
 use crate::metrics::model_work::{item_kind_index, ITEM_KINDS};
 use crate::metrics::{FinishedTurn, Metrics, Outcome, TokenCounts};
 use crate::worker::{TurnEvent, TurnStatus, Usage};
@@ -26,6 +27,8 @@ pub(crate) struct TurnTelemetry {
     limit_reached: Option<crate::worker::LimitReached>,
     items: [u32; ITEM_KINDS.len()],
     recorded: bool,
+    /// The request's, kept as the exemplar of its observations.
+    exemplar: Option<ExemplarId>,
 }
 
 struct Started {
@@ -35,7 +38,13 @@ struct Started {
 }
 
 impl TurnTelemetry {
-    pub(crate) fn new(metrics: Arc<Metrics>, accepted: Instant, stream: bool, key: usize) -> Self {
+    pub(crate) fn new(
+        metrics: Arc<Metrics>,
+        accepted: Instant,
+        stream: bool,
+        key: usize,
+        exemplar: Option<ExemplarId>,
+    ) -> Self {
         TurnTelemetry {
             metrics,
             accepted,
@@ -49,6 +58,7 @@ impl TurnTelemetry {
             limit_reached: None,
             items: [0; ITEM_KINDS.len()],
             recorded: false,
+            exemplar,
         }
     }
 
@@ -116,6 +126,7 @@ impl TurnTelemetry {
             tokens: self.usage,
             limit_reached: self.limit_reached,
             items: self.items,
+            exemplar: self.exemplar.as_ref(),
         });
     }
 }

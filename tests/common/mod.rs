@@ -337,7 +337,13 @@ impl Server {
 
 /// Prometheus with the remote-write receiver on; `scrape_configs` is YAML (may be empty).
 pub async fn start_prometheus(scrape_configs: &str) -> Option<Server> {
+    start_prometheus_with(scrape_configs, &[]).await
+}
+
+/// Same, with extra flags (e.g. `--enable-feature=native-histograms,exemplar-storage`).
+pub async fn start_prometheus_with(scrape_configs: &str, flags: &[&str]) -> Option<Server> {
     let bin = require_binary("prometheus")?;
+    let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
     let scrape = scrape_configs.to_string();
     Some(
         Server::launch(
@@ -360,6 +366,9 @@ pub async fn start_prometheus(scrape_configs: &str) -> Option<Server> {
                     "--web.enable-remote-write-receiver".into(),
                     "--log.level=warn".into(),
                 ]
+                .into_iter()
+                .chain(flags.iter().cloned())
+                .collect()
             },
             "/-/ready",
         )

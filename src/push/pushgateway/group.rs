@@ -109,6 +109,29 @@ fn push_segment(path: &mut String, name: &str, value: &str) {
 pub(crate) fn render(snapshot: &Snapshot, key: &GroupingKey) -> Result<String, PushgatewayError> {
     let mut encoder = Encoder::default();
     let mut body = String::new();
+    for family in pushed(snapshot, key)? {
+        encoder.family(family, &mut body);
+    }
+    Ok(body)
+}
+
+/// The same families as [`render`], as delimited protobuf `MetricFamily` messages: classic
+/// and native buckets, and exemplars.
+pub(crate) fn render_protobuf(
+    snapshot: &Snapshot,
+    key: &GroupingKey,
+) -> Result<Vec<u8>, PushgatewayError> {
+    let mut body = Vec::new();
+    crate::exposition::protobuf::encode_families(pushed(snapshot, key)?, &mut body);
+    Ok(body)
+}
+
+/// The families a push carries, checked.
+fn pushed<'a>(
+    snapshot: &'a Snapshot,
+    key: &GroupingKey,
+) -> Result<Vec<&'a Family>, PushgatewayError> {
+    let mut out = Vec::with_capacity(snapshot.families.len());
     for family in &snapshot.families {
         if family.labels.is_empty() {
             continue;
@@ -117,9 +140,9 @@ pub(crate) fn render(snapshot: &Snapshot, key: &GroupingKey) -> Result<String, P
             return Err(PushgatewayError::ReservedFamily(family.name.clone()));
         }
         key.check_labels(family)?;
-        encoder.family(family, &mut body);
+        out.push(family);
     }
-    Ok(body)
+    Ok(out)
 }
 
 #[cfg(test)]

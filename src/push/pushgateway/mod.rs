@@ -27,7 +27,6 @@ use super::{Context, DestinationStatus, PushError, SnapshotSource, Started};
 use crate::config::{PushMethod, PushgatewayConfig};
 
 pub use client::{protocol_headers, Pushgateway};
-use group::render;
 pub use group::GroupingKey;
 
 /// The destination kind, in the `kind` label and `/healthz`.
@@ -114,7 +113,8 @@ pub(crate) fn start(
     })?;
     let transport = HttpClient::for_destination(&config.destination, protocol_headers(config.gzip))
         .map_err(|e| invalid("", e.to_string()))?;
-    let gateway = Pushgateway::new(transport, &config.destination.url, key, config.gzip);
+    let gateway = Pushgateway::new(transport, &config.destination.url, key, config.gzip)
+        .with_histograms(config.histograms);
     let schedule = Schedule::new(
         config.destination.interval.0,
         config.destination.cron.as_deref(),
@@ -159,7 +159,7 @@ struct Destination {
 
 /// A rendered snapshot, ready to send.
 struct Body {
-    text: String,
+    bytes: Vec<u8>,
     samples: u64,
 }
 
@@ -190,7 +190,7 @@ async fn run(
     };
     let delivered = dest
         .final_attempts(deadline, "final push", body.samples, || {
-            dest.gateway.send_body(dest.method, &body.text)
+            dest.gateway.send_body(dest.method, &body.bytes)
         })
         .await;
     if !delivered {
@@ -206,11 +206,11 @@ impl Destination {
         let work = tokio::task::spawn_blocking(move || {
             let snapshot = source.snapshot();
             let samples = snapshot.sample_count() as u64;
-            (samples, render(&snapshot, gateway.key()))
+            (samples, gateway.render(&snapshot))
         })
         .await;
         match work {
-            Ok((samples, Ok(text))) => Some(Body { text, samples }),
+            Ok((samples, Ok(bytes))) => Some(Body { bytes, samples }),
             Ok((samples, Err(e))) => {
                 // Every later snapshot will be refused too: a configuration problem.
                 self.metrics.dropped(DropReason::Rejected, samples);
@@ -228,7 +228,7 @@ impl Destination {
         let Some(body) = self.snapshot(source).await else {
             return;
         };
-        let result = self.gateway.send_body(self.method, &body.text).await;
+        let result = self.gateway.send_body(self.method, &body.bytes).await;
         self.record(&result, body.samples);
         match result {
             Ok(()) => tracing::debug!(destination = %self.name, samples = body.samples, "pushed"),

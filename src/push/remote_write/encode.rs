@@ -16,6 +16,7 @@ use prost::encoding::{encoded_len_varint, WireType};
 use super::encode_v2::{self, SeriesWriter, Symbols};
 use super::negotiate::Protocol;
 use super::queue::Batch;
+use super::wire::{key, put_sample, put_varint, sample_len, SAMPLE_KEY};
 use crate::exposition::snapshot::Family;
 
 /// The stale marker: a NaN that receivers read as "this series ended here".
@@ -39,64 +40,12 @@ pub(crate) fn encode_label(name: &str, value: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(value.as_bytes());
 }
 
-/// A field key as its single byte: `(field << 3) | wire type`, for fields below 16.
-pub(crate) const fn key(field: u32, wire_type: WireType) -> u8 {
-    ((field << 3) | wire_type as u32) as u8
-}
-
 /// `WriteRequest.timeseries` and `TimeSeries.labels` (both field 1, messages).
 const SERIES_KEY: u8 = key(1, WireType::LengthDelimited);
 const LABEL_KEY: u8 = key(1, WireType::LengthDelimited);
 /// `Label.name`, `Label.value`.
 const NAME_KEY: u8 = key(1, WireType::LengthDelimited);
 const VALUE_KEY: u8 = key(2, WireType::LengthDelimited);
-/// `TimeSeries.samples` (field 2 in 1.0 and 2.0 alike).
-pub(crate) const SAMPLE_KEY: u8 = key(2, WireType::LengthDelimited);
-/// `Sample.value` (double), `Sample.timestamp` (int64), in 1.0 and 2.0 alike.
-pub(crate) const SAMPLE_VALUE_KEY: u8 = key(1, WireType::SixtyFourBit);
-pub(crate) const SAMPLE_TIMESTAMP_KEY: u8 = key(2, WireType::Varint);
-
-/// The length of a `Sample` whose timestamp varint is `timestamp_len` bytes: both fields
-/// are always written, so that -0.0 and the stale NaN keep their exact bits.
-#[inline]
-pub(crate) const fn sample_len(timestamp_len: usize) -> usize {
-    1 + 8 + 1 + timestamp_len
-}
-
-/// Appends the `TimeSeries.samples` field holding one `Sample`; `timestamp` is its varint.
-#[inline]
-pub(crate) fn put_sample(body: &mut Vec<u8>, value: f64, timestamp: &[u8]) {
-    body.push(SAMPLE_KEY);
-    put_varint(sample_len(timestamp.len()) as u64, body);
-    body.push(SAMPLE_VALUE_KEY);
-    body.extend_from_slice(&value.to_bits().to_le_bytes());
-    body.push(SAMPLE_TIMESTAMP_KEY);
-    body.extend_from_slice(timestamp);
-}
-
-/// Appends `n` as a protobuf varint: seven bits a byte, low bits first.
-#[inline]
-pub(crate) fn put_varint(mut n: u64, out: &mut Vec<u8>) {
-    if n < 0x80 {
-        out.push(n as u8);
-        return;
-    }
-    // A series' length: most take two bytes.
-    if n < 0x4000 {
-        out.extend_from_slice(&[(n as u8) | 0x80, (n >> 7) as u8]);
-        return;
-    }
-    let mut bytes = [0u8; 10];
-    let mut i = 0;
-    while n >= 0x80 {
-        bytes[i] = (n as u8) | 0x80;
-        n >>= 7;
-        i += 1;
-    }
-    bytes[i] = n as u8;
-    out.extend_from_slice(&bytes[..=i]);
-}
-
 /// One request's uncompressed body: its series and, in 2.0, the symbols they refer to.
 #[derive(Default)]
 pub(crate) struct Body {

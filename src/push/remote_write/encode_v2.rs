@@ -19,7 +19,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use prost::encoding::{encoded_len_varint, WireType};
 
-use super::encode::{key, put_sample, put_varint, sample_len};
+use super::wire::{key, put_sample, put_varint, sample_len};
 use crate::exposition::snapshot::{Family, Kind};
 
 /// `Request.timeseries` (field 5).

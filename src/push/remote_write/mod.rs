@@ -26,6 +26,7 @@ mod snapshot_thread;
 mod staleness;
 mod transcode;
 mod window;
+mod wire;
 
 pub(crate) use transcode::to_v1;
 

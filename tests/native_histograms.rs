@@ -1,0 +1,340 @@
+//! Native histograms and exemplars end to end: the real `codex-proxy` binary with its demo
+//! worker (`DEMO_FIRST_DELTA_DELAY_MS=300`: every time to first token is just above 0.3 s),
+//! scraped by a real Prometheus 2.42 with `--enable-feature=native-histograms,
+//! exemplar-storage` (which negotiates the protobuf format), and its OpenMetrics output
+//! read by the `prometheus_client` Python package's OpenMetrics parser.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{http, start_prometheus_with, wait_until, Proxy};
+use serde_json::{json, Value};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const FEATURES: &str = "--enable-feature=native-histograms,exemplar-storage";
+/// A client's own W3C trace context.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const SPAN_ID: &str = "00f067aa0ba902b7";
+
+fn config() -> String {
+    "[metrics]\nenabled = true\nmodels = [\"codex-demo\"]\n".to_string()
+}
+
+/// One chat completion; its `x-request-id`, checked to equal the completion's `id`.
+async fn chat(proxy: &Proxy, stream: bool, traceparent: Option<&str>) -> String {
+    let mut request = http()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(
+            json!({"model": "codex-demo", "stream": stream,
+                   "messages": [{"role": "user", "content": "hi"}]})
+            .to_string(),
+        );
+    if let Some(tp) = traceparent {
+        request = request.header("traceparent", tp);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body = response.text().await.unwrap();
+    let completion_id = if stream {
+        let first = body.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        serde_json::from_str::<Value>(first).unwrap()["id"].clone()
+    } else {
+        serde_json::from_str::<Value>(&body).unwrap()["id"].clone()
+    };
+    assert_eq!(
+        completion_id,
+        json!(id),
+        "the request id is the completion id"
+    );
+    id
+}
+
+/// A Python that imports `prometheus_client`: `CODEX_PROXY_PYTHON`, else the venv that
+/// scripts/install-test-deps.sh makes (tests/python), else `python3`. Required under
+/// CODEX_PROXY_REQUIRE_SERVERS=1.
+fn python_with_prometheus_client() -> Option<std::path::PathBuf> {
+    let venv =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/.venv/bin/python");
+    let candidates = std::env::var_os("CODEX_PROXY_PYTHON")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(venv.is_file().then_some(venv))
+        .chain(Some("python3".into()));
+    for python in candidates {
+        let ok = Command::new(&python)
+            .args(["-c", "import prometheus_client.openmetrics.parser"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(python);
+        }
+    }
+    if std::env::var_os("CODEX_PROXY_REQUIRE_SERVERS").is_some() {
+        panic!("no python3 with prometheus_client (scripts/install-test-deps.sh)");
+    }
+    None
+}
+
+#[tokio::test]
+async fn prometheus_with_native_histograms_scrapes_native_ttft_and_the_clients_ids_as_exemplars() {
+    let proxy = Proxy::start(&config(), &[("DEMO_FIRST_DELTA_DELAY_MS", "300")]).await;
+    proxy.wait_ready().await;
+    let scrape = format!(
+        "  - job_name: codex-proxy\n    scrape_interval: 1s\n    static_configs:\n      - targets: [\"127.0.0.1:{}\"]\n",
+        proxy.port
+    );
+    let Some(prometheus) = start_prometheus_with(&scrape, &[FEATURES]).await else {
+        return;
+    };
+    // The proxy answers Prometheus' Accept with the delimited protobuf.
+    let accept = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+    let r = http()
+        .get(proxy.url("/metrics"))
+        .header("accept", accept)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/vnd.google.protobuf"));
+
+    let mut ids = Vec::new();
+    let traceparent = format!("00-{TRACE_ID}-{SPAN_ID}-01");
+    for i in 0..6 {
+        ids.push(chat(&proxy, i % 2 == 0, None).await);
+    }
+    // A client with its own trace: the exemplar holds its trace, not the request id.
+    let traced = chat(&proxy, false, Some(&traceparent)).await;
+    let n = 7.0;
+
+    let count = "sum(histogram_count(codex_time_to_first_token_seconds))";
+    prometheus.wait_scalar(count, n, DEADLINE).await;
+    let median = "histogram_quantile(0.5, sum(codex_time_to_first_token_seconds))";
+    let q = prometheus.scalar(median).await.unwrap();
+    // Within one native bucket (schema 3: factor 2^(1/8)) of 0.3 s: the bucket holding 0.3 s
+    // is (0.2973, 0.3242], the next (0.3242, 0.3536].
+    let factor = 2f64.powf(1.0 / 8.0);
+    assert!(
+        q > 0.3 / factor && q <= 0.3 * factor * factor,
+        "native p50 {q} not within one bucket of 0.3 s"
+    );
+    // The classic buckets put every observation in (0.25, 0.5]: Prometheus' interpolation
+    // gives the middle of that bucket.
+    let classic = 0.25 + 0.25 * 0.5;
+    eprintln!(
+        "TTFT p50: native {q:.4} s (error {:+.1} %), classic {classic} s (error {:+.1} %)",
+        (q - 0.3) / 0.3 * 100.0,
+        (classic - 0.3) / 0.3 * 100.0
+    );
+
+    // Exemplars: the ids the clients were given, or their own trace, and nothing else.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let exemplars = |query: &'static str| {
+        let prometheus = &prometheus;
+        async move {
+            let body: Value = http()
+                .get(format!("{}/api/v1/query_exemplars", prometheus.base))
+                .query(&[
+                    ("query", query.to_string()),
+                    ("start", (now - 600).to_string()),
+                    ("end", (now + 600).to_string()),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let mut labels = Vec::new();
+            for series in body["data"].as_array().into_iter().flatten() {
+                for e in series["exemplars"].as_array().into_iter().flatten() {
+                    labels.push(e["labels"].clone());
+                }
+            }
+            labels
+        }
+    };
+    // A bucket keeps its latest exemplar, and Prometheus 2.42 takes one exemplar per
+    // native histogram and scrape, its lowest bucket's: each id is awaited on time to
+    // first token, whose observations all fall in one classic bucket (0.25, 0.5], before
+    // the next request replaces it.
+    let ttft = "codex_time_to_first_token_seconds";
+    wait_until("the client's trace as an exemplar", DEADLINE, || async {
+        let labels = exemplars(ttft).await;
+        let traced = |l: &Value| l["trace_id"] == TRACE_ID && l["span_id"] == SPAN_ID;
+        labels.iter().any(traced).then_some(())
+    })
+    .await;
+    // A malformed traceparent is ignored, and the request id is used.
+    let malformed = chat(&proxy, true, Some("00-zz-garbage")).await;
+    ids.push(malformed.clone());
+    wait_until("the request id as an exemplar", DEADLINE, || async {
+        let labels = exemplars(ttft).await;
+        labels
+            .iter()
+            .any(|l| l["request_id"] == json!(malformed))
+            .then_some(())
+    })
+    .await;
+    let chat_latency = r#"codex_http_latency_ms{route="/v1/chat/completions"}"#;
+    let seen = wait_until("latency exemplars", DEADLINE, || async {
+        let labels = exemplars(chat_latency).await;
+        (!labels.is_empty()).then_some(labels)
+    })
+    .await;
+    for labels in &seen {
+        let keys: Vec<&String> = labels.as_object().unwrap().keys().collect();
+        match labels.get("request_id").and_then(Value::as_str) {
+            Some(id) => {
+                assert!(
+                    ids.contains(&id.to_string()),
+                    "{id} was not given to a client"
+                );
+                assert_eq!(keys.len(), 1, "{labels}");
+            }
+            None => assert_eq!(labels["trace_id"], TRACE_ID, "{labels}"),
+        }
+    }
+    // The ids are in the proxy's log lines of their requests.
+    for id in &ids {
+        assert!(
+            proxy.logs().contains(id.as_str()),
+            "{id} not in the proxy's log"
+        );
+    }
+    assert!(!seen
+        .iter()
+        .any(|l| l.get("request_id") == Some(&json!(traced))));
+    // Time to first token and turn duration keep the same ids.
+    for family in [ttft, "codex_turn_duration_seconds"] {
+        let labels = exemplars(family).await;
+        assert!(!labels.is_empty(), "no exemplars on {family}");
+        for l in labels {
+            let known = l["trace_id"] == TRACE_ID
+                || l["request_id"]
+                    .as_str()
+                    .is_some_and(|id| ids.contains(&id.to_string()));
+            assert!(known, "{family}: {l}");
+        }
+    }
+    assert!(!proxy.logs().contains("zz-garbage"));
+}
+
+#[tokio::test]
+async fn the_openmetrics_output_parses_with_prometheus_client_and_carries_exemplars() {
+    let Some(python) = python_with_prometheus_client() else {
+        return;
+    };
+    let proxy = Proxy::start(&config(), &[]).await;
+    proxy.wait_ready().await;
+    let id = chat(&proxy, false, None).await;
+    let r = http()
+        .get(proxy.url("/metrics"))
+        .header("accept", "application/openmetrics-text;version=1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text; version=1.0.0"));
+    let body = r.text().await.unwrap();
+    assert!(body.ends_with("# EOF\n"));
+    let path = proxy.dir.path().join("metrics.om");
+    std::fs::write(&path, &body).unwrap();
+    // Prints each exemplar's labels as `family request_id`, after a full, strict parse.
+    let script = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+text = open(sys.argv[1]).read()
+for family in text_string_to_metric_families(text):
+    for s in family.samples:
+        if s.exemplar is not None:
+            print(family.name, s.exemplar.labels.get("request_id", ""), s.exemplar.timestamp)
+"#;
+    let out = Command::new(&python)
+        .args(["-c", script])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "prometheus_client refused the output: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for family in [
+        "codex_http_latency_ms",
+        "codex_time_to_first_token_seconds",
+        "codex_turn_duration_seconds",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(family) && l.contains(&id)),
+            "no exemplar naming {id} on {family}: {stdout}"
+        );
+    }
+    // The default text format is unchanged: no exemplars.
+    let text = http()
+        .get(proxy.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains(" # {") && !text.contains("# EOF"));
+}
+
+#[tokio::test]
+async fn a_pushgateway_destination_with_native_histograms_pushes_them_and_prometheus_reads_them() {
+    let Some(gateway) = common::start_pushgateway().await else {
+        return;
+    };
+    let config = format!(
+        "{}[[pushgateway]]\nurl = \"{}\"\ninterval = \"300ms\"\nhistograms = \"native\"\ngrouping = {{ instance = \"t\" }}\n",
+        config(),
+        gateway.base
+    );
+    let proxy = Proxy::start(&config, &[]).await;
+    proxy.wait_ready().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(chat(&proxy, i == 0, None).await);
+    }
+    let scrape = format!(
+        "  - job_name: pgw\n    honor_labels: true\n    scrape_interval: 1s\n    static_configs:\n      - targets: [\"127.0.0.1:{}\"]\n",
+        gateway.port
+    );
+    let Some(prometheus) = start_prometheus_with(&scrape, &[FEATURES]).await else {
+        return;
+    };
+    let count = r#"sum(histogram_count(codex_time_to_first_token_seconds{job="codex-proxy",instance="t"}))"#;
+    prometheus.wait_scalar(count, 3.0, DEADLINE).await;
+    // The gateway still shows the classic buckets to a text scrape.
+    let text = http()
+        .get(format!("{}/metrics", gateway.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("codex_time_to_first_token_seconds_bucket{"),
+        "{text}"
+    );
+}
