@@ -4,6 +4,7 @@
 //! Each default is written once, on its field (`#[serde(default = "secs::<300>")]` reads
 //! "300 seconds"); `Default` parses an empty table, so it cannot drift from the fields.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -200,6 +201,11 @@ pub struct MetricsConfig {
     /// Admit everyone (development only).
     #[serde(default)]
     pub allow_unauth: bool,
+    /// Users admitted with HTTP Basic auth (`/metrics` and `/status`), name → bcrypt
+    /// hash (`htpasswd -nbBC 10 "" PASSWORD`), as in exporter-toolkit's web config. A
+    /// plain password is a config error.
+    #[serde(default, serialize_with = "mask_map")]
+    pub basic_auth_users: BTreeMap<String, String>,
     /// Allowlist for the `model` label; other values become `other`.
     #[serde(default)]
     pub models: Vec<String>,
@@ -265,6 +271,11 @@ fn warn() -> String {
 
 fn listen() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 11435))
+}
+
+/// Renders each value of a map of secrets as `***`, keeping the names.
+fn mask_map<S: Serializer>(map: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(map.keys().map(|k| (k, "***")))
 }
 
 /// Renders a secret as `***` (or empty when unset) in `check-config`'s output.

@@ -55,6 +55,21 @@ impl Config {
                 "must be at least 1s",
             ));
         }
+        for (name, hash) in &self.metrics.basic_auth_users {
+            let key = format!("metrics.basic_auth_users.{name}");
+            if name.is_empty() || name.contains(':') {
+                return Err(ConfigError::invalid(
+                    key,
+                    "a user name must be non-empty and without `:`",
+                ));
+            }
+            if !crate::auth::is_bcrypt_hash(hash) {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be a bcrypt hash (e.g. from `htpasswd -nbBC 10 \"\" PASSWORD`), not a password",
+                ));
+            }
+        }
         for (i, m) in self.metrics.models.iter().enumerate() {
             if m.is_empty() || m.len() > 64 {
                 return Err(ConfigError::invalid(
@@ -273,6 +288,26 @@ mod tests {
             .to_string();
         assert!(err.contains("remote_write[0].url"), "{err}");
         assert!(err.contains("not a URL"), "{err}");
+    }
+
+    #[test]
+    fn basic_auth_users_take_bcrypt_hashes_and_a_plain_password_is_named_not_echoed() {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        check(&format!(
+            "[metrics]\nbasic_auth_users = {{ alice = \"{hash}\" }}\n"
+        ))
+        .unwrap();
+        let err = check("[metrics]\nbasic_auth_users = { alice = \"hunter2\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`metrics.basic_auth_users.alice`"), "{err}");
+        assert!(err.contains("bcrypt") && !err.contains("hunter2"), "{err}");
+        let c = check(&format!(
+            "[metrics]\nbasic_auth_users = {{ alice = \"{hash}\" }}\n"
+        ))
+        .unwrap();
+        let shown = c.to_masked_toml();
+        assert!(shown.contains("alice") && !shown.contains(&hash), "{shown}");
     }
 
     #[test]

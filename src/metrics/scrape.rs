@@ -4,7 +4,11 @@
 //! 1. `allow_unauth`: everyone (development only);
 //! 2. a token is configured and `Authorization: Bearer <token>` carries it (compared in
 //!    constant time, so response timing does not reveal how much of a guess was right);
-//! 3. `allow_loopback` and the client is on 127.0.0.0/8 or ::1.
+//! 3. `basic_auth_users` is configured and `Authorization: Basic` carries one of its users
+//!    with the password of its bcrypt hash (verified once, then remembered: crate::auth);
+//! 4. `allow_loopback` and the client is on 127.0.0.0/8 or ::1.
+//!
+//! The same guard stands in front of `/status` and `/status.json` (crate::status).
 //!
 //! The client is the socket's peer address (axum `ConnectInfo`), never a header. Only
 //! when that peer is one of `trusted_proxies` is `X-Forwarded-For` read: the client is
@@ -12,9 +16,9 @@
 //! that is not listed would make every scrape it forwards look like loopback, which is
 //! why docs/metrics.md says to list it or to turn `allow_loopback` off.
 //!
-//! Everyone else is refused with a JSON reason: 401 with `WWW-Authenticate: Bearer` when a
-//! token is configured (none or a wrong one was given: the token would admit the scrape),
-//! 403 when no token is configured (the peer is refused by its address, and no credential
+//! Everyone else is refused with a JSON reason: 401 when a credential would admit them,
+//! with `WWW-Authenticate: Bearer` when a token is configured and `WWW-Authenticate: Basic`
+//! when users are (so that a browser asks for them), 403 when neither is configured (the peer is refused by its address, and no credential
 //! can change that). The token may come from `metrics.token_file`, re-read as it rotates
 //! (crate::secrets). The body is gzip-compressed when the scraper accepts gzip (Prometheus
 //! does), in the format its `Accept` prefers ([`Format::negotiate`]): the delimited
@@ -38,7 +42,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 
 use super::Metrics;
-use crate::auth::{bearer_token, is_loopback, token_matches};
+use crate::auth::{basic_credentials, bearer_token, is_loopback, token_matches, BasicUsers};
 use crate::config::MetricsConfig;
 use crate::exposition::{encode as text, openmetrics, protobuf};
 use crate::secrets::Secret;
@@ -51,10 +55,15 @@ pub(crate) const SCRAPE_PATH: &str = "/metrics";
 pub(crate) struct Guard {
     /// Unset: no token admits anyone.
     token: Secret,
+    basic: BasicUsers,
     allow_loopback: bool,
     allow_unauth: bool,
     trusted_proxies: Vec<IpAddr>,
 }
+
+/// bcrypt verifications running at once, at most: a flood of wrong passwords costs ~70 ms
+/// of CPU each, and must not take every core.
+const BCRYPT_AT_ONCE: usize = 2;
 
 /// Why a scrape was refused; the text goes into the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +72,10 @@ pub(crate) enum Refusal {
     WrongToken,
     /// A token is configured and none was given (401).
     NoToken,
+    /// Basic auth users are configured and no credential was given (401).
+    NoCredentials,
+    /// Basic credentials were given and are not those of a configured user (401).
+    WrongPassword,
     /// No token is configured and the peer's address is not admitted (403).
     NotAllowed,
 }
@@ -74,6 +87,10 @@ impl Refusal {
             Refusal::NoToken => {
                 "scrape needs a bearer token (metrics.token) or a loopback client (metrics.allow_loopback)"
             }
+            Refusal::NoCredentials => {
+                "needs a user of metrics.basic_auth_users, a bearer token (metrics.token) or a loopback client (metrics.allow_loopback)"
+            }
+            Refusal::WrongPassword => "the user or password does not match metrics.basic_auth_users",
             Refusal::NotAllowed => {
                 "scrape needs a loopback client (metrics.allow_loopback); no metrics.token is configured"
             }
@@ -82,20 +99,22 @@ impl Refusal {
 
     fn status(self) -> StatusCode {
         match self {
-            Refusal::WrongToken | Refusal::NoToken => StatusCode::UNAUTHORIZED,
             Refusal::NotAllowed => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
         }
     }
 
-    /// The challenge of a 401 (RFC 6750 §3): `invalid_token` when one was given.
-    fn challenge(self) -> Option<&'static str> {
+    /// The Bearer challenge of a 401 (RFC 6750 §3): `invalid_token` when one was given.
+    fn bearer_challenge(self) -> &'static str {
         match self {
-            Refusal::WrongToken => Some(r#"Bearer realm="metrics", error="invalid_token""#),
-            Refusal::NoToken => Some(r#"Bearer realm="metrics""#),
-            Refusal::NotAllowed => None,
+            Refusal::WrongToken => r#"Bearer realm="metrics", error="invalid_token""#,
+            _ => r#"Bearer realm="metrics""#,
         }
     }
 }
+
+/// The Basic challenge (RFC 7617 §2): what makes a browser ask for a user and password.
+const BASIC_CHALLENGE: &str = r#"Basic realm="codex-proxy", charset="UTF-8""#;
 
 impl Guard {
     /// A guard with the inline `metrics.token`.
@@ -108,14 +127,16 @@ impl Guard {
     pub(crate) fn with_token(config: &MetricsConfig, token: Secret) -> Self {
         Guard {
             token,
+            basic: BasicUsers::new(&config.basic_auth_users),
             allow_loopback: config.allow_loopback,
             allow_unauth: config.allow_unauth,
             trusted_proxies: config.trusted_proxies.clone(),
         }
     }
 
-    /// Decides on a scrape from socket peer `peer` (None when the server was not given
-    /// connection info: then nobody counts as loopback).
+    /// Decides on a request from socket peer `peer` (None when the server was not given
+    /// connection info: then nobody counts as loopback). Basic credentials not verified
+    /// before cost a bcrypt verification here: see [`Guard::check`] for the async side.
     pub(crate) fn admit(
         &self,
         peer: Option<SocketAddr>,
@@ -131,14 +152,84 @@ impl Guard {
                 return Ok(());
             }
         }
+        let basic = self
+            .basic
+            .is_configured()
+            .then(|| basic_credentials(headers))
+            .flatten();
+        if let Some(Some((user, password))) = &basic {
+            if self.basic.verify(user, password) {
+                return Ok(());
+            }
+        }
         if self.allow_loopback && self.client(peer, headers).is_some_and(is_loopback) {
             return Ok(());
         }
+        if basic.is_some() {
+            return Err(Refusal::WrongPassword);
+        }
         match (token, presented) {
+            (Some(_), Some(_)) => Err(Refusal::WrongToken),
+            _ if self.basic.is_configured() => Err(Refusal::NoCredentials),
             (None, _) => Err(Refusal::NotAllowed),
             (Some(_), None) => Err(Refusal::NoToken),
-            (Some(_), Some(_)) => Err(Refusal::WrongToken),
         }
+    }
+
+    /// Whether deciding on this request would pay bcrypt (Basic credentials of a known
+    /// configuration, not remembered).
+    fn needs_bcrypt(&self, headers: &HeaderMap) -> bool {
+        self.basic.is_configured()
+            && matches!(basic_credentials(headers), Some(Some((user, password)))
+                if !self.basic.is_remembered(&user, &password))
+    }
+
+    /// [`admit`](Self::admit) for a route: a bcrypt verification runs on a blocking thread
+    /// (at most [`BCRYPT_AT_ONCE`] at a time), and a refusal is the response to send.
+    /// `peer` is the request's `ConnectInfo` ([`peer_of`]).
+    pub(crate) async fn check(
+        &self,
+        peer: Option<SocketAddr>,
+        headers: &HeaderMap,
+    ) -> Result<(), Response> {
+        static BCRYPT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(BCRYPT_AT_ONCE);
+        let decision = if self.needs_bcrypt(headers) {
+            let _permit = BCRYPT.acquire().await;
+            let (guard, headers) = (self.clone(), headers.clone());
+            tokio::task::spawn_blocking(move || guard.admit(peer, &headers))
+                .await
+                .unwrap_or(Err(Refusal::NotAllowed))
+        } else {
+            self.admit(peer, headers)
+        };
+        decision.map_err(|refusal| self.refuse(refusal))
+    }
+
+    /// The refusal as a JSON response, with the challenges of what would admit.
+    fn refuse(&self, refusal: Refusal) -> Response {
+        let kind = if refusal.status() == StatusCode::FORBIDDEN {
+            "forbidden"
+        } else {
+            "unauthorized"
+        };
+        let mut response = (
+            refusal.status(),
+            Json(serde_json::json!({ "error": { "type": kind, "message": refusal.reason() } })),
+        )
+            .into_response();
+        if refusal.status() == StatusCode::UNAUTHORIZED {
+            let h = response.headers_mut();
+            if self.token.get().is_some() {
+                h.append(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static(refusal.bearer_challenge()),
+                );
+            }
+            if self.basic.is_configured() {
+                h.append(WWW_AUTHENTICATE, HeaderValue::from_static(BASIC_CHALLENGE));
+            }
+        }
+        response
     }
 
     /// The client's address: the socket peer, or, behind a trusted proxy, what that proxy
@@ -171,6 +262,14 @@ impl Guard {
                 .any(|t| t.to_canonical() == *hop)
         })
     }
+}
+
+/// The socket peer the server put into the request, if any.
+pub(crate) fn peer_of(request: &Request) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
 }
 
 /// Whether `Accept-Encoding` admits gzip (`gzip`, `x-gzip` or `*`, with a q above 0).
@@ -287,28 +386,9 @@ where
 }
 
 async fn scrape(State(state): State<Arc<ScrapeState>>, request: Request) -> Response {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
     let headers = request.headers();
-    if let Err(refusal) = state.guard.admit(peer, headers) {
-        let kind = if refusal.status() == StatusCode::FORBIDDEN {
-            "forbidden"
-        } else {
-            "unauthorized"
-        };
-        let mut response = (
-            refusal.status(),
-            Json(serde_json::json!({ "error": { "type": kind, "message": refusal.reason() } })),
-        )
-            .into_response();
-        if let Some(challenge) = refusal.challenge() {
-            response
-                .headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
-        }
-        return response;
+    if let Err(refused) = state.guard.check(peer_of(&request), headers).await {
+        return refused;
     }
     let gzip = accepts_gzip(headers);
     let format = Format::negotiate(headers);
@@ -664,6 +744,81 @@ mod tests {
             assert!(!String::from_utf8_lossy(&body).contains("s3cret"));
             assert!(!String::from_utf8_lossy(&body).contains("codex_"));
         }
+    }
+
+    fn basic_header(user: &str, password: &str) -> String {
+        use base64::Engine as _;
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        format!("Basic {encoded}")
+    }
+
+    fn basic_config(token: &str) -> MetricsConfig {
+        let mut c = config(token, false, false);
+        c.basic_auth_users = [("alice".to_string(), bcrypt::hash("pa55", 4).unwrap())].into();
+        c
+    }
+
+    #[tokio::test]
+    async fn basic_auth_admits_its_user_and_challenges_everyone_else_with_basic() {
+        for token in ["", "s3cret"] {
+            let (_, app) = app(&basic_config(token));
+            let right = basic_header("alice", "pa55");
+            for _ in 0..2 {
+                // The second time from the memory of verified credentials.
+                let response = app
+                    .clone()
+                    .oneshot(scrape_request(REMOTE, &[("authorization", &right)]))
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::OK, "token {token:?}");
+            }
+            let wrong = basic_header("alice", "nope");
+            let stranger = basic_header("mallory", "pa55");
+            for extra in [
+                &[][..],
+                &[("authorization", wrong.as_str())][..],
+                &[("authorization", stranger.as_str())][..],
+                &[("authorization", "Basic !!")][..],
+            ] {
+                let response = app
+                    .clone()
+                    .oneshot(scrape_request(REMOTE, extra))
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{extra:?}");
+                let challenges: Vec<_> = response
+                    .headers()
+                    .get_all(WWW_AUTHENTICATE)
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .collect();
+                assert!(
+                    challenges.iter().any(|c| c.starts_with("Basic realm=")),
+                    "{challenges:?}"
+                );
+                assert_eq!(
+                    challenges.iter().any(|c| c.starts_with("Bearer")),
+                    !token.is_empty(),
+                    "{challenges:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_wrong_password_is_told_apart_from_no_credentials() {
+        let g = Guard::new(&basic_config(""));
+        assert_eq!(
+            g.admit(peer(REMOTE), &HeaderMap::new()),
+            Err(Refusal::NoCredentials)
+        );
+        let h = headers(&[("authorization", &basic_header("alice", "x"))]);
+        assert_eq!(g.admit(peer(REMOTE), &h), Err(Refusal::WrongPassword));
+        // The bearer token still admits beside the users.
+        let g = Guard::new(&basic_config("s3cret"));
+        let h = headers(&[("authorization", "Bearer s3cret")]);
+        assert_eq!(g.admit(peer(REMOTE), &h), Ok(()));
     }
 
     #[tokio::test]
