@@ -29,6 +29,8 @@ pub enum ServeError {
     Http(std::io::Error),
     #[error(transparent)]
     Push(#[from] PushError),
+    #[error("invalid config key `{key}`: {message}")]
+    Tls { key: &'static str, message: String },
 }
 
 /// Runs the proxy until a shutdown signal.
@@ -39,7 +41,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
-    tracing::info!("listening on {addr}");
+    tracing::info!(
+        "listening on {addr}{}",
+        if config.server.tls.is_some() {
+            " (TLS)"
+        } else {
+            ""
+        }
+    );
 
     let port = listener.local_addr().map_or(addr.port(), |a| a.port());
     let instance = default_instance(port);
@@ -79,12 +88,20 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         secrets.metrics_token.clone(),
     );
 
+    let tls = match &config.server.tls {
+        Some(tls) => Some(crate::tls::Tls::start(tls).map_err(|e| ServeError::Tls {
+            key: e.key,
+            message: e.message,
+        })?),
+        None => None,
+    };
     let (stop_accepting, stopped) = oneshot::channel::<()>();
-    let server = crate::server::serve(
+    let server = crate::server::serve_with_tls(
         listener,
         app,
         crate::server::Limits::from_config(&config.server),
         metrics.connections.clone(),
+        tls,
         async {
             let _ = stopped.await;
         },

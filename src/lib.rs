@@ -23,4 +23,5 @@ pub mod proxy;
 pub mod push;
 pub(crate) mod secrets;
 pub(crate) mod server;
+pub(crate) mod tls;
 pub mod worker;

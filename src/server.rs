@@ -15,6 +15,10 @@
 //! `header_read_timeout` is not used because its clock also runs while a kept-alive
 //! connection is idle, which would make the two timeouts one.
 //!
+//! With `[server.tls]` each accepted connection first completes a TLS handshake (within
+//! `header_read_timeout`) and is then served the same way; a client that does not speak
+//! TLS fails the handshake and is closed, so plain HTTP on that port gets nothing.
+//!
 //! Shutdown: the listener closes, every connection finishes its request in progress and
 //! closes, and [`serve`] returns when the last one has (the caller bounds the wait).
 
@@ -34,7 +38,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tower::Service;
@@ -70,11 +74,31 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Serves `service` on `listener` until `shutdown` completes, then until every connection
 /// has finished. Each request carries its peer as `ConnectInfo<SocketAddr>`; open and
 /// refused connections are counted in `metrics`.
+#[cfg(test)]
 pub(crate) async fn serve<S>(
     listener: TcpListener,
     service: S,
     limits: Limits,
     metrics: ConnectionMetrics,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    serve_with_tls(listener, service, limits, metrics, None, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given.
+pub(crate) async fn serve_with_tls<S>(
+    listener: TcpListener,
+    service: S,
+    limits: Limits,
+    metrics: ConnectionMetrics,
+    tls: Option<crate::tls::Tls>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()>
 where
@@ -136,8 +160,25 @@ where
         let stopped = stopped.clone();
         let open = metrics.opened();
         let metrics = metrics.clone();
+        let acceptor = tls.as_ref().map(crate::tls::Tls::acceptor);
         tokio::spawn(async move {
-            serve_connection(stream, peer, service, limits, &metrics, stopped).await;
+            match acceptor {
+                None => serve_connection(stream, peer, service, limits, &metrics, stopped).await,
+                Some(acceptor) => {
+                    // The handshake is part of the request head's time.
+                    let handshake =
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, peer, service, limits, &metrics, stopped).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => {
+                            tracing::debug!(%peer, "no TLS handshake within server.header_read_timeout")
+                        }
+                    }
+                }
+            }
             drop(open);
             drop(permit);
         });
@@ -160,14 +201,15 @@ fn is_per_connection(e: &io::Error) -> bool {
     )
 }
 
-async fn serve_connection<S>(
-    stream: TcpStream,
+async fn serve_connection<S, T>(
+    stream: T,
     peer: SocketAddr,
     service: S,
     limits: Limits,
     metrics: &ConnectionMetrics,
     mut stopped: watch::Receiver<bool>,
 ) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
@@ -367,14 +409,15 @@ impl http_body::Body for Tracked {
     }
 }
 
-/// The socket, telling the connection's [`Activity`] when bytes arrive.
+/// The socket (or the TLS stream over it), telling the connection's [`Activity`] when
+/// bytes arrive.
 #[derive(Debug)]
-struct Watched {
-    inner: TcpStream,
+struct Watched<T> {
+    inner: T,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -389,7 +432,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -425,6 +468,7 @@ mod tests {
     use axum::routing::get;
     use axum::Router;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     fn limits(header: u64, idle: u64, max: u32) -> Limits {
         Limits {

@@ -29,8 +29,8 @@ pub use destinations::{
     RemoteWriteConfig, RemoteWriteProtocol,
 };
 pub use schema::{
-    LogConfig, LogFormat, MaintenanceConfig, MetricsConfig, OnFull, ServerConfig, StreamsConfig,
-    WorkerConfig,
+    ClientAuth, LogConfig, LogFormat, MaintenanceConfig, MetricsConfig, OnFull, ServerConfig,
+    StreamsConfig, TlsServerConfig, WorkerConfig,
 };
 pub use units::{ByteSize, HumanDuration};
 

@@ -62,6 +62,43 @@ pub struct ServerConfig {
     /// is kept, and budgets start from zero at every start (with a warning).
     #[serde(default)]
     pub state_dir: PathBuf,
+    /// Serve HTTPS instead of HTTP on `listen` (then plain HTTP there is refused).
+    #[serde(default)]
+    pub tls: Option<TlsServerConfig>,
+}
+
+/// `[server.tls]`: exporter-toolkit's `tls_server_config`, in rustls. TLS 1.2 at least.
+/// The files are read again when they change; new connections get the new ones.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsServerConfig {
+    /// The server's certificate chain (PEM), leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to; needed by
+    /// `client_auth = "request"` and `"require"`.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Whether clients present a certificate.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+/// `server.tls.client_auth`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No client certificate is asked for.
+    #[default]
+    None,
+    /// One is asked for; a client without one is admitted, one with a certificate that
+    /// does not chain to `client_ca_file` is refused (exporter-toolkit's
+    /// `VerifyClientCertIfGiven`).
+    Request,
+    /// A certificate chaining to `client_ca_file` is required
+    /// (`RequireAndVerifyClientCert`).
+    Require,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

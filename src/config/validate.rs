@@ -40,6 +40,14 @@ impl Config {
             "server.idle_timeout",
             self.server.idle_timeout.0.as_millis() as u64,
         )?;
+        if let Some(tls) = &self.server.tls {
+            if tls.client_auth != super::ClientAuth::None && tls.client_ca_file.is_none() {
+                return Err(ConfigError::invalid(
+                    "server.tls.client_ca_file",
+                    "client_auth request or require needs the CA that client certificates chain to",
+                ));
+            }
+        }
         for (inline_key, inline, file_key, file) in self.secret_sources() {
             if !inline.is_empty() && file.is_some() {
                 return Err(ConfigError::invalid(
@@ -190,8 +198,14 @@ impl Config {
     }
 
     /// Reads every configured secret file once, so that a missing, unreadable or empty
-    /// one stops start-up (exit 2) naming its key; the contents are never shown.
+    /// one stops start-up (exit 2) naming its key; the contents are never shown. The TLS
+    /// files are loaded as the server would.
     pub(crate) fn check_secret_files(&self) -> Result<(), ConfigError> {
+        if let Some(tls) = &self.server.tls {
+            crate::tls::TlsFiles::new(tls)
+                .load()
+                .map_err(|e| ConfigError::invalid(e.key, e.message))?;
+        }
         for (_, _, file_key, file) in self.secret_sources() {
             if let Some(path) = file {
                 crate::secrets::read_secret_file(path)

@@ -5,6 +5,7 @@
 //! missing server binary fails the test; without it the test prints why and returns.
 #![allow(dead_code)]
 
+pub mod pki;
 pub mod scrape;
 
 use std::future::Future;
