@@ -79,7 +79,16 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         AppState::new(config.clone(), worker.clone(), metrics.clone()).with_push(pushers.handle());
     let secrets = state.secrets.clone();
     secrets.watch();
-    let (router, templates) = proxy::router(state);
+    let (router, mut templates) = proxy::router(state.clone());
+    let router = if config.status.enabled {
+        templates.extend(crate::status::PATHS);
+        let listen = listener.local_addr().unwrap_or(addr);
+        router.merge(crate::status::routes(crate::status::Status::start(
+            state, listen, &instance,
+        )))
+    } else {
+        router
+    };
     let app = crate::metrics::attach(
         router,
         templates,

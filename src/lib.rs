@@ -23,5 +23,6 @@ pub mod proxy;
 pub mod push;
 pub(crate) mod secrets;
 pub(crate) mod server;
+pub mod status;
 pub(crate) mod tls;
 pub mod worker;

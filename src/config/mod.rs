@@ -30,7 +30,7 @@ pub use destinations::{
 };
 pub use schema::{
     ClientAuth, LogConfig, LogFormat, MaintenanceConfig, MetricsConfig, OnFull, ServerConfig,
-    StreamsConfig, TlsServerConfig, WorkerConfig,
+    StatusConfig, StreamsConfig, TlsServerConfig, WorkerConfig,
 };
 pub use units::{ByteSize, HumanDuration};
 
@@ -83,6 +83,11 @@ pub struct Config {
     /// Spending limits per key name.
     #[serde(default)]
     pub budgets: Vec<BudgetConfig>,
+    #[serde(default)]
+    pub status: StatusConfig,
+    /// The file this was read from (shown on `/status`); not a key.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 schema::default_from_empty_table!(Config);
@@ -99,7 +104,9 @@ impl Config {
                     path: path.to_path_buf(),
                     source,
                 })?;
-                Config::parse(&text)?
+                let mut config = Config::parse(&text)?;
+                config.source = Some(path.to_path_buf());
+                config
             }
             None => Config::default(),
         };

@@ -254,6 +254,15 @@ pub struct MetricsConfig {
     pub summary_window: HumanDuration,
 }
 
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusConfig {
+    /// Serve `GET /status` (HTML) and `GET /status.json`, behind the guard of
+    /// `/metrics`; when false the routes do not exist (404).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
 /// `Default` for a section = the section parsed from an empty table, so that the field
 /// attributes stay the single source of each default.
 macro_rules! default_from_empty_table {
@@ -276,7 +285,8 @@ default_from_empty_table!(
     StreamsConfig,
     MaintenanceConfig,
     MetricsConfig,
-    LogConfig
+    LogConfig,
+    StatusConfig
 );
 
 // Default values, named so that the attribute reads as the value: `num::<u64, 500>` is the

@@ -56,13 +56,38 @@ pub enum PushError {
     Config { key: String, message: String },
 }
 
-/// One destination's state, for `/healthz`.
+/// Consecutive failed requests after which a destination is `failing` rather than
+/// `retrying`.
+pub const FAILING_AFTER: u32 = 3;
+
+/// Longest last error kept, in bytes.
+pub const LAST_ERROR_MAX: usize = 512;
+
+/// One destination's state, for `/healthz` and `/status` (docs/status.md).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DestinationStatus {
     /// The configured name, or `<kind>[<index>]`.
     pub destination: String,
     /// `remote_write` or `pushgateway`.
     pub kind: &'static str,
+    /// The URL's scheme, host, port and path: never its credentials or query.
+    pub url: String,
+    /// `ok`, `retrying` (the last requests failed, fewer than [`FAILING_AFTER`]),
+    /// `failing` (at least that many in a row) or `degraded` (delivering, but a durable
+    /// queue fell back to memory).
+    pub state: &'static str,
+    /// Failed requests since the last success.
+    pub consecutive_failures: u32,
+    /// The last failure, sanitised (no URL credentials, no control characters) and at
+    /// most [`LAST_ERROR_MAX`] bytes; kept after a success, as history.
+    pub last_error: Option<String>,
+    pub last_error_unix_seconds: Option<i64>,
+    /// Samples accepted by the destination since start (`codex_push_samples_sent_total`).
+    pub samples_sent: u64,
+    /// Samples given up on since start, by reason (`codex_push_samples_dropped_total`).
+    pub samples_dropped: std::collections::BTreeMap<&'static str, u64>,
+    /// A backlog found in the durable queue at start, while it is being sent.
+    pub backlog_replay: Option<Replay>,
     pub queued_requests: u64,
     pub queued_bytes: u64,
     /// Unix time of the oldest sample still queued, if any.
@@ -84,11 +109,30 @@ pub struct DestinationStatus {
     pub backlog_age_seconds: Option<i64>,
 }
 
+/// Progress of a backlog replay: requests delivered of those found at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Replay {
+    pub done: u64,
+    pub total: u64,
+}
+
 impl DestinationStatus {
-    pub(crate) fn new(destination: &str, kind: &'static str) -> DestinationStatus {
+    pub(crate) fn new(
+        destination: &str,
+        kind: &'static str,
+        url: &reqwest::Url,
+    ) -> DestinationStatus {
         DestinationStatus {
             destination: destination.to_string(),
             kind,
+            url: display_url(url),
+            state: "ok",
+            consecutive_failures: 0,
+            last_error: None,
+            last_error_unix_seconds: None,
+            samples_sent: 0,
+            samples_dropped: Default::default(),
+            backlog_replay: None,
             queued_requests: 0,
             queued_bytes: 0,
             oldest_queued_sample_unix_seconds: None,
@@ -101,6 +145,69 @@ impl DestinationStatus {
             backlog_age_seconds: None,
         }
     }
+}
+
+/// `state` from the other fields.
+fn state_of(s: &DestinationStatus) -> &'static str {
+    if s.consecutive_failures >= FAILING_AFTER {
+        "failing"
+    } else if s.consecutive_failures > 0 {
+        "retrying"
+    } else if s.queue_degraded {
+        "degraded"
+    } else {
+        "ok"
+    }
+}
+
+/// Records a failed request in `status`: `error` sanitised and bounded.
+pub(crate) fn record_failure(
+    status: &watch::Sender<DestinationStatus>,
+    url: &reqwest::Url,
+    error: &str,
+) {
+    let error = sanitise(error, url);
+    status.send_modify(|s| {
+        s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+        s.last_error = Some(error);
+        s.last_error_unix_seconds = Some(chrono::Utc::now().timestamp());
+    });
+}
+
+/// Records an accepted request in `status`.
+pub(crate) fn record_success(status: &watch::Sender<DestinationStatus>) {
+    status.send_modify(|s| {
+        s.consecutive_failures = 0;
+        s.last_success_unix_seconds = Some(chrono::Utc::now().timestamp());
+    });
+}
+
+/// The URL as it may be shown: scheme, host, port, path.
+pub(crate) fn display_url(url: &reqwest::Url) -> String {
+    let mut shown = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+    if let Some(port) = url.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    shown.push_str(url.path());
+    shown
+}
+
+/// `text` fit to be shown: the URL with credentials or query replaced by its displayable
+/// form, control characters as blanks, at most [`LAST_ERROR_MAX`] bytes.
+pub(crate) fn sanitise(text: &str, url: &reqwest::Url) -> String {
+    let mut text = text.replace(url.as_str(), &display_url(url));
+    if let Some(password) = url.password().filter(|p| !p.is_empty()) {
+        text = text.replace(password, "***");
+    }
+    let mut out = String::with_capacity(text.len().min(LAST_ERROR_MAX));
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > LAST_ERROR_MAX {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// A destination's name in labels and logs: the configured one, else `<kind>[<index>]`
@@ -122,6 +229,8 @@ pub(crate) struct Context {
 /// A running destination loop.
 pub(crate) struct Started {
     pub(crate) status: watch::Receiver<DestinationStatus>,
+    /// Its sample counters, read into the status when it is asked for.
+    pub(crate) counters: self_metrics::SampleCounters,
     pub(crate) task: JoinHandle<()>,
 }
 
@@ -138,7 +247,12 @@ pub struct Pushers {
 #[derive(Debug, Clone)]
 pub struct PushersHandle {
     ready: watch::Sender<bool>,
-    statuses: Arc<[watch::Receiver<DestinationStatus>]>,
+    statuses: Arc<
+        [(
+            watch::Receiver<DestinationStatus>,
+            self_metrics::SampleCounters,
+        )],
+    >,
 }
 
 impl PushersHandle {
@@ -155,7 +269,16 @@ impl PushersHandle {
 
     /// Queue depth and last success of every destination, in configuration order.
     pub fn status(&self) -> Vec<DestinationStatus> {
-        self.statuses.iter().map(|s| s.borrow().clone()).collect()
+        self.statuses
+            .iter()
+            .map(|(status, counters)| {
+                let mut s = status.borrow().clone();
+                s.state = state_of(&s);
+                s.samples_sent = counters.sent();
+                s.samples_dropped = counters.dropped();
+                s
+            })
+            .collect()
     }
 }
 
@@ -195,8 +318,10 @@ impl Pushers {
             }
             return Err(e);
         }
-        let (tasks, statuses): (Vec<_>, Vec<_>) =
-            started.into_iter().map(|s| (s.task, s.status)).unzip();
+        let (tasks, statuses): (Vec<_>, Vec<_>) = started
+            .into_iter()
+            .map(|s| (s.task, (s.status, s.counters)))
+            .unzip();
         Ok(Pushers {
             tasks,
             handle: PushersHandle {
@@ -235,5 +360,38 @@ impl Drop for Pushers {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    #[test]
+    fn a_shown_url_and_error_carry_no_credentials_or_query_and_are_bounded() {
+        let url = reqwest::Url::parse("https://user:s3cret@rw.example:8443/api/v1/write?token=t0k")
+            .unwrap();
+        assert_eq!(display_url(&url), "https://rw.example:8443/api/v1/write");
+        let shown = sanitise(&format!("error sending to {url}: s3cret\nline two"), &url);
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("t0k"),
+            "{shown}"
+        );
+        assert!(!shown.contains('\n'), "{shown}");
+        let long = sanitise(&"é".repeat(400), &url);
+        assert!(long.len() <= LAST_ERROR_MAX && long.len() >= LAST_ERROR_MAX - 1);
+    }
+
+    #[test]
+    fn the_state_follows_failures_then_the_queue() {
+        let url = reqwest::Url::parse("http://x/").unwrap();
+        let mut s = DestinationStatus::new("d", "remote_write", &url);
+        assert_eq!(state_of(&s), "ok");
+        s.queue_degraded = true;
+        assert_eq!(state_of(&s), "degraded");
+        s.consecutive_failures = 1;
+        assert_eq!(state_of(&s), "retrying");
+        s.consecutive_failures = FAILING_AFTER;
+        assert_eq!(state_of(&s), "failing");
     }
 }

@@ -204,7 +204,37 @@ impl PushMetrics {
     }
 }
 
+/// A destination's sample counters, for its status: the counters are the one record of
+/// what was sent and dropped.
+#[derive(Debug, Clone)]
+pub(crate) struct SampleCounters {
+    sent: IntCounter,
+    dropped: Vec<IntCounter>,
+}
+
+impl SampleCounters {
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent.get()
+    }
+
+    /// Samples dropped, by reason (every reason, 0 included).
+    pub(crate) fn dropped(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        DROP_REASONS
+            .iter()
+            .zip(&self.dropped)
+            .map(|(reason, c)| (*reason, c.get()))
+            .collect()
+    }
+}
+
 impl DestinationMetrics {
+    pub(crate) fn counters(&self) -> SampleCounters {
+        SampleCounters {
+            sent: self.samples_sent.clone(),
+            dropped: self.samples_dropped.clone(),
+        }
+    }
+
     pub(crate) fn request(&self, outcome: Outcome) {
         self.requests[outcome as usize].inc();
     }

@@ -126,10 +126,14 @@ pub(crate) fn start(
             e.to_string(),
         )
     })?;
-    let (status, status_rx) = watch::channel(DestinationStatus::new(&name, KIND));
+    let url = config.destination.url.as_url().clone();
+    let (status, status_rx) = watch::channel(DestinationStatus::new(&name, KIND, &url));
+    let metrics = ctx.metrics.destination(&name, KIND);
+    let counters = metrics.counters();
     let dest = Destination {
-        metrics: ctx.metrics.destination(&name, KIND),
+        metrics,
         name,
+        url,
         gateway: Arc::new(gateway),
         method: config.method,
         delete_on_shutdown: config.delete_on_shutdown,
@@ -144,12 +148,14 @@ pub(crate) fn start(
     ));
     Ok(Started {
         status: status_rx,
+        counters,
         task,
     })
 }
 
 struct Destination {
     name: String,
+    url: reqwest::Url,
     gateway: Arc<Pushgateway>,
     method: PushMethod,
     delete_on_shutdown: bool,
@@ -293,14 +299,13 @@ impl Destination {
             Ok(()) => {
                 self.metrics.request(Outcome::Success);
                 self.metrics.sent(samples);
-                self.status.send_modify(|s| {
-                    s.last_success_unix_seconds = Some(chrono::Utc::now().timestamp())
-                });
+                crate::push::record_success(&self.status);
             }
             Err(e) => {
                 if let Some(outcome) = e.outcome() {
                     self.metrics.request(outcome);
                 }
+                crate::push::record_failure(&self.status, &self.url, &e.to_string());
             }
         }
     }

@@ -100,11 +100,20 @@ pub(crate) fn start(
     );
     let initial = queue.stats();
     metrics.queue(&initial, chrono::Utc::now().timestamp_millis());
+    let replayed = metrics.replayed_requests.get();
     let (status, status_rx) = watch::channel(DestinationStatus {
-        replayed_requests: metrics.replayed_requests.get(),
+        replayed_requests: replayed,
         protocol: Some(negotiation.current().as_str()),
-        ..DestinationStatus::new(&name, KIND)
+        backlog_replay: (replayed > 0).then_some(super::Replay {
+            done: 0,
+            total: replayed,
+        }),
+        ..DestinationStatus::new(&name, KIND, config.destination.url.as_url())
     });
+    if replayed > 0 {
+        tokio::spawn(log_replay(name.clone(), status_rx.clone()));
+    }
+    let counters = metrics.counters();
     let dest = Arc::new(Destination {
         name,
         url: config.destination.url.as_url().clone(),
@@ -147,8 +156,37 @@ pub(crate) fn start(
     });
     Ok(Started {
         status: status_rx,
+        counters,
         task,
     })
+}
+
+/// How often the progress of a backlog replay is logged.
+const REPLAY_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Logs a backlog replay's progress every [`REPLAY_LOG_EVERY`] until it is done (or the
+/// destination is gone).
+async fn log_replay(name: String, status: watch::Receiver<DestinationStatus>) {
+    let mut tick = tokio::time::interval(REPLAY_LOG_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if status.has_changed().is_err() {
+            return;
+        }
+        let Some(replay) = status.borrow().backlog_replay else {
+            tracing::info!(destination = %name, "backlog replayed");
+            return;
+        };
+        tracing::info!(
+            destination = %name,
+            done = replay.done,
+            total = replay.total,
+            "replaying the backlog found at start: {} of {} requests delivered",
+            replay.done,
+            replay.total
+        );
+    }
 }
 
 /// For `check-config`: the protocol each `[[remote_write]]` would make its requests in now,
@@ -281,6 +319,20 @@ impl Destination {
                 .oldest_timestamp_ms
                 .map(|ms| (now_ms - ms).max(0).div_euclid(1000));
             s.queue_degraded = stats.degraded;
+        });
+    }
+
+    /// `acks` more requests delivered, in queue order: the first ones are the backlog.
+    fn acknowledged(&self, acks: usize) {
+        self.status.send_if_modified(|s| {
+            let Some(replay) = &mut s.backlog_replay else {
+                return false;
+            };
+            replay.done = (replay.done + acks as u64).min(replay.total);
+            if replay.done == replay.total {
+                s.backlog_replay = None;
+            }
+            true
         });
     }
 
@@ -432,6 +484,7 @@ async fn attempt(dest: &Destination, batch: &Batch) -> Verdict {
             };
             dest.metrics.request(outcome);
             let error = error_chain(e);
+            super::record_failure(&dest.status, &dest.url, &error);
             tracing::warn!(destination = %dest.name, outcome = outcome.as_str(), %error, "push failed; will retry");
             return Verdict::Retry {
                 after: None,
@@ -486,6 +539,11 @@ async fn attempt(dest: &Destination, batch: &Batch) -> Verdict {
         (Outcome::Http4xx, Verdict::Drop(DropReason::Rejected))
     };
     dest.metrics.request(outcome);
+    super::record_failure(
+        &dest.status,
+        &dest.url,
+        &format!("HTTP {}: {message}", status.as_u16()),
+    );
     match verdict {
         Verdict::Drop(_) => {
             tracing::warn!(destination = %dest.name, status = status.as_u16(), samples = batch.samples, receiver_says = %message, "push rejected; request dropped");

@@ -558,6 +558,9 @@ pub(super) async fn send(dest: Arc<Destination>, limits: Limits, mut shutdown: S
     let mut more = true;
     loop {
         let plan = window.sync();
+        if plan.acks > 0 {
+            dest.acknowledged(plan.acks);
+        }
         if plan.acks > 0 || (more && plan.batches > 0) {
             let want = if more {
                 plan
@@ -638,9 +641,7 @@ pub(super) async fn send(dest: Arc<Destination>, limits: Limits, mut shutdown: S
                             tracing::info!(destination = %dest.name, "delivered after retrying");
                         }
                         dest.metrics.sent(answered.samples);
-                        dest.status.send_modify(|s| {
-                            s.last_success_unix_seconds = Some(chrono::Utc::now().timestamp())
-                        });
+                        crate::push::record_success(&dest.status);
                     }
                     Verdict::Drop(reason) => dest.metrics.dropped(reason, answered.samples),
                     Verdict::Retry { .. } => {}
