@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use codex_proxy::cli::{self, PushArgs};
+use codex_proxy::cli::{self, PushArgs, StatusArgs};
 use codex_proxy::config::{Config, HumanDuration, LogFormat};
 
 #[derive(Parser)]
@@ -44,6 +44,9 @@ enum Command {
         #[arg(long, default_value = "5s")]
         timeout: HumanDuration,
     },
+    /// Show the proxy's /status.json as a table: exit 0 when all is well, 1 when the
+    /// worker is down or a push destination is failing, 2 when the proxy cannot be asked.
+    Status(StatusArgs),
     /// Run the built-in demo app-server worker on stdin/stdout.
     DemoWorker,
     /// Validate a text-format exposition (FILE, or stdin) and push it once to a Pushgateway,
@@ -99,6 +102,18 @@ fn main() -> ExitCode {
                 },
             };
             cli::healthcheck(&url, timeout.0)
+        }
+        Command::Status(args) => {
+            let url = match &args.url {
+                Some(url) => url.clone(),
+                None => match load(cli.config) {
+                    Ok(c) => {
+                        cli::local_url(c.server.listen, c.server.tls.is_some(), "/status.json")
+                    }
+                    Err(code) => return code,
+                },
+            };
+            cli::status(&args, &url)
         }
         Command::DemoWorker => run_demo_worker(),
         Command::Push(args) => cli::push(args),

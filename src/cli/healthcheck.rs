@@ -14,12 +14,19 @@ use crate::push::http::{error_chain, HttpClient, HttpSettings};
 /// `/readyz` of a server listening on `listen`; an unspecified address (`0.0.0.0`, `::`)
 /// is asked on loopback, where it answers too.
 pub fn readyz_url(listen: SocketAddr) -> String {
+    local_url(listen, false, "/readyz")
+}
+
+/// `path` on a server listening on `listen` (loopback for an unspecified address), over
+/// https when `tls`.
+pub fn local_url(listen: SocketAddr, tls: bool, path: &str) -> String {
     let ip = match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    format!("http://{}/readyz", SocketAddr::new(ip, listen.port()))
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}{path}", SocketAddr::new(ip, listen.port()))
 }
 
 /// GETs `url`: exit 0 on 200, 1 on any other answer or none within `timeout`, 2 when the

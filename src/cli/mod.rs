@@ -3,8 +3,10 @@
 
 mod healthcheck;
 mod push_once;
+mod status;
 
-pub use healthcheck::{healthcheck, readyz_url};
+pub use healthcheck::{healthcheck, local_url, readyz_url};
+pub use status::{status, StatusArgs};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
