@@ -13,6 +13,12 @@ command -v prometheus-pushgateway >/dev/null || need_apt+=(prometheus-pushgatewa
 command -v victoria-metrics >/dev/null || need_apt+=(victoria-metrics)
 # openssl: tests/push_tls.rs makes its CA, server and client certificates with it.
 command -v openssl >/dev/null || need_apt+=(openssl)
+# chromium: tests/status_page.rs loads /status in a real headless browser.
+command -v chromium >/dev/null || need_apt+=(chromium)
+# apache2-utils: htpasswd makes the bcrypt hashes of basic_auth_users in tests.
+command -v htpasswd >/dev/null || need_apt+=(apache2-utils)
+# curl: tests/server_tls.rs is the TLS client.
+command -v curl >/dev/null || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

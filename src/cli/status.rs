@@ -97,8 +97,14 @@ pub fn status(args: &StatusArgs, url: &str) -> ExitCode {
 }
 
 async fn fetch(args: &StatusArgs, mut url: reqwest::Url) -> Result<String, String> {
-    let user = url.username().to_string();
-    let password = url.password().map(str::to_string);
+    // URL userinfo is percent-encoded (`correct%20horse`).
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .to_string()
+    };
+    let user = decode(url.username());
+    let password = url.password().map(decode);
     let _ = url.set_username("");
     let _ = url.set_password(None);
     let settings = HttpSettings {
