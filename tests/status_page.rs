@@ -405,3 +405,50 @@ async fn basic_auth_users_admit_to_status_and_metrics_and_everyone_else_gets_a_b
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_found_at_start_shows_its_replay_progress_and_logs_it_every_five_seconds() {
+    let Some(mut prometheus) = start_prometheus("").await else {
+        return;
+    };
+    prometheus.stop().await;
+    let config = format!(
+        "[[remote_write]]\nname = \"prom\"\nurl = \"{}/api/v1/write\"\ninterval = \"1s\"\n\
+         queue_dir = \"queue\"\nmin_backoff = \"50ms\"\nmax_backoff = \"500ms\"\n",
+        prometheus.base
+    );
+    let first = Proxy::start(&config, &[]).await;
+    wait_until("a backlog of 3 requests", DEADLINE, || async {
+        let view = status_json(&first).await;
+        (destination(&view, "prom")["queued_requests"].as_u64() >= Some(3)).then_some(())
+    })
+    .await;
+    let mut proc = first.proc;
+    proc.signal(rustix::process::Signal::KILL);
+    proc.wait_exit(Duration::from_secs(10)).await;
+
+    let second = Proxy::start_in(first.dir, &config, &[]).await;
+    let view = status_json(&second).await;
+    let replay = &destination(&view, "prom")["backlog_replay"];
+    let total = replay["total"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no replay in {view}"));
+    assert!(total >= 3, "{replay}");
+    assert_eq!(
+        replay["done"], 0,
+        "nothing delivered while the receiver is down"
+    );
+    second
+        .wait_log(&format!(
+            "replaying the backlog found at start: 0 of {total} requests delivered"
+        ))
+        .await;
+
+    prometheus.start().await;
+    second.wait_log("backlog replayed").await;
+    let view = status_json(&second).await;
+    assert!(
+        destination(&view, "prom")["backlog_replay"].is_null(),
+        "{view}"
+    );
+}

@@ -362,6 +362,10 @@ fn chart(out: &mut String, title: &str, unit: &str, now: i64, points: &[Point], 
             TOP + plot_h / 2.0
         );
     }
+    // Path coordinates in tenths of a pixel, as integers: formatting thousands of floats
+    // was most of the page's CPU time (benches/status.rs).
+    let tenths = |v: f64| (v * 10.0).round() as i32;
+    out.push_str("<g transform=\"scale(0.1)\">");
     for s in series {
         let mut d = String::new();
         let mut pen_down = false;
@@ -372,31 +376,27 @@ fn chart(out: &mut String, title: &str, unit: &str, now: i64, points: &[Point], 
                 pen_down = false;
                 continue;
             }
-            let _ = write!(
-                d,
-                "{}{:.1} {:.1}",
-                if pen_down { "L" } else { "M" },
-                x(p.t),
-                y(v)
-            );
+            let (px, py) = (tenths(x(p.t)), tenths(y(v)));
+            let _ = write!(d, "{}{px} {py}", if pen_down { "L" } else { "M" });
             pen_down = true;
-            last = Some((x(p.t), y(v)));
+            last = Some((px, py));
         }
         if !d.is_empty() {
             let _ = write!(
                 out,
-                "<path class=\"line\" d=\"{d}\" stroke=\"{}\" stroke-width=\"1.5\" fill=\"none\"/>",
+                "<path class=\"line\" d=\"{d}\" stroke=\"{}\" stroke-width=\"15\" fill=\"none\"/>",
                 s.colour
             );
         }
         if let Some((cx, cy)) = last {
             let _ = write!(
                 out,
-                "<circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"2.5\" fill=\"{}\"/>",
+                "<circle cx=\"{cx}\" cy=\"{cy}\" r=\"25\" fill=\"{}\"/>",
                 s.colour
             );
         }
     }
+    out.push_str("</g>");
     out.push_str("</svg><div class=\"legend\">");
     for s in series {
         let latest = points

@@ -246,6 +246,11 @@ impl BenchPage {
         serde_json::to_string(&self.status.view()).unwrap_or_default()
     }
 
+    /// The registry the sampler reads.
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.status.app.metrics.clone()
+    }
+
     /// Bytes the history holds.
     pub fn history_bytes(&self) -> usize {
         self.status.history.memory_bytes()
