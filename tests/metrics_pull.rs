@@ -513,7 +513,9 @@ async fn a_known_mix_of_requests_shows_exact_counts_and_bounded_labels() {
                 "/readyz",
                 "/livez",
                 "/internal/maintenance",
-                "/metrics"
+                "/metrics",
+                "/status",
+                "/status.json"
             ]
             .contains(&l["route"].as_str()),
             "{name} {l:?}"
