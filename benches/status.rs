@@ -66,6 +66,7 @@ fn main() {
         category: None,
         started: now,
         ended: now + Duration::from_millis(420),
+        exemplar: None,
     };
     let plain = Metrics::new(&MetricsConfig::default()).unwrap();
     let sampled = page.metrics();

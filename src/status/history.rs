@@ -293,6 +293,7 @@ mod tests {
                 category: None,
                 started: now,
                 ended: now,
+                exemplar: None,
             });
         }
         history.record(1010, &metrics.snapshot(), &[]);
