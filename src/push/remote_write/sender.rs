@@ -21,8 +21,15 @@ enum Event {
     Timer,
 }
 
-/// The sender task.
-pub(super) async fn send(dest: Arc<Destination>, limits: Limits, mut shutdown: Shutdown) {
+/// The sender task. Its totals are logged when it stops, so that what a process sent can
+/// be compared with what a receiver holds after the process is gone (`scripts/bench/fleet.sh`).
+pub(super) async fn send(dest: Arc<Destination>, limits: Limits, shutdown: Shutdown) {
+    run(dest.clone(), limits, shutdown).await;
+    let (samples_sent, samples_dropped) = dest.metrics.totals();
+    tracing::info!(destination = %dest.name, samples_sent, samples_dropped, "remote-write sender stopped");
+}
+
+async fn run(dest: Arc<Destination>, limits: Limits, mut shutdown: Shutdown) {
     let mut window = Window::new(limits, dest.min_backoff, dest.max_backoff);
     let mut running: JoinSet<(u64, Verdict)> = JoinSet::new();
     // Whether the queue may hold batches not handed out yet.
