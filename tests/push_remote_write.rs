@@ -127,6 +127,11 @@ struct ReceiverState {
     /// Requests being answered now, and the most ever at once.
     open: AtomicUsize,
     max_open: AtomicUsize,
+    /// As Prometheus does: a request with a sample not newer than its series' newest
+    /// stored one is refused whole (400), and nothing of it stored.
+    strict: bool,
+    /// The newest stored timestamp of each series (`strict` only).
+    newest: Mutex<HashMap<Vec<(String, String)>, i64>>,
 }
 
 impl ReceiverState {
@@ -177,13 +182,29 @@ impl Receiver {
         Receiver::serve(Speaks::Both, script, delay).await
     }
 
+    /// A slow receiver that refuses what arrives out of order, as Prometheus does.
+    async fn start_strict(script: Vec<Reply>, delay: Duration) -> Receiver {
+        Receiver::with_state(ReceiverState {
+            script: Mutex::new(script.into()),
+            delay,
+            strict: true,
+            ..ReceiverState::default()
+        })
+        .await
+    }
+
     async fn serve(speaks: Speaks, script: Vec<Reply>, delay: Duration) -> Receiver {
-        let state = Arc::new(ReceiverState {
+        Receiver::with_state(ReceiverState {
             script: Mutex::new(script.into()),
             speaks,
             delay,
             ..ReceiverState::default()
-        });
+        })
+        .await
+    }
+
+    async fn with_state(state: ReceiverState) -> Receiver {
+        let state = Arc::new(state);
         let app = Router::new()
             .route("/api/v1/write", post(receive))
             .with_state(state.clone());
@@ -230,7 +251,7 @@ async fn receive(
         Ok(r) => r,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("undecodable: {e}")).into_response(),
     };
-    let series = request
+    let series: Vec<Series> = request
         .timeseries
         .into_iter()
         .flat_map(|ts| {
@@ -243,7 +264,23 @@ async fn receive(
             })
         })
         .collect();
-    let answer = state.next_answer();
+    let mut answer = state.next_answer();
+    if state.strict && answer.status == StatusCode::OK {
+        let mut newest = state.newest.lock().unwrap();
+        let in_order = series
+            .iter()
+            .try_fold(HashMap::new(), |mut seen, s: &Series| {
+                let last = seen.get(&s.labels).or(newest.get(&s.labels)).copied();
+                (last.is_none_or(|last| s.ts > last)).then(|| {
+                    seen.insert(s.labels.clone(), s.ts);
+                    seen
+                })
+            });
+        match in_order {
+            Some(seen) => newest.extend(seen),
+            None => answer = reply(400),
+        }
+    }
     state.record(headers, body, series, None, answer.status);
     if !state.delay.is_zero() {
         let open = state.open.fetch_add(1, Ordering::SeqCst) + 1;
@@ -1321,4 +1358,87 @@ async fn a_full_disk_falls_back_to_memory_loses_nothing_under_the_cap_and_return
         "snapshots with missing series: {partial:?}"
     );
     assert!(per_ts.len() as u64 > degraded_at + 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_drains_in_parallel_lanes_across_failures_and_a_series_change_losing_and_doubling_nothing(
+) {
+    // Down while the backlog builds; then up, answering some requests 503, 500 and 429.
+    let rx = Receiver::start_strict(vec![reply(503); 1_000_000], Duration::from_millis(20)).await;
+    let app = App::new();
+    let pushers = app.start(&destination(
+        &rx.url,
+        "interval = \"50ms\"\nmax_series_per_request = 16\nmax_in_flight = 4\nmin_backoff = \"20ms\"\nmax_backoff = \"40ms\"",
+    ));
+    pushers.handle().mark_ready();
+    wait_queued(&pushers, 200, "a backlog").await;
+    // A series that sorts before most others comes mid-backlog: every later one moves on.
+    app.requests.with_label_values(&["/v1/a", "gpt"]).inc();
+    let queued = pushers.handle().status()[0].queued_requests;
+    wait_queued(&pushers, queued + 200, "more backlog after the change").await;
+    let failures = [
+        503, 200, 500, 200, 200, 429, 200, 503, 200, 200, 500, 503, 200, 429,
+    ];
+    *rx.state.script.lock().unwrap() = failures.iter().map(|&s| reply(s)).collect();
+    wait_until("the backlog drained", WAIT, || async {
+        (pushers.handle().status()[0].queued_requests < 10).then_some(())
+    })
+    .await;
+    pushers.shutdown(Duration::from_secs(5)).await;
+
+    let log = rx.log();
+    assert!(
+        log.iter().all(|r| r.status != 400),
+        "the strict receiver refused a request out of order"
+    );
+    let ok: Vec<&Received> = log.iter().filter(|r| r.status == 200).collect();
+    assert!(
+        ok.iter().any(|r| {
+            let ts: std::collections::HashSet<i64> = r.series.iter().map(|s| s.ts).collect();
+            ts.len() > 1
+        }),
+        "snapshots were joined"
+    );
+    assert!(
+        rx.state.max_open.load(Ordering::SeqCst) >= 2,
+        "lanes in parallel"
+    );
+    // Nothing doubled: each (series, timestamp) stored once.
+    let mut stored = std::collections::HashSet::new();
+    for s in ok.iter().flat_map(|r| &r.series) {
+        assert!(stored.insert((s.labels.clone(), s.ts)), "{s:?} twice");
+    }
+    // Nothing lost: every snapshot whole, with the new series from its first one on.
+    let per_ts = complete_snapshots(&ok);
+    let is_new = |s: &Series| s.label("route") == Some("/v1/a");
+    let changed_at = ok
+        .iter()
+        .flat_map(|r| &r.series)
+        .filter(|s| is_new(s))
+        .map(|s| s.ts)
+        .min()
+        .unwrap();
+    let full_before = per_ts.range(..changed_at).map(|(_, &n)| n).max().unwrap();
+    let last_ts = *per_ts.keys().last().unwrap();
+    for (&ts, &n) in &per_ts {
+        let want = if ts < changed_at {
+            full_before
+        } else {
+            full_before + 1
+        };
+        assert!(
+            n == want || ts == last_ts,
+            "snapshot {ts}: {n} series of {want}"
+        );
+    }
+    let dest = [("destination", "remote_write[0]")];
+    assert_eq!(
+        app.self_metric("codex_push_samples_dropped_total", &dest),
+        0.0
+    );
+    assert_eq!(
+        app.self_metric("codex_push_samples_sent_total", &dest),
+        stored.len() as f64,
+        "the sent counter is what the receiver stored"
+    );
 }

@@ -14,6 +14,8 @@
 #    minutes old) while pushing live every second; the time until the receiver holds a
 #    sample newer than the start is measured, in intervals (VictoriaMetrics: read back with
 #    /api/v1/export, which its query caches do not delay).
+# 4. The same delay for VictoriaMetrics alone, fed by its own import API: a new series, then
+#    a newer sample of it (what VictoriaMetrics itself takes to make a sample readable).
 #
 #   scripts/bench/catch-up.sh [snapshots, default 600]
 #
@@ -188,7 +190,26 @@ for kind in vm prom; do
   stop_receiver
 done
 
-python3 - "$WORK/results" "$WORK/fresh" "$QUEUED" "$FED" "$SNAPSHOTS" <<'PY'
+# 4. VictoriaMetrics' own floor, without codex-proxy: one sample of a new series, then one
+#    more of the same series, written through its own import API into a fresh receiver; the
+#    time until /api/v1/export returns each (same flags as above).
+start_receiver vm
+: >"$WORK/floor"
+for what in new existing; do
+  ms=$(python3 -c 'import time; print(int(time.time() * 1000))')
+  curl -sf --data-binary "bench_floor{i=\"0\"} 1 $ms" "http://127.0.0.1:$RECV_PORT/api/v1/import/prometheus"
+  t0=$(date +%s.%N)
+  for _ in $(seq 1 600); do
+    v=$(curl -sf "http://127.0.0.1:$RECV_PORT/api/v1/export" --data-urlencode 'match[]=bench_floor{i="0"}' \
+        | python3 -c 'import json,sys; print(max([t for l in sys.stdin if l.strip() for t in json.loads(l)["timestamps"]] or [0]))' 2>/dev/null || echo 0)
+    [ "$v" -ge "$ms" ] && break
+    sleep 0.05
+  done
+  echo "$what $(python3 -c "print($(date +%s.%N) - $t0)")" >>"$WORK/floor"
+done
+stop_receiver
+
+python3 - "$WORK/results" "$WORK/fresh" "$QUEUED" "$FED" "$SNAPSHOTS" "$WORK/floor" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1])]
 fresh = [l.split() for l in open(sys.argv[2])]
@@ -208,4 +229,7 @@ for k in ("vm", "prom"):
 for k, newest, dropped in fresh:
     secs = "never" if newest == "none" else f"{float(newest) / 1000:.2f} s ({float(newest) / 1000:.1f} intervals of 1 s)"
     print(f"| {name[k]}, max_sample_age = 1m | newest sample queryable after {secs}; backlog dropped as too_old: {int(dropped):,} samples |")
+floor = dict(l.split() for l in open(sys.argv[6]))
+print(f"| VictoriaMetrics alone (its import API, no codex-proxy) | a new series readable after {float(floor['new']):.2f} s, "
+      f"a newer sample of it after {float(floor['existing']):.2f} s |")
 PY

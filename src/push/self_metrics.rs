@@ -259,6 +259,12 @@ impl DestinationMetrics {
         self.samples_dropped[reason as usize].inc_by(samples);
     }
 
+    /// Samples sent and dropped (every reason) so far.
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        let dropped = self.samples_dropped.iter().map(IntCounter::get).sum();
+        (self.samples_sent.get(), dropped)
+    }
+
     pub(crate) fn queue(&self, stats: &super::remote_write::queue::QueueStats, now_ms: i64) {
         self.queue_bytes.set(clamp_i64(stats.bytes));
         self.queue_requests.set(clamp_i64(stats.requests));

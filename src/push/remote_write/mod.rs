@@ -17,10 +17,12 @@
 
 pub mod encode;
 mod encode_v2;
+mod lanes;
 pub mod negotiate;
 pub mod proto;
 pub(crate) mod queue;
 mod requests;
+mod sender;
 pub mod series;
 mod snapshot_thread;
 mod staleness;
@@ -145,7 +147,7 @@ pub(crate) fn start(
         config.max_bytes_per_second.map(|b| b.0),
         config.max_queue_bytes.0,
     );
-    let sender = tokio::spawn(window::send(dest, limits, ctx.shutdown.clone()));
+    let sender = tokio::spawn(sender::send(dest, limits, ctx.shutdown.clone()));
     let task = tokio::spawn(async move {
         // Aborting this task (the pushers dropped without a shutdown) stops both at once,
         // so that the queue is closed as after a kill.

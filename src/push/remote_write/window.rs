@@ -1,24 +1,27 @@
-//! The sender of one destination: several requests in flight, per-series order kept.
+//! The window of one destination: several requests in flight, per-series order kept.
 //!
-//! The sender reads ahead from the queue into a window of batches (handed out: the queue
-//! keeps them until acknowledged, in order) and sends them as requests. Every batch holds
-//! samples of one snapshot, all at the snapshot's timestamp, and the batches of one snapshot
-//! hold disjoint series; that timestamp (the batch's `oldest_timestamp_ms`, kept in the disk
-//! record too) is what the order rule needs, so it survives a restart:
+//! The sender (`sender.rs`) reads ahead from the queue into a window of batches (handed
+//! out: the queue keeps them until acknowledged, in order) and sends them as the requests
+//! this window makes of them. Every batch holds samples of one snapshot, all at the
+//! snapshot's timestamp, and the batches of one snapshot hold disjoint series; that
+//! timestamp (the batch's `oldest_timestamp_ms`, kept in the disk record too) is what the
+//! order rule needs, so it survives a restart:
 //!
 //! - A request may go while earlier ones are unanswered only when it and all of them belong
-//!   to the same snapshot (disjoint series). Otherwise it waits until every earlier request
-//!   is answered: delivered, or deliberately dropped. A retry keeps its place; so no series
-//!   ever arrives at a receiver out of order, whatever fails and whatever is retried.
-//! - When nothing earlier is unanswered and a long backlog waits (`COALESCE_FROM`),
-//!   consecutive whole snapshots are coalesced into one request (up to
-//!   `MAX_COALESCED_SAMPLES` and `MAX_COALESCED_BYTES`): remote-write 1.0 bodies are protobuf with only repeated fields,
-//!   so the uncompressed bodies concatenate into one valid `WriteRequest` whose series carry
-//!   several samples in timestamp order. That is what drains a backlog of small snapshots
-//!   quickly through a receiver tens of milliseconds away: parallel requests cannot help
-//!   there, since each snapshot shares its series with the next.
+//!   to the same snapshot, or the same join (below): disjoint series. Otherwise it waits
+//!   until every earlier request is answered: delivered, or deliberately dropped. A retry
+//!   keeps its place; so no series ever arrives at a receiver out of order, whatever fails
+//!   and whatever is retried.
+//! - When nothing earlier is unanswered and a long backlog waits, consecutive whole
+//!   snapshots are joined (`lanes.rs`): cut into lanes of disjoint series, one request
+//!   each, all in flight at once, as long as every snapshot of the join has the same series
+//!   in the same order (a fingerprint checks it); joined whole into one request otherwise.
+//!   That is what drains a backlog of small snapshots quickly through a receiver tens of
+//!   milliseconds away: one snapshot per request would wait a round trip per snapshot,
+//!   since each shares its series with the next.
 //! - The in-flight limit starts at `max_in_flight`, halves on a 429 and grows back by one
-//!   per delivered request. `Retry-After` holds back every new request until it passes.
+//!   per delivered request; a join has as many lanes as the limit. `Retry-After` holds back
+//!   every new request until it passes.
 //! - `max_sample_age` drops batches whose samples are too old when they would be sent;
 //!   `max_bytes_per_second` spaces requests so that the body bytes stay under the rate.
 //!
@@ -27,35 +30,15 @@
 //! go back in time.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::negotiate::Protocol;
-use super::queue::durable::Reopened;
-use super::queue::{Batch, Queue};
-use super::{attempt, drain, in_current_protocol, Destination, Verdict};
+use super::lanes;
+use super::queue::Batch;
+use super::Verdict;
 use crate::push::retry::Backoff;
-use crate::push::self_metrics::DropReason;
-use crate::push::signal::Shutdown;
 
-/// Snapshots waiting, at least, before consecutive ones are joined. A joined request the
-/// receiver committed but whose answer was lost (a kill between its commit and the
-/// acknowledgement, a receiver stopped mid-answer) cannot be resent without older samples
-/// than the newest it holds, which Prometheus rejects as out of order; a request of one
-/// snapshot can (a duplicate). So a short backlog goes one snapshot per request (32 of
-/// them take under 2 s through a 50 ms round trip), a long one in joined requests.
-const COALESCE_FROM: usize = 32;
-/// Samples one coalesced request carries at most: the backlog of one series goes one
-/// request at a time (each shares its series with the next), so this over the round trip
-/// is the drain rate. 60,000 samples are about 500 KB compressed, 6 MB decoded.
-const MAX_COALESCED_SAMPLES: u64 = 60_000;
-/// Compressed bytes of the batches one coalesced request joins at most.
-const MAX_COALESCED_BYTES: usize = 4 << 20;
 /// Batches read ahead into the window at most.
 const MAX_WINDOW_BATCHES: usize = 512;
 /// Bytes read ahead at most (also at most a quarter of the queue's cap: read-ahead batches
@@ -114,6 +97,9 @@ struct Request {
     /// When it failed last, when to send it again; `None` while in flight.
     retry_at: Option<Instant>,
     attempts: u32,
+    /// A lane of a join not sent yet (`retry_at` is then its creation): it waits for a
+    /// free slot, as a retry does.
+    unsent: bool,
 }
 
 /// The batches read ahead and the requests made of them.
@@ -173,7 +159,7 @@ impl Window {
             .count()
     }
 
-    fn front_answered(&self) -> bool {
+    pub(super) fn front_answered(&self) -> bool {
         self.entries.front().is_some_and(|e| e.state == State::Done)
     }
 
@@ -268,104 +254,83 @@ impl Window {
         if unanswered.iter().any(|&t| t != ts) {
             return None;
         }
-        let mut end = first + 1;
-        if unanswered.is_empty() {
-            end = self.whole_snapshots_from(first).unwrap_or(end);
-        }
-        let joined: Vec<&Batch> = self.entries.range(first..end).map(|e| &e.batch).collect();
-        let (batch, end) = match coalesce(&joined) {
-            Some(b) => (b, end),
-            // A body that does not decompress goes alone, as it came.
-            None => (self.entries[first].batch.clone(), first + 1),
+        let (end, lanes) = if unanswered.is_empty() {
+            self.join_from(first)
+        } else {
+            (first + 1, None)
+        };
+        let (batches, end) = match lanes {
+            Some(lanes) => (lanes, end),
+            None => {
+                let joined: Vec<&Batch> =
+                    self.entries.range(first..end).map(|e| &e.batch).collect();
+                match lanes::coalesce(&joined) {
+                    Some(b) => (vec![b], end),
+                    // A body that does not decompress goes alone, as it came.
+                    None => (vec![self.entries[first].batch.clone()], first + 1),
+                }
+            }
         };
         let newest_ms = self.entries[end - 1].batch.oldest_timestamp_ms;
         for e in self.entries.range_mut(first..end) {
             e.state = State::Sending;
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        self.requests.push(Request {
-            id,
-            start: self.base + first as u64,
-            end: self.base + end as u64,
-            batch: batch.clone(),
-            newest_ms,
-            backoff: Backoff::new(self.min_backoff, self.max_backoff),
-            retry_at: None,
-            attempts: 1,
-        });
-        self.spend_rate(now, batch.body.len());
-        Some(Dispatch {
-            id,
-            batch,
-            retry: false,
-            too_old: 0,
-        })
+        let (start, end) = (self.base + first as u64, self.base + end as u64);
+        let mut dispatch = None;
+        for batch in batches {
+            let id = self.next_id;
+            self.next_id += 1;
+            let unsent = dispatch.is_some();
+            if !unsent {
+                self.spend_rate(now, batch.body.len());
+                dispatch = Some(Dispatch {
+                    id,
+                    batch: batch.clone(),
+                    retry: false,
+                    too_old: 0,
+                });
+            }
+            self.requests.push(Request {
+                id,
+                start,
+                end,
+                batch,
+                newest_ms,
+                backoff: Backoff::new(self.min_backoff, self.max_backoff),
+                retry_at: unsent.then_some(now),
+                attempts: 1,
+                unsent,
+            });
+        }
+        dispatch
     }
 
-    /// The end of the run of whole snapshots from `first` that one joined request carries,
-    /// when a long backlog waits; `None` to send `first` alone. A snapshot is whole once a
-    /// batch of a later one follows it in the window (batches arrive in queue order), and
-    /// never split across requests: its batches hold disjoint series, consecutive
-    /// snapshots the same ones, so each series gets its samples in timestamp order.
-    fn whole_snapshots_from(&self, first: usize) -> Option<usize> {
+    /// The end of the batches from `first` that go next, nothing earlier being unanswered:
+    /// `first` alone, or a join of whole snapshots, cut into lanes (the requests) when the
+    /// in-flight limit allows more than one and their series allow it.
+    fn join_from(&self, first: usize) -> (usize, Option<Vec<Batch>>) {
         // `max_in_flight = 1` keeps the behaviour from before: one snapshot per request.
         if self.limits.max_in_flight < 2 {
-            return None;
+            return (first + 1, None);
         }
-        let waiting = &self.entries;
-        let mut snapshots = 0;
-        let mut last_ts = None;
-        for e in waiting.range(first..) {
-            if e.state == State::Waiting && last_ts != Some(e.batch.oldest_timestamp_ms) {
-                snapshots += 1;
-                last_ts = Some(e.batch.oldest_timestamp_ms);
-            }
-        }
-        if snapshots < COALESCE_FROM {
-            return None;
-        }
-        let (mut samples, mut bytes, mut end) = (0u64, 0usize, first);
-        while end < waiting.len() {
-            let ts = waiting[end].batch.oldest_timestamp_ms;
-            let run = waiting
-                .range(end..)
-                .take_while(|e| e.batch.oldest_timestamp_ms == ts)
-                .count();
-            let complete = end + run < waiting.len();
-            let all_waiting = waiting
-                .range(end..end + run)
-                .all(|e| e.state == State::Waiting && e.batch.protocol == Protocol::V1);
-            let run_samples: u64 = waiting.range(end..end + run).map(|e| e.batch.samples).sum();
-            let run_bytes: usize = waiting
-                .range(end..end + run)
-                .map(|e| e.batch.body.len())
-                .sum();
-            let fits = samples + run_samples <= MAX_COALESCED_SAMPLES
-                && bytes + run_bytes <= MAX_COALESCED_BYTES;
-            if !complete || !all_waiting || !fits {
-                break;
-            }
-            samples += run_samples;
-            bytes += run_bytes;
-            end += run;
-        }
-        // Two snapshots at least, or joining buys nothing.
-        let joined_snapshots = {
-            let mut n = 0;
-            let mut last = None;
-            for e in waiting.range(first..end) {
-                if last != Some(e.batch.oldest_timestamp_ms) {
-                    n += 1;
-                    last = Some(e.batch.oldest_timestamp_ms);
+        let candidates: Vec<(&Batch, bool)> = (self.entries.range(first..))
+            .map(|e| (&e.batch, e.state == State::Waiting))
+            .collect();
+        if self.limit >= 2 {
+            if let Some(end) = lanes::whole_snapshots(&candidates, self.limit) {
+                let joined: Vec<&Batch> = candidates[..end].iter().map(|c| c.0).collect();
+                if let Some((taken, lanes)) = lanes::split(&joined, self.limit) {
+                    return (first + taken, Some(lanes));
                 }
             }
-            n
-        };
-        (joined_snapshots >= 2).then_some(end)
+        }
+        // Joined whole: one request, within the caps of one.
+        let end = lanes::whole_snapshots(&candidates, 1).unwrap_or(1);
+        (first + end, None)
     }
 
-    /// A request whose retry is due: sent again as it was, or dropped if too old by now.
+    /// A request whose retry is due (or a lane of a join not sent yet): sent again as it
+    /// was, or dropped if too old by now.
     fn due_retry(&mut self, now: Instant, now_ms: i64) -> Option<Dispatch> {
         let cutoff = self
             .limits
@@ -382,19 +347,22 @@ impl Window {
             return Some(Dispatch {
                 id: r.id,
                 batch: r.batch,
-                retry: true,
+                retry: !r.unsent,
                 too_old,
             });
         }
         let r = &mut self.requests[i];
+        let retry = !std::mem::take(&mut r.unsent);
         r.retry_at = None;
-        r.attempts += 1;
+        if retry {
+            r.attempts += 1;
+        }
         let (id, batch) = (r.id, r.batch.clone());
         self.spend_rate(now, batch.body.len());
         Some(Dispatch {
             id,
             batch,
-            retry: true,
+            retry,
             too_old: 0,
         })
     }
@@ -407,7 +375,12 @@ impl Window {
         }
     }
 
+    /// Marks the batches of an answered request done, once the other lanes of its join
+    /// (requests over the same batches) are answered too.
     fn finish(&mut self, r: &Request) {
+        if (self.requests.iter()).any(|o| (o.start, o.end) == (r.start, r.end)) {
+            return;
+        }
         let start = (r.start - self.base) as usize;
         let end = (r.end - self.base) as usize;
         for e in self.entries.range_mut(start..end) {
@@ -510,213 +483,6 @@ pub(super) struct Dispatch {
 pub(super) struct Answered {
     pub(super) samples: u64,
     pub(super) after_retry: bool,
-}
-
-/// The batches as one request: their uncompressed bodies concatenated. `None` when a body
-/// does not decompress, or is not remote-write 1.0 (a 2.0 body has a symbol table of its
-/// own: two do not concatenate into one).
-fn coalesce(batches: &[&Batch]) -> Option<Batch> {
-    match batches {
-        [] => None,
-        [one] => Some((*one).clone()),
-        many if many.iter().any(|b| b.protocol != Protocol::V1) => None,
-        many => {
-            let mut decoder = snap::raw::Decoder::new();
-            let mut raw = Vec::new();
-            for b in many {
-                let len = snap::raw::decompress_len(&b.body).ok()?;
-                let at = raw.len();
-                raw.resize(at + len, 0);
-                decoder.decompress(&b.body, &mut raw[at..]).ok()?;
-            }
-            let body = snap::raw::Encoder::new().compress_vec(&raw).ok()?;
-            Some(Batch {
-                body: Bytes::from(body),
-                protocol: Protocol::V1,
-                samples: many.iter().map(|b| b.samples).sum(),
-                oldest_timestamp_ms: many
-                    .iter()
-                    .map(|b| b.oldest_timestamp_ms)
-                    .min()
-                    .unwrap_or(i64::MAX),
-            })
-        }
-    }
-}
-
-enum Event {
-    Answer(u64, Verdict),
-    Woken,
-    Timer,
-}
-
-/// The sender task.
-pub(super) async fn send(dest: Arc<Destination>, limits: Limits, mut shutdown: Shutdown) {
-    let mut window = Window::new(limits, dest.min_backoff, dest.max_backoff);
-    let mut running: JoinSet<(u64, Verdict)> = JoinSet::new();
-    // Whether the queue may hold batches not handed out yet.
-    let mut more = true;
-    loop {
-        let plan = window.sync();
-        if plan.acks > 0 {
-            dest.acknowledged(plan.acks);
-        }
-        if plan.acks > 0 || (more && plan.batches > 0) {
-            let want = if more {
-                plan
-            } else {
-                Sync { batches: 0, ..plan }
-            };
-            let Some(read) = dest.with_queue(move |q| read_ahead(q, want)).await else {
-                break;
-            };
-            dest.metrics.dropped(DropReason::Corrupt, read.corrupt);
-            if let Some(r) = read.reopened {
-                super::count_recovery(&dest.metrics, &r.recovery);
-                dest.metrics
-                    .dropped(DropReason::TooOld, r.superseded.samples);
-                let replayed = dest.metrics.replayed_requests.get();
-                dest.status.send_modify(|s| s.replayed_requests = replayed);
-            }
-            more &= !read.exhausted;
-            window.extend(read.batches);
-        }
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        let too_old = window.drop_too_old(now_ms);
-        if too_old > 0 {
-            dest.metrics.dropped(DropReason::TooOld, too_old);
-        }
-        let now = Instant::now();
-        while let Some(d) = window.next_request(now, now_ms) {
-            if d.too_old > 0 {
-                tracing::warn!(destination = %dest.name, samples = d.too_old, "retrying request dropped: its samples are older than max_sample_age");
-                dest.metrics.dropped(DropReason::TooOld, d.too_old);
-                continue;
-            }
-            if d.retry {
-                dest.metrics.retried(d.batch.samples);
-            }
-            let dest = dest.clone();
-            running.spawn(async move {
-                // A 2.0 batch queued before a fallback to 1.0 goes out converted.
-                let verdict = match in_current_protocol(&dest, &d.batch) {
-                    Some(wire) => attempt(&dest, &wire).await,
-                    None => Verdict::Drop(DropReason::Corrupt),
-                };
-                (d.id, verdict)
-            });
-        }
-        dest.publish_window(window.in_flight(), window.limit());
-        if window.front_answered() {
-            continue; // acknowledge it before waiting
-        }
-        if running.is_empty()
-            && window.is_empty()
-            && !more
-            && dest.producer_done.load(Ordering::Acquire)
-        {
-            return;
-        }
-        let timer = window.next_timer(Instant::now());
-        let event = shutdown
-            .before_deadline(async {
-                tokio::select! {
-                    Some(joined) = running.join_next() => match joined {
-                        Ok((id, verdict)) => Event::Answer(id, verdict),
-                        // A panic in `attempt` is a bug: retry the request after backoff.
-                        Err(_) => Event::Timer,
-                    },
-                    () = dest.wake.notified() => Event::Woken,
-                    () = sleep_until(timer) => Event::Timer,
-                }
-            })
-            .await;
-        match event {
-            None => break,
-            Some(Event::Answer(id, verdict)) => {
-                let answered = window.answered(id, &verdict, Instant::now());
-                match verdict {
-                    Verdict::Delivered => {
-                        if answered.after_retry {
-                            tracing::info!(destination = %dest.name, "delivered after retrying");
-                        }
-                        dest.metrics.sent(answered.samples);
-                        crate::push::record_success(&dest.status);
-                    }
-                    Verdict::Drop(reason) => dest.metrics.dropped(reason, answered.samples),
-                    Verdict::Retry { .. } => {}
-                    Verdict::FallBack(why) => {
-                        dest.negotiation.fall_back(&dest.name, why);
-                        let protocol = dest.negotiation.current().as_str();
-                        dest.status.send_modify(|s| s.protocol = Some(protocol));
-                    }
-                }
-            }
-            Some(Event::Woken) => more = true,
-            Some(Event::Timer) => {}
-        }
-    }
-    running.abort_all();
-    dest.publish_window(0, window.limit());
-    // Delivered batches are acknowledged even now, so that a restart does not resend them.
-    let acks = window.sync().acks;
-    let lost = dest
-        .with_queue(move |q| {
-            for _ in 0..acks {
-                q.ack();
-            }
-            // The deadline passed: what a memory queue still holds is lost.
-            if q.is_durable() {
-                0
-            } else {
-                drain(q)
-            }
-        })
-        .await;
-    if let Some(samples) = lost.filter(|&s| s > 0) {
-        tracing::warn!(destination = %dest.name, samples, "shutdown grace over: queued samples dropped");
-        dest.metrics.dropped(DropReason::Shutdown, samples);
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// What one read-ahead got from the queue.
-struct ReadAhead {
-    batches: Vec<Batch>,
-    /// The queue has nothing more to hand out.
-    exhausted: bool,
-    corrupt: u64,
-    reopened: Option<Reopened>,
-}
-
-/// Acknowledges the answered front batches, then hands out up to `want` more.
-fn read_ahead(q: &mut dyn Queue, want: Sync) -> ReadAhead {
-    for _ in 0..want.acks {
-        q.ack();
-    }
-    let mut batches = Vec::new();
-    let mut bytes = 0u64;
-    let mut exhausted = false;
-    while batches.len() < want.batches && bytes < want.bytes {
-        let Some(batch) = q.hand_out() else {
-            exhausted = true;
-            break;
-        };
-        bytes += batch.body.len() as u64;
-        batches.push(batch);
-    }
-    ReadAhead {
-        batches,
-        exhausted,
-        corrupt: q.take_corrupt().samples,
-        reopened: q.take_reopened(),
-    }
 }
 
 #[cfg(test)]

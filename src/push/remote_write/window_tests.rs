@@ -1,4 +1,9 @@
 use super::*;
+use bytes::Bytes;
+
+use super::lanes::{COALESCE_FROM, MAX_COALESCED_SAMPLES};
+use crate::push::remote_write::negotiate::Protocol;
+use crate::push::self_metrics::DropReason;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -274,4 +279,128 @@ fn remote_write_2_0_batches_are_never_joined() {
         sent[0].batch.samples, 1,
         "a 2.0 body has its own symbol table"
     );
+}
+
+/// A real snapshot at `ts` of the series `names`, in batches of `per_batch` series.
+fn snapshot(ts: i64, names: &[String], per_batch: usize) -> Vec<Batch> {
+    use crate::push::remote_write::encode::{encode_labels, RequestEncoder};
+    let mut enc = RequestEncoder::default();
+    names
+        .chunks(per_batch)
+        .map(|chunk| {
+            let mut body = Default::default();
+            for n in chunk {
+                enc.write_series(&mut body, &encode_labels(&[("__name__", n)]), 1.0, ts);
+            }
+            enc.compress_body(&body, chunk.len() as u64, ts).unwrap()
+        })
+        .collect()
+}
+
+fn names(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:02}")).collect()
+}
+
+/// The (series, timestamp) pairs of a request, in body order.
+fn samples_of(d: &Dispatch) -> Vec<(String, i64)> {
+    crate::push::remote_write::encode::decode(&d.batch.body)
+        .unwrap()
+        .timeseries
+        .into_iter()
+        .map(|t| (t.labels[0].value.clone(), t.samples[0].timestamp))
+        .collect()
+}
+
+/// Requests in flight together share no series, and each carries a series' samples in
+/// timestamp order.
+fn assert_disjoint_and_ordered(in_flight: &[Dispatch]) {
+    let mut owner: HashMap<String, usize> = HashMap::new();
+    for (i, d) in in_flight.iter().enumerate() {
+        let mut last: HashMap<String, i64> = HashMap::new();
+        for (name, ts) in samples_of(d) {
+            let o = *owner.entry(name.clone()).or_insert(i);
+            assert_eq!(o, i, "{name} is in two requests in flight at once");
+            if let Some(prev) = last.insert(name.clone(), ts) {
+                assert!(ts > prev, "{name}: {ts} after {prev}");
+            }
+        }
+    }
+}
+
+use std::collections::HashMap;
+
+#[test]
+fn the_lanes_of_a_join_are_in_flight_together_with_disjoint_series() {
+    let mut w = window(4);
+    let series = names("s", 10);
+    w.extend((1..=40).flat_map(|ts| snapshot(ts, &series, 6)).collect());
+    let now = Instant::now();
+    let lanes = all_due(&mut w, now);
+    assert_eq!(lanes.len(), 4, "one request per lane, all at once");
+    assert!(lanes.iter().all(|d| !d.retry));
+    assert_disjoint_and_ordered(&lanes);
+    // The last snapshot may still have batches to come: 39 joined, 10 series each.
+    assert_eq!(lanes.iter().map(|d| d.batch.samples).sum::<u64>(), 390);
+    assert_eq!(
+        samples_of(&lanes[0]).len() + samples_of(&lanes[3]).len(),
+        39 * 5
+    );
+    // A lane retried keeps every later snapshot back, and so do the lanes unanswered.
+    let retry = Verdict::Retry {
+        after: None,
+        rate_limited: false,
+    };
+    w.answered(lanes[1].id, &retry, now);
+    for d in [&lanes[0], &lanes[2]] {
+        w.answered(d.id, &Verdict::Delivered, now);
+    }
+    assert_eq!(
+        w.sync().acks,
+        0,
+        "a join is acknowledged once all its lanes are"
+    );
+    let later = now + Duration::from_secs(1);
+    let again = all_due(&mut w, later);
+    assert_eq!(again.len(), 1, "only the retry: lane 3 is still in flight");
+    assert!(again[0].retry && again[0].batch == lanes[1].batch);
+    w.answered(again[0].id, &Verdict::Delivered, later);
+    assert!(all_due(&mut w, later).is_empty());
+    w.answered(lanes[3].id, &Verdict::Delivered, later);
+    assert_eq!(w.sync().acks, 2 * 39);
+}
+
+#[test]
+fn a_series_set_change_mid_backlog_ends_the_join_before_it() {
+    let mut w = window(4);
+    let before = names("s", 10);
+    // A series that sorts first: every other one moves one place on.
+    let mut after = vec!["a".to_string()];
+    after.extend(before.iter().cloned());
+    let mut batches: Vec<Batch> = (1..=40).flat_map(|ts| snapshot(ts, &before, 6)).collect();
+    batches.extend((41..=80).flat_map(|ts| snapshot(ts, &after, 6)));
+    w.extend(batches);
+    let now = Instant::now();
+    let first = all_due(&mut w, now);
+    assert_eq!(first.len(), 4);
+    assert_disjoint_and_ordered(&first);
+    let newest = first
+        .iter()
+        .flat_map(samples_of)
+        .map(|(_, ts)| ts)
+        .max()
+        .unwrap();
+    assert_eq!(
+        newest, 40,
+        "the join ends before the first changed snapshot"
+    );
+    for d in &first {
+        w.answered(d.id, &Verdict::Delivered, now);
+    }
+    let second = all_due(&mut w, now);
+    assert_disjoint_and_ordered(&second);
+    let oldest = (second.iter().flat_map(samples_of))
+        .map(|(_, ts)| ts)
+        .min()
+        .unwrap();
+    assert_eq!(oldest, 41);
 }
