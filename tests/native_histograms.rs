@@ -57,32 +57,6 @@ async fn chat(proxy: &Proxy, stream: bool, traceparent: Option<&str>) -> String 
     id
 }
 
-/// A Python that imports `prometheus_client`: `CODEX_PROXY_PYTHON`, else the venv that
-/// scripts/install-test-deps.sh makes (tests/python), else `python3`. Required under
-/// CODEX_PROXY_REQUIRE_SERVERS=1.
-fn python_with_prometheus_client() -> Option<std::path::PathBuf> {
-    let venv =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/.venv/bin/python");
-    let candidates = std::env::var_os("CODEX_PROXY_PYTHON")
-        .map(std::path::PathBuf::from)
-        .into_iter()
-        .chain(venv.is_file().then_some(venv))
-        .chain(Some("python3".into()));
-    for python in candidates {
-        let ok = Command::new(&python)
-            .args(["-c", "import prometheus_client.openmetrics.parser"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Some(python);
-        }
-    }
-    if std::env::var_os("CODEX_PROXY_REQUIRE_SERVERS").is_some() {
-        panic!("no python3 with prometheus_client (scripts/install-test-deps.sh)");
-    }
-    None
-}
-
 #[tokio::test]
 async fn prometheus_with_native_histograms_scrapes_native_ttft_and_the_clients_ids_as_exemplars() {
     let proxy = Proxy::start(&config(), &[("DEMO_FIRST_DELTA_DELAY_MS", "300")]).await;
@@ -234,7 +208,7 @@ async fn prometheus_with_native_histograms_scrapes_native_ttft_and_the_clients_i
 
 #[tokio::test]
 async fn the_openmetrics_output_parses_with_prometheus_client_and_carries_exemplars() {
-    let Some(python) = python_with_prometheus_client() else {
+    let Some(python) = common::python_with("prometheus_client.openmetrics.parser") else {
         return;
     };
     let proxy = Proxy::start(&config(), &[]).await;

@@ -23,32 +23,6 @@ use serde_json::Value;
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/stream_burst.py");
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// A Python that imports `openai`: `CODEX_PROXY_PYTHON`, else the venv that
-/// scripts/install-test-deps.sh makes, else `python3`. Missing with
-/// `CODEX_PROXY_REQUIRE_SERVERS=1`: the test fails; otherwise it is skipped loudly.
-fn python() -> Option<PathBuf> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/.venv/bin/python");
-    let python = std::env::var_os("CODEX_PROXY_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| venv.is_file().then_some(venv))
-        .unwrap_or_else(|| PathBuf::from("python3"));
-    let has_sdk = Command::new(&python)
-        .args(["-c", "import openai"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    match has_sdk {
-        true => Some(python),
-        false if std::env::var("CODEX_PROXY_REQUIRE_SERVERS").as_deref() == Ok("1") => panic!(
-            "the `openai` Python SDK is required (CODEX_PROXY_REQUIRE_SERVERS=1) but {} cannot import it; run scripts/install-test-deps.sh",
-            python.display()
-        ),
-        false => {
-            eprintln!("SKIPPED: the `openai` Python SDK is missing (scripts/install-test-deps.sh installs it)");
-            None
-        }
-    }
-}
-
 /// Runs the script with `args` and returns the JSON it prints.
 async fn run(python: PathBuf, args: Vec<String>) -> Value {
     let out = tokio::task::spawn_blocking(move || {
@@ -121,7 +95,9 @@ async fn assert_cap_held_and_queue_empty(out: &Value, proxy: &Proxy) {
 
 #[tokio::test]
 async fn fifty_sdk_streams_at_once_wait_their_turn_and_all_complete_with_every_delta() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python_with("openai") else {
+        return;
+    };
     let (proxy, hold) = held_proxy("").await;
     let out = burst(python, &proxy, 50, &hold).await;
     let results = out["results"].as_array().unwrap();
@@ -155,7 +131,9 @@ async fn fifty_sdk_streams_at_once_wait_their_turn_and_all_complete_with_every_d
 
 #[tokio::test]
 async fn past_queue_max_exactly_the_overflow_of_forty_sdk_streams_gets_429_with_retry_after() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python_with("openai") else {
+        return;
+    };
     let (proxy, hold) = held_proxy("[worker]\nqueue_max = 8\n").await;
     let out = burst(python, &proxy, 40, &hold).await;
     let results = out["results"].as_array().unwrap();
@@ -173,7 +151,9 @@ async fn past_queue_max_exactly_the_overflow_of_forty_sdk_streams_gets_429_with_
 
 #[tokio::test]
 async fn with_on_full_reject_sdk_streams_past_the_cap_get_429_at_once() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python_with("openai") else {
+        return;
+    };
     let (proxy, hold) = held_proxy("[streams]\non_full = \"reject\"\n").await;
     let out = burst(python, &proxy, 40, &hold).await;
     let results = out["results"].as_array().unwrap();
@@ -192,7 +172,9 @@ async fn with_on_full_reject_sdk_streams_past_the_cap_get_429_at_once() {
 
 #[tokio::test]
 async fn an_sdk_stream_that_gives_up_while_queued_leaves_the_queue_and_its_turn_never_starts() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python_with("openai") else {
+        return;
+    };
     // The hold file is never made: the 4 holders keep their slots until they give up.
     let (proxy, hold) = held_proxy("").await;
     let _ = hold;

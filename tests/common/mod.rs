@@ -70,6 +70,33 @@ pub fn require_binary(name: &str) -> Option<PathBuf> {
     }
 }
 
+/// A Python that imports `module`: `CODEX_PROXY_PYTHON`, else the venv that
+/// scripts/install-test-deps.sh makes (tests/python/.venv), else `python3`. `None` (test
+/// skipped loudly) when none can, outside CI; with `CODEX_PROXY_REQUIRE_SERVERS=1` the test
+/// fails instead.
+pub fn python_with(module: &str) -> Option<PathBuf> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/.venv/bin/python");
+    let candidates = std::env::var_os("CODEX_PROXY_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(venv.is_file().then_some(venv))
+        .chain(Some(PathBuf::from("python3")));
+    for python in candidates {
+        let imports = Command::new(&python)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if imports {
+            return Some(python);
+        }
+    }
+    if std::env::var("CODEX_PROXY_REQUIRE_SERVERS").as_deref() == Ok("1") {
+        panic!("a Python with `{module}` is required (CODEX_PROXY_REQUIRE_SERVERS=1); run scripts/install-test-deps.sh");
+    }
+    eprintln!("SKIPPED: no Python with `{module}` (scripts/install-test-deps.sh installs it)");
+    None
+}
+
 /// A child process killed when dropped, with its output in a file for failure messages.
 pub struct Proc {
     pub child: Child,

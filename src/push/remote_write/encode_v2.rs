@@ -19,7 +19,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use prost::encoding::{encoded_len_varint, WireType};
 
-use super::wire::{key, put_sample, put_varint, sample_len};
+use super::wire::{key, put_sample, put_varint, read_varint, sample_len};
 use crate::exposition::snapshot::{Family, Kind};
 
 /// `Request.timeseries` (field 5).
@@ -146,7 +146,10 @@ impl Symbols {
         let cut = self.starts[n] as usize;
         let mut at = cut;
         while at < self.encoded.len() {
-            let (len, used) = read_varint(&self.encoded[at + 1..]);
+            // Our own writer's bytes: a varint that does not end cannot be there.
+            let Some((len, used)) = read_varint(&self.encoded[at + 1..]) else {
+                break;
+            };
             let s = &self.encoded[at + 1 + used..at + 1 + used + len as usize];
             self.index.remove(s);
             at += 1 + used + len as usize;
@@ -158,18 +161,6 @@ impl Symbols {
     pub(crate) fn capacity(&self) -> usize {
         self.encoded.capacity() + self.starts.capacity() * 4 + self.index.capacity() * 32
     }
-}
-
-/// A varint at the start of `bytes` (which our own writer wrote): its value and length.
-fn read_varint(bytes: &[u8]) -> (u64, usize) {
-    let mut n = 0u64;
-    for (i, &b) in bytes.iter().take(10).enumerate() {
-        n |= u64::from(b & 0x7f) << (7 * i);
-        if b < 0x80 {
-            return (n, i + 1);
-        }
-    }
-    (n, bytes.len())
 }
 
 /// Type and help of a series, by its metric name.
@@ -285,13 +276,13 @@ impl<'a> Iterator for LabelPairs<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         // Label field: key, length, then name field (key, length, bytes) and value field.
         let rest = self.0.get(1..)?;
-        let (label_len, used) = read_varint(rest);
+        let (label_len, used) = read_varint(rest)?;
         let label = rest.get(used..used + label_len as usize)?;
         self.0 = &rest[used + label_len as usize..];
-        let (name_len, used) = read_varint(label.get(1..)?);
+        let (name_len, used) = read_varint(label.get(1..)?)?;
         let name_end = 1 + used + name_len as usize;
         let name = label.get(1 + used..name_end)?;
-        let (value_len, used) = read_varint(label.get(name_end + 1..)?);
+        let (value_len, used) = read_varint(label.get(name_end + 1..)?)?;
         let value_at = name_end + 1 + used;
         let value = label.get(value_at..value_at + value_len as usize)?;
         Some((name, value))

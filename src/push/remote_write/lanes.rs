@@ -232,18 +232,11 @@ fn hash_labels(ts: &[u8], hash: &mut impl Hasher) -> Option<()> {
     Some(())
 }
 
-/// A protobuf varint at `*at`, moving `*at` past it.
+/// The protobuf varint at `*at`, moving `*at` past it.
 fn read_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
-    let mut n = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *bytes.get(*at)?;
-        *at += 1;
-        n |= u64::from(b & 0x7f) << shift;
-        if b < 0x80 {
-            return Some(n);
-        }
-    }
-    None
+    let (n, used) = super::wire::read_varint(bytes.get(*at..)?)?;
+    *at += used;
+    Some(n)
 }
 
 #[cfg(test)]

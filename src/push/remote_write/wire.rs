@@ -55,3 +55,36 @@ pub(crate) fn put_varint(mut n: u64, out: &mut Vec<u8>) {
     bytes[i] = n as u8;
     out.extend_from_slice(&bytes[..=i]);
 }
+
+/// The protobuf varint at the start of `bytes`: its value and how many bytes it took;
+/// `None` when it does not end within the slice or within ten bytes.
+#[inline]
+pub(crate) fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut n = 0u64;
+    for (i, &b) in bytes.iter().take(10).enumerate() {
+        n |= u64::from(b & 0x7f) << (7 * i);
+        if b < 0x80 {
+            return Some((n, i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_varint_reads_what_put_varint_wrote_and_refuses_an_unending_one() {
+        for n in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut bytes = Vec::new();
+            put_varint(n, &mut bytes);
+            let len = bytes.len();
+            bytes.push(0x55); // what follows is not read
+            assert_eq!(read_varint(&bytes), Some((n, len)), "{n}");
+        }
+        assert_eq!(read_varint(&[0x80, 0x80]), None);
+        assert_eq!(read_varint(&[0xff; 11]), None);
+        assert_eq!(read_varint(&[]), None);
+    }
+}
