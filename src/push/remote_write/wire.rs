@@ -76,7 +76,16 @@ mod tests {
 
     #[test]
     fn read_varint_reads_what_put_varint_wrote_and_refuses_an_unending_one() {
-        for n in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+        for n in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
             let mut bytes = Vec::new();
             put_varint(n, &mut bytes);
             let len = bytes.len();
