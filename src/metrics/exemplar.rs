@@ -7,9 +7,11 @@
 //! (`request_id`). Nothing else: never a prompt, a user or a key, and never a label of a
 //! series. At most 63 characters of labels, within OpenMetrics' 128.
 //!
-//! Recording must stay cheap: an id is kept as bytes or a shared string (a clone is a
-//! reference count), and its wall-clock timestamp is derived from the observation's
-//! `Instant` and one anchor taken at start, with no clock read per observation.
+//! Recording must stay cheap: a bucket keeps its exemplar's id copied inline (trace ids as
+//! bytes, the request id's 25 characters in a fixed array), so an observation takes and
+//! releases no reference count, and keeps the observation's `Instant`: the wall-clock
+//! timestamp is derived from it and one anchor taken once, when a snapshot reads it, with
+//! no clock read per observation.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
@@ -107,20 +109,71 @@ fn decode_hex(text: &[u8], out: &mut [u8]) -> Option<()> {
     Some(())
 }
 
-/// An exemplar as recorded: the id, the observed value, and when.
+/// An exemplar as recorded: the id, the observed value, and when (converted to wall-clock
+/// time only when read).
 #[derive(Debug, Clone)]
 pub(crate) struct StoredExemplar {
-    id: ExemplarId,
+    id: StoredId,
     value: f64,
-    timestamp_ms: i64,
+    at: Instant,
+}
+
+/// The longest request id kept inline: every id [`new_request_id`] makes (25 bytes) fits.
+const INLINE_ID: usize = 30;
+
+/// An [`ExemplarId`] as a bucket keeps it: copied, without touching the shared string's
+/// reference count, unless the id is longer than any this process makes.
+#[derive(Debug, Clone)]
+enum StoredId {
+    Trace {
+        trace_id: [u8; 16],
+        span_id: [u8; 8],
+    },
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_ID],
+    },
+    Shared(Arc<str>),
+}
+
+impl StoredId {
+    fn new(id: &ExemplarId) -> StoredId {
+        match id {
+            &ExemplarId::Trace { trace_id, span_id } => StoredId::Trace { trace_id, span_id },
+            ExemplarId::Request(id) if id.len() <= INLINE_ID => {
+                let mut bytes = [0; INLINE_ID];
+                bytes[..id.len()].copy_from_slice(id.as_bytes());
+                StoredId::Inline {
+                    len: id.len() as u8,
+                    bytes,
+                }
+            }
+            ExemplarId::Request(id) => StoredId::Shared(id.clone()),
+        }
+    }
+
+    /// The exemplar labels, as [`ExemplarId::labels`] gives them.
+    fn labels(&self) -> Vec<(&'static str, String)> {
+        match self {
+            &StoredId::Trace { trace_id, span_id } => {
+                ExemplarId::Trace { trace_id, span_id }.labels()
+            }
+            StoredId::Inline { len, bytes } => {
+                // The bytes were a whole `str`, copied unchanged.
+                let id = String::from_utf8_lossy(&bytes[..usize::from(*len)]);
+                vec![("request_id", id.into_owned())]
+            }
+            StoredId::Shared(id) => vec![("request_id", id.to_string())],
+        }
+    }
 }
 
 impl StoredExemplar {
     pub(crate) fn new(id: &ExemplarId, value: f64, at: Instant) -> StoredExemplar {
         StoredExemplar {
-            id: id.clone(),
+            id: StoredId::new(id),
             value,
-            timestamp_ms: unix_ms(at),
+            at,
         }
     }
 
@@ -128,7 +181,7 @@ impl StoredExemplar {
         Exemplar {
             labels: self.id.labels(),
             value: self.value,
-            timestamp_ms: self.timestamp_ms,
+            timestamp_ms: unix_ms(self.at),
         }
     }
 }
@@ -207,6 +260,34 @@ mod tests {
         let a = new_request_id();
         assert!(a.starts_with("chatcmpl-") && a.len() == 25, "{a}");
         assert_ne!(a, new_request_id());
+    }
+
+    #[test]
+    fn a_stored_exemplar_reads_back_as_the_id_it_was_given() {
+        let at = Instant::now();
+        let long: Arc<str> = "x".repeat(INLINE_ID + 1).into();
+        let ids = [
+            ExemplarId::Request(id()),
+            ExemplarId::Request(Arc::from("")),
+            ExemplarId::Request(Arc::from("é".repeat(INLINE_ID / 2))),
+            ExemplarId::Request(long),
+            ExemplarId::for_request(
+                Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                &id(),
+            ),
+        ];
+        for e in &ids {
+            let read = StoredExemplar::new(e, 2.5, at).to_snapshot();
+            assert_eq!(read.labels, e.labels());
+            assert_eq!((read.value, read.timestamp_ms), (2.5, unix_ms(at)));
+        }
+        // The ids this process makes are copied, not shared.
+        let stored = StoredExemplar::new(&ids[0], 1.0, at);
+        assert!(matches!(stored.id, StoredId::Inline { .. }));
+        assert!(matches!(
+            StoredExemplar::new(&ids[3], 1.0, at).id,
+            StoredId::Shared(_)
+        ));
     }
 
     #[test]

@@ -47,6 +47,31 @@ const OCTAVE_BOUNDS: [f64; 9] = [
     2.0,
 ];
 
+/// The mantissa's top four fraction bits split [1, 2) in 16 cells, 1/16 wide. Bounds of
+/// [`OCTAVE_BOUNDS`] are at least 0.09 apart, so a cell holds at most one of them: per
+/// cell, how many bounds lie below its start, and the one inside it (2, above every
+/// mantissa, when none is). Computed at compile time from the bounds themselves.
+const CELLS: ([i32; 16], [f64; 16]) = {
+    let mut below = [0; 16];
+    let mut inside = [2.0; 16];
+    let mut c = 0;
+    while c < 16 {
+        let (start, end) = (1.0 + c as f64 / 16.0, 1.0 + (c + 1) as f64 / 16.0);
+        let mut k = 0;
+        while k < OCTAVE_BOUNDS.len() {
+            let b = OCTAVE_BOUNDS[k];
+            if b < start {
+                below[c] += 1;
+            } else if b < end {
+                inside[c] = b;
+            }
+            k += 1;
+        }
+        c += 1;
+    }
+    (below, inside)
+};
+
 /// The schema-3 index of the bucket holding `v`, a finite value above the zero threshold.
 fn index_at_schema_3(v: f64) -> i32 {
     let bits = v.to_bits();
@@ -54,8 +79,11 @@ fn index_at_schema_3(v: f64) -> i32 {
     // Subnormals are far below the zero threshold, so the exponent is always biased > 0.
     let e = ((bits >> 52) & 0x7ff) as i32 - 1023;
     let m = f64::from_bits((bits & ((1 << 52) - 1)) | (1023 << 52));
-    // ceil(8 · log2 m): the first bound at or above m (m = 1 is the top of the octave below).
-    let j = OCTAVE_BOUNDS.partition_point(|&b| b < m) as i32;
+    // ceil(8 · log2 m), the number of bounds below m (m = 1 is the top of the octave
+    // below): those below m's cell, plus the one inside it if m is above it. One table
+    // read and one compare where a search of the nine bounds took four dependent ones.
+    let cell = ((bits >> 48) & 0xf) as usize;
+    let j = CELLS.0[cell] + i32::from(CELLS.1[cell] < m);
     e * 8 + j
 }
 
@@ -111,6 +139,13 @@ impl NativeBuckets {
             return;
         }
         let index = bucket_index(v, self.schema);
+        // The usual case, a bucket already populated, in one compare: an index below the
+        // offset wraps to far past the end.
+        let k = index.wrapping_sub(self.offset) as u32 as usize;
+        if let Some(n) = self.counts.get_mut(k).filter(|n| **n > 0) {
+            *n += 1;
+            return;
+        }
         let slot = self.slot(index);
         self.counts[slot] += 1;
         if self.counts[slot] == 1 {
@@ -255,6 +290,59 @@ mod tests {
             );
         }
         assert_eq!(ZERO_THRESHOLD, 2f64.powi(-128));
+    }
+
+    /// The index by definition: the count of octave bounds below the mantissa, searched.
+    fn index_at_schema_3_by_search(v: f64) -> i32 {
+        let bits = v.to_bits();
+        let e = ((bits >> 52) & 0x7ff) as i32 - 1023;
+        let m = f64::from_bits((bits & ((1 << 52) - 1)) | (1023 << 52));
+        e * 8 + OCTAVE_BOUNDS.partition_point(|&b| b < m) as i32
+    }
+
+    #[test]
+    fn the_table_index_equals_the_searched_one_over_many_values() {
+        // Every bound, scaled across octaves, and its neighbours on both sides, where an
+        // off-by-one would show.
+        for e in -130..=1023 {
+            for &b in &OCTAVE_BOUNDS {
+                let v = b * 2f64.powi(e);
+                if !v.is_finite() || v <= ZERO_THRESHOLD {
+                    continue;
+                }
+                for v in [v, v.next_down(), v.next_up()] {
+                    assert_eq!(
+                        index_at_schema_3(v),
+                        index_at_schema_3_by_search(v),
+                        "{v:e}"
+                    );
+                }
+            }
+        }
+        // Cell edges, and random values over the whole positive range.
+        for c in 0..=16 {
+            let v = 1.0 + c as f64 / 16.0;
+            for v in [v, v.next_down(), v.next_up()] {
+                assert_eq!(
+                    index_at_schema_3(v),
+                    index_at_schema_3_by_search(v),
+                    "{v:e}"
+                );
+            }
+        }
+        let mut rng = fastrand::Rng::with_seed(9);
+        let mut checked = 0;
+        while checked < 1_000_000 {
+            let v = f64::from_bits(rng.u64(..0x7ff0_0000_0000_0000));
+            if v > ZERO_THRESHOLD {
+                assert_eq!(
+                    index_at_schema_3(v),
+                    index_at_schema_3_by_search(v),
+                    "{v:e}"
+                );
+                checked += 1;
+            }
+        }
     }
 
     #[test]
