@@ -17,6 +17,7 @@
 
 pub mod encode;
 mod encode_v2;
+mod histograms;
 mod lanes;
 pub mod negotiate;
 pub mod proto;
@@ -86,7 +87,8 @@ pub(crate) fn start(
         &config.external_labels,
         &ctx.instance,
         config.max_series_per_request,
-    );
+    )
+    .with_histograms(config.histograms, config.send_exemplars);
     let snapshots =
         SnapshotThread::spawn(format!("push-{index}")).map_err(|e| PushError::Config {
             key: format!("remote_write[{index}]"),

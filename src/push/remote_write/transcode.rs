@@ -53,7 +53,11 @@ pub(crate) fn to_v1(batch: &Batch) -> Result<Batch, TranscodeError> {
                 timestamp: s.timestamp,
             })
             .collect();
-        timeseries.push(proto::TimeSeries { labels, samples });
+        timeseries.push(proto::TimeSeries {
+            labels,
+            samples,
+            ..Default::default()
+        });
     }
     let body = proto::WriteRequest { timeseries }.encode_to_vec();
     let compressed = snap::raw::Encoder::new().compress_vec(&body)?;
