@@ -209,6 +209,17 @@ pub enum HistogramMode {
     Both,
 }
 
+impl HistogramMode {
+    /// As in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistogramMode::Classic => "classic",
+            HistogramMode::Native => "native",
+            HistogramMode::Both => "both",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PushMethod {

@@ -129,6 +129,11 @@ impl SeriesState {
         self.memo.clear();
     }
 
+    /// The timestamp of the latest conversion's samples, if any.
+    pub fn last_timestamp_ms(&self) -> Option<i64> {
+        self.last_timestamp_ms
+    }
+
     pub fn histogram_mode(&self) -> HistogramMode {
         self.extras.mode
     }
