@@ -199,8 +199,6 @@ pub(crate) fn written(headers: &HeaderMap, samples: u64) -> Written {
     }
 }
 
-/// Whether a 4xx answer to a 2.0 request says the receiver does not take 2.0: a 415, or a
-/// 400 whose message is about the content type (a 1.x receiver that checks it).
 /// Whether an answer says the receiver does not take native histograms: Prometheus 2.4x
 /// without `--enable-feature=native-histograms` answers 500 with this body and stores
 /// nothing of the request. A retry would get the same answer forever.
@@ -211,6 +209,8 @@ pub(crate) fn native_histograms_refused(status: StatusCode, message: &str) -> bo
             .contains("native histograms are disabled")
 }
 
+/// Whether a 4xx answer to a 2.0 request says the receiver does not take 2.0: a 415, or a
+/// 400 whose message is about the content type (a 1.x receiver that checks it).
 pub(crate) fn unsupported(status: StatusCode, message: &str) -> bool {
     if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
         return true;
