@@ -15,6 +15,10 @@
 //!   steady-state conversions each: bytes per sample before and after snappy, and CPU per
 //!   sample of the conversion (series, encoding, compression: all that differs between them).
 //!
+//! - `histograms REGISTRY --rounds N`: `histograms = "classic"`, `"native"` and `"both"`
+//!   on the same registry, N steady-state 1.0 conversions each: series (`TimeSeries`
+//!   entries) and snappy bytes per push, and the ratios of native and both to classic.
+//!
 //! Build with `cargo build --release --example push_bench`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
 
@@ -26,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{Method, StatusCode};
-use codex_proxy::config::{Config, MetricsConfig};
+use codex_proxy::config::{Config, HistogramMode, MetricsConfig};
 use codex_proxy::metrics::labels::method_index;
 use codex_proxy::metrics::scrape::Renderer;
 use codex_proxy::metrics::{ErrorCategory, FinishedRequest, Metrics};
@@ -62,6 +66,12 @@ fn main() {
             .unwrap_or_else(|_| usage("--rounds"));
         return protocols(&fill, rounds);
     }
+    if args.first().map(String::as_str) == Some("histograms") {
+        let rounds = arg("--rounds")
+            .parse()
+            .unwrap_or_else(|_| usage("--rounds"));
+        return histograms(&fill, rounds);
+    }
     let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| usage(&e.to_string()));
     match args.first().map(String::as_str) {
         Some("serve") => runtime.block_on(serve(&fill, &arg("--listen"))),
@@ -81,7 +91,8 @@ fn usage(problem: &str) -> ! {
          usage: push_bench serve REGISTRY --listen ADDR\n       \
          push_bench push REGISTRY --url URL --interval 5s --seconds 60\n       \
          push_bench phases REGISTRY\n       \
-         push_bench protocols REGISTRY --rounds N\n\
+         push_bench protocols REGISTRY --rounds N\n       \
+         push_bench histograms REGISTRY --rounds N\n\
          REGISTRY: --workload FILE | --series N"
     );
     std::process::exit(2)
@@ -225,6 +236,49 @@ fn protocols(fill: &Fill, rounds: i64) {
         v2.0 / v1.0,
         v2.1 / v1.1,
         v2.2 / v1.2
+    );
+}
+
+/// One JSON line per `histograms` mode, then the ratios of native and both to classic.
+fn histograms(fill: &Fill, rounds: i64) {
+    let metrics = registry(fill);
+    let mut results = Vec::new();
+    for mode in [
+        HistogramMode::Classic,
+        HistogramMode::Native,
+        HistogramMode::Both,
+    ] {
+        let mut state =
+            SeriesState::new(&Default::default(), "bench:1", 2000).with_histograms(mode, false);
+        let first = state.convert(&metrics.snapshot(), 1_700_000_000_000);
+        first.unwrap_or_else(|e| usage(&e.to_string()));
+        let (mut series, mut wire) = (0u64, 0usize);
+        for i in 1..=rounds {
+            let out = state
+                .convert(&metrics.snapshot(), 1_700_000_000_000 + i)
+                .unwrap_or_else(|e| usage(&e.to_string()));
+            for b in &out.batches {
+                series += b.samples;
+                wire += b.body().len();
+            }
+        }
+        let r = (series as f64 / rounds as f64, wire as f64 / rounds as f64);
+        println!(
+            "{{\"histograms\": \"{}\", \"series_per_push\": {:.0}, \"snappy_bytes_per_push\": {:.0}}}",
+            mode.as_str(),
+            r.0,
+            r.1
+        );
+        results.push(r);
+    }
+    let (classic, native, both) = (results[0], results[1], results[2]);
+    println!(
+        "{{\"native_to_classic_series\": {:.3}, \"native_to_classic_bytes\": {:.3}, \
+         \"both_to_classic_series\": {:.3}, \"both_to_classic_bytes\": {:.3}}}",
+        native.0 / classic.0,
+        native.1 / classic.1,
+        both.0 / classic.0,
+        both.1 / classic.1
     );
 }
 

@@ -2,15 +2,22 @@
 //! worker (`DEMO_FIRST_DELTA_DELAY_MS=300`: every time to first token is just above 0.3 s),
 //! scraped by a real Prometheus 2.42 with `--enable-feature=native-histograms,
 //! exemplar-storage` (which negotiates the protobuf format), and its OpenMetrics output
-//! read by the `prometheus_client` Python package's OpenMetrics parser.
+//! read by the `prometheus_client` Python package's OpenMetrics parser. The same Prometheus
+//! as a remote-write receiver (`histograms = "native"`, `send_exemplars`), and one started
+//! without the feature, to which the pusher falls back to classic series.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
 
 mod common;
 
 use std::process::Command;
+
+use rustix::process::Signal;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{http, start_prometheus_with, wait_until, Proxy};
+use common::{
+    http, start_prometheus, start_prometheus_with, start_victoria_metrics, wait_until, Proxy,
+    Server,
+};
 use serde_json::{json, Value};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -57,6 +64,152 @@ async fn chat(proxy: &Proxy, stream: bool, traceparent: Option<&str>) -> String 
     id
 }
 
+/// The labels of every exemplar Prometheus holds for `query`, from ten minutes ago on.
+async fn exemplar_labels(prometheus: &Server, query: &str) -> Vec<Value> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let body: Value = http()
+        .get(format!("{}/api/v1/query_exemplars", prometheus.base))
+        .query(&[
+            ("query", query.to_string()),
+            ("start", (now - 600).to_string()),
+            ("end", (now + 600).to_string()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut labels = Vec::new();
+    for series in body["data"].as_array().into_iter().flatten() {
+        for e in series["exemplars"].as_array().into_iter().flatten() {
+            labels.push(e["labels"].clone());
+        }
+    }
+    labels
+}
+
+/// Within one native bucket (schema 3: factor 2^(1/8)) of 0.3 s: the bucket holding 0.3 s
+/// is (0.2973, 0.3242], the next (0.3242, 0.3536].
+fn within_one_native_bucket_of_300ms(q: f64) -> bool {
+    let factor = 2f64.powf(1.0 / 8.0);
+    q > 0.3 / factor && q <= 0.3 * factor * factor
+}
+
+/// The proxy's config with a remote-write destination to `prometheus` every 300 ms.
+fn remote_write_config(prometheus: &Server, extra: &str) -> String {
+    format!(
+        "{}[[remote_write]]\nurl = \"{}/api/v1/write\"\ninterval = \"300ms\"\n{extra}\n",
+        config(),
+        prometheus.base
+    )
+}
+
+#[tokio::test]
+async fn remote_write_with_native_histograms_gives_prometheus_native_ttft_and_the_clients_ids_as_exemplars(
+) {
+    let Some(prometheus) = start_prometheus_with("", &[FEATURES]).await else {
+        return;
+    };
+    let config = remote_write_config(
+        &prometheus,
+        "histograms = \"native\"\nsend_exemplars = true",
+    );
+    let mut proxy = Proxy::start(&config, &[("DEMO_FIRST_DELTA_DELAY_MS", "300")]).await;
+    proxy.wait_ready().await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(chat(&proxy, i % 2 == 0, None).await);
+    }
+    let n = ids.len() as f64;
+    let count = "sum(histogram_count(codex_time_to_first_token_seconds))";
+    prometheus.wait_scalar(count, n, DEADLINE).await;
+    let median = "histogram_quantile(0.5, sum(codex_time_to_first_token_seconds))";
+    let q = prometheus.scalar(median).await.unwrap();
+    assert!(
+        within_one_native_bucket_of_300ms(q),
+        "native p50 {q} not within one bucket of 0.3 s"
+    );
+    // "native": the family's classic series are not sent.
+    let classic = prometheus
+        .query("count(codex_time_to_first_token_seconds_bucket)")
+        .await;
+    assert_eq!(classic, json!([]), "{classic}");
+    // The exemplars are the ids the clients were given, and each of those requests'
+    // exemplar arrives, the first push's too (Prometheus 2.42 drops an exemplar sent
+    // beside the first histogram of a series: ours come after it).
+    let ttft = "codex_time_to_first_token_seconds";
+    let seen = wait_until("the clients' ids as exemplars", DEADLINE, || async {
+        let labels = exemplar_labels(&prometheus, ttft).await;
+        let got: Vec<String> = (labels.iter())
+            .filter_map(|l| l["request_id"].as_str().map(str::to_string))
+            .collect();
+        ids.iter().all(|id| got.contains(id)).then_some(got)
+    })
+    .await;
+    for id in &seen {
+        assert!(ids.contains(id), "{id} was not given to a client");
+    }
+    for id in &ids {
+        assert!(proxy.logs().contains(id.as_str()), "{id} not in the log");
+    }
+    // At shutdown every native series gets a histogram stale marker, which Prometheus
+    // takes: the series is gone from an instant query, and no push failed.
+    proxy.proc.signal(Signal::TERM);
+    assert!(proxy.proc.wait_exit(DEADLINE).await.success());
+    let logs = proxy.logs();
+    assert!(
+        !logs.contains("push rejected") && !logs.contains("push failed"),
+        "{logs}"
+    );
+    let live = "count(codex_time_to_first_token_seconds)";
+    wait_until("the native series stale", DEADLINE, || async {
+        (prometheus.query(live).await == json!([])).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_prometheus_without_native_histograms_gets_classic_series_and_the_fallback_shows_in_healthz(
+) {
+    let Some(prometheus) = start_prometheus("").await else {
+        return;
+    };
+    let config = remote_write_config(&prometheus, "histograms = \"native\"");
+    let proxy = Proxy::start(&config, &[("DEMO_FIRST_DELTA_DELAY_MS", "300")]).await;
+    proxy.wait_ready().await;
+    let first = chat(&proxy, false, None).await;
+    let health = wait_until("the fallback in /healthz", DEADLINE, || async {
+        let push = proxy.healthz().await?["push"][0].clone();
+        (push["histograms"] == "classic (receiver has no native histograms)").then_some(push)
+    })
+    .await;
+    assert_eq!(health["kind"], "remote_write", "{health}");
+    for _ in 0..3 {
+        chat(&proxy, true, None).await;
+    }
+    // Every observation arrives as classic series, and the queue drains.
+    let count = "sum(codex_time_to_first_token_seconds_count)";
+    prometheus.wait_scalar(count, 4.0, DEADLINE).await;
+    let le = r#"sum(codex_time_to_first_token_seconds_bucket{le="+Inf"})"#;
+    prometheus.wait_scalar(le, 4.0, DEADLINE).await;
+    wait_until("an empty queue", DEADLINE, || async {
+        let push = proxy.healthz().await?["push"][0].clone();
+        (push["queued_requests"] == 0 && push["requests_in_flight"] == 0).then_some(())
+    })
+    .await;
+    let logs = proxy.logs();
+    assert_eq!(
+        logs.matches("--enable-feature=native-histograms").count(),
+        1,
+        "logged once, naming the flag"
+    );
+    assert!(logs.contains(&first));
+}
+
 #[tokio::test]
 async fn prometheus_with_native_histograms_scrapes_native_ttft_and_the_clients_ids_as_exemplars() {
     let proxy = Proxy::start(&config(), &[("DEMO_FIRST_DELTA_DELAY_MS", "300")]).await;
@@ -94,11 +247,8 @@ async fn prometheus_with_native_histograms_scrapes_native_ttft_and_the_clients_i
     prometheus.wait_scalar(count, n, DEADLINE).await;
     let median = "histogram_quantile(0.5, sum(codex_time_to_first_token_seconds))";
     let q = prometheus.scalar(median).await.unwrap();
-    // Within one native bucket (schema 3: factor 2^(1/8)) of 0.3 s: the bucket holding 0.3 s
-    // is (0.2973, 0.3242], the next (0.3242, 0.3536].
-    let factor = 2f64.powf(1.0 / 8.0);
     assert!(
-        q > 0.3 / factor && q <= 0.3 * factor * factor,
+        within_one_native_bucket_of_300ms(q),
         "native p50 {q} not within one bucket of 0.3 s"
     );
     // The classic buckets put every observation in (0.25, 0.5]: Prometheus' interpolation
@@ -111,35 +261,7 @@ async fn prometheus_with_native_histograms_scrapes_native_ttft_and_the_clients_i
     );
 
     // Exemplars: the ids the clients were given, or their own trace, and nothing else.
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let exemplars = |query: &'static str| {
-        let prometheus = &prometheus;
-        async move {
-            let body: Value = http()
-                .get(format!("{}/api/v1/query_exemplars", prometheus.base))
-                .query(&[
-                    ("query", query.to_string()),
-                    ("start", (now - 600).to_string()),
-                    ("end", (now + 600).to_string()),
-                ])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let mut labels = Vec::new();
-            for series in body["data"].as_array().into_iter().flatten() {
-                for e in series["exemplars"].as_array().into_iter().flatten() {
-                    labels.push(e["labels"].clone());
-                }
-            }
-            labels
-        }
-    };
+    let exemplars = |query: &'static str| exemplar_labels(&prometheus, query);
     // A bucket keeps its latest exemplar, and Prometheus 2.42 takes one exemplar per
     // native histogram and scrape, its lowest bucket's: each id is awaited on time to
     // first token, whose observations all fall in one classic bucket (0.25, 0.5], before
@@ -311,4 +433,39 @@ async fn a_pushgateway_destination_with_native_histograms_pushes_them_and_promet
         text.contains("codex_time_to_first_token_seconds_bucket{"),
         "{text}"
     );
+}
+
+/// What docs/remote-write.md says of VictoriaMetrics 1.79: it answers 204 to a request with
+/// native histograms and exemplars and stores neither (its 1.0 decoder skips fields 3 and
+/// 4), so with `histograms = "both"` the classic series arrive and the native one does not.
+#[tokio::test]
+async fn victoria_metrics_takes_the_classic_series_and_silently_drops_native_histograms() {
+    let Some(vm) = start_victoria_metrics().await else {
+        return;
+    };
+    let config = remote_write_config(&vm, "histograms = \"both\"\nsend_exemplars = true");
+    let proxy = Proxy::start(&config, &[("DEMO_FIRST_DELTA_DELAY_MS", "300")]).await;
+    proxy.wait_ready().await;
+    for _ in 0..3 {
+        chat(&proxy, false, None).await;
+    }
+    let count = "sum(codex_time_to_first_token_seconds_count)";
+    vm.wait_scalar(count, 3.0, DEADLINE).await;
+    wait_until("requests delivered", DEADLINE, || async {
+        let push = proxy.healthz().await?["push"][0].clone();
+        let delivered = push["queued_requests"] == 0 && push["last_success_unix_seconds"].is_i64();
+        delivered.then_some(())
+    })
+    .await;
+    assert_eq!(
+        vm.query("codex_time_to_first_token_seconds").await,
+        json!([])
+    );
+    let logs = proxy.logs();
+    assert!(
+        !logs.contains("push rejected") && !logs.contains("push failed"),
+        "{logs}"
+    );
+    let health = proxy.healthz().await.unwrap();
+    assert_eq!(health["push"][0]["histograms"], "both");
 }

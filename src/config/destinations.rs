@@ -117,6 +117,14 @@ pub struct RemoteWriteConfig {
     /// Cap on request body bytes sent per second; empty (the default) sends at full speed.
     #[serde(default, with = "off_or_some")]
     pub max_bytes_per_second: Option<ByteSize>,
+    /// `classic`: `_bucket{le}`, `_sum`, `_count`, which every receiver takes. `native`:
+    /// a histogram family's native series instead (1.0 `TimeSeries.histograms`, field 4);
+    /// `both`: both. A receiver that refuses native histograms turns it to `classic`.
+    #[serde(default)]
+    pub histograms: HistogramMode,
+    /// Send exemplars (1.0 `TimeSeries.exemplars`, field 3), Prometheus' name and default.
+    #[serde(default)]
+    pub send_exemplars: bool,
 }
 
 /// Optional durations and sizes: an empty string (or an absent key) means off.
@@ -199,6 +207,17 @@ pub enum HistogramMode {
     Native,
     /// Both.
     Both,
+}
+
+impl HistogramMode {
+    /// As in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistogramMode::Classic => "classic",
+            HistogramMode::Native => "native",
+            HistogramMode::Both => "both",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

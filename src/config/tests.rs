@@ -178,6 +178,8 @@ fn a_destination_without_more_than_its_url_gets_the_documented_defaults() {
     assert_eq!(rw.min_backoff.0, Duration::from_millis(100));
     assert_eq!(rw.max_backoff.0, Duration::from_secs(30));
     assert!(rw.retry_on_429);
+    assert_eq!(rw.histograms, HistogramMode::Classic);
+    assert!(!rw.send_exemplars);
     assert_eq!(rw.protocol, RemoteWriteProtocol::V1);
     let pg = &c.pushgateway[0];
     assert_eq!(pg.destination.interval.0, Duration::from_secs(15));
@@ -238,6 +240,8 @@ fn type_errors_in_shared_and_own_destination_keys_name_the_key() {
         ),
         ("pushgateway", "method = \"patch\"", "method"),
         ("remote_write", "protocol = \"v3\"", "protocol"),
+        ("remote_write", "histograms = \"sparse\"", "histograms"),
+        ("remote_write", "send_exemplars = \"yes\"", "send_exemplars"),
     ];
     for (kind, line, key) in cases {
         let url = if line.starts_with("url") {

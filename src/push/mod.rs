@@ -101,6 +101,10 @@ pub struct DestinationStatus {
     /// Remote-write: the protocol requests are made in now, `1.0` or `2.0`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<&'static str>,
+    /// Remote-write: the histograms sent, `classic`, `native` or `both`, or `classic
+    /// (receiver has no native histograms)` after the receiver refused them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub histograms: Option<&'static str>,
     /// Requests sent and not answered yet.
     pub requests_in_flight: usize,
     /// How many may be in flight now (`max_in_flight`, halved by 429s, regrowing).
@@ -140,6 +144,7 @@ impl DestinationStatus {
             replayed_requests: 0,
             last_success_unix_seconds: None,
             protocol: None,
+            histograms: None,
             requests_in_flight: 0,
             in_flight_limit: 1,
             backlog_age_seconds: None,

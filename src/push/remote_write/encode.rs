@@ -417,6 +417,7 @@ mod tests {
                     value: 2.5,
                     timestamp: 42,
                 }],
+                ..Default::default()
             }],
         };
         let mut body = Vec::new();

@@ -17,6 +17,7 @@
 
 pub mod encode;
 mod encode_v2;
+mod histograms;
 mod lanes;
 pub mod negotiate;
 pub mod proto;
@@ -30,10 +31,10 @@ mod transcode;
 mod window;
 mod wire;
 
-pub(crate) use transcode::to_v1;
+pub(crate) use transcode::{to_v1, without_histograms};
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -47,7 +48,7 @@ use super::schedule::Schedule;
 use super::self_metrics::{DestinationMetrics, DropReason, Outcome};
 use super::signal::{Ready, Shutdown};
 use super::{Context, DestinationStatus, PushError, Started};
-use crate::config::RemoteWriteConfig;
+use crate::config::{HistogramMode, RemoteWriteConfig};
 use negotiate::{Negotiation, Protocol, Written};
 use queue::durable::DurableQueue;
 use queue::memory::MemoryQueue;
@@ -86,7 +87,8 @@ pub(crate) fn start(
         &config.external_labels,
         &ctx.instance,
         config.max_series_per_request,
-    );
+    )
+    .with_histograms(config.histograms, config.send_exemplars);
     let snapshots =
         SnapshotThread::spawn(format!("push-{index}")).map_err(|e| PushError::Config {
             key: format!("remote_write[{index}]"),
@@ -110,6 +112,7 @@ pub(crate) fn start(
             done: 0,
             total: replayed,
         }),
+        histograms: Some(config.histograms.as_str()),
         ..DestinationStatus::new(&name, KIND, config.destination.url.as_url())
     });
     if replayed > 0 {
@@ -130,6 +133,8 @@ pub(crate) fn start(
         wake: Notify::new(),
         producer_done: AtomicBool::new(false),
         negotiation,
+        native_refused: AtomicBool::new(false),
+        native_until_ms: AtomicI64::new(i64::MAX),
     });
     dest.publish(&initial);
     let producer = tokio::spawn(produce(
@@ -276,6 +281,11 @@ struct Destination {
     wake: Notify,
     producer_done: AtomicBool,
     negotiation: Negotiation,
+    /// The receiver refused native histograms: classic only from now on.
+    native_refused: AtomicBool,
+    /// The newest timestamp of a request that may hold native histograms (every one until
+    /// the producer has switched to classic): such queued requests are sent without them.
+    native_until_ms: AtomicI64,
 }
 
 impl Destination {
@@ -380,12 +390,21 @@ async fn snapshot(
 ) {
     let (source, series, queue) = (source.clone(), series.clone(), dest.queue.clone());
     let protocol = dest.negotiation.current();
+    let native_refused = dest.native_refused.load(Ordering::Acquire);
+    let dest_for_work = dest.clone();
     let work = snapshots
         .run(move || {
             let snapshot = source.snapshot();
             let now_ms = chrono::Utc::now().timestamp_millis();
             let mut state = series.lock().unwrap_or_else(PoisonError::into_inner);
             state.set_protocol(protocol);
+            if native_refused && state.histogram_mode() != HistogramMode::Classic {
+                state.classic_only();
+                let until = state.last_timestamp_ms().unwrap_or(i64::MIN);
+                dest_for_work
+                    .native_until_ms
+                    .store(until, Ordering::Release);
+            }
             let converted = if final_push {
                 state.convert_final(&snapshot, now_ms)
             } else {
@@ -437,6 +456,9 @@ enum Verdict {
     /// The receiver does not understand 2.0 (the reason why): fall back to 1.0 and send
     /// the same batch again, as 1.0, at once.
     FallBack(&'static str),
+    /// The receiver does not take native histograms (and stored nothing of the request):
+    /// classic only from now on, and the same batch again at once, without them.
+    ClassicOnly,
 }
 
 /// Empties the queue; returns the samples it held.
@@ -452,13 +474,34 @@ fn drain(q: &mut dyn Queue) -> u64 {
 /// `batch` as the destination's protocol wants it sent: a 2.0 batch queued before a
 /// fallback to 1.0 is converted; `None` when it cannot be read (it is dropped as corrupt).
 fn in_current_protocol<'b>(dest: &Destination, batch: &'b Batch) -> Option<Cow<'b, Batch>> {
-    if batch.protocol == Protocol::V1 || dest.negotiation.current() == Protocol::V2 {
+    if batch.protocol == Protocol::V1 {
+        return without_native(dest, batch);
+    }
+    if dest.negotiation.current() == Protocol::V2 {
         return Some(Cow::Borrowed(batch));
     }
     match to_v1(batch) {
         Ok(b) => Some(Cow::Owned(b)),
         Err(e) => {
             tracing::warn!(destination = %dest.name, error = %e, samples = batch.samples, "queued 2.0 request unreadable; dropped");
+            None
+        }
+    }
+}
+
+/// A 1.0 `batch` made before the receiver refused native histograms, without them;
+/// `None` when it cannot be read (it is dropped as corrupt).
+fn without_native<'b>(dest: &Destination, batch: &'b Batch) -> Option<Cow<'b, Batch>> {
+    if !dest.native_refused.load(Ordering::Acquire)
+        || batch.oldest_timestamp_ms > dest.native_until_ms.load(Ordering::Acquire)
+    {
+        return Some(Cow::Borrowed(batch));
+    }
+    match without_histograms(batch) {
+        Ok(None) => Some(Cow::Borrowed(batch)),
+        Ok(Some(b)) => Some(Cow::Owned(b)),
+        Err(e) => {
+            tracing::warn!(destination = %dest.name, error = %e, samples = batch.samples, "queued request unreadable; dropped");
             None
         }
     }
@@ -515,6 +558,11 @@ async fn attempt(dest: &Destination, batch: &Batch) -> Verdict {
         dest.metrics.request(Outcome::Http4xx);
         tracing::info!(destination = %dest.name, status = status.as_u16(), receiver_says = %message, "remote-write 2.0 refused");
         return Verdict::FallBack("the receiver refused the 2.0 content type");
+    }
+    if batch.protocol == Protocol::V1 && negotiate::native_histograms_refused(status, &message) {
+        dest.metrics.request(Outcome::Http5xx);
+        tracing::debug!(destination = %dest.name, status = status.as_u16(), receiver_says = %message, "native histograms refused");
+        return Verdict::ClassicOnly;
     }
     let (outcome, verdict) = if status == StatusCode::TOO_MANY_REQUESTS {
         if dest.retry_on_429 {

@@ -199,6 +199,16 @@ pub(crate) fn written(headers: &HeaderMap, samples: u64) -> Written {
     }
 }
 
+/// Whether an answer says the receiver does not take native histograms: Prometheus 2.4x
+/// without `--enable-feature=native-histograms` answers 500 with this body and stores
+/// nothing of the request. A retry would get the same answer forever.
+pub(crate) fn native_histograms_refused(status: StatusCode, message: &str) -> bool {
+    status.is_server_error()
+        && message
+            .to_ascii_lowercase()
+            .contains("native histograms are disabled")
+}
+
 /// Whether a 4xx answer to a 2.0 request says the receiver does not take 2.0: a 415, or a
 /// 400 whose message is about the content type (a 1.x receiver that checks it).
 pub(crate) fn unsupported(status: StatusCode, message: &str) -> bool {
@@ -220,6 +230,24 @@ pub(crate) fn unsupported(status: StatusCode, message: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn prometheus_refusing_native_histograms_is_recognised_only_as_a_5xx_saying_so() {
+        let body = "native histograms are disabled\n";
+        assert!(native_histograms_refused(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            body
+        ));
+        assert!(native_histograms_refused(
+            StatusCode::BAD_GATEWAY,
+            "Native histograms are disabled"
+        ));
+        assert!(!native_histograms_refused(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "disk full"
+        ));
+        assert!(!native_histograms_refused(StatusCode::BAD_REQUEST, body));
+    }
+
     use super::*;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

@@ -24,9 +24,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::encode::{encode_label, EncodeError};
+use super::histograms::Extras;
 use super::negotiate::Protocol;
 use super::queue::Batch;
 use super::requests::{Requests, Writer};
+use crate::config::HistogramMode;
 use crate::exposition::names::{is_valid_label_name, is_valid_metric_name};
 use crate::exposition::snapshot::{Family, Kind, Labels};
 use crate::push::Snapshot;
@@ -55,6 +57,9 @@ pub struct SeriesState {
     /// What the previous conversion made of each family, in snapshot order: valid with
     /// the series list of `requests`, which is replaced at the same moment.
     memo: Vec<FamilyMemo>,
+    /// Native histograms and exemplars (`histograms.rs`).
+    extras: Extras,
+    max_series_per_request: usize,
 }
 
 /// The kept series and bodies are megabytes of bytes: `Debug` says only where it stands.
@@ -68,7 +73,7 @@ impl std::fmt::Debug for SeriesState {
 }
 
 /// An external label, encoded once: every series carries it.
-struct External {
+pub(super) struct External {
     name: String,
     encoded: Vec<u8>,
 }
@@ -102,7 +107,35 @@ impl SeriesState {
             last_timestamp_ms: None,
             requests: Requests::new(max_series_per_request),
             memo: Vec::new(),
+            extras: Extras::default(),
+            max_series_per_request,
         }
+    }
+
+    /// Which histograms go out (`histograms`) and whether exemplars do (`send_exemplars`);
+    /// classic only and none until told.
+    pub fn with_histograms(mut self, mode: HistogramMode, send_exemplars: bool) -> SeriesState {
+        self.extras.mode = mode;
+        self.extras.send_exemplars = send_exemplars;
+        self
+    }
+
+    /// Sends classic histograms only from the next conversion on, for good: the receiver
+    /// does not take native ones. The native series sent so far are left to go stale at
+    /// the receiver (it stored none of them).
+    pub fn classic_only(&mut self) {
+        self.extras.classic_only();
+        // The memo may describe families whose classic series were left out.
+        self.memo.clear();
+    }
+
+    /// The timestamp of the latest conversion's samples, if any.
+    pub fn last_timestamp_ms(&self) -> Option<i64> {
+        self.last_timestamp_ms
+    }
+
+    pub fn histogram_mode(&self) -> HistogramMode {
+        self.extras.mode
     }
 
     /// A regular push: the snapshot's series at one timestamp, then stale markers for the
@@ -147,6 +180,7 @@ impl SeriesState {
         final_push: bool,
     ) -> Result<Converted, EncodeError> {
         let ts = self.next_timestamp(now_ms);
+        let protocol = self.requests.protocol();
         self.requests.describe(&snapshot.families);
         let mut conversion = Conversion {
             external: &self.external,
@@ -160,6 +194,10 @@ impl SeriesState {
         let mut memo = Vec::with_capacity(snapshot.families.len());
         for family in &snapshot.families {
             let before = previous.next().filter(|m| m.describes(family));
+            if self.extras.native_only(family, protocol) {
+                memo.push(FamilyMemo::empty(family, None));
+                continue;
+            }
             memo.push(conversion.family(family, before)?);
         }
         let Conversion {
@@ -167,8 +205,8 @@ impl SeriesState {
             invalid_samples,
             ..
         } = conversion;
-        let batches = if final_push {
-            let at = ts + 1;
+        let final_at = final_push.then_some(ts + 1);
+        let mut batches = if let Some(at) = final_at {
             self.last_timestamp_ms = Some(at);
             memo.clear();
             out.finish_final(at)?
@@ -176,6 +214,14 @@ impl SeriesState {
             out.finish()?
         };
         self.memo = memo;
+        batches.extend(self.extras.convert(
+            snapshot,
+            &self.external,
+            protocol,
+            ts,
+            final_at,
+            self.max_series_per_request,
+        )?);
         Ok(Converted {
             batches,
             invalid_samples,
@@ -209,6 +255,17 @@ struct MetricMemo {
 }
 
 impl FamilyMemo {
+    /// Of a family none of whose metrics was sent (yet).
+    fn empty(family: &Family, generated: Option<GeneratedLabels>) -> FamilyMemo {
+        FamilyMemo {
+            name: family.name.clone(),
+            kind: family.kind,
+            bounds: family.bounds.clone(),
+            generated,
+            metrics: Vec::new(),
+        }
+    }
+
     /// Whether `family` yields the same generated labels: same name, kind and bounds (by
     /// bits: `0` and `-0` are written differently).
     fn describes(&self, family: &Family) -> bool {
@@ -239,13 +296,8 @@ impl<'x> Conversion<'_, 'x> {
         before: Option<FamilyMemo>,
     ) -> Result<FamilyMemo, EncodeError> {
         let (generated, before) = before.map_or((None, Vec::new()), |b| (b.generated, b.metrics));
-        let mut memo = FamilyMemo {
-            name: family.name.clone(),
-            kind: family.kind,
-            bounds: family.bounds.clone(),
-            generated,
-            metrics: Vec::with_capacity(family.labels.len()),
-        };
+        let mut memo = FamilyMemo::empty(family, generated);
+        memo.metrics.reserve(family.labels.len());
         let per_metric = family.samples_per_metric();
         if !is_valid_metric_name(&family.name) {
             self.invalid_samples += (family.labels.len() * per_metric) as u64;
@@ -314,17 +366,17 @@ type SeriesNames<'g> = (&'g [u8], Option<&'g [u8]>);
 
 /// The labels a family's series get besides the metric's own, encoded once per family:
 /// `__name__` of each kind of series, and `le` or `quantile` of each bound.
-struct GeneratedLabels {
-    plain: Vec<u8>,
-    bucket: Vec<u8>,
+pub(super) struct GeneratedLabels {
+    pub(super) plain: Vec<u8>,
+    pub(super) bucket: Vec<u8>,
     sum: Vec<u8>,
     count: Vec<u8>,
     /// `le` for a histogram, `quantile` for a summary.
-    bound_name: Option<&'static str>,
+    pub(super) bound_name: Option<&'static str>,
     /// `bound_name` of each finite bucket or quantile.
-    bounds: Vec<Vec<u8>>,
+    pub(super) bounds: Vec<Vec<u8>>,
     /// `le="+Inf"`.
-    inf: Vec<u8>,
+    pub(super) inf: Vec<u8>,
 }
 
 impl GeneratedLabels {
@@ -355,7 +407,7 @@ impl GeneratedLabels {
             .chain(tail.into_iter().flatten())
     }
 
-    fn of(family: &Family) -> GeneratedLabels {
+    pub(super) fn of(family: &Family) -> GeneratedLabels {
         let label = |name: &str, value: &str| {
             let mut out = Vec::new();
             encode_label(name, value, &mut out);
@@ -389,7 +441,7 @@ impl GeneratedLabels {
 /// then splices its own `__name__` and `le` or `quantile` in at those places, the only
 /// labels that differ between the series of a histogram or summary.
 #[derive(Default)]
-struct LabelScratch<'x> {
+pub(super) struct LabelScratch<'x> {
     /// The merged label names, sorted, unique.
     names: Vec<&'x str>,
     /// End offset in `encoded` of each merged label.
@@ -408,14 +460,19 @@ struct LabelScratch<'x> {
 
 impl<'x> LabelScratch<'x> {
     /// Starts on the metrics of another family.
-    fn next_family(&mut self) {
+    pub(super) fn next_family(&mut self) {
         self.valid_names.clear();
     }
 
     /// Takes the labels of a metric, minus empty values, and the external ones; a label of
     /// the metric wins over an external one of the same name. `extra` is the name of the
     /// family's generated label (`le`, `quantile`), if any. False when a name is invalid.
-    fn merge(&mut self, labels: &'x Labels, external: &'x [External], extra: Option<&str>) -> bool {
+    pub(super) fn merge(
+        &mut self,
+        labels: &'x Labels,
+        external: &'x [External],
+        extra: Option<&str>,
+    ) -> bool {
         self.names.clear();
         self.ends.clear();
         self.encoded.clear();
@@ -474,7 +531,7 @@ impl<'x> LabelScratch<'x> {
 
     /// The labels of one series: `name` (an encoded `__name__` label), `extra` (the encoded
     /// `le` or `quantile` label) and the merged labels, in name order.
-    fn series(&mut self, name: &[u8], extra: Option<&[u8]>) -> &[u8] {
+    pub(super) fn series(&mut self, name: &[u8], extra: Option<&[u8]>) -> &[u8] {
         // "__name__" sorts before "le" and "quantile": its cut comes first.
         let ((a, b), (c, d)) = (self.name_cut, self.extra_cut);
         let out = &mut self.out;

@@ -17,14 +17,18 @@ fn decoded(c: &Converted) -> Vec<(Vec<String>, f64, i64)> {
             Protocol::V1 => decode(&b.body).unwrap().timeseries,
             Protocol::V2 => decode(&to_v1(b).unwrap().body).unwrap().timeseries,
         })
-        .map(|TimeSeries { labels, samples }| {
-            assert_eq!(samples.len(), 1);
-            let l = labels
-                .into_iter()
-                .map(|l| format!("{}={}", l.name, l.value))
-                .collect();
-            (l, samples[0].value, samples[0].timestamp)
-        })
+        .map(
+            |TimeSeries {
+                 labels, samples, ..
+             }| {
+                assert_eq!(samples.len(), 1);
+                let l = labels
+                    .into_iter()
+                    .map(|l| format!("{}={}", l.name, l.value))
+                    .collect();
+                (l, samples[0].value, samples[0].timestamp)
+            },
+        )
         .collect()
 }
 

@@ -18,7 +18,7 @@ use super::queue::Batch;
 pub(crate) enum TranscodeError {
     #[error("not snappy block format: {0}")]
     Snappy(#[from] snap::Error),
-    #[error("not a remote-write 2.0 request: {0}")]
+    #[error("not a remote-write request: {0}")]
     Protobuf(#[from] prost::DecodeError),
     #[error("a label reference points past the symbol table")]
     BadRef,
@@ -53,7 +53,11 @@ pub(crate) fn to_v1(batch: &Batch) -> Result<Batch, TranscodeError> {
                 timestamp: s.timestamp,
             })
             .collect();
-        timeseries.push(proto::TimeSeries { labels, samples });
+        timeseries.push(proto::TimeSeries {
+            labels,
+            samples,
+            ..Default::default()
+        });
     }
     let body = proto::WriteRequest { timeseries }.encode_to_vec();
     let compressed = snap::raw::Encoder::new().compress_vec(&body)?;
@@ -62,6 +66,32 @@ pub(crate) fn to_v1(batch: &Batch) -> Result<Batch, TranscodeError> {
         protocol: Protocol::V1,
         ..batch.clone()
     })
+}
+
+/// The 1.0 `batch` without its native histograms, for a receiver that refuses them
+/// (`histograms.rs` puts them in requests of their own); `None` when it holds none. An
+/// entry left with nothing is left out, and so are the exemplars of a native series (the
+/// receiver has no such series). The same queued request is converted at each attempt:
+/// only requests made before the fallback can hold histograms.
+pub(crate) fn without_histograms(batch: &Batch) -> Result<Option<Batch>, TranscodeError> {
+    let raw = snap::raw::Decoder::new().decompress_vec(&batch.body)?;
+    let mut request = proto::WriteRequest::decode(raw.as_slice())?;
+    if request.timeseries.iter().all(|s| s.histograms.is_empty()) {
+        return Ok(None);
+    }
+    let native: Vec<Vec<proto::Label>> = (request.timeseries.iter())
+        .filter(|s| !s.histograms.is_empty())
+        .map(|s| s.labels.clone())
+        .collect();
+    request.timeseries.retain_mut(|s| {
+        s.histograms.clear();
+        !s.samples.is_empty() || (!s.exemplars.is_empty() && !native.contains(&s.labels))
+    });
+    let compressed = snap::raw::Encoder::new().compress_vec(&request.encode_to_vec())?;
+    Ok(Some(Batch {
+        body: Bytes::from(compressed),
+        ..batch.clone()
+    }))
 }
 
 #[cfg(test)]
@@ -105,6 +135,66 @@ mod tests {
             assert_eq!(g.samples[0].value.to_bits(), w.samples[0].value.to_bits());
             assert_eq!(g.samples[0].timestamp, w.samples[0].timestamp);
         }
+    }
+
+    #[test]
+    fn without_histograms_keeps_the_classic_series_and_bucket_exemplars_of_a_batch() {
+        use crate::config::HistogramMode;
+        use crate::exposition::snapshot::{Exemplar, NativeHistogram};
+        use crate::push::remote_write::series::SeriesState;
+        use crate::push::Snapshot;
+        use std::sync::Arc;
+
+        let mut f = Family::new("t_seconds", "h", Kind::Histogram, Arc::from([1.0]));
+        f.push(
+            Arc::from([("route".into(), "/v1".into())]),
+            &[1.0, 0.5, 1.0],
+        );
+        f.native.push(NativeHistogram {
+            schema: 3,
+            count: 1,
+            sum: 0.5,
+            spans: vec![(-8, 1)],
+            deltas: vec![1],
+            ..Default::default()
+        });
+        let exemplar = Some(Exemplar {
+            labels: vec![("request_id", "r1".into())],
+            value: 0.5,
+            timestamp_ms: 1_700_000_000_000,
+        });
+        f.exemplars.extend([exemplar, None]);
+        let snapshot = Snapshot { families: vec![f] };
+        let convert = |mode| {
+            let mut s = SeriesState::new(&Default::default(), "i", 100).with_histograms(mode, true);
+            s.convert(&snapshot, 1_700_000_000_001).unwrap().batches
+        };
+        let strip = |batches: Vec<Batch>| -> Vec<proto::TimeSeries> {
+            let mut out = Vec::new();
+            for b in &batches {
+                let b = without_histograms(b).unwrap().unwrap_or_else(|| b.clone());
+                assert_eq!(b.protocol, Protocol::V1);
+                out.extend(decode(&b.body).unwrap().timeseries);
+            }
+            out
+        };
+        // "both": the classic series and the bucket's exemplar stay, the native one goes.
+        let both = strip(convert(HistogramMode::Both));
+        assert_eq!(both.len(), 4 + 1);
+        assert!(both.iter().all(|s| s.histograms.is_empty()));
+        assert_eq!(both.iter().filter(|s| !s.exemplars.is_empty()).count(), 1);
+        // "native": nothing is left of the native series, not even its exemplar.
+        assert!(strip(convert(HistogramMode::Native)).is_empty());
+        // A batch without histograms is sent as it is.
+        let classic = convert(HistogramMode::Classic);
+        assert!(without_histograms(&classic[0]).unwrap().is_none());
+        assert!(without_histograms(&Batch {
+            body: Bytes::from_static(b"garbage"),
+            protocol: Protocol::V1,
+            samples: 1,
+            oldest_timestamp_ms: 0,
+        })
+        .is_err());
     }
 
     #[test]

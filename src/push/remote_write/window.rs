@@ -407,8 +407,8 @@ impl Window {
                     after_retry: attempts > 1,
                 }
             }
-            Verdict::FallBack(_) => {
-                // The same batches again at once, converted to 1.0 when sent.
+            Verdict::FallBack(_) | Verdict::ClassicOnly => {
+                // The same batches again at once, converted when sent.
                 self.requests[i].retry_at = Some(now);
                 Answered::default()
             }
