@@ -26,8 +26,21 @@ pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// A new request id: the completion id the client sees.
 pub fn new_request_id() -> String {
-    let mut id = String::with_capacity(25);
-    let _ = write!(id, "chatcmpl-{:016x}", fastrand::u64(..));
+    new_request_id_bytes()
+        .iter()
+        .map(|&b| char::from(b))
+        .collect()
+}
+
+/// The bytes of a new request id, `chatcmpl-` and 16 lowercase hex digits, written
+/// without the formatting machinery: every request makes one, metrics on or off.
+pub(crate) fn new_request_id_bytes() -> [u8; 25] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = *b"chatcmpl-0000000000000000";
+    let n = fastrand::u64(..);
+    for (i, digit) in id[9..].iter_mut().enumerate() {
+        *digit = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
     id
 }
 
@@ -258,6 +271,14 @@ mod tests {
     #[test]
     fn request_ids_look_like_completion_ids() {
         let a = new_request_id();
+        assert_eq!(a.len(), 25);
+        assert!(a.starts_with("chatcmpl-"));
+        assert!(
+            a[9..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{a}"
+        );
         assert!(a.starts_with("chatcmpl-") && a.len() == 25, "{a}");
         assert_ne!(a, new_request_id());
     }

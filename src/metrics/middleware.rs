@@ -116,7 +116,9 @@ pub struct RequestContext {
 
 impl RequestContext {
     fn new(traceparent: Option<&HeaderValue>) -> RequestContext {
-        let id: Arc<str> = exemplar::new_request_id().into();
+        let bytes = exemplar::new_request_id_bytes();
+        // ASCII by construction.
+        let id: Arc<str> = Arc::from(std::str::from_utf8(&bytes).unwrap_or("chatcmpl-"));
         let exemplar = ExemplarId::for_request(traceparent.map(HeaderValue::as_bytes), &id);
         RequestContext { id, exemplar }
     }
