@@ -35,9 +35,13 @@ pub(crate) async fn v1_guard(
     if state.maintenance.load(Ordering::Relaxed) {
         return ApiError::maintenance(state.config.maintenance.retry_after_secs).into_response();
     }
-    let status = state.worker.status();
-    if !status.ready {
-        let why = serde_json::to_value(status.state)
+    // In place: a clone of the status (model list, rate limits) per request was a
+    // twentieth of what a cheap request costs.
+    let not_ready = state
+        .worker
+        .with_status(|status| (!status.ready).then_some(status.state));
+    if let Some(worker_state) = not_ready {
+        let why = serde_json::to_value(worker_state)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
