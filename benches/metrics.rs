@@ -26,9 +26,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use std::sync::Arc;
 
-use codex_proxy::metrics::exemplar::ExemplarId;
+use codex_proxy::metrics::exemplar::{ExemplarId, RequestId};
 use codex_proxy::metrics::scrape::{Format, Renderer};
 use codex_proxy::metrics::FinishedRequest;
 use common::cpu_time::ThreadCpuTime;
@@ -93,7 +92,7 @@ fn main() {
     });
     // The same busy label set with an exemplar (the request's id), as the middleware
     // records every request since native histograms and exemplars came.
-    let id = ExemplarId::Request(Arc::from("chatcmpl-0123456789abcdef"));
+    let id = ExemplarId::Request(RequestId::from_u64(0x0123_4567_89ab_cdef));
     let mut with_exemplar = FinishedRequest { ..*chat };
     with_exemplar.exemplar = Some(&id);
     c.bench_function("record_request_one_series_exemplar", |b| {

@@ -7,14 +7,14 @@
 //! (`request_id`). Nothing else: never a prompt, a user or a key, and never a label of a
 //! series. At most 63 characters of labels, within OpenMetrics' 128.
 //!
-//! Recording must stay cheap: a bucket keeps its exemplar's id copied inline (trace ids as
-//! bytes, the request id's 25 characters in a fixed array), so an observation takes and
-//! releases no reference count, and keeps the observation's `Instant`: the wall-clock
-//! timestamp is derived from it and one anchor taken once, when a snapshot reads it, with
-//! no clock read per observation.
+//! Recording must stay cheap: ids are plain bytes (trace ids as bytes, the request id's 25
+//! characters in a fixed array), so making, copying and keeping one allocates nothing and
+//! touches no reference count; a bucket keeps the observation's `Instant`, and the
+//! wall-clock timestamp is derived from it and one anchor taken once, when a snapshot reads
+//! it, with no clock read per observation.
 
-use std::fmt::Write as _;
-use std::sync::{Arc, OnceLock};
+use std::fmt::{self, Write as _};
+use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::exposition::snapshot::Exemplar;
@@ -24,44 +24,68 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The W3C trace context request header.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
-/// A new request id: the completion id the client sees.
-pub fn new_request_id() -> String {
-    new_request_id_bytes()
-        .iter()
-        .map(|&b| char::from(b))
-        .collect()
+/// A request's id: `chatcmpl-` and 16 lowercase hex digits, the completion id the client
+/// sees. Every request makes one, metrics on or off, so it is written without the
+/// formatting machinery and kept inline.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RequestId([u8; 25]);
+
+impl RequestId {
+    /// A new, random id.
+    pub fn random() -> RequestId {
+        RequestId::from_u64(fastrand::u64(..))
+    }
+
+    /// The id whose hex digits are `n`'s.
+    pub fn from_u64(n: u64) -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = *b"chatcmpl-0000000000000000";
+        for (i, digit) in id[9..].iter_mut().enumerate() {
+            *digit = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        RequestId(id)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        // ASCII by construction: the fallback is never taken.
+        std::str::from_utf8(&self.0).unwrap_or("chatcmpl-")
+    }
 }
 
-/// The bytes of a new request id, `chatcmpl-` and 16 lowercase hex digits, written
-/// without the formatting machinery: every request makes one, metrics on or off.
-pub(crate) fn new_request_id_bytes() -> [u8; 25] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = *b"chatcmpl-0000000000000000";
-    let n = fastrand::u64(..);
-    for (i, digit) in id[9..].iter_mut().enumerate() {
-        *digit = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
-    id
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 /// What an exemplar names: the request's trace and span, or its id.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExemplarId {
     Trace {
         trace_id: [u8; 16],
         span_id: [u8; 8],
     },
-    Request(Arc<str>),
+    Request(RequestId),
 }
 
 impl ExemplarId {
     /// The trace context of a valid `traceparent` (W3C Trace Context: `version-traceid-
     /// parentid-flags`, lowercase hex, neither id all zeros, version `ff` invalid, version
     /// `00` exactly 55 characters), else the request id. A malformed header is ignored.
-    pub fn for_request(traceparent: Option<&[u8]>, request_id: &Arc<str>) -> ExemplarId {
+    pub fn for_request(traceparent: Option<&[u8]>, request_id: RequestId) -> ExemplarId {
         traceparent
             .and_then(parse_traceparent)
-            .unwrap_or_else(|| ExemplarId::Request(request_id.clone()))
+            .unwrap_or(ExemplarId::Request(request_id))
     }
 
     /// The exemplar labels, in name order.
@@ -126,68 +150,14 @@ fn decode_hex(text: &[u8], out: &mut [u8]) -> Option<()> {
 /// time only when read).
 #[derive(Debug, Clone)]
 pub(crate) struct StoredExemplar {
-    id: StoredId,
+    id: ExemplarId,
     value: f64,
     at: Instant,
 }
 
-/// The longest request id kept inline: every id [`new_request_id`] makes (25 bytes) fits.
-const INLINE_ID: usize = 30;
-
-/// An [`ExemplarId`] as a bucket keeps it: copied, without touching the shared string's
-/// reference count, unless the id is longer than any this process makes.
-#[derive(Debug, Clone)]
-enum StoredId {
-    Trace {
-        trace_id: [u8; 16],
-        span_id: [u8; 8],
-    },
-    Inline {
-        len: u8,
-        bytes: [u8; INLINE_ID],
-    },
-    Shared(Arc<str>),
-}
-
-impl StoredId {
-    fn new(id: &ExemplarId) -> StoredId {
-        match id {
-            &ExemplarId::Trace { trace_id, span_id } => StoredId::Trace { trace_id, span_id },
-            ExemplarId::Request(id) if id.len() <= INLINE_ID => {
-                let mut bytes = [0; INLINE_ID];
-                bytes[..id.len()].copy_from_slice(id.as_bytes());
-                StoredId::Inline {
-                    len: id.len() as u8,
-                    bytes,
-                }
-            }
-            ExemplarId::Request(id) => StoredId::Shared(id.clone()),
-        }
-    }
-
-    /// The exemplar labels, as [`ExemplarId::labels`] gives them.
-    fn labels(&self) -> Vec<(&'static str, String)> {
-        match self {
-            &StoredId::Trace { trace_id, span_id } => {
-                ExemplarId::Trace { trace_id, span_id }.labels()
-            }
-            StoredId::Inline { len, bytes } => {
-                // The bytes were a whole `str`, copied unchanged.
-                let id = String::from_utf8_lossy(&bytes[..usize::from(*len)]);
-                vec![("request_id", id.into_owned())]
-            }
-            StoredId::Shared(id) => vec![("request_id", id.to_string())],
-        }
-    }
-}
-
 impl StoredExemplar {
     pub(crate) fn new(id: &ExemplarId, value: f64, at: Instant) -> StoredExemplar {
-        StoredExemplar {
-            id: StoredId::new(id),
-            value,
-            at,
-        }
+        StoredExemplar { id: *id, value, at }
     }
 
     pub(crate) fn to_snapshot(&self) -> Exemplar {
@@ -218,14 +188,14 @@ fn unix_ms(at: Instant) -> i64 {
 mod tests {
     use super::*;
 
-    fn id() -> Arc<str> {
-        Arc::from("chatcmpl-0123456789abcdef")
+    fn id() -> RequestId {
+        RequestId::from_u64(0x0123_4567_89ab_cdef)
     }
 
     #[test]
     fn a_valid_traceparent_gives_trace_and_span_ids() {
         let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let e = ExemplarId::for_request(Some(tp), &id());
+        let e = ExemplarId::for_request(Some(tp), id());
         assert_eq!(
             e.labels(),
             vec![
@@ -236,7 +206,7 @@ mod tests {
         // A later version may carry more fields.
         let future = b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz";
         assert!(matches!(
-            ExemplarId::for_request(Some(future), &id()),
+            ExemplarId::for_request(Some(future), id()),
             ExemplarId::Trace { .. }
         ));
     }
@@ -254,7 +224,7 @@ mod tests {
             b"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ];
         for tp in bad {
-            let e = ExemplarId::for_request(Some(tp), &id());
+            let e = ExemplarId::for_request(Some(tp), id());
             assert_eq!(
                 e,
                 ExemplarId::Request(id()),
@@ -263,14 +233,17 @@ mod tests {
             );
         }
         let labels = ExemplarId::Request(id()).labels();
-        assert_eq!(labels, vec![("request_id", id().to_string())]);
+        assert_eq!(
+            labels,
+            vec![("request_id", "chatcmpl-0123456789abcdef".to_string())]
+        );
         let chars: usize = labels.iter().map(|(n, v)| n.len() + v.len()).sum();
         assert!(chars <= 128);
     }
 
     #[test]
     fn request_ids_look_like_completion_ids() {
-        let a = new_request_id();
+        let a = RequestId::random().to_string();
         assert_eq!(a.len(), 25);
         assert!(a.starts_with("chatcmpl-"));
         assert!(
@@ -279,22 +252,21 @@ mod tests {
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
             "{a}"
         );
-        assert!(a.starts_with("chatcmpl-") && a.len() == 25, "{a}");
-        assert_ne!(a, new_request_id());
+        assert_ne!(a, RequestId::random().to_string());
+        assert_eq!(
+            RequestId::from_u64(0xaa).as_str(),
+            "chatcmpl-00000000000000aa"
+        );
     }
 
     #[test]
     fn a_stored_exemplar_reads_back_as_the_id_it_was_given() {
         let at = Instant::now();
-        let long: Arc<str> = "x".repeat(INLINE_ID + 1).into();
         let ids = [
             ExemplarId::Request(id()),
-            ExemplarId::Request(Arc::from("")),
-            ExemplarId::Request(Arc::from("é".repeat(INLINE_ID / 2))),
-            ExemplarId::Request(long),
             ExemplarId::for_request(
                 Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-                &id(),
+                id(),
             ),
         ];
         for e in &ids {
@@ -302,13 +274,6 @@ mod tests {
             assert_eq!(read.labels, e.labels());
             assert_eq!((read.value, read.timestamp_ms), (2.5, unix_ms(at)));
         }
-        // The ids this process makes are copied, not shared.
-        let stored = StoredExemplar::new(&ids[0], 1.0, at);
-        assert!(matches!(stored.id, StoredId::Inline { .. }));
-        assert!(matches!(
-            StoredExemplar::new(&ids[3], 1.0, at).id,
-            StoredId::Shared(_)
-        ));
     }
 
     #[test]

@@ -299,6 +299,7 @@ fn with_label(labels: &Labels, (name, value): (&str, &str)) -> Labels {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::exemplar::RequestId;
 
     fn request(
         route: &str,
@@ -367,7 +368,7 @@ mod tests {
     fn latency_keeps_native_buckets_and_the_latest_exemplar_of_each_bucket() {
         let h = HttpFamilies::new(4, Duration::from_secs(600));
         let ids: Vec<ExemplarId> = (0..3)
-            .map(|i| ExemplarId::Request(format!("chatcmpl-{i}").into()))
+            .map(|i| ExemplarId::Request(RequestId::from_u64(i)))
             .collect();
         for (ms, id) in [(100, &ids[0]), (90, &ids[1]), (20_000, &ids[2])] {
             let mut r = request("/v1/models", 200, ms, None);
@@ -387,9 +388,9 @@ mod tests {
         let exemplars = &latency.exemplars[..LATENCY_BUCKETS_MS.len() + 1];
         // 90 then 100 ms landed in le=100: the latest is kept; 20 s is in +Inf.
         let request_id = |i: usize| exemplars[i].as_ref().map(|e| e.labels[0].1.clone());
-        assert_eq!(request_id(1).as_deref(), Some("chatcmpl-1"));
+        assert_eq!(request_id(1).as_deref(), Some("chatcmpl-0000000000000001"));
         assert_eq!(exemplars[1].as_ref().unwrap().value, 90.0);
-        assert_eq!(request_id(9).as_deref(), Some("chatcmpl-2"));
+        assert_eq!(request_id(9).as_deref(), Some("chatcmpl-0000000000000002"));
         assert_eq!(request_id(0), None);
     }
 

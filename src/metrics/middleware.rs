@@ -26,7 +26,7 @@ use axum::response::Response;
 use http_body::{Frame, SizeHint};
 use tower::Service;
 
-use super::exemplar::{self, ExemplarId};
+use super::exemplar::{self, ExemplarId, RequestId};
 use super::labels::{self, RouteTemplates};
 use super::{ErrorCategory, FinishedRequest, Metrics, ModelLabel};
 
@@ -88,12 +88,12 @@ where
             recorder: recorder.clone(),
             method: labels::method_index(request.method()),
             started,
-            context: context.clone(),
+            context,
         });
         if head.is_none() {
-            tracing::info!(target: ACCESS_TARGET, request_id = &*context.id, method = %request.method(), "request");
+            tracing::info!(target: ACCESS_TARGET, request_id = context.id.as_str(), method = %request.method(), "request");
         }
-        let request_id = HeaderValue::from_str(&context.id).ok();
+        let request_id = HeaderValue::from_bytes(context.id.as_bytes()).ok();
         request.extensions_mut().insert(context);
         RecordFuture {
             inner: self.inner.call(request),
@@ -107,19 +107,19 @@ where
 pub(crate) const ACCESS_TARGET: &str = "codex_proxy::access";
 
 /// The request's id and the exemplar its observations keep, in the request's extensions.
-#[derive(Debug, Clone)]
+/// Plain bytes (`Copy`): the recording head keeps a copy, with no allocation or reference
+/// count per request.
+#[derive(Debug, Clone, Copy)]
 pub struct RequestContext {
     /// The completion id, also sent back as `x-request-id`.
-    pub id: Arc<str>,
+    pub id: RequestId,
     pub exemplar: ExemplarId,
 }
 
 impl RequestContext {
     fn new(traceparent: Option<&HeaderValue>) -> RequestContext {
-        let bytes = exemplar::new_request_id_bytes();
-        // ASCII by construction.
-        let id: Arc<str> = Arc::from(std::str::from_utf8(&bytes).unwrap_or("chatcmpl-"));
-        let exemplar = ExemplarId::for_request(traceparent.map(HeaderValue::as_bytes), &id);
+        let id = RequestId::random();
+        let exemplar = ExemplarId::for_request(traceparent.map(HeaderValue::as_bytes), id);
         RequestContext { id, exemplar }
     }
 }
@@ -213,7 +213,7 @@ impl Pending {
         });
         tracing::info!(
             target: ACCESS_TARGET,
-            request_id = &*self.head.context.id,
+            request_id = self.head.context.id.as_str(),
             route = self.head.route,
             method = labels::METHODS[self.head.method.min(labels::METHODS.len() - 1)],
             status = self.status.as_u16(),

@@ -542,6 +542,7 @@ impl ModelWork {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::exemplar::RequestId;
 
     fn family_values(registry: &Registry, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
         registry
@@ -746,7 +747,7 @@ mod tests {
     #[test]
     fn every_histogram_series_carries_native_buckets_and_its_turns_exemplar() {
         let (registry, labels, work) = setup(&["gpt-5"]);
-        let id = ExemplarId::Request("chatcmpl-00000000000000aa".into());
+        let id = ExemplarId::Request(RequestId::from_u64(0xaa));
         let mut t = turn(Outcome::Completed);
         t.exemplar = Some(&id);
         work.record(&labels, &t);

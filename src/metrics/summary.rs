@@ -20,6 +20,7 @@
 //! recording a request): at most `AGES × MAX_BUCKETS × 4` bytes ≈ 20 KiB per label set,
 //! in practice 1-2 KiB per sub-window (latencies of one route span a few decades).
 
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 /// Sub-windows per window (prom-client's `ageBuckets`).
@@ -182,11 +183,33 @@ impl Sketch {
 }
 
 fn bucket_index(value: f64) -> i16 {
-    let x = value.clamp(MIN_VALUE, MAX_VALUE).ln() * INV_LN_GAMMA;
+    let x = ln(value.clamp(MIN_VALUE, MAX_VALUE)) * INV_LN_GAMMA;
     // Within [-230, 806] by the clamp, so the casts cannot wrap. `ceil` by hand: the
     // library call was a tenth of recording a request.
     let truncated = x as i16;
     truncated + i16::from(f64::from(truncated) < x)
+}
+
+/// `ln v` for a positive, normal `v`, within 2e-13 of the library's: the library call was
+/// a tenth of what recording a request costs. `v = m · 2^e` with `m` in [1, 2); `m` lies in
+/// one of 256 cells starting at `c`, whose `ln c` and `1 / c` are tabled, and
+/// `ln m = ln c + ln(1 + t)` with `t = m / c − 1 < 1/256`, four terms of whose series leave
+/// an error below t⁵/5. A bucket index moves only for a value within ~1e-14 (relative) of
+/// a bucket's bound, where either bucket is within the accuracy promised.
+fn ln(v: f64) -> f64 {
+    static CELLS: LazyLock<[(f64, f64); 256]> = LazyLock::new(|| {
+        std::array::from_fn(|i| {
+            let c = 1.0 + i as f64 / 256.0;
+            (c.ln(), 1.0 / c)
+        })
+    });
+    let bits = v.to_bits();
+    let e = ((bits >> 52) & 0x7ff) as i64 - 1023;
+    let m = f64::from_bits((bits & ((1 << 52) - 1)) | (1023 << 52));
+    let (ln_c, inv_c) = CELLS[((bits >> 44) & 0xff) as usize];
+    let t = m * inv_c - 1.0;
+    let ln_1_plus_t = t * (1.0 - t * (0.5 - t * (1.0 / 3.0 - t * 0.25)));
+    e as f64 * std::f64::consts::LN_2 + ln_c + ln_1_plus_t
 }
 
 /// Appends the value of each of `quantiles` (ascending) for the counts of the buckets
@@ -329,6 +352,21 @@ mod tests {
             bucket_index(0.5),
             (0.5f64.ln() * INV_LN_GAMMA).ceil() as i16
         );
+    }
+
+    #[test]
+    fn the_tabled_ln_agrees_with_the_library_over_the_clamped_range() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut values: Vec<f64> = (0..200_000)
+            .map(|_| 10f64.powf(rng.f64() * 9.0 - 2.0))
+            .collect();
+        // Cell edges, octave edges and the clamp's ends.
+        values.extend((0..=512).map(|i| 1.0 + i as f64 / 256.0));
+        values.extend([MIN_VALUE, MAX_VALUE, 0.5, 1.0, 2.0, 1.0 - f64::EPSILON]);
+        for v in values {
+            let err = (ln(v) - v.ln()).abs();
+            assert!(err < 2e-13, "ln({v}): {} vs {}", ln(v), v.ln());
+        }
     }
 
     #[test]

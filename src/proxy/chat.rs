@@ -66,7 +66,7 @@ async fn complete(
     key: KeyIndex,
 ) -> Result<Response, ApiError> {
     let limit = state.config.server.request_timeout.0;
-    let exemplar = context.map(|c| c.exemplar.clone());
+    let exemplar = context.map(|c| c.exemplar);
     let mut telemetry = TurnTelemetry::new(state.metrics.clone(), accepted, false, key.0, exemplar);
     let run = run_to_end(state, context, headers, request, &mut telemetry);
     match tokio::time::timeout(limit, run).await {

@@ -218,9 +218,9 @@ pub(crate) fn response_model(asked: Option<&str>, worker: Option<&str>) -> Strin
 /// The request's id (`x-request-id`) as the completion id; a fresh one when the request
 /// came in without the middleware (unit tests).
 pub(crate) fn completion_id(context: Option<&RequestContext>) -> String {
-    context.map_or_else(crate::metrics::exemplar::new_request_id, |c| {
-        c.id.to_string()
-    })
+    context
+        .map_or_else(crate::metrics::exemplar::RequestId::random, |c| c.id)
+        .to_string()
 }
 
 pub(crate) fn unix_now() -> u64 {

@@ -54,7 +54,7 @@ async fn open(
     // The wait in the admission queue counts against `server.request_timeout` and, via
     // `accepted`, in the time to first token.
     let limit = state.config.server.request_timeout.0;
-    let exemplar = context.map(|c| c.exemplar.clone());
+    let exemplar = context.map(|c| c.exemplar);
     let mut telemetry = TurnTelemetry::new(state.metrics.clone(), accepted, true, key.0, exemplar);
     let start = completion::admit_and_start(state, &request, prompt, &mut telemetry, true);
     let (turn, slot) = match tokio::time::timeout(limit, start).await {
