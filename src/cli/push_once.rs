@@ -291,13 +291,14 @@ async fn send_once(
         if !v2 {
             return Ok(Sent::Done);
         }
-        return match negotiate::written(response.headers(), batch.samples) {
-            Written::All => Ok(Sent::Done),
-            Written::Samples(written) => Err(OneShotError::RemoteWritePartial {
-                written,
+        // Classic series only: every sample counts in `Samples-Written`.
+        return match negotiate::written(response.headers()) {
+            Written::NotUnderstood => Ok(Sent::NotUnderstood),
+            w if w.total() >= batch.samples => Ok(Sent::Done),
+            w => Err(OneShotError::RemoteWritePartial {
+                written: w.total(),
                 sent: batch.samples,
             }),
-            Written::NotUnderstood => Ok(Sent::NotUnderstood),
         };
     }
     let message = error_body(response, ERROR_BODY_LIMIT).await;

@@ -19,8 +19,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use prost::encoding::{encoded_len_varint, WireType};
 
+use super::proto::v2;
 use super::wire::{key, put_sample, put_varint, read_varint, sample_len};
-use crate::exposition::snapshot::{Family, Kind};
+use crate::exposition::snapshot::{Exemplar, Family, Kind};
 
 /// `Request.timeseries` (field 5).
 pub(crate) const SERIES_KEY: u8 = key(5, WireType::LengthDelimited);
@@ -28,6 +29,9 @@ pub(crate) const SERIES_KEY: u8 = key(5, WireType::LengthDelimited);
 const SYMBOL_KEY: u8 = key(4, WireType::LengthDelimited);
 /// `TimeSeries.labels_refs` (field 1, packed).
 const REFS_KEY: u8 = key(1, WireType::LengthDelimited);
+/// `TimeSeries.histograms` (field 3), `TimeSeries.exemplars` (field 4).
+const HISTOGRAM_KEY: u8 = key(3, WireType::LengthDelimited);
+const EXEMPLARS_FIELD: u32 = 4;
 /// `TimeSeries.metadata` (field 5).
 const METADATA_KEY: u8 = key(5, WireType::LengthDelimited);
 /// `Metadata.type`, `Metadata.help_ref` (`unit_ref`, field 4, is always 0 and left out).
@@ -114,7 +118,7 @@ impl Symbols {
 
     /// The index of `s`, added if new.
     #[inline]
-    fn intern(&mut self, s: &[u8]) -> u32 {
+    pub(crate) fn intern(&mut self, s: &[u8]) -> u32 {
         if self.starts.is_empty() {
             self.push(b"");
         }
@@ -178,6 +182,8 @@ pub(crate) struct SeriesWriter {
     metadata: FastMap<Box<[u8]>, Meta>,
     name: String,
     refs: Vec<u32>,
+    /// `write_native`'s fields before they go into the series.
+    payload: Vec<u8>,
 }
 
 impl SeriesWriter {
@@ -187,7 +193,8 @@ impl SeriesWriter {
             let metric_type = metric_type(family.kind);
             let suffixes: &[&str] = match family.kind {
                 Kind::Counter | Kind::Gauge | Kind::Untyped => &[""],
-                Kind::Histogram => &["_bucket", "_sum", "_count"],
+                // The bare name is the native series' (`histograms.rs`).
+                Kind::Histogram => &["", "_bucket", "_sum", "_count"],
                 Kind::Summary => &["", "_sum", "_count"],
             };
             for suffix in suffixes {
@@ -218,6 +225,70 @@ impl SeriesWriter {
         value: f64,
         timestamp: &[u8],
     ) {
+        let len = 1 + encoded_len_varint(sample_len(timestamp.len()) as u64);
+        self.entry(
+            body,
+            symbols,
+            labels,
+            len + sample_len(timestamp.len()),
+            |body| put_sample(body, value, timestamp),
+        );
+    }
+
+    /// Appends a series without samples, holding `histogram` (its bytes as
+    /// `histograms.rs` encodes it, 1.0 and 2.0 alike) then `exemplars`, whose labels go
+    /// into `symbols` as well. Prometheus' 2.0 receiver appends a series' exemplars after
+    /// its histograms, so they can ride together.
+    pub(crate) fn write_native(
+        &mut self,
+        body: &mut Vec<u8>,
+        symbols: &mut Symbols,
+        labels: &[u8],
+        histogram: Option<&[u8]>,
+        exemplars: &[&Exemplar],
+    ) {
+        let mut payload = std::mem::take(&mut self.payload);
+        payload.clear();
+        if let Some(h) = histogram {
+            payload.push(HISTOGRAM_KEY);
+            put_varint(h.len() as u64, &mut payload);
+            payload.extend_from_slice(h);
+        }
+        for e in exemplars {
+            let refs = e
+                .labels
+                .iter()
+                .flat_map(|(name, value)| {
+                    [
+                        symbols.intern(name.as_bytes()),
+                        symbols.intern(value.as_bytes()),
+                    ]
+                })
+                .collect();
+            let exemplar = v2::Exemplar {
+                labels_refs: refs,
+                value: e.value,
+                timestamp: e.timestamp_ms,
+            };
+            prost::encoding::message::encode(EXEMPLARS_FIELD, &exemplar, &mut payload);
+        }
+        self.entry(body, symbols, labels, payload.len(), |body| {
+            body.extend_from_slice(&payload)
+        });
+        self.payload = payload;
+    }
+
+    /// One `TimeSeries`: `labels_refs`, `metadata`, then `payload_len` bytes of fields that
+    /// `payload` writes.
+    #[inline]
+    fn entry(
+        &mut self,
+        body: &mut Vec<u8>,
+        symbols: &mut Symbols,
+        labels: &[u8],
+        payload_len: usize,
+        payload: impl FnOnce(&mut Vec<u8>),
+    ) {
         self.refs.clear();
         let mut meta = None;
         for (name, value) in LabelPairs(labels) {
@@ -236,10 +307,9 @@ impl SeriesWriter {
         if help != 0 {
             meta_len += 1 + varint_len(help);
         }
-        let sample_len = sample_len(timestamp.len());
         let series_len = (1 + encoded_len_varint(refs_len as u64) + refs_len)
             + (1 + encoded_len_varint(meta_len as u64) + meta_len)
-            + (1 + encoded_len_varint(sample_len as u64) + sample_len);
+            + payload_len;
         body.push(SERIES_KEY);
         put_varint(series_len as u64, body);
         body.push(REFS_KEY);
@@ -257,7 +327,7 @@ impl SeriesWriter {
             body.push(HELP_KEY);
             put_varint(u64::from(help), body);
         }
-        put_sample(body, value, timestamp);
+        payload(body);
     }
 }
 
@@ -293,7 +363,6 @@ impl<'a> Iterator for LabelPairs<'a> {
 mod tests {
     use super::*;
     use crate::push::remote_write::encode::encode_labels as labels;
-    use crate::push::remote_write::proto::v2;
     use prost::Message;
 
     fn timestamp(ts: i64) -> Vec<u8> {
@@ -357,7 +426,7 @@ mod tests {
                 help_ref: sym(help),
                 unit_ref: 0,
             }),
-            created_timestamp: 0,
+            ..Default::default()
         };
         let want = v2::Request {
             symbols: got.symbols.clone(),

@@ -1,5 +1,8 @@
-//! Native histograms and exemplars for remote-write 1.0, in Prometheus' extensions of
-//! `TimeSeries` (prompb/types.proto: field 3 `exemplars`, field 4 `histograms`).
+//! Native histograms and exemplars: in 1.0, Prometheus' extensions of `TimeSeries`
+//! (prompb/types.proto: field 3 `exemplars`, field 4 `histograms`); in 2.0, the spec's own
+//! fields (`TimeSeries.histograms` 3 and `exemplars` 4, exemplar labels in the symbol
+//! table, metadata `HISTOGRAM`; `encode_v2.rs` writes them). The `Histogram` message has the
+//! same field numbers and types in both, so one encoding of it serves both.
 //!
 //! They go in requests of their own, after a snapshot's classic series (same timestamp,
 //! so the order rule of `window.rs` treats them as part of that snapshot), rather than
@@ -12,10 +15,11 @@
 //!   and one `Histogram` with integer counts.
 //! - Exemplars ride in a `TimeSeries` of their own that has the labels of the series they
 //!   belong to and no samples: the `_bucket{le}` series, or with `histograms = "native"`
-//!   the native series. Prometheus 2.42 appends a `TimeSeries`' exemplars before its
+//!   the native series. Prometheus 2.42 appends a 1.0 `TimeSeries`' exemplars before its
 //!   histograms, so an exemplar beside the first histogram of a new series would be
-//!   dropped; in an entry of its own after the histogram's, the series exists. Only
-//!   exemplars newer than the previous push are sent.
+//!   dropped; in an entry of its own after the histogram's, the series exists. In 2.0 a
+//!   native series' exemplars go beside its histogram: Prometheus' 2.0 receiver appends
+//!   them after it. Only exemplars newer than the previous push are sent.
 //! - A native series that disappears, and every one at shutdown, gets a histogram stale
 //!   marker: a `Histogram` whose sum is the stale NaN (Prometheus' `value.IsStaleNaN` on
 //!   `Histogram.sum`).
@@ -23,6 +27,7 @@
 use bytes::Bytes;
 
 use super::encode::{EncodeError, STALE_NAN_BITS};
+use super::encode_v2::{SeriesWriter, Symbols};
 use super::negotiate::Protocol;
 use super::proto::{self, histogram, BucketSpan};
 use super::queue::Batch;
@@ -33,8 +38,9 @@ use crate::exposition::names::is_valid_metric_name;
 use crate::exposition::snapshot::{Exemplar, Family, Kind, NativeHistogram};
 use crate::push::Snapshot;
 
-/// `WriteRequest.timeseries`.
+/// `WriteRequest.timeseries`; 1.0 `TimeSeries.histograms` (field 4).
 const SERIES_KEY: u8 = key(1, prost::encoding::WireType::LengthDelimited);
+const V1_HISTOGRAM_KEY: u8 = key(4, prost::encoding::WireType::LengthDelimited);
 
 /// What a destination sends besides the classic series, and what it sent last time.
 #[derive(Debug, Default)]
@@ -50,9 +56,8 @@ pub(super) struct Extras {
 impl Extras {
     /// Whether `family`'s classic series are left out: `histograms = "native"` and the
     /// family has native buckets to send instead.
-    pub(super) fn native_only(&self, family: &Family, protocol: Protocol) -> bool {
+    pub(super) fn native_only(&self, family: &Family) -> bool {
         self.mode == HistogramMode::Native
-            && protocol == Protocol::V1
             && family.kind == Kind::Histogram
             && !family.native.is_empty()
     }
@@ -68,8 +73,8 @@ impl Extras {
         self.mode != HistogramMode::Classic
     }
 
-    /// The extra requests of a snapshot at `ts`; with `final_at`, then a stale marker for
-    /// every native series at that time. Nothing in 2.0 (its histograms are not written).
+    /// The extra requests of a snapshot at `ts`, in `protocol`; with `final_at`, then a
+    /// stale marker for every native series at that time.
     pub(super) fn convert(
         &mut self,
         snapshot: &Snapshot,
@@ -79,10 +84,13 @@ impl Extras {
         final_at: Option<i64>,
         max_series: usize,
     ) -> Result<Vec<Batch>, EncodeError> {
-        let mut out = Out::new(max_series);
-        if protocol != Protocol::V1 || (!self.sends_native() && !self.send_exemplars) {
+        let mut out = Out::new(max_series, protocol);
+        if !self.sends_native() && !self.send_exemplars {
             self.sent.clear();
             return Ok(out.batches);
+        }
+        if protocol == Protocol::V2 {
+            out.v2.describe(&snapshot.families);
         }
         let mut now = Vec::new();
         let mut scratch = LabelScratch::default();
@@ -111,16 +119,12 @@ impl Extras {
                 };
                 if let Some(h) = native.then(|| family.native.get(i)).flatten() {
                     let series = scratch.series(&generated.plain, None).to_vec();
-                    out.series(&series, &[], Some(histogram(h, ts)), ts)?;
-                    if self.mode == HistogramMode::Native {
-                        if let Some(all) = metric_exemplars {
-                            let mut mine: Vec<_> = all.iter().flatten().filter(fresh).collect();
-                            mine.sort_by_key(|e| e.timestamp_ms);
-                            if !mine.is_empty() {
-                                out.series(&series, &mine, None, ts)?;
-                            }
-                        }
+                    let mut mine = Vec::new();
+                    if let (HistogramMode::Native, Some(all)) = (self.mode, metric_exemplars) {
+                        mine.extend(all.iter().flatten().filter(fresh));
+                        mine.sort_by_key(|e| e.timestamp_ms);
                     }
+                    out.native(&series, Some(histogram(h, ts)), &mine, ts)?;
                     now.push(series);
                 }
                 if self.mode == HistogramMode::Native && native {
@@ -189,9 +193,13 @@ fn histogram(h: &NativeHistogram, ts: i64) -> proto::Histogram {
     }
 }
 
-/// The extra requests being written.
+/// The extra requests being written, in one protocol.
 struct Out {
     max_series: usize,
+    protocol: Protocol,
+    /// 2.0: the series' metadata, and the request's symbols.
+    v2: SeriesWriter,
+    symbols: Symbols,
     body: Vec<u8>,
     entry: Vec<u8>,
     series: usize,
@@ -201,9 +209,12 @@ struct Out {
 }
 
 impl Out {
-    fn new(max_series: usize) -> Out {
+    fn new(max_series: usize, protocol: Protocol) -> Out {
         Out {
             max_series: max_series.max(1),
+            protocol,
+            v2: SeriesWriter::default(),
+            symbols: Symbols::default(),
             body: Vec::new(),
             entry: Vec::new(),
             series: 0,
@@ -213,7 +224,27 @@ impl Out {
         }
     }
 
-    /// One `TimeSeries`: `labels` (encoded `Label` fields), exemplars, a histogram.
+    /// A native series' histogram and the exemplars of its buckets: in 1.0 the exemplars
+    /// in an entry of their own after the histogram's (see the module's doc), in 2.0
+    /// beside it.
+    fn native(
+        &mut self,
+        labels: &[u8],
+        histogram: Option<proto::Histogram>,
+        exemplars: &[&Exemplar],
+        at: i64,
+    ) -> Result<(), EncodeError> {
+        if self.protocol == Protocol::V2 {
+            return self.series(labels, exemplars, histogram, at);
+        }
+        self.series(labels, &[], histogram, at)?;
+        if !exemplars.is_empty() {
+            self.series(labels, exemplars, None, at)?;
+        }
+        Ok(())
+    }
+
+    /// One `TimeSeries`: `labels` (encoded 1.0 `Label` fields), exemplars, a histogram.
     fn series(
         &mut self,
         labels: &[u8],
@@ -221,33 +252,46 @@ impl Out {
         histogram: Option<proto::Histogram>,
         at: i64,
     ) -> Result<(), EncodeError> {
-        self.entry.clear();
-        self.entry.extend_from_slice(labels);
-        for e in exemplars {
-            let exemplar = proto::Exemplar {
-                labels: (e.labels.iter())
-                    .map(|(name, value)| proto::Label {
-                        name: (*name).to_string(),
-                        value: value.clone(),
-                    })
-                    .collect(),
-                value: e.value,
-                timestamp: e.timestamp_ms,
-            };
-            prost::encoding::message::encode(3, &exemplar, &mut self.entry);
+        // The `Histogram` message has the same fields in 1.0 and 2.0: one encoding serves.
+        let histogram = histogram.map(|h| prost::Message::encode_to_vec(&h));
+        match self.protocol {
+            Protocol::V1 => {
+                self.entry.clear();
+                self.entry.extend_from_slice(labels);
+                for e in exemplars {
+                    let exemplar = proto::Exemplar {
+                        labels: (e.labels.iter())
+                            .map(|(name, value)| proto::Label {
+                                name: (*name).to_string(),
+                                value: value.clone(),
+                            })
+                            .collect(),
+                        value: e.value,
+                        timestamp: e.timestamp_ms,
+                    };
+                    prost::encoding::message::encode(3, &exemplar, &mut self.entry);
+                }
+                if let Some(h) = &histogram {
+                    self.entry.push(V1_HISTOGRAM_KEY);
+                    put_varint(h.len() as u64, &mut self.entry);
+                    self.entry.extend_from_slice(h);
+                }
+                self.body.push(SERIES_KEY);
+                put_varint(self.entry.len() as u64, &mut self.body);
+                self.body.extend_from_slice(&self.entry);
+            }
+            Protocol::V2 => {
+                let (body, symbols) = (&mut self.body, &mut self.symbols);
+                (self.v2).write_native(body, symbols, labels, histogram.as_deref(), exemplars);
+            }
         }
-        if let Some(h) = histogram {
-            prost::encoding::message::encode(4, &h, &mut self.entry);
-        }
-        self.body.push(SERIES_KEY);
-        put_varint(self.entry.len() as u64, &mut self.body);
-        self.body.extend_from_slice(&self.entry);
         // The push's time, not an exemplar's: the order rule of `window.rs` knows a
         // snapshot's requests by it.
         self.oldest_ms = self.oldest_ms.min(at);
         self.series += 1;
-        // A histogram or an exemplar counts as one sample.
-        self.samples += 1;
+        // A histogram and each exemplar count as one sample, as the 2.0 receiver's
+        // `*-Written` headers count them.
+        self.samples += u64::from(histogram.is_some()) + exemplars.len() as u64;
         if self.series >= self.max_series {
             self.flush()?;
         }
@@ -258,10 +302,17 @@ impl Out {
         if self.series == 0 {
             return Ok(());
         }
+        if self.protocol == Protocol::V2 {
+            // The symbol table goes first; the request's series follow it.
+            let mut wire = self.symbols.encoded().to_vec();
+            wire.extend_from_slice(&self.body);
+            self.body = wire;
+            self.symbols.clear();
+        }
         let compressed = snap::raw::Encoder::new().compress_vec(&self.body)?;
         self.batches.push(Batch {
             body: Bytes::from(compressed),
-            protocol: Protocol::V1,
+            protocol: self.protocol,
             samples: self.samples,
             oldest_timestamp_ms: self.oldest_ms,
         });
@@ -489,5 +540,154 @@ mod tests {
         let names: Vec<_> = all.iter().map(name).collect();
         assert_eq!(names.len(), 5, "{names:?}");
         assert!(all.iter().all(|t| t.histograms.is_empty()));
+    }
+
+    /// The 2.0 requests of a conversion, decoded, with their symbols resolved.
+    fn v2_series(batches: &[Batch]) -> Vec<(Vec<(String, String)>, proto::v2::TimeSeries)> {
+        use prost::Message;
+        let mut out = Vec::new();
+        for b in batches {
+            assert_eq!(b.protocol, Protocol::V2);
+            let raw = snap::raw::Decoder::new().decompress_vec(&b.body).unwrap();
+            let request = proto::v2::Request::decode(raw.as_slice()).unwrap();
+            assert_eq!(request.symbols[0], "");
+            let sym = |r: &u32| request.symbols[*r as usize].clone();
+            for ts in request.timeseries {
+                let labels = (ts.labels_refs.chunks(2))
+                    .map(|p| (sym(&p[0]), sym(&p[1])))
+                    .collect();
+                out.push((labels, ts));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn in_2_0_a_native_series_carries_its_histogram_exemplars_and_histogram_metadata() {
+        use proto::v2::histogram::{Count, ZeroCount};
+        let mut s = state(HistogramMode::Native, true);
+        s.set_protocol(Protocol::V2);
+        let mut snap = snapshot(1, NOW - 5);
+        snap.families[0].exemplars[0] = Some(Exemplar {
+            labels: vec![
+                ("span_id", "00f067aa0ba902b7".into()),
+                ("trace_id", "4bf9".into()),
+            ],
+            value: 0.05,
+            timestamp_ms: NOW - 9,
+        });
+        let out = s.convert(&snap, NOW).unwrap();
+        let all = v2_series(&out.batches);
+        assert_eq!(
+            all.len(),
+            1,
+            "no classic series, the exemplars beside the histogram"
+        );
+        let (labels, ts) = &all[0];
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(n, v)| (&**n, &**v)).collect();
+        assert_eq!(
+            labels,
+            [
+                ("__name__", "ttft_seconds"),
+                ("instance", "i:1"),
+                ("job", "codex-proxy"),
+                ("route", "/v0")
+            ]
+        );
+        assert!(ts.samples.is_empty());
+        let meta = ts.metadata.as_ref().unwrap();
+        assert_eq!(
+            meta.r#type,
+            proto::v2::metadata::MetricType::Histogram as i32
+        );
+        let h = &ts.histograms[0];
+        assert_eq!(h.count, Some(Count::CountInt(2)));
+        assert_eq!(h.zero_count, Some(ZeroCount::ZeroCountInt(0)));
+        assert_eq!((h.sum, h.schema, h.timestamp), (2.3, 3, NOW));
+        assert_eq!(h.zero_threshold, 2.938735877055719e-39);
+        let spans: Vec<_> = (h.positive_spans.iter())
+            .map(|s| (s.offset, s.length))
+            .collect();
+        assert_eq!(spans, [(-14, 1), (21, 1)]);
+        assert_eq!(h.positive_deltas, [1, 0]);
+        assert!(h.negative_spans.is_empty() && h.positive_counts.is_empty());
+        assert_eq!(h.reset_hint, 0);
+        // Oldest first; labels through the symbol table, sorted by name.
+        let raw = snap::raw::Decoder::new()
+            .decompress_vec(&out.batches[0].body)
+            .unwrap();
+        let symbols = <proto::v2::Request as prost::Message>::decode(raw.as_slice())
+            .unwrap()
+            .symbols;
+        let exemplars: Vec<_> = (ts.exemplars.iter())
+            .map(|e| {
+                let l: Vec<&str> = e
+                    .labels_refs
+                    .iter()
+                    .map(|r| &*symbols[*r as usize])
+                    .collect();
+                (l, e.value, e.timestamp)
+            })
+            .collect();
+        assert_eq!(
+            exemplars,
+            [
+                (
+                    vec!["span_id", "00f067aa0ba902b7", "trace_id", "4bf9"],
+                    0.05,
+                    NOW - 9
+                ),
+                (vec!["request_id", "req-0"], 0.3, NOW - 5),
+            ]
+        );
+        assert_eq!(out.batches[0].samples, 3, "a histogram and two exemplars");
+
+        // Gone at the next push: a histogram stale marker, with its metadata.
+        let out = s
+            .convert(&Snapshot { families: vec![] }, NOW + 1000)
+            .unwrap();
+        let all = v2_series(&out.batches);
+        let h = &all[0].1.histograms[0];
+        assert_eq!((h.sum.to_bits(), h.timestamp), (STALE_NAN_BITS, NOW + 1000));
+    }
+
+    #[test]
+    fn in_2_0_both_sends_classic_and_native_and_bucket_exemplars_on_their_bucket() {
+        let mut s = state(HistogramMode::Both, true);
+        s.set_protocol(Protocol::V2);
+        let out = s.convert(&snapshot(1, NOW - 5), NOW).unwrap();
+        assert!(out.batches.iter().all(|b| b.protocol == Protocol::V2));
+        let all = v2_series(&out.batches);
+        let name = |l: &[(String, String)]| {
+            let get = |n: &str| l.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+            match get("le") {
+                Some(le) => format!("{}{{le={le}}}", get("__name__").unwrap()),
+                None => get("__name__").unwrap(),
+            }
+        };
+        let names: Vec<_> = all.iter().map(|(l, _)| name(l)).collect();
+        assert_eq!(
+            names,
+            [
+                "ttft_seconds_bucket{le=0.1}",
+                "ttft_seconds_bucket{le=1}",
+                "ttft_seconds_bucket{le=+Inf}",
+                "ttft_seconds_sum",
+                "ttft_seconds_count",
+                "ttft_seconds",
+                "ttft_seconds_bucket{le=1}",
+            ]
+        );
+        assert!(all[5].1.exemplars.is_empty() && all[5].1.histograms.len() == 1);
+        let bucket = &all[6].1;
+        assert!(bucket.samples.is_empty() && bucket.histograms.is_empty());
+        assert_eq!(
+            (bucket.exemplars[0].value, bucket.exemplars[0].timestamp),
+            (0.3, NOW - 5)
+        );
+        let histogram = proto::v2::metadata::MetricType::Histogram as i32;
+        assert!(all
+            .iter()
+            .all(|(_, t)| t.metadata.as_ref().unwrap().r#type == histogram));
     }
 }

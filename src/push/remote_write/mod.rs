@@ -135,6 +135,7 @@ pub(crate) fn start(
         negotiation,
         native_refused: AtomicBool::new(false),
         native_until_ms: AtomicI64::new(i64::MAX),
+        exemplars_short: AtomicBool::new(false),
     });
     dest.publish(&initial);
     let producer = tokio::spawn(produce(
@@ -286,6 +287,8 @@ struct Destination {
     /// The newest timestamp of a request that may hold native histograms (every one until
     /// the producer has switched to classic): such queued requests are sent without them.
     native_until_ms: AtomicI64,
+    /// A 2.0 receiver stored fewer exemplars than sent (logged once).
+    exemplars_short: AtomicBool,
 }
 
 impl Destination {
@@ -346,6 +349,17 @@ impl Destination {
             }
             true
         });
+    }
+
+    /// The receiver does not take native histograms (`why`): classic only from now on,
+    /// logged once naming Prometheus' flag, shown in `/healthz`.
+    fn refuse_native(&self, why: &str) {
+        if self.native_refused.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!(destination = %self.name, why, "receiver refused native histograms (Prometheus: start it with --enable-feature=native-histograms): classic histograms only for the life of the process; queued requests are sent without native histograms");
+        self.status
+            .send_modify(|s| s.histograms = Some("classic (receiver has no native histograms)"));
     }
 
     /// Requests in flight and the current limit to the gauges and `/healthz`.
@@ -472,16 +486,14 @@ fn drain(q: &mut dyn Queue) -> u64 {
 }
 
 /// `batch` as the destination's protocol wants it sent: a 2.0 batch queued before a
-/// fallback to 1.0 is converted; `None` when it cannot be read (it is dropped as corrupt).
+/// fallback to 1.0 is converted, and one made before the receiver refused native
+/// histograms loses them; `None` when it cannot be read (it is dropped as corrupt).
 fn in_current_protocol<'b>(dest: &Destination, batch: &'b Batch) -> Option<Cow<'b, Batch>> {
-    if batch.protocol == Protocol::V1 {
-        return without_native(dest, batch);
-    }
-    if dest.negotiation.current() == Protocol::V2 {
-        return Some(Cow::Borrowed(batch));
+    if batch.protocol == Protocol::V1 || dest.negotiation.current() == Protocol::V2 {
+        return without_native(dest, Cow::Borrowed(batch));
     }
     match to_v1(batch) {
-        Ok(b) => Some(Cow::Owned(b)),
+        Ok(b) => without_native(dest, Cow::Owned(b)),
         Err(e) => {
             tracing::warn!(destination = %dest.name, error = %e, samples = batch.samples, "queued 2.0 request unreadable; dropped");
             None
@@ -489,16 +501,16 @@ fn in_current_protocol<'b>(dest: &Destination, batch: &'b Batch) -> Option<Cow<'
     }
 }
 
-/// A 1.0 `batch` made before the receiver refused native histograms, without them;
-/// `None` when it cannot be read (it is dropped as corrupt).
-fn without_native<'b>(dest: &Destination, batch: &'b Batch) -> Option<Cow<'b, Batch>> {
+/// A `batch` made before the receiver refused native histograms, without them; `None`
+/// when it cannot be read (it is dropped as corrupt).
+fn without_native<'b>(dest: &Destination, batch: Cow<'b, Batch>) -> Option<Cow<'b, Batch>> {
     if !dest.native_refused.load(Ordering::Acquire)
         || batch.oldest_timestamp_ms > dest.native_until_ms.load(Ordering::Acquire)
     {
-        return Some(Cow::Borrowed(batch));
+        return Some(batch);
     }
-    match without_histograms(batch) {
-        Ok(None) => Some(Cow::Borrowed(batch)),
+    match without_histograms(&batch) {
+        Ok(None) => Some(batch),
         Ok(Some(b)) => Some(Cow::Owned(b)),
         Err(e) => {
             tracing::warn!(destination = %dest.name, error = %e, samples = batch.samples, "queued request unreadable; dropped");
@@ -559,7 +571,7 @@ async fn attempt(dest: &Destination, batch: &Batch) -> Verdict {
         tracing::info!(destination = %dest.name, status = status.as_u16(), receiver_says = %message, "remote-write 2.0 refused");
         return Verdict::FallBack("the receiver refused the 2.0 content type");
     }
-    if batch.protocol == Protocol::V1 && negotiate::native_histograms_refused(status, &message) {
+    if negotiate::native_histograms_refused(status, &message) {
         dest.metrics.request(Outcome::Http5xx);
         tracing::debug!(destination = %dest.name, status = status.as_u16(), receiver_says = %message, "native histograms refused");
         return Verdict::ClassicOnly;
@@ -605,24 +617,58 @@ async fn attempt(dest: &Destination, batch: &Batch) -> Verdict {
     verdict
 }
 
-/// A 2xx to a 2.0 request: what its `*-Written` headers say was written.
+/// A 2xx to a 2.0 request: what its `*-Written` headers say was written. When they add
+/// up to fewer than it carried, the request is decoded to tell which kind fell short:
+/// - samples (the spec forbids it, a receiver may do it): counted as rejected, logged;
+/// - native histograms, none written: the receiver does not take them (or does not say it
+///   does, which the spec requires). Like Prometheus' 500 `native histograms are
+///   disabled` (`Verdict::ClassicOnly`), the destination turns to classic for good, but
+///   this request is not sent again: what it held besides them was written, and the
+///   classic series of the same observations go out from the next push on. Some written:
+///   the rest is counted as rejected;
+/// - exemplars: counted as rejected, logged once (a receiver without exemplar storage).
+///
+/// Never a retry: what was refused once will be refused again.
 fn judge_written(dest: &Destination, batch: &Batch, headers: &HeaderMap) -> Verdict {
-    match negotiate::written(headers, batch.samples) {
-        Written::All => Verdict::Delivered,
-        Written::Samples(written) => {
-            // The spec forbids this answer; what was not written will not be on a retry.
-            let rejected = batch.samples - written;
-            tracing::warn!(destination = %dest.name, samples = batch.samples, written, rejected, "receiver answered 2xx but did not write every sample");
-            dest.metrics.rejected(rejected);
-            Verdict::Delivered
+    let written = negotiate::written(headers);
+    let Written::Counts {
+        samples,
+        histograms,
+        exemplars,
+    } = written
+    else {
+        if dest.negotiation.may_fall_back() {
+            return Verdict::FallBack(
+                "the receiver answered 2xx without any X-Prometheus-Remote-Write-*-Written header",
+            );
         }
-        Written::NotUnderstood if dest.negotiation.may_fall_back() => Verdict::FallBack(
-            "the receiver answered 2xx without any X-Prometheus-Remote-Write-*-Written header",
-        ),
-        Written::NotUnderstood => {
-            // With protocol = "v2" the spec says to take this as a 415: nothing was written.
-            tracing::warn!(destination = %dest.name, samples = batch.samples, "receiver answered a 2.0 request 2xx without any *-Written header: it did not read it (a 1.x receiver?); request dropped");
-            Verdict::Drop(DropReason::Rejected)
-        }
+        // With protocol = "v2" the spec says to take this as a 415: nothing was written.
+        tracing::warn!(destination = %dest.name, samples = batch.samples, "receiver answered a 2.0 request 2xx without any *-Written header: it did not read it (a 1.x receiver?); request dropped");
+        return Verdict::Drop(DropReason::Rejected);
+    };
+    if written.total() >= batch.samples {
+        return Verdict::Delivered;
     }
+    let sent = transcode::contents(batch).unwrap_or(transcode::Contents {
+        samples: batch.samples,
+        ..Default::default()
+    });
+    let short = |sent: u64, written: u64| sent.saturating_sub(written);
+    let samples_short = short(sent.samples, samples);
+    if samples_short > 0 {
+        tracing::warn!(destination = %dest.name, samples = sent.samples, written = samples, rejected = samples_short, "receiver answered 2xx but did not write every sample");
+    }
+    let histograms_short = short(sent.histograms, histograms);
+    if histograms_short > 0 && histograms == 0 {
+        dest.refuse_native("the receiver answered 2xx with X-Prometheus-Remote-Write-Histograms-Written 0 or missing");
+    } else if histograms_short > 0 {
+        tracing::warn!(destination = %dest.name, histograms = sent.histograms, written = histograms, rejected = histograms_short, "receiver answered 2xx but did not write every native histogram");
+    }
+    let exemplars_short = short(sent.exemplars, exemplars);
+    if exemplars_short > 0 && !dest.exemplars_short.swap(true, Ordering::AcqRel) {
+        tracing::warn!(destination = %dest.name, exemplars = sent.exemplars, written = exemplars, "receiver answered 2xx but did not store every exemplar (no exemplar storage? Prometheus: --enable-feature=exemplar-storage); counted in codex_push_samples_rejected_total, logged once");
+    }
+    dest.metrics
+        .rejected(samples_short + histograms_short + exemplars_short);
+    Verdict::Delivered
 }

@@ -60,13 +60,11 @@ impl Protocol {
 pub(crate) const VERSION_HEADER: HeaderName =
     HeaderName::from_static("x-prometheus-remote-write-version");
 
-/// The response headers of a 2.0 receiver.
+/// The response headers of a 2.0 receiver: samples, histograms, exemplars written.
 const SAMPLES_WRITTEN: &str = "x-prometheus-remote-write-samples-written";
-const WRITTEN: [&str; 3] = [
-    SAMPLES_WRITTEN,
-    "x-prometheus-remote-write-histograms-written",
-    "x-prometheus-remote-write-exemplars-written",
-];
+const HISTOGRAMS_WRITTEN: &str = "x-prometheus-remote-write-histograms-written";
+const EXEMPLARS_WRITTEN: &str = "x-prometheus-remote-write-exemplars-written";
+const WRITTEN: [&str; 3] = [SAMPLES_WRITTEN, HISTOGRAMS_WRITTEN, EXEMPLARS_WRITTEN];
 
 /// Where the negotiated protocol is kept, inside `queue_dir`.
 const STORE_FILE: &str = "protocol";
@@ -172,30 +170,47 @@ fn url_key(url: &Url) -> String {
 /// What a 2xx answer to a 2.0 request says was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Written {
-    /// At least as many samples as were sent.
-    All,
-    /// Fewer samples than were sent: the rest were rejected.
-    Samples(u64),
+    /// The three counts; a header that is missing or unreadable, when another is there,
+    /// counts as 0 (the spec lets senders assume so).
+    Counts {
+        samples: u64,
+        histograms: u64,
+        exemplars: u64,
+    },
     /// No `*-Written` header at all: a 1.x receiver that wrote nothing.
     NotUnderstood,
 }
 
-/// Judges the `X-Prometheus-Remote-Write-*-Written` headers of a 2xx answer to a 2.0
-/// request carrying `samples` samples. A missing or unreadable `Samples-Written`, when
-/// another `*-Written` header is there, counts as 0 (the spec lets senders assume so).
-pub(crate) fn written(headers: &HeaderMap, samples: u64) -> Written {
+impl Written {
+    /// Samples, histograms and exemplars together: what a request's `samples` counts.
+    pub(crate) fn total(self) -> u64 {
+        match self {
+            Written::Counts {
+                samples,
+                histograms,
+                exemplars,
+            } => samples.saturating_add(histograms).saturating_add(exemplars),
+            Written::NotUnderstood => 0,
+        }
+    }
+}
+
+/// Reads the `X-Prometheus-Remote-Write-*-Written` headers of a 2xx answer to a 2.0 request.
+pub(crate) fn written(headers: &HeaderMap) -> Written {
     if !WRITTEN.iter().any(|h| headers.contains_key(*h)) {
         return Written::NotUnderstood;
     }
-    let written = headers
-        .get(SAMPLES_WRITTEN)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    if written >= samples {
-        Written::All
-    } else {
-        Written::Samples(written)
+    let count = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Written::Counts {
+        samples: count(SAMPLES_WRITTEN),
+        histograms: count(HISTOGRAMS_WRITTEN),
+        exemplars: count(EXEMPLARS_WRITTEN),
     }
 }
 
@@ -259,15 +274,33 @@ mod tests {
     }
 
     #[test]
-    fn written_headers_say_all_some_or_not_understood() {
-        assert_eq!(written(&headers(&[]), 5), Written::NotUnderstood);
-        let all = headers(&[(SAMPLES_WRITTEN, "5")]);
-        assert_eq!(written(&all, 5), Written::All);
-        let short = headers(&[(SAMPLES_WRITTEN, "3")]);
-        assert_eq!(written(&short, 5), Written::Samples(3));
-        // Another Written header alone: no sample written.
-        let other = headers(&[("x-prometheus-remote-write-histograms-written", "0")]);
-        assert_eq!(written(&other, 5), Written::Samples(0));
+    fn written_headers_are_counted_a_missing_one_as_zero_and_none_at_all_as_not_understood() {
+        assert_eq!(written(&headers(&[])), Written::NotUnderstood);
+        let all = written(&headers(&[
+            (SAMPLES_WRITTEN, "5"),
+            (HISTOGRAMS_WRITTEN, " 2"),
+            (EXEMPLARS_WRITTEN, "1"),
+        ]));
+        assert_eq!(
+            all,
+            Written::Counts {
+                samples: 5,
+                histograms: 2,
+                exemplars: 1
+            }
+        );
+        assert_eq!(all.total(), 8);
+        // Another Written header alone: no sample written; garbage reads as 0.
+        let other = written(&headers(&[
+            (HISTOGRAMS_WRITTEN, "0"),
+            (SAMPLES_WRITTEN, "x"),
+        ]));
+        assert_eq!(other.total(), 0);
+        let huge = written(&headers(&[
+            (SAMPLES_WRITTEN, "18446744073709551615"),
+            (EXEMPLARS_WRITTEN, "3"),
+        ]));
+        assert_eq!(huge.total(), u64::MAX, "no overflow");
     }
 
     #[test]

@@ -128,14 +128,8 @@ async fn run(dest: Arc<Destination>, limits: Limits, mut shutdown: Shutdown) {
                         let protocol = dest.negotiation.current().as_str();
                         dest.status.send_modify(|s| s.protocol = Some(protocol));
                     }
-                    Verdict::ClassicOnly => {
-                        if !dest.native_refused.swap(true, Ordering::AcqRel) {
-                            tracing::warn!(destination = %dest.name, "receiver refused native histograms (\"native histograms are disabled\": start it with --enable-feature=native-histograms): classic histograms only for the life of the process; queued requests are sent without native histograms");
-                            dest.status.send_modify(|s| {
-                                s.histograms = Some("classic (receiver has no native histograms)")
-                            });
-                        }
-                    }
+                    Verdict::ClassicOnly => dest
+                        .refuse_native("the receiver answered \"native histograms are disabled\""),
                 }
             }
             Some(Event::Woken) => more = true,

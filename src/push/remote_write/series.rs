@@ -194,7 +194,7 @@ impl SeriesState {
         let mut memo = Vec::with_capacity(snapshot.families.len());
         for family in &snapshot.families {
             let before = previous.next().filter(|m| m.describes(family));
-            if self.extras.native_only(family, protocol) {
+            if self.extras.native_only(family) {
                 memo.push(FamilyMemo::empty(family, None));
                 continue;
             }

@@ -26,37 +26,50 @@ pub(crate) enum TranscodeError {
 
 /// The 1.0 request carrying what the 2.0 `batch` carries.
 pub(crate) fn to_v1(batch: &Batch) -> Result<Batch, TranscodeError> {
-    let raw = snap::raw::Decoder::new().decompress_vec(&batch.body)?;
-    let request = v2::Request::decode(raw.as_slice())?;
-    let symbol = |r: u32| {
-        request
-            .symbols
-            .get(r as usize)
-            .ok_or(TranscodeError::BadRef)
-    };
+    let request = decode_v2(batch)?;
     let mut timeseries = Vec::with_capacity(request.timeseries.len());
     for series in &request.timeseries {
-        let labels = series
-            .labels_refs
-            .chunks(2)
-            .map(|pair| match *pair {
-                [name, value] => Ok(proto::Label {
-                    name: symbol(name)?.clone(),
-                    value: symbol(value)?.clone(),
-                }),
-                _ => Err(TranscodeError::BadRef),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let labels = labels(&request.symbols, &series.labels_refs)?;
         let samples = (series.samples.iter())
             .map(|s| proto::Sample {
                 value: s.value,
                 timestamp: s.timestamp,
             })
             .collect();
+        let exemplars = (series.exemplars.iter())
+            .map(|e| {
+                Ok(proto::Exemplar {
+                    labels: self::labels(&request.symbols, &e.labels_refs)?,
+                    value: e.value,
+                    timestamp: e.timestamp,
+                })
+            })
+            .collect::<Result<Vec<_>, TranscodeError>>()?;
+        // The same message in both protocols (`proto/remote_write_v2.proto`): its bytes
+        // read as the 1.0 type.
+        let histograms = (series.histograms.iter())
+            .map(|h| proto::Histogram::decode(h.encode_to_vec().as_slice()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !histograms.is_empty() && !exemplars.is_empty() {
+            // 1.0 receivers append a series' exemplars before its histograms: they go in
+            // an entry of their own, after it, as `histograms.rs` writes 1.0.
+            timeseries.push(proto::TimeSeries {
+                labels: labels.clone(),
+                histograms,
+                ..Default::default()
+            });
+            timeseries.push(proto::TimeSeries {
+                labels,
+                exemplars,
+                ..Default::default()
+            });
+            continue;
+        }
         timeseries.push(proto::TimeSeries {
             labels,
             samples,
-            ..Default::default()
+            exemplars,
+            histograms,
         });
     }
     let body = proto::WriteRequest { timeseries }.encode_to_vec();
@@ -68,26 +81,80 @@ pub(crate) fn to_v1(batch: &Batch) -> Result<Batch, TranscodeError> {
     })
 }
 
-/// The 1.0 `batch` without its native histograms, for a receiver that refuses them
+fn decode_v2(batch: &Batch) -> Result<v2::Request, TranscodeError> {
+    let raw = snap::raw::Decoder::new().decompress_vec(&batch.body)?;
+    Ok(v2::Request::decode(raw.as_slice())?)
+}
+
+/// The labels that `refs`, name and value pairs, point to in `symbols`.
+fn labels(symbols: &[String], refs: &[u32]) -> Result<Vec<proto::Label>, TranscodeError> {
+    let symbol = |r: u32| symbols.get(r as usize).ok_or(TranscodeError::BadRef);
+    refs.chunks(2)
+        .map(|pair| match *pair {
+            [name, value] => Ok(proto::Label {
+                name: symbol(name)?.clone(),
+                value: symbol(value)?.clone(),
+            }),
+            _ => Err(TranscodeError::BadRef),
+        })
+        .collect()
+}
+
+/// What a 2.0 request holds, counted as its receiver's `*-Written` headers count.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Contents {
+    pub(crate) samples: u64,
+    pub(crate) histograms: u64,
+    pub(crate) exemplars: u64,
+}
+
+/// Counts what the 2.0 `batch` holds (read only when an answer's headers say that less
+/// was written than sent, to tell which kind fell short).
+pub(crate) fn contents(batch: &Batch) -> Result<Contents, TranscodeError> {
+    let mut c = Contents::default();
+    for s in decode_v2(batch)?.timeseries {
+        c.samples += s.samples.len() as u64;
+        c.histograms += s.histograms.len() as u64;
+        c.exemplars += s.exemplars.len() as u64;
+    }
+    Ok(c)
+}
+
+/// `batch` without its native histograms, for a receiver that refuses them
 /// (`histograms.rs` puts them in requests of their own); `None` when it holds none. An
 /// entry left with nothing is left out, and so are the exemplars of a native series (the
 /// receiver has no such series). The same queued request is converted at each attempt:
 /// only requests made before the fallback can hold histograms.
 pub(crate) fn without_histograms(batch: &Batch) -> Result<Option<Batch>, TranscodeError> {
     let raw = snap::raw::Decoder::new().decompress_vec(&batch.body)?;
-    let mut request = proto::WriteRequest::decode(raw.as_slice())?;
-    if request.timeseries.iter().all(|s| s.histograms.is_empty()) {
-        return Ok(None);
-    }
-    let native: Vec<Vec<proto::Label>> = (request.timeseries.iter())
-        .filter(|s| !s.histograms.is_empty())
-        .map(|s| s.labels.clone())
-        .collect();
-    request.timeseries.retain_mut(|s| {
-        s.histograms.clear();
-        !s.samples.is_empty() || (!s.exemplars.is_empty() && !native.contains(&s.labels))
-    });
-    let compressed = snap::raw::Encoder::new().compress_vec(&request.encode_to_vec())?;
+    let body = match batch.protocol {
+        Protocol::V1 => {
+            let mut request = proto::WriteRequest::decode(raw.as_slice())?;
+            if request.timeseries.iter().all(|s| s.histograms.is_empty()) {
+                return Ok(None);
+            }
+            let native: Vec<Vec<proto::Label>> = (request.timeseries.iter())
+                .filter(|s| !s.histograms.is_empty())
+                .map(|s| s.labels.clone())
+                .collect();
+            request.timeseries.retain_mut(|s| {
+                s.histograms.clear();
+                !s.samples.is_empty() || (!s.exemplars.is_empty() && !native.contains(&s.labels))
+            });
+            request.encode_to_vec()
+        }
+        Protocol::V2 => {
+            let mut request = v2::Request::decode(raw.as_slice())?;
+            if request.timeseries.iter().all(|s| s.histograms.is_empty()) {
+                return Ok(None);
+            }
+            // A native series' exemplars ride with its histogram: they go with it. The
+            // symbols stay as they are: one no series uses is allowed.
+            request.timeseries.retain(|s| s.histograms.is_empty());
+            request.encode_to_vec()
+        }
+    };
+    let compressed = snap::raw::Encoder::new().compress_vec(&body)?;
     Ok(Some(Batch {
         body: Bytes::from(compressed),
         ..batch.clone()
@@ -206,5 +273,83 @@ mod tests {
             oldest_timestamp_ms: 0,
         };
         assert!(to_v1(&bad).is_err());
+    }
+
+    #[test]
+    fn a_2_0_native_batch_becomes_1_0_with_its_histograms_then_its_exemplars_or_loses_them() {
+        use crate::config::HistogramMode;
+        use crate::exposition::snapshot::{Exemplar, NativeHistogram};
+        use crate::push::remote_write::series::SeriesState;
+        use crate::push::Snapshot;
+        use std::sync::Arc;
+
+        let mut f = Family::new("t_seconds", "h", Kind::Histogram, Arc::from([1.0]));
+        f.push(
+            Arc::from([("route".into(), "/v1".into())]),
+            &[1.0, 0.5, 1.0],
+        );
+        let native = NativeHistogram {
+            schema: 3,
+            count: 1,
+            sum: 0.5,
+            spans: vec![(-8, 1)],
+            deltas: vec![1],
+            ..Default::default()
+        };
+        f.native.push(native);
+        f.exemplars.extend([
+            Some(Exemplar {
+                labels: vec![("request_id", "r1".into())],
+                value: 0.5,
+                timestamp_ms: 1_700_000_000_000,
+            }),
+            None,
+        ]);
+        let snapshot = Snapshot { families: vec![f] };
+        let mut s = SeriesState::new(&Default::default(), "i", 100)
+            .with_histograms(HistogramMode::Native, true);
+        s.set_protocol(Protocol::V2);
+        let batches = s.convert(&snapshot, 1_700_000_000_001).unwrap().batches;
+        assert_eq!(batches.len(), 1);
+        let queued = &batches[0];
+        assert_eq!(
+            contents(queued).unwrap(),
+            Contents {
+                samples: 0,
+                histograms: 1,
+                exemplars: 1
+            }
+        );
+
+        let v1 = decode(&to_v1(queued).unwrap().body).unwrap().timeseries;
+        assert_eq!(
+            v1.len(),
+            2,
+            "the histogram, then its exemplar in an entry of its own"
+        );
+        assert_eq!(v1[0].labels, v1[1].labels);
+        let h = &v1[0].histograms[0];
+        assert_eq!((h.schema, h.sum, h.timestamp), (3, 0.5, 1_700_000_000_001));
+        assert_eq!(h.count, Some(proto::histogram::Count::CountInt(1)));
+        assert_eq!(
+            (h.positive_spans[0].offset, h.positive_deltas.clone()),
+            (-8, vec![1])
+        );
+        assert!(v1[0].exemplars.is_empty() && v1[1].histograms.is_empty());
+        let e = &v1[1].exemplars[0];
+        assert_eq!(
+            (&*e.labels[0].name, &*e.labels[0].value),
+            ("request_id", "r1")
+        );
+        assert_eq!((e.value, e.timestamp), (0.5, 1_700_000_000_000));
+
+        // Refused: nothing is left of the native series, in either protocol.
+        let stripped = without_histograms(queued).unwrap().unwrap();
+        assert_eq!(stripped.protocol, Protocol::V2);
+        assert_eq!(contents(&stripped).unwrap(), Contents::default());
+        let stripped = without_histograms(&to_v1(queued).unwrap())
+            .unwrap()
+            .unwrap();
+        assert!(decode(&stripped.body).unwrap().timeseries.is_empty());
     }
 }
