@@ -13,6 +13,10 @@
 //!   request's table, which is kept with the body.
 //! - The symbol table is kept already encoded as `symbols` fields; it goes in front of the
 //!   series when the request is compressed.
+//!
+//! Native histograms and exemplars (`histograms.rs`) go through
+//! [`SeriesWriter::write_native`]: the same `labels_refs` and `metadata`, then `histograms`
+//! and `exemplars` instead of a sample, in requests of their own.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -235,20 +239,24 @@ impl SeriesWriter {
         );
     }
 
-    /// Appends a series without samples, holding `histogram` (its bytes as
-    /// `histograms.rs` encodes it, 1.0 and 2.0 alike) then `exemplars`, whose labels go
-    /// into `symbols` as well. Prometheus' 2.0 receiver appends a series' exemplars after
-    /// its histograms, so they can ride together.
+    /// Appends a series holding `sample` (value, timestamp varint) or `histogram` (its
+    /// bytes as `histograms.rs` encodes it, 1.0 and 2.0 alike), then `exemplars`, whose
+    /// labels go into `symbols` as well. Prometheus' 2.0 receiver appends a series'
+    /// exemplars after its samples and histograms, so they can ride together.
     pub(crate) fn write_native(
         &mut self,
         body: &mut Vec<u8>,
         symbols: &mut Symbols,
         labels: &[u8],
+        sample: Option<(f64, &[u8])>,
         histogram: Option<&[u8]>,
         exemplars: &[&Exemplar],
     ) {
         let mut payload = std::mem::take(&mut self.payload);
         payload.clear();
+        if let Some((value, timestamp)) = sample {
+            put_sample(&mut payload, value, timestamp);
+        }
         if let Some(h) = histogram {
             payload.push(HISTOGRAM_KEY);
             put_varint(h.len() as u64, &mut payload);

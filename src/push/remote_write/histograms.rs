@@ -107,7 +107,7 @@ impl Extras {
             let generated = GeneratedLabels::of(family);
             let per_metric = family.bounds.len() + 1;
             scratch.next_family();
-            for (i, labels) in family.labels.iter().enumerate() {
+            for (i, (labels, values)) in family.metrics().enumerate() {
                 if !scratch.merge(labels, external, generated.bound_name) {
                     continue;
                 }
@@ -136,7 +136,15 @@ impl Extras {
                     };
                     let le = generated.bounds.get(b).unwrap_or(&generated.inf);
                     let series = scratch.series(&generated.bucket, Some(le)).to_vec();
-                    out.series(&series, &[e], None, ts)?;
+                    // The bucket's count: the bounded ones, then `+Inf`, the count (the
+                    // values end with sum and count).
+                    let n = values.len().saturating_sub(2);
+                    let count = if b < n {
+                        values.get(b)
+                    } else {
+                        values.get(n + 1)
+                    };
+                    out.series(&series, count.copied(), &[e], None, ts)?;
                 }
             }
         }
@@ -146,13 +154,13 @@ impl Extras {
             let current: std::collections::HashSet<&[u8]> =
                 self.sent.iter().map(Vec::as_slice).collect();
             for gone in previous.iter().filter(|s| !current.contains(s.as_slice())) {
-                out.series(gone, &[], Some(stale(ts)), ts)?;
+                out.series(gone, None, &[], Some(stale(ts)), ts)?;
             }
         }
         out.flush()?;
         if let Some(at) = final_at {
             for series in std::mem::take(&mut self.sent) {
-                out.series(&series, &[], Some(stale(at)), at)?;
+                out.series(&series, None, &[], Some(stale(at)), at)?;
             }
             out.flush()?;
         }
@@ -200,6 +208,8 @@ struct Out {
     /// 2.0: the series' metadata, and the request's symbols.
     v2: SeriesWriter,
     symbols: Symbols,
+    /// 2.0: the last sample timestamp and its varint.
+    timestamp: (i64, Vec<u8>),
     body: Vec<u8>,
     entry: Vec<u8>,
     series: usize,
@@ -215,6 +225,7 @@ impl Out {
             protocol,
             v2: SeriesWriter::default(),
             symbols: Symbols::default(),
+            timestamp: (0, Vec::new()),
             body: Vec::new(),
             entry: Vec::new(),
             series: 0,
@@ -235,19 +246,23 @@ impl Out {
         at: i64,
     ) -> Result<(), EncodeError> {
         if self.protocol == Protocol::V2 {
-            return self.series(labels, exemplars, histogram, at);
+            return self.series(labels, None, exemplars, histogram, at);
         }
-        self.series(labels, &[], histogram, at)?;
+        self.series(labels, None, &[], histogram, at)?;
         if !exemplars.is_empty() {
-            self.series(labels, exemplars, None, at)?;
+            self.series(labels, None, exemplars, None, at)?;
         }
         Ok(())
     }
 
     /// One `TimeSeries`: `labels` (encoded 1.0 `Label` fields), exemplars, a histogram.
+    /// `sample` is the value at `at` of the series whose exemplars these are: 2.0 wants a
+    /// sample or a histogram in every series, and the same value at the same time again is
+    /// no new point; 1.0 leaves it out (Prometheus takes exemplars alone there).
     fn series(
         &mut self,
         labels: &[u8],
+        sample: Option<f64>,
         exemplars: &[&Exemplar],
         histogram: Option<proto::Histogram>,
         at: i64,
@@ -281,8 +296,22 @@ impl Out {
                 self.body.extend_from_slice(&self.entry);
             }
             Protocol::V2 => {
+                if self.timestamp.0 != at || self.timestamp.1.is_empty() {
+                    self.timestamp.1.clear();
+                    put_varint(at as u64, &mut self.timestamp.1);
+                    self.timestamp.0 = at;
+                }
+                let sample = sample.map(|v| (v, self.timestamp.1.as_slice()));
                 let (body, symbols) = (&mut self.body, &mut self.symbols);
-                (self.v2).write_native(body, symbols, labels, histogram.as_deref(), exemplars);
+                (self.v2).write_native(
+                    body,
+                    symbols,
+                    labels,
+                    sample,
+                    histogram.as_deref(),
+                    exemplars,
+                );
+                self.samples += u64::from(sample.is_some());
             }
         }
         // The push's time, not an exemplar's: the order rule of `window.rs` knows a
@@ -680,11 +709,16 @@ mod tests {
         );
         assert!(all[5].1.exemplars.is_empty() && all[5].1.histograms.len() == 1);
         let bucket = &all[6].1;
-        assert!(bucket.samples.is_empty() && bucket.histograms.is_empty());
+        // 2.0 wants a sample or a histogram in every series: the bucket's own, again.
+        assert!(bucket.histograms.is_empty());
+        let sample = &bucket.samples[..];
         assert_eq!(
-            (bucket.exemplars[0].value, bucket.exemplars[0].timestamp),
-            (0.3, NOW - 5)
+            (sample.len(), sample[0].value, sample[0].timestamp),
+            (1, 1.0, NOW)
         );
+        let e = &bucket.exemplars[0];
+        assert_eq!((e.value, e.timestamp), (0.3, NOW - 5));
+        assert_eq!(out.batches.last().unwrap().samples, 1 + 1 + 1);
         let histogram = proto::v2::metadata::MetricType::Histogram as i32;
         assert!(all
             .iter()
