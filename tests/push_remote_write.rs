@@ -71,6 +71,21 @@ struct V2Request {
     types: Vec<i32>,
     helps: Vec<String>,
     violations: Vec<String>,
+    /// Native histograms: the series' labels, metadata type, the histogram.
+    histograms: Vec<Histogram2>,
+    exemplars: Vec<Exemplar2>,
+}
+
+/// A native histogram of a 2.0 request: its series' labels, metadata type, the histogram.
+type Histogram2 = (Vec<(String, String)>, i32, v2::Histogram);
+
+/// An exemplar of a 2.0 request, its labels read through the symbol table.
+#[derive(Debug, Clone)]
+struct Exemplar2 {
+    series: Vec<(String, String)>,
+    labels: Vec<(String, String)>,
+    value: f64,
+    ts: i64,
 }
 
 impl Received {
@@ -132,6 +147,21 @@ struct ReceiverState {
     strict: bool,
     /// The newest stored timestamp of each series (`strict` only).
     newest: Mutex<HashMap<Vec<(String, String)>, i64>>,
+    /// What a 2.0 answer says of native histograms and exemplars.
+    writes: Writes,
+}
+
+/// What the 2.0 receiver says it wrote besides samples.
+#[derive(Clone, Copy, Default, PartialEq)]
+enum Writes {
+    /// Every histogram and exemplar, and says so.
+    #[default]
+    All,
+    /// No histogram: answers 2xx with `Samples-Written` and `Exemplars-Written` only (a
+    /// receiver that does not know native histograms, and breaks the spec's MUST).
+    NoHistogramsHeaderMissing,
+    /// No exemplar: `Exemplars-Written: 0` (a receiver without exemplar storage).
+    NoExemplars,
 }
 
 impl ReceiverState {
@@ -340,8 +370,11 @@ fn receive_v2(state: Arc<ReceiverState>, headers: HeaderMap, body: Bytes) -> Res
         if !labels.iter().any(|(n, _)| n == "__name__") {
             bad.push(format!("no __name__: {labels:?}"));
         }
-        if ts.samples.is_empty() {
-            bad.push(format!("no sample: {labels:?}"));
+        if ts.samples.is_empty() == ts.histograms.is_empty() {
+            bad.push(format!("not one of samples and histograms: {labels:?}"));
+        }
+        if !(ts.histograms.windows(2)).all(|w| w[0].timestamp <= w[1].timestamp) {
+            bad.push(format!("histograms out of timestamp order: {labels:?}"));
         }
         if !ts
             .samples
@@ -359,6 +392,30 @@ fn receive_v2(state: Arc<ReceiverState>, headers: HeaderMap, body: Bytes) -> Res
                 bad.push(format!("metadata ref {r} out of range"));
             }
         }
+        for h in &ts.histograms {
+            v2.histograms.push((labels.clone(), meta.r#type, h.clone()));
+        }
+        for e in &ts.exemplars {
+            let Some(l) = (e.labels_refs.chunks(2))
+                .map(|p| Some((symbol(p[0])?, symbol(*p.get(1)?)?)))
+                .collect::<Option<Vec<(String, String)>>>()
+            else {
+                bad.push(format!("an exemplar ref out of range: {:?}", e.labels_refs));
+                continue;
+            };
+            if e.timestamp == 0 {
+                bad.push(format!("an exemplar without timestamp: {labels:?}"));
+            }
+            if !l.windows(2).all(|w| w[0].0 < w[1].0) {
+                bad.push(format!("exemplar labels not sorted: {l:?}"));
+            }
+            v2.exemplars.push(Exemplar2 {
+                series: labels.clone(),
+                labels: l,
+                value: e.value,
+                ts: e.timestamp,
+            });
+        }
         for s in &ts.samples {
             v2.types.push(meta.r#type);
             v2.helps.push(symbol(meta.help_ref).unwrap_or_default());
@@ -372,12 +429,36 @@ fn receive_v2(state: Arc<ReceiverState>, headers: HeaderMap, body: Bytes) -> Res
     v2.violations = bad;
     let answer = state.next_answer();
     let written = (series.len() as u64).saturating_sub(answer.unwritten);
+    let (histograms, exemplars) = (v2.histograms.len() as u64, v2.exemplars.len() as u64);
     state.record(headers, body, series, Some(v2), answer.status);
     let mut response = (answer.status, "receiver says: no thanks").into_response();
     let h = response.headers_mut();
     h.insert("x-prometheus-remote-write-samples-written", written.into());
-    h.insert("x-prometheus-remote-write-histograms-written", 0.into());
-    h.insert("x-prometheus-remote-write-exemplars-written", 0.into());
+    match state.writes {
+        Writes::All => {
+            h.insert(
+                "x-prometheus-remote-write-histograms-written",
+                histograms.into(),
+            );
+            h.insert(
+                "x-prometheus-remote-write-exemplars-written",
+                exemplars.into(),
+            );
+        }
+        Writes::NoHistogramsHeaderMissing => {
+            h.insert(
+                "x-prometheus-remote-write-exemplars-written",
+                exemplars.into(),
+            );
+        }
+        Writes::NoExemplars => {
+            h.insert(
+                "x-prometheus-remote-write-histograms-written",
+                histograms.into(),
+            );
+            h.insert("x-prometheus-remote-write-exemplars-written", 0.into());
+        }
+    }
     response
 }
 
@@ -1441,4 +1522,274 @@ async fn a_backlog_drains_in_parallel_lanes_across_failures_and_a_series_change_
         stored.len() as f64,
         "the sent counter is what the receiver stored"
     );
+}
+
+// Native histograms and exemplars over 2.0, from the real proxy (its demo worker's time to
+// first token is just above 0.3 s) to the in-process 2.0 receiver, which reads them with
+// the generated types and answers the `*-Written` headers as told.
+
+const TTFT: &str = "codex_time_to_first_token_seconds";
+/// A client's own W3C trace context.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const SPAN_ID: &str = "00f067aa0ba902b7";
+
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.unwrap().as_millis() as i64
+}
+
+/// The real proxy pushing 2.0 with `histograms = "native"` and exemplars to `rx`.
+async fn proxy_pushing_native_2_0(rx: &Receiver) -> common::Proxy {
+    let config = format!(
+        "[metrics]\nenabled = true\nmodels = [\"codex-demo\"]\n\
+         [[remote_write]]\nurl = \"{}\"\nprotocol = \"v2\"\ninterval = \"200ms\"\n\
+         histograms = \"native\"\nsend_exemplars = true\n",
+        rx.url
+    );
+    let proxy = common::Proxy::start(&config, &[("DEMO_FIRST_DELTA_DELAY_MS", "300")]).await;
+    proxy.wait_ready().await;
+    proxy
+}
+
+/// One non-streaming chat completion; the `x-request-id` the client was given.
+async fn chat(proxy: &common::Proxy, traceparent: Option<&str>) -> String {
+    let mut request = common::http()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(r#"{"model":"codex-demo","messages":[{"role":"user","content":"hi"}]}"#);
+    if let Some(tp) = traceparent {
+        request = request.header("traceparent", tp);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-request-id"].to_str().unwrap();
+    id.to_string()
+}
+
+/// The destination's `codex_push_samples_rejected_total` on the proxy's `/metrics`.
+async fn rejected(proxy: &common::Proxy) -> f64 {
+    let samples = common::scrape::scrape(proxy).await;
+    let labels = [("destination", "remote_write[0]")];
+    common::scrape::sum(&samples, "codex_push_samples_rejected_total", &labels)
+}
+
+/// Every native `TTFT` histogram received, with its series' labels and metadata type, oldest
+/// first, stale markers left out.
+fn ttft_histograms(log: &[Received]) -> Vec<Histogram2> {
+    (log.iter().filter_map(|r| r.v2.as_ref()))
+        .flat_map(|v2| v2.histograms.iter().cloned())
+        .filter(|(l, _, h)| {
+            l.iter().any(|(n, v)| n == "__name__" && v == TTFT) && h.sum.to_bits() != STALE_NAN_BITS
+        })
+        .collect()
+}
+
+/// The absolute count of each occupied bucket of an integer histogram, by bucket index.
+fn buckets(h: &v2::Histogram) -> Vec<(i32, i64)> {
+    let (mut out, mut index, mut count) = (Vec::new(), 0i32, 0i64);
+    let mut deltas = h.positive_deltas.iter();
+    for (k, span) in h.positive_spans.iter().enumerate() {
+        index += span.offset + if k == 0 { 0 } else { 1 };
+        for j in 0..span.length {
+            count += deltas.next().expect("a delta per bucket");
+            if count != 0 {
+                out.push((index + j as i32, count));
+            }
+        }
+        index += span.length as i32 - 1;
+    }
+    assert!(deltas.next().is_none(), "a delta per bucket, no more");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_histograms_and_exemplars_reach_a_2_0_receiver_field_by_field() {
+    use v2::histogram::{Count, ZeroCount};
+    let rx = Receiver::start(vec![]).await;
+    let started = now_ms();
+    let proxy = proxy_pushing_native_2_0(&rx).await;
+    let plain = chat(&proxy, None).await;
+    let traced = chat(&proxy, Some(&format!("00-{TRACE_ID}-{SPAN_ID}-01"))).await;
+
+    // The series the non-streaming requests count in (the streaming one stays at 0).
+    let non_streaming = |log: &[Received]| {
+        let stream = ("stream".to_string(), "false".to_string());
+        (ttft_histograms(log).into_iter()).rfind(|(l, _, _)| l.contains(&stream))
+    };
+    let ids = |log: &[Received]| -> Vec<Exemplar2> {
+        (log.iter().filter_map(|r| r.v2.as_ref()))
+            .flat_map(|v2| v2.exemplars.iter().cloned())
+            .filter(|e| e.series.iter().any(|(n, v)| n == "__name__" && v == TTFT))
+            .collect()
+    };
+    let log = wait_until(
+        "both requests in a ttft histogram and both exemplars",
+        WAIT,
+        || async {
+            let log = rx.log();
+            let counted =
+                non_streaming(&log).is_some_and(|(_, _, h)| h.count == Some(Count::CountInt(2)));
+            (counted && ids(&log).len() >= 2).then_some(log)
+        },
+    )
+    .await;
+    let received_by = now_ms();
+    for r in &log {
+        let v2 = r.v2.as_ref().expect("every request in 2.0");
+        assert_eq!(v2.violations, Vec::<String>::new());
+        assert!(
+            r.series.iter().all(|s| !s.name().starts_with(TTFT)),
+            "no classic ttft series with histograms = \"native\""
+        );
+    }
+    let (labels, metric_type, h) = non_streaming(&log).unwrap();
+    assert_eq!(metric_type, 3, "METRIC_TYPE_HISTOGRAM");
+    let label = |n: &str| labels.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    assert_eq!(
+        (label("model"), label("stream")),
+        (Some("codex-demo"), Some("false"))
+    );
+    assert_eq!(h.schema, 3);
+    assert_eq!(h.zero_threshold, 2f64.powi(-128));
+    assert_eq!(h.zero_count, Some(ZeroCount::ZeroCountInt(0)));
+    assert!(h.negative_spans.is_empty() && h.negative_deltas.is_empty());
+    assert!(
+        h.positive_counts.is_empty() && h.negative_counts.is_empty(),
+        "integer counts"
+    );
+    assert_eq!(h.reset_hint, 0);
+    assert!(
+        (started..=received_by).contains(&h.timestamp),
+        "{}",
+        h.timestamp
+    );
+    // The buckets hold both observations, each just above 0.3 s: bucket i is
+    // (2^((i-1)/8), 2^(i/8)], and the sum lies between the bounds of the occupied ones.
+    let occupied = buckets(&h);
+    assert_eq!(
+        occupied.iter().map(|(_, c)| c).sum::<i64>(),
+        2,
+        "{occupied:?}"
+    );
+    let bound = |i: i32| 2f64.powf(f64::from(i) / 8.0);
+    assert!(
+        occupied.iter().all(|&(i, _)| bound(i) > 0.3),
+        "{occupied:?}"
+    );
+    let low: f64 = occupied.iter().map(|&(i, c)| bound(i - 1) * c as f64).sum();
+    let high: f64 = occupied.iter().map(|&(i, c)| bound(i) * c as f64).sum();
+    assert!(low < h.sum && h.sum <= high, "{low} < {} <= {high}", h.sum);
+
+    // The exemplars: on the native series, each id once, labels through the symbols.
+    let exemplars = ids(&log);
+    let by = |name: &str, value: &str| -> Vec<&Exemplar2> {
+        (exemplars.iter())
+            .filter(|e| e.labels.iter().any(|(n, v)| n == name && v == value))
+            .collect()
+    };
+    let mine = by("request_id", &plain);
+    assert_eq!(mine.len(), 1, "sent once: {exemplars:?}");
+    assert_eq!(mine[0].labels.len(), 1);
+    let theirs = by("trace_id", TRACE_ID);
+    assert_eq!(theirs.len(), 1, "{exemplars:?}");
+    let want = [("span_id", SPAN_ID), ("trace_id", TRACE_ID)];
+    let got: Vec<(&str, &str)> = (theirs[0].labels.iter())
+        .map(|(n, v)| (&**n, &**v))
+        .collect();
+    assert_eq!(got, want, "the client's own trace, not our id {traced}");
+    for e in [mine[0], theirs[0]] {
+        assert_eq!(e.series, labels, "on the native series");
+        assert!(e.value > 0.3 && e.value < h.sum, "{}", e.value);
+        assert!((started..=received_by).contains(&e.ts), "{}", e.ts);
+        assert!(e.ts <= h.timestamp, "observed before the push that sent it");
+    }
+    // The receiver said it wrote everything: nothing rejected, still native.
+    assert_eq!(rejected(&proxy).await, 0.0);
+    let push = proxy.healthz().await.unwrap()["push"][0].clone();
+    assert_eq!(
+        (push["protocol"].as_str(), push["histograms"].as_str()),
+        (Some("2.0"), Some("native"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2_0_answer_without_histograms_written_turns_the_destination_to_classic_once() {
+    let rx = Receiver::with_state(ReceiverState {
+        writes: Writes::NoHistogramsHeaderMissing,
+        ..ReceiverState::default()
+    })
+    .await;
+    let proxy = proxy_pushing_native_2_0(&rx).await;
+    chat(&proxy, None).await;
+    wait_until("the fallback in /healthz", WAIT, || async {
+        let push = proxy.healthz().await?["push"][0].clone();
+        (push["histograms"] == "classic (receiver has no native histograms)").then_some(())
+    })
+    .await;
+    chat(&proxy, None).await;
+    // Both observations arrive as classic series, still in 2.0.
+    let count = format!("{TTFT}_count");
+    let log = wait_until("the classic ttft count at 2", WAIT, || async {
+        let log = rx.log();
+        let done = (log.iter().flat_map(|r| &r.series))
+            .any(|s| s.name() == count && s.value == 2.0 && s.label("stream") == Some("false"));
+        done.then_some(log)
+    })
+    .await;
+    assert!(log.iter().all(Received::is_v2));
+    let first_classic = (log.iter())
+        .position(|r| r.series.iter().any(|s| s.name() == count))
+        .unwrap();
+    assert!(
+        !ttft_histograms(&log[..first_classic]).is_empty(),
+        "native first"
+    );
+    assert!(
+        ttft_histograms(&log[first_classic..]).is_empty(),
+        "no native histogram after the switch"
+    );
+    // Nothing sent twice (the 2xx request is not retried), the unwritten histograms counted.
+    let mut bodies: Vec<&Bytes> = log.iter().map(|r| &r.body).collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), log.len(), "no request sent again");
+    assert!(rejected(&proxy).await >= 1.0);
+    let logs = proxy.logs();
+    assert_eq!(
+        logs.matches("--enable-feature=native-histograms").count(),
+        1,
+        "logged once, naming the flag"
+    );
+    assert!(logs.contains("Histograms-Written 0 or missing"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2_0_receiver_that_stores_no_exemplars_is_counted_and_logged_once() {
+    let rx = Receiver::with_state(ReceiverState {
+        writes: Writes::NoExemplars,
+        ..ReceiverState::default()
+    })
+    .await;
+    let proxy = proxy_pushing_native_2_0(&rx).await;
+    chat(&proxy, None).await;
+    chat(&proxy, None).await;
+    // Two exemplars sent (one per push: the requests are 300 ms apart), neither written.
+    wait_until("two unwritten exemplars counted", WAIT, || async {
+        (rejected(&proxy).await >= 2.0).then_some(())
+    })
+    .await;
+    let logs = proxy.logs();
+    assert_eq!(
+        logs.matches("did not store every exemplar").count(),
+        1,
+        "logged once"
+    );
+    // Histograms are written: still native, and they keep coming.
+    let push = proxy.healthz().await.unwrap()["push"][0].clone();
+    assert_eq!(push["histograms"], "native");
+    let seen = ttft_histograms(&rx.log()).len();
+    wait_until("more native histograms", WAIT, || async {
+        (ttft_histograms(&rx.log()).len() > seen).then_some(())
+    })
+    .await;
 }
