@@ -136,6 +136,7 @@ pub(crate) fn start(
         native_refused: AtomicBool::new(false),
         native_until_ms: AtomicI64::new(i64::MAX),
         exemplars_short: AtomicBool::new(false),
+        native_only: config.histograms == HistogramMode::Native,
     });
     dest.publish(&initial);
     let producer = tokio::spawn(produce(
@@ -289,6 +290,9 @@ struct Destination {
     native_until_ms: AtomicI64,
     /// A 2.0 receiver stored fewer exemplars than sent (logged once).
     exemplars_short: AtomicBool,
+    /// `histograms = "native"`: requests hold no classic series of the native ones, so a
+    /// refused native series is sent as its classic `_count` and `_sum`.
+    native_only: bool,
 }
 
 impl Destination {
@@ -509,7 +513,7 @@ fn without_native<'b>(dest: &Destination, batch: Cow<'b, Batch>) -> Option<Cow<'
     {
         return Some(batch);
     }
-    match without_histograms(&batch) {
+    match without_histograms(&batch, dest.native_only) {
         Ok(None) => Some(batch),
         Ok(Some(b)) => Some(Cow::Owned(b)),
         Err(e) => {
@@ -621,11 +625,12 @@ async fn attempt(dest: &Destination, batch: &Batch) -> Verdict {
 /// up to fewer than it carried, the request is decoded to tell which kind fell short:
 /// - samples (the spec forbids it, a receiver may do it): counted as rejected, logged;
 /// - native histograms, none written: the receiver does not take them (or does not say it
-///   does, which the spec requires). Like Prometheus' 500 `native histograms are
-///   disabled` (`Verdict::ClassicOnly`), the destination turns to classic for good, but
-///   this request is not sent again: what it held besides them was written, and the
-///   classic series of the same observations go out from the next push on. Some written:
-///   the rest is counted as rejected;
+///   does, which the spec requires). As after Prometheus' 500 `native histograms are
+///   disabled`, the destination turns to classic for good. With `histograms = "native"`
+///   the request is sent again at once as the classic `_count` and `_sum` of its native
+///   series (`Verdict::ClassicOnly`); with `"both"` it is not (its classic series went in
+///   requests of their own, and its bucket exemplars were written): the histograms are
+///   counted as rejected. Some written: the rest is counted as rejected;
 /// - exemplars: counted as rejected, logged once (a receiver without exemplar storage).
 ///
 /// Never a retry: what was refused once will be refused again.
@@ -658,9 +663,17 @@ fn judge_written(dest: &Destination, batch: &Batch, headers: &HeaderMap) -> Verd
     if samples_short > 0 {
         tracing::warn!(destination = %dest.name, samples = sent.samples, written = samples, rejected = samples_short, "receiver answered 2xx but did not write every sample");
     }
-    let histograms_short = short(sent.histograms, histograms);
+    let mut histograms_short = short(sent.histograms, histograms);
+    let mut verdict = Verdict::Delivered;
     if histograms_short > 0 && histograms == 0 {
         dest.refuse_native("the receiver answered 2xx with X-Prometheus-Remote-Write-Histograms-Written 0 or missing");
+        if dest.native_only {
+            // Sent again at once as classic `_count` and `_sum` (`without_native`): only
+            // native series and their exemplars were in it (`histograms.rs`), and none of
+            // them was written.
+            histograms_short = 0;
+            verdict = Verdict::ClassicOnly;
+        }
     } else if histograms_short > 0 {
         tracing::warn!(destination = %dest.name, histograms = sent.histograms, written = histograms, rejected = histograms_short, "receiver answered 2xx but did not write every native histogram");
     }
@@ -668,7 +681,10 @@ fn judge_written(dest: &Destination, batch: &Batch, headers: &HeaderMap) -> Verd
     if exemplars_short > 0 && !dest.exemplars_short.swap(true, Ordering::AcqRel) {
         tracing::warn!(destination = %dest.name, exemplars = sent.exemplars, written = exemplars, "receiver answered 2xx but did not store every exemplar (no exemplar storage? Prometheus: --enable-feature=exemplar-storage); counted in codex_push_samples_rejected_total, logged once");
     }
+    if matches!(verdict, Verdict::ClassicOnly) {
+        return verdict;
+    }
     dest.metrics
         .rejected(samples_short + histograms_short + exemplars_short);
-    Verdict::Delivered
+    verdict
 }

@@ -121,15 +121,25 @@ pub(crate) fn contents(batch: &Batch) -> Result<Contents, TranscodeError> {
 }
 
 /// `batch` without its native histograms, for a receiver that refuses them
-/// (`histograms.rs` puts them in requests of their own); `None` when it holds none. An
-/// entry left with nothing is left out, and so are the exemplars of a native series (the
-/// receiver has no such series). The same queued request is converted at each attempt:
-/// only requests made before the fallback can hold histograms.
-pub(crate) fn without_histograms(batch: &Batch) -> Result<Option<Batch>, TranscodeError> {
+/// (`histograms.rs` puts them in requests of their own); `None` when it holds none. The
+/// same queued request is converted at each attempt: only requests made before the
+/// fallback can hold histograms.
+///
+/// With `counts` (`histograms = "native"`: the request has no classic series of them), each
+/// native series becomes its classic `_count` and `_sum` series, the histogram's count and
+/// sum at its timestamp (a stale marker's NaN stays one): those two are exact, while no
+/// classic bucket can be told from exponential ones. Without it (`"both"`), the classic
+/// series are in the request already, and the native ones just go. An entry left with
+/// nothing is left out, and so are the exemplars of a native series (the receiver has no
+/// such series).
+pub(crate) fn without_histograms(
+    batch: &Batch,
+    counts: bool,
+) -> Result<Option<Batch>, TranscodeError> {
     let raw = snap::raw::Decoder::new().decompress_vec(&batch.body)?;
     let body = match batch.protocol {
         Protocol::V1 => {
-            let mut request = proto::WriteRequest::decode(raw.as_slice())?;
+            let request = proto::WriteRequest::decode(raw.as_slice())?;
             if request.timeseries.iter().all(|s| s.histograms.is_empty()) {
                 return Ok(None);
             }
@@ -137,20 +147,81 @@ pub(crate) fn without_histograms(batch: &Batch) -> Result<Option<Batch>, Transco
                 .filter(|s| !s.histograms.is_empty())
                 .map(|s| s.labels.clone())
                 .collect();
-            request.timeseries.retain_mut(|s| {
-                s.histograms.clear();
-                !s.samples.is_empty() || (!s.exemplars.is_empty() && !native.contains(&s.labels))
-            });
-            request.encode_to_vec()
+            let mut timeseries = Vec::with_capacity(request.timeseries.len());
+            for s in request.timeseries {
+                if s.histograms.is_empty() {
+                    if !s.samples.is_empty()
+                        || (!s.exemplars.is_empty() && !native.contains(&s.labels))
+                    {
+                        timeseries.push(s);
+                    }
+                    continue;
+                }
+                if !counts {
+                    continue;
+                }
+                for (suffix, value) in COUNT_AND_SUM {
+                    let mut labels = s.labels.clone();
+                    for l in labels.iter_mut().filter(|l| l.name == "__name__") {
+                        l.value.push_str(suffix);
+                    }
+                    let samples = (s.histograms.iter())
+                        .map(|h| proto::Sample {
+                            value: value(h.sum, h.count.as_ref().map(count_v1)),
+                            timestamp: h.timestamp,
+                        })
+                        .collect();
+                    timeseries.push(proto::TimeSeries {
+                        labels,
+                        samples,
+                        ..Default::default()
+                    });
+                }
+            }
+            proto::WriteRequest { timeseries }.encode_to_vec()
         }
         Protocol::V2 => {
             let mut request = v2::Request::decode(raw.as_slice())?;
             if request.timeseries.iter().all(|s| s.histograms.is_empty()) {
                 return Ok(None);
             }
-            // A native series' exemplars ride with its histogram: they go with it. The
-            // symbols stay as they are: one no series uses is allowed.
-            request.timeseries.retain(|s| s.histograms.is_empty());
+            // A native series' exemplars ride with its histogram: they go with it. Symbols
+            // no series uses any more may stay.
+            let mut timeseries = Vec::with_capacity(request.timeseries.len());
+            for s in std::mem::take(&mut request.timeseries) {
+                if s.histograms.is_empty() {
+                    timeseries.push(s);
+                    continue;
+                }
+                if !counts {
+                    continue;
+                }
+                for (suffix, value) in COUNT_AND_SUM {
+                    let mut labels_refs = s.labels_refs.clone();
+                    for pair in labels_refs.chunks_mut(2) {
+                        let name = request.symbols.get(pair[0] as usize);
+                        if let (Some("__name__"), Some(&v)) =
+                            (name.map(String::as_str), pair.get(1))
+                        {
+                            let renamed = format!("{}{suffix}", symbol(&request.symbols, v)?);
+                            pair[1] = intern(&mut request.symbols, renamed);
+                        }
+                    }
+                    let samples = (s.histograms.iter())
+                        .map(|h| v2::Sample {
+                            value: value(h.sum, h.count.as_ref().map(count_v2)),
+                            timestamp: h.timestamp,
+                        })
+                        .collect();
+                    timeseries.push(v2::TimeSeries {
+                        labels_refs,
+                        samples,
+                        metadata: s.metadata,
+                        ..Default::default()
+                    });
+                }
+            }
+            request.timeseries = timeseries;
             request.encode_to_vec()
         }
     };
@@ -159,6 +230,49 @@ pub(crate) fn without_histograms(batch: &Batch) -> Result<Option<Batch>, Transco
         body: Bytes::from(compressed),
         ..batch.clone()
     }))
+}
+
+/// The classic series a native one keeps when refused, and their value from its sum and
+/// count (the count of a stale marker is 0: its NaN sum marks both stale).
+type Classic = (&'static str, fn(f64, Option<f64>) -> f64);
+const COUNT_AND_SUM: [Classic; 2] = [
+    ("_count", |sum, count| {
+        if sum.is_nan() {
+            sum
+        } else {
+            count.unwrap_or(0.0)
+        }
+    }),
+    ("_sum", |sum, _| sum),
+];
+
+fn count_v1(c: &proto::histogram::Count) -> f64 {
+    match *c {
+        proto::histogram::Count::CountInt(n) => n as f64,
+        proto::histogram::Count::CountFloat(f) => f,
+    }
+}
+
+fn count_v2(c: &v2::histogram::Count) -> f64 {
+    match *c {
+        v2::histogram::Count::CountInt(n) => n as f64,
+        v2::histogram::Count::CountFloat(f) => f,
+    }
+}
+
+fn symbol(symbols: &[String], r: u32) -> Result<&String, TranscodeError> {
+    symbols.get(r as usize).ok_or(TranscodeError::BadRef)
+}
+
+/// The index of `s` in `symbols`, added at the end if missing.
+fn intern(symbols: &mut Vec<String>, s: String) -> u32 {
+    match symbols.iter().position(|x| *x == s) {
+        Some(i) => i as u32,
+        None => {
+            symbols.push(s);
+            (symbols.len() - 1) as u32
+        }
+    }
 }
 
 #[cfg(test)]
@@ -239,7 +353,9 @@ mod tests {
         let strip = |batches: Vec<Batch>| -> Vec<proto::TimeSeries> {
             let mut out = Vec::new();
             for b in &batches {
-                let b = without_histograms(b).unwrap().unwrap_or_else(|| b.clone());
+                let b = without_histograms(b, false)
+                    .unwrap()
+                    .unwrap_or_else(|| b.clone());
                 assert_eq!(b.protocol, Protocol::V1);
                 out.extend(decode(&b.body).unwrap().timeseries);
             }
@@ -254,13 +370,16 @@ mod tests {
         assert!(strip(convert(HistogramMode::Native)).is_empty());
         // A batch without histograms is sent as it is.
         let classic = convert(HistogramMode::Classic);
-        assert!(without_histograms(&classic[0]).unwrap().is_none());
-        assert!(without_histograms(&Batch {
-            body: Bytes::from_static(b"garbage"),
-            protocol: Protocol::V1,
-            samples: 1,
-            oldest_timestamp_ms: 0,
-        })
+        assert!(without_histograms(&classic[0], true).unwrap().is_none());
+        assert!(without_histograms(
+            &Batch {
+                body: Bytes::from_static(b"garbage"),
+                protocol: Protocol::V1,
+                samples: 1,
+                oldest_timestamp_ms: 0,
+            },
+            true
+        )
         .is_err());
     }
 
@@ -343,13 +462,44 @@ mod tests {
         );
         assert_eq!((e.value, e.timestamp), (0.5, 1_700_000_000_000));
 
-        // Refused: nothing is left of the native series, in either protocol.
-        let stripped = without_histograms(queued).unwrap().unwrap();
+        // Refused with "both": nothing is left of the native series, in either protocol.
+        let stripped = without_histograms(queued, false).unwrap().unwrap();
         assert_eq!(stripped.protocol, Protocol::V2);
         assert_eq!(contents(&stripped).unwrap(), Contents::default());
-        let stripped = without_histograms(&to_v1(queued).unwrap())
-            .unwrap()
-            .unwrap();
+        let v1 = to_v1(queued).unwrap();
+        let stripped = without_histograms(&v1, false).unwrap().unwrap();
         assert!(decode(&stripped.body).unwrap().timeseries.is_empty());
+
+        // With "native": its exact classic `_count` and `_sum`, with the series' labels.
+        let want = [("t_seconds_count", 1.0), ("t_seconds_sum", 0.5)];
+        let kept = to_v1(&without_histograms(queued, true).unwrap().unwrap()).unwrap();
+        for b in [kept, without_histograms(&v1, true).unwrap().unwrap()] {
+            let got: Vec<_> = (decode(&b.body).unwrap().timeseries.iter())
+                .map(|s| {
+                    assert!(s.histograms.is_empty() && s.exemplars.is_empty());
+                    let l = |n: &str| s.labels.iter().find(|l| l.name == n).unwrap().value.clone();
+                    assert_eq!(l("route"), "/v1");
+                    assert_eq!(s.samples[0].timestamp, 1_700_000_000_001);
+                    (l("__name__"), s.samples[0].value)
+                })
+                .collect();
+            let got: Vec<(&str, f64)> = got.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+            assert_eq!(got, want);
+        }
+        // A stale marker stays one in both.
+        let final_push = s
+            .convert_final(&snapshot, 1_700_000_000_100)
+            .unwrap()
+            .batches;
+        let stale = final_push.last().unwrap();
+        let kept = without_histograms(stale, true).unwrap().unwrap();
+        let series = decode(&to_v1(&kept).unwrap().body).unwrap().timeseries;
+        assert_eq!(series.len(), 2);
+        for t in &series {
+            assert_eq!(
+                t.samples[0].value.to_bits(),
+                super::super::encode::STALE_NAN_BITS
+            );
+        }
     }
 }
