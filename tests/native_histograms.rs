@@ -469,3 +469,130 @@ async fn victoria_metrics_takes_the_classic_series_and_silently_drops_native_his
     let health = proxy.healthz().await.unwrap();
     assert_eq!(health["push"][0]["histograms"], "both");
 }
+
+/// The value of `promql` as Prometheus answers it at `at_ms` (ms since the epoch).
+async fn scalar_at(prometheus: &Server, promql: &str, at_ms: i64) -> Option<f64> {
+    let body: Value = http()
+        .get(format!("{}/api/v1/query", prometheus.base))
+        .query(&[
+            ("query", promql.to_string()),
+            ("time", format!("{:.3}", at_ms as f64 / 1000.0)),
+        ])
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let result = body["data"]["result"].as_array()?;
+    (result.len() == 1).then(|| result[0]["value"][1].as_str()?.parse().ok())?
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A durable queue of native histograms, built in 2.0 (`protocol = "auto"`) while the
+/// receiver is down, replayed into a Prometheus 2.42 without native histograms: the 2.0
+/// requests fall back to 1.0 (204 without `*-Written`), the ones holding histograms are
+/// refused (500 `native histograms are disabled`, once each) and sent again as the classic
+/// `_count` and `_sum` of their native series. Every queued push's count lands at its own
+/// timestamp, the queue drains, nothing is dropped, and nothing is retried again.
+#[tokio::test]
+async fn a_queued_backlog_of_native_histograms_reaches_a_prometheus_without_them_as_classic_counts()
+{
+    let Some(mut prometheus) = start_prometheus("").await else {
+        return;
+    };
+    prometheus.stop().await;
+    let config = remote_write_config(
+        &prometheus,
+        "histograms = \"native\"\nprotocol = \"auto\"\nqueue_dir = \"queue\"\n\
+         min_backoff = \"50ms\"\nmax_backoff = \"300ms\"",
+    );
+    let proxy = Proxy::start(&config, &[("DEMO_FIRST_DELTA_DELAY_MS", "300")]).await;
+    proxy.wait_ready().await;
+    let push = || async { proxy.healthz().await.map(|h| h["push"][0].clone()) };
+    let queued = |min: u64| async move {
+        let p = push().await?;
+        (p["queued_requests"].as_u64()? >= min).then_some(p)
+    };
+    let before = wait_until("a push queued", DEADLINE, || queued(2)).await;
+    assert_eq!(before["protocol"], "2.0");
+    let before_traffic_ms = now_ms();
+    let now_queued = before["queued_requests"].as_u64().unwrap();
+    // Pushes are 300 ms apart and so are the requests: they land in different pushes.
+    for _ in 0..3 {
+        chat(&proxy, false, None).await;
+    }
+    let after = push().await.unwrap()["queued_requests"].as_u64().unwrap();
+    wait_until("pushes after the traffic queued", DEADLINE, || {
+        queued(after + 2)
+    })
+    .await;
+    let after_traffic_ms = now_ms();
+    assert!(
+        std::fs::read_dir(proxy.dir.path().join("queue"))
+            .unwrap()
+            .count()
+            > 0
+    );
+    assert!(after > now_queued);
+
+    prometheus.start().await;
+    let health = wait_until("both fallbacks in /healthz", DEADLINE, || async {
+        let p = push().await?;
+        let done = p["protocol"] == "1.0"
+            && p["histograms"] == "classic (receiver has no native histograms)"
+            && p["queued_requests"] == 0
+            && p["requests_in_flight"] == 0;
+        done.then_some(p)
+    })
+    .await;
+    assert_eq!(health["kind"], "remote_write");
+    // The backlog's counts, each at its own time: none before the traffic, all three
+    // after it, both before Prometheus was up again.
+    let count = r#"sum(codex_time_to_first_token_seconds_count{stream="false"})"#;
+    let sum = r#"sum(codex_time_to_first_token_seconds_sum{stream="false"})"#;
+    let at = |ms| scalar_at(&prometheus, count, ms);
+    assert_eq!(at(before_traffic_ms).await, Some(0.0));
+    assert_eq!(at(after_traffic_ms).await, Some(3.0));
+    let total = scalar_at(&prometheus, sum, after_traffic_ms).await.unwrap();
+    assert!(total > 0.9 && total < 3.0, "{total}");
+    // The live pushes go on classic.
+    chat(&proxy, false, None).await;
+    prometheus.wait_scalar(count, 4.0, DEADLINE).await;
+    let classic = r#"count(codex_time_to_first_token_seconds_bucket{stream="false"})"#;
+    assert!(prometheus.scalar(classic).await.unwrap() > 1.0);
+    // Nothing dropped; each refused request refused once: no 5xx after the drain.
+    let samples = common::scrape::scrape(&proxy).await;
+    let mine = [("destination", "remote_write[0]")];
+    let dropped = common::scrape::sum(&samples, "codex_push_samples_dropped_total", &mine);
+    assert_eq!(dropped, 0.0);
+    let refused = [("destination", "remote_write[0]"), ("outcome", "http_5xx")];
+    let refusals = common::scrape::sum(&samples, "codex_push_requests_total", &refused);
+    assert!(refusals >= 1.0 && refusals <= after as f64, "{refusals}");
+    let success = [("destination", "remote_write[0]"), ("outcome", "success")];
+    let delivered = common::scrape::sum(&samples, "codex_push_requests_total", &success);
+    wait_until("more pushes delivered", DEADLINE, || async {
+        let s = common::scrape::scrape(&proxy).await;
+        (common::scrape::sum(&s, "codex_push_requests_total", &success) > delivered + 3.0)
+            .then_some(())
+    })
+    .await;
+    let samples = common::scrape::scrape(&proxy).await;
+    assert_eq!(
+        common::scrape::sum(&samples, "codex_push_requests_total", &refused),
+        refusals,
+        "no retry after the switch"
+    );
+    let logs = proxy.logs();
+    assert_eq!(
+        logs.matches("--enable-feature=native-histograms").count(),
+        1,
+        "logged once, naming the flag"
+    );
+}
