@@ -118,11 +118,13 @@ pub struct RemoteWriteConfig {
     #[serde(default, with = "off_or_some")]
     pub max_bytes_per_second: Option<ByteSize>,
     /// `classic`: `_bucket{le}`, `_sum`, `_count`, which every receiver takes. `native`:
-    /// a histogram family's native series instead (1.0 `TimeSeries.histograms`, field 4);
-    /// `both`: both. A receiver that refuses native histograms turns it to `classic`.
+    /// a histogram family's native series instead (`TimeSeries.histograms`: field 4 in
+    /// 1.0, 3 in 2.0); `both`: both. A receiver that refuses native histograms turns it to
+    /// `classic`.
     #[serde(default)]
     pub histograms: HistogramMode,
-    /// Send exemplars (1.0 `TimeSeries.exemplars`, field 3), Prometheus' name and default.
+    /// Send exemplars (`TimeSeries.exemplars`: field 3 in 1.0, 4 in 2.0), Prometheus' name
+    /// and default.
     #[serde(default)]
     pub send_exemplars: bool,
 }

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::attempt::{attempt, in_current_protocol};
 use super::queue::durable::Reopened;
 use super::queue::{Batch, Queue};
 use super::window::{Limits, Sync, Window};
-use super::{attempt, drain, in_current_protocol, Destination, Verdict};
+use super::{drain, Destination, Verdict};
 use crate::push::self_metrics::DropReason;
 use crate::push::signal::Shutdown;
 
