@@ -15,9 +15,10 @@
 //!   steady-state conversions each: bytes per sample before and after snappy, and CPU per
 //!   sample of the conversion (series, encoding, compression: all that differs between them).
 //!
-//! - `histograms REGISTRY --rounds N`: `histograms = "classic"`, `"native"` and `"both"`
-//!   on the same registry, N steady-state 1.0 conversions each: series (`TimeSeries`
-//!   entries) and snappy bytes per push, and the ratios of native and both to classic.
+//! - `histograms REGISTRY --rounds N [--protocol v2]`: `histograms = "classic"`,
+//!   `"native"` and `"both"` on the same registry, N steady-state 1.0 (or 2.0)
+//!   conversions each: series (`TimeSeries` entries) and snappy bytes per push, and the
+//!   ratios of native and both to classic.
 //!
 //! Build with `cargo build --release --example push_bench`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
@@ -70,7 +71,13 @@ fn main() {
         let rounds = arg("--rounds")
             .parse()
             .unwrap_or_else(|_| usage("--rounds"));
-        return histograms(&fill, rounds);
+        let protocol = match args.iter().any(|a| a == "--protocol") {
+            false => Protocol::V1,
+            true if arg("--protocol") == "v2" => Protocol::V2,
+            true if arg("--protocol") == "v1" => Protocol::V1,
+            true => usage("--protocol"),
+        };
+        return histograms(&fill, rounds, protocol);
     }
     let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| usage(&e.to_string()));
     match args.first().map(String::as_str) {
@@ -92,7 +99,7 @@ fn usage(problem: &str) -> ! {
          push_bench push REGISTRY --url URL --interval 5s --seconds 60\n       \
          push_bench phases REGISTRY\n       \
          push_bench protocols REGISTRY --rounds N\n       \
-         push_bench histograms REGISTRY --rounds N\n\
+         push_bench histograms REGISTRY --rounds N [--protocol v1|v2]\n\
          REGISTRY: --workload FILE | --series N"
     );
     std::process::exit(2)
@@ -240,7 +247,7 @@ fn protocols(fill: &Fill, rounds: i64) {
 }
 
 /// One JSON line per `histograms` mode, then the ratios of native and both to classic.
-fn histograms(fill: &Fill, rounds: i64) {
+fn histograms(fill: &Fill, rounds: i64, protocol: Protocol) {
     let metrics = registry(fill);
     let mut results = Vec::new();
     for mode in [
@@ -250,6 +257,7 @@ fn histograms(fill: &Fill, rounds: i64) {
     ] {
         let mut state =
             SeriesState::new(&Default::default(), "bench:1", 2000).with_histograms(mode, false);
+        state.set_protocol(protocol);
         let first = state.convert(&metrics.snapshot(), 1_700_000_000_000);
         first.unwrap_or_else(|e| usage(&e.to_string()));
         let (mut series, mut wire) = (0u64, 0usize);
