@@ -1609,8 +1609,6 @@ async fn native_histograms_and_exemplars_reach_a_2_0_receiver_field_by_field() {
     let started = now_ms();
     let proxy = proxy_pushing_native_2_0(&rx).await;
     let plain = chat(&proxy, None).await;
-    let traced = chat(&proxy, Some(&format!("00-{TRACE_ID}-{SPAN_ID}-01"))).await;
-
     // The series the non-streaming requests count in (the streaming one stays at 0).
     let non_streaming = |log: &[Received]| {
         let stream = ("stream".to_string(), "false".to_string());
@@ -1622,6 +1620,13 @@ async fn native_histograms_and_exemplars_reach_a_2_0_receiver_field_by_field() {
             .filter(|e| e.series.iter().any(|(n, v)| n == "__name__" && v == TTFT))
             .collect()
     };
+    // A bucket keeps its latest exemplar: the second request waits until the first one's
+    // went out, in case both land in the same bucket.
+    wait_until("the first exemplar", WAIT, || async {
+        (!ids(&rx.log()).is_empty()).then_some(())
+    })
+    .await;
+    let traced = chat(&proxy, Some(&format!("00-{TRACE_ID}-{SPAN_ID}-01"))).await;
     let log = wait_until(
         "both requests in a ttft histogram and both exemplars",
         WAIT,
@@ -1737,36 +1742,37 @@ async fn a_2_0_answer_without_histograms_written_turns_the_destination_to_classi
     })
     .await;
     assert!(log.iter().all(Received::is_v2));
-    let first_classic = (log.iter())
-        .position(|r| r.series.iter().any(|s| s.name() == count))
+    // No histogram was made after the switch: every one is older than the first classic
+    // bucket (the producer's classic series start then; refused ones add none).
+    let bucket = format!("{TTFT}_bucket");
+    let switch = (log.iter().flat_map(|r| &r.series))
+        .filter(|s| s.name() == bucket)
+        .map(|s| s.ts)
+        .min()
         .unwrap();
-    let refused = ttft_histograms(&log[..first_classic]);
+    let refused = ttft_histograms(&log);
     assert!(!refused.is_empty(), "native first");
-    assert!(
-        ttft_histograms(&log[first_classic..]).is_empty(),
-        "no native histogram after the switch"
-    );
-    // The refused request came again at once as the classic `_count` and `_sum` of its
+    assert!(refused.iter().all(|(_, _, h)| h.timestamp < switch));
+    // Each refused request came again at once as the classic `_count` and `_sum` of its
     // native series, same labels, same time, same values.
-    let classic: Vec<&Series> = log[first_classic..]
-        .iter()
-        .flat_map(|r| &r.series)
-        .collect();
-    for (labels, _, h) in &refused {
+    let resent = |log: &[Received], (labels, _, h): &Histogram2| {
         let v2::histogram::Count::CountInt(n) = h.count.unwrap() else {
             panic!("integer counts");
         };
-        for (suffix, value) in [("_count", n as f64), ("_sum", h.sum)] {
-            let mut want = labels.clone();
-            want[0].1.push_str(suffix);
-            assert!(
-                (classic.iter())
-                    .any(|s| s.labels == want && s.ts == h.timestamp && s.value == value),
-                "{want:?} = {value} at {}",
-                h.timestamp
-            );
-        }
-    }
+        [("_count", n as f64), ("_sum", h.sum)]
+            .iter()
+            .all(|(suffix, value)| {
+                let mut want = labels.clone();
+                want[0].1.push_str(suffix);
+                (log.iter().flat_map(|r| &r.series))
+                    .any(|s| s.labels == want && s.ts == h.timestamp && s.value == *value)
+            })
+    };
+    let log = wait_until("each refused histogram as classic", WAIT, || async {
+        let log = rx.log();
+        refused.iter().all(|h| resent(&log, h)).then_some(log)
+    })
+    .await;
     // Nothing sent twice, nothing lost: nothing counted as rejected.
     let mut bodies: Vec<&Bytes> = log.iter().map(|r| &r.body).collect();
     bodies.sort();
@@ -1790,13 +1796,14 @@ async fn a_2_0_receiver_that_stores_no_exemplars_is_counted_and_logged_once() {
     })
     .await;
     let proxy = proxy_pushing_native_2_0(&rx).await;
-    chat(&proxy, None).await;
-    chat(&proxy, None).await;
-    // Two exemplars sent (one per push: the requests are 300 ms apart), neither written.
-    wait_until("two unwritten exemplars counted", WAIT, || async {
-        (rejected(&proxy).await >= 2.0).then_some(())
-    })
-    .await;
+    // Two exemplars sent (the second request after the first one's went), neither written.
+    for n in [1.0, 2.0] {
+        chat(&proxy, None).await;
+        wait_until("the unwritten exemplar counted", WAIT, || async {
+            (rejected(&proxy).await >= n).then_some(())
+        })
+        .await;
+    }
     let logs = proxy.logs();
     assert_eq!(
         logs.matches("did not store every exemplar").count(),
