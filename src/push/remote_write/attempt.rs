@@ -199,9 +199,9 @@ fn judge_written(dest: &Destination, batch: &Batch, headers: &HeaderMap) -> Verd
     if histograms_short > 0 && histograms == 0 {
         dest.refuse_native("the receiver answered 2xx with X-Prometheus-Remote-Write-Histograms-Written 0 or missing");
         if dest.native_only {
-            // Sent again at once as classic `_count` and `_sum` (`without_native`): only
-            // native series and their exemplars were in it (`histograms.rs`), and none of
-            // them was written.
+            // Sent again at once as the classic `_count` and `_sum` of its native series
+            // (`without_native`): they were all it held besides their exemplars
+            // (`histograms.rs`), which are not sent again.
             histograms_short = 0;
             verdict = Verdict::ClassicOnly;
         }
@@ -211,9 +211,6 @@ fn judge_written(dest: &Destination, batch: &Batch, headers: &HeaderMap) -> Verd
     let exemplars_short = short(sent.exemplars, exemplars);
     if exemplars_short > 0 && !dest.exemplars_short.swap(true, Ordering::AcqRel) {
         tracing::warn!(destination = %dest.name, exemplars = sent.exemplars, written = exemplars, "receiver answered 2xx but did not store every exemplar (no exemplar storage? Prometheus: --enable-feature=exemplar-storage); counted in codex_push_samples_rejected_total, logged once");
-    }
-    if matches!(verdict, Verdict::ClassicOnly) {
-        return verdict;
     }
     dest.metrics
         .rejected(samples_short + histograms_short + exemplars_short);
