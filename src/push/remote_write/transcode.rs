@@ -318,12 +318,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn without_histograms_keeps_the_classic_series_and_bucket_exemplars_of_a_batch() {
-        use crate::config::HistogramMode;
+    /// One histogram series `t_seconds{route="/v1"}` (bound 1.0) with one observation of
+    /// 0.5 s, its native bucket and that bucket's exemplar.
+    fn one_native_series() -> crate::push::Snapshot {
         use crate::exposition::snapshot::{Exemplar, NativeHistogram};
-        use crate::push::remote_write::series::SeriesState;
-        use crate::push::Snapshot;
         use std::sync::Arc;
 
         let mut f = Family::new("t_seconds", "h", Kind::Histogram, Arc::from([1.0]));
@@ -339,13 +337,23 @@ mod tests {
             deltas: vec![1],
             ..Default::default()
         });
-        let exemplar = Some(Exemplar {
-            labels: vec![("request_id", "r1".into())],
-            value: 0.5,
-            timestamp_ms: 1_700_000_000_000,
-        });
-        f.exemplars.extend([exemplar, None]);
-        let snapshot = Snapshot { families: vec![f] };
+        f.exemplars.extend([
+            Some(Exemplar {
+                labels: vec![("request_id", "r1".into())],
+                value: 0.5,
+                timestamp_ms: 1_700_000_000_000,
+            }),
+            None,
+        ]);
+        crate::push::Snapshot { families: vec![f] }
+    }
+
+    #[test]
+    fn without_histograms_keeps_the_classic_series_and_bucket_exemplars_of_a_batch() {
+        use crate::config::HistogramMode;
+        use crate::push::remote_write::series::SeriesState;
+
+        let snapshot = one_native_series();
         let convert = |mode| {
             let mut s = SeriesState::new(&Default::default(), "i", 100).with_histograms(mode, true);
             s.convert(&snapshot, 1_700_000_000_001).unwrap().batches
@@ -397,34 +405,9 @@ mod tests {
     #[test]
     fn a_2_0_native_batch_becomes_1_0_with_its_histograms_then_its_exemplars_or_loses_them() {
         use crate::config::HistogramMode;
-        use crate::exposition::snapshot::{Exemplar, NativeHistogram};
         use crate::push::remote_write::series::SeriesState;
-        use crate::push::Snapshot;
-        use std::sync::Arc;
 
-        let mut f = Family::new("t_seconds", "h", Kind::Histogram, Arc::from([1.0]));
-        f.push(
-            Arc::from([("route".into(), "/v1".into())]),
-            &[1.0, 0.5, 1.0],
-        );
-        let native = NativeHistogram {
-            schema: 3,
-            count: 1,
-            sum: 0.5,
-            spans: vec![(-8, 1)],
-            deltas: vec![1],
-            ..Default::default()
-        };
-        f.native.push(native);
-        f.exemplars.extend([
-            Some(Exemplar {
-                labels: vec![("request_id", "r1".into())],
-                value: 0.5,
-                timestamp_ms: 1_700_000_000_000,
-            }),
-            None,
-        ]);
-        let snapshot = Snapshot { families: vec![f] };
+        let snapshot = one_native_series();
         let mut s = SeriesState::new(&Default::default(), "i", 100)
             .with_histograms(HistogramMode::Native, true);
         s.set_protocol(Protocol::V2);
