@@ -8,6 +8,8 @@
 //! file, which it does once each request is admitted, refused or queued: the counts are
 //! exact with no clock involved. `/healthz` `streams.peak` is the high-water mark of
 //! `codex_streams_active`, read after the run.
+//!
+//! The same SDK also reads `/v1/models`, whose JSON the proxy writes by hand.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test or bench that panics has failed, with its message
 
 mod common;
@@ -216,5 +218,22 @@ async fn an_sdk_stream_that_gives_up_while_queued_leaves_the_queue_and_its_turn_
     assert_eq!(
         proxy.logs().matches(" interrupted after 0 deltas").count(),
         4
+    );
+}
+
+#[tokio::test]
+async fn the_sdk_parses_the_workers_model_list() {
+    let Some(python) = common::python_with("openai") else {
+        return;
+    };
+    let proxy = Proxy::start("", &[]).await;
+    proxy.wait_ready().await;
+    let out = run(python, vec!["models".into(), proxy.url("")]).await;
+    assert_eq!(
+        out["models"],
+        serde_json::json!([
+            {"id": "codex-demo", "object": "model", "created": 0, "owned_by": "codex"}
+        ]),
+        "{out}"
     );
 }

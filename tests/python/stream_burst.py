@@ -11,6 +11,7 @@ Modes:
   disconnect URL HOLDERS   HOLDERS streams take every slot (their turns held by a
       DEMO_HOLD_FILE that is never made), one more queues and then gives up; the holders
       give up last. Reports /healthz as the queued one left.
+  models URL               The SDK's `models.list()`, as it parses the answer.
 """
 
 import asyncio
@@ -164,9 +165,21 @@ async def disconnect(base, holders):
     return {"at_queued": at_queued, "after_leaving": left, "counts": counts}
 
 
+async def models(base):
+    client = openai.AsyncOpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+    page = await client.models.list()
+    await client.close()
+    return {"models": [
+        {"id": m.id, "object": m.object, "created": m.created, "owned_by": m.owned_by}
+        for m in page.data
+    ]}
+
+
 def main():
     mode, base = sys.argv[1], sys.argv[2]
-    if mode == "burst":
+    if mode == "models":
+        out = asyncio.run(models(base))
+    elif mode == "burst":
         out = asyncio.run(burst(base, int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None))
     elif mode == "disconnect":
         out = asyncio.run(disconnect(base, int(sys.argv[3])))
